@@ -1,0 +1,256 @@
+"""The `edgekit` command line: a thin shell over the Python API.
+
+Every heavy import happens inside the command that needs it, so `edgekit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+
+def _fail_cleanly(func: Any) -> Any:
+    """Show an EdgekitError as one clear line (exit 2) instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgekit.errors import EdgekitError
+        from edgekit.runtime.preprocess import PreprocessError
+
+        try:
+            return func(*args, **kwargs)
+        except (EdgekitError, PreprocessError) as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console()
+
+
+def _store(db: str | None) -> Any:
+    from edgekit.store import ResultsStore
+
+    return ResultsStore(db)
+
+
+_DB_OPTION = click.option(
+    "--db", type=click.Path(dir_okay=False), default=None, help="Results database (default: $EDGEKIT_DB or "
+    "~/.local/share/edgekit/results.db).",
+)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="edgekit")
+def main() -> None:
+    """Take a trained vision model to edge devices and measure it there.
+
+    \b
+    The usual path:
+      edgekit inspect model.onnx                  what is in the model, what each target cannot run
+      edgekit build model.onnx -t x86-ort -o art  an artifact: model + manifest, addressed by content
+      edgekit run art --source video.mp4          latency per stage, throughput, accuracy
+      edgekit report                              every stored run, as a table, JSON, CSV or HTML
+    Try it end to end with `edgekit demo`.
+    """
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option(
+    "--shape", "shapes", multiple=True, metavar="NAME=D0,D1,..",
+    help="Fix a dynamic input's shape for MAC counts, e.g. --shape x=1,3,640,640 (repeatable).",
+)  # fmt: skip
+@click.option("--max-rows", type=int, default=None, help="Show at most this many layers in the table.")
+@_fail_cleanly
+def inspect(model: str, as_json: bool, shapes: tuple[str, ...], max_rows: int | None) -> None:
+    """Per-layer table of MODEL (op, output shape, parameters, MACs), totals, size, opset, and the
+    ops each registered target cannot run."""
+    from edgekit.errors import EdgekitError
+    from edgekit.inspect import inspect_model, render_table
+    from edgekit.model import Model
+
+    input_shapes = {}
+    for item in shapes:
+        name, _, dims = item.partition("=")
+        try:
+            input_shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError as exc:
+            raise EdgekitError(f"--shape {item!r}: write NAME=D0,D1,... with integer dims") from exc
+    report = inspect_model(Model.load(model), input_shapes=input_shapes or None)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render_table(report, _console(), max_rows=max_rows)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_fail_cleanly
+def targets(as_json: bool) -> None:
+    """List the registered targets and what each supports."""
+    from edgekit.targets import list_targets
+
+    described = [t.describe() for t in list_targets()]
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="targets", title_justify="left")
+    for column in ("name", "device", "engine", "precisions", "description"):
+        table.add_column(column)
+    for t in described:
+        table.add_row(t["name"], t["device"], t["engine"], ", ".join(t["precisions"]), t["description"])
+    _console().print(table)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", default="x86-ort", show_default=True, help="Target name (see `edgekit targets`).")
+@click.option(
+    "-p", "--precision", default="fp32", show_default=True, help="fp32, fp16, int8, ... as the target allows."
+)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Artifact folder to write.")
+@click.option(
+    "--preprocess", "preprocess_json", default=None, metavar="JSON",
+    help='Override the preprocessing spec, e.g. \'{"resize": [224, 224], "color": "RGB", "mean": [0.485, 0.456, '
+    '0.406], "std": [0.229, 0.224, 0.225]}\'. Keys left out take their defaults.',
+)  # fmt: skip
+@_fail_cleanly
+def build(model: str, target: str, precision: str, out: str, preprocess_json: str | None) -> None:
+    """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
+    artifact id (building twice gives the same id)."""
+    from edgekit.api import build as build_artifact
+    from edgekit.errors import EdgekitError
+    from edgekit.model import Model
+
+    loaded = Model.load(model)
+    if preprocess_json:
+        try:
+            loaded.preprocess = json.loads(preprocess_json)
+        except json.JSONDecodeError as exc:
+            raise EdgekitError(f"--preprocess is not valid JSON: {exc}") from exc
+    console = _console()
+    with console.status(f"building {target}/{precision} from {model}"):
+        artifact = build_artifact(loaded, target, out, precision=precision)
+    console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option(
+    "-s", "--source", required=True,
+    help="Video file, image folder (class sub-folders give labels), camera index, rtsp:// URL or GStreamer pipeline.",
+)  # fmt: skip
+@click.option("--labels", type=click.Path(dir_okay=False), help="Per-frame class indices: JSON list or one per line.")
+@click.option("--frames", type=int, default=None, help="Frames to time after warm-up (default: the whole file).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames run first.")
+@click.option("--pipelined", is_flag=True, help="Run capture, preprocess, inference, postprocess in threads.")
+@click.option("--threads", type=int, default=None, help="Engine threads (default: the engine's own choice).")
+@click.option("--loop", is_flag=True, help="Restart a file source at its end until --frames are done.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds before the run is stopped.")
+@_DB_OPTION
+@_fail_cleanly
+def run(artifact: str, source: str, labels: str | None, frames: int | None, warmup: int, pipelined: bool,
+        threads: int | None, loop: bool, timeout: float, db: str | None) -> None:  # fmt: skip
+    """Run ARTIFACT on this machine as the device (the agent in a subprocess), print latency per stage,
+    throughput and accuracy, and store the run."""
+    from edgekit.api import run as run_artifact
+
+    store = _store(db)
+    console = _console()
+    with console.status(f"running {artifact} on this machine"):
+        record = run_artifact(
+            artifact, source, labels=labels, frames=frames, warmup=warmup, pipelined=pipelined, threads=threads,
+            loop=loop, timeout_s=timeout, store=store,
+        )  # fmt: skip
+    _print_run(record.run_id, store, console)
+    if record.result["status"] != "ok":
+        sys.exit(1)
+
+
+def _print_run(run_id: str, store: Any, console: Any) -> None:
+    from edgekit.report import print_stage_table
+
+    stored = store.get([run_id])[0]
+    result = stored.result
+    print_stage_table(stored, console)
+    frames = result.get("frames", {})
+    line = f"{frames.get('timed', 0)} frames timed ({frames.get('dropped', 0)} dropped)"
+    if result.get("throughput_fps") is not None:
+        line += f", throughput {result['throughput_fps']:.1f} frames/s"
+    accuracy = result.get("accuracy") or {}
+    if accuracy.get("top1") is not None:
+        line += f", top-1 accuracy {accuracy['top1'] * 100:.2f}% on {accuracy.get('count')} labelled frames"
+    if accuracy.get("sqnr_db") is not None:
+        line += f", SQNR {accuracy['sqnr_db']:.1f} dB vs reference"
+    console.print(line)
+    for error in result.get("errors", []):
+        console.print(f"[red]{error.get('stage', '?')} error:[/red] {error.get('message', '')}")
+    console.print(f"run [bold]{run_id}[/bold] ({result['status']}) stored in {store.path}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1)
+@click.option("--last", type=int, default=20, show_default=True, help="With no RUN ids: the latest N runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print plans, results and manifests as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per run.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write an HTML report with histograms.")
+@_DB_OPTION
+@_fail_cleanly
+def report(
+    runs: tuple[str, ...], last: int, as_json: bool, as_csv: bool, html_file: str | None, db: str | None
+) -> None:
+    """Show stored runs (by id or id prefix; default the latest) as a table, JSON, CSV or HTML."""
+    from edgekit import report as reports
+
+    store = _store(db)
+    stored = store.get(list(runs) or None, last=last)
+    if as_json:
+        click.echo(reports.to_json(stored))
+    elif as_csv:
+        click.echo(reports.to_csv(stored), nl=False)
+    else:
+        if not stored:
+            click.echo(f"no runs stored in {store.path} yet; try `edgekit demo`")
+            return
+        reports.print_runs_table(stored, _console())
+    if html_file:
+        Path(html_file).write_text(reports.to_html(stored))
+        click.echo(f"HTML report written to {html_file}", err=True)
+
+
+@main.command()
+@click.option(
+    "--workdir", type=click.Path(file_okay=False), default=None, help="Where to write the video and artifact."
+)
+@click.option("--frames", type=int, default=None, help="Frames to time (default: all held-out digits).")
+@click.option("--pipelined", is_flag=True, help="Run the pipeline with a thread per stage.")
+@_DB_OPTION
+@_fail_cleanly
+def demo(workdir: str | None, frames: int | None, pipelined: bool, db: str | None) -> None:
+    """The main job end to end on real data: a CNN trained on real handwritten digits, held-out digits
+    rendered into a video, an x86-ort artifact, the camera pipeline run on this machine."""
+    from edgekit.demo import run_demo
+
+    store = _store(db)
+    console = _console()
+    record = run_demo(workdir=workdir, frames=frames, pipelined=pipelined, store=store, console=console)
+    _print_run(record.run_id, store, console)
+    if record.result["status"] != "ok":
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

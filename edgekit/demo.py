@@ -1,0 +1,49 @@
+"""`edgekit demo`: the main job end to end on the embedded digits model and real held-out digits."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edgekit.api import RunRecord, build, run
+from edgekit.model import Model
+from edgekit.store import ResultsStore
+
+
+def run_demo(
+    *,
+    workdir: str | Path | None = None,
+    frames: int | None = None,
+    pipelined: bool = False,
+    store: ResultsStore | None = None,
+    console: Any = None,
+) -> RunRecord:
+    """Render the held-out digits into a video, build the x86-ort artifact, run it here, store the run."""
+    from rich.console import Console
+
+    from edgekit.demo_data import digits_model_path, load_heldout_digits, render_digits_video
+
+    console = console or Console()
+    workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "edgekit-demo"
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    model = Model.load(digits_model_path())
+    console.print(f"model   {digits_model_path().name}: {model.inputs[0].shape} -> {model.outputs[0].shape}")
+    images, labels = load_heldout_digits()
+    with console.status(f"rendering {len(images)} held-out digits into a video"):
+        video = render_digits_video(images, labels, workdir / "heldout_digits.mp4")
+    console.print(f"source  {video} ({len(images)} frames of real held-out MNIST digits)")
+    with console.status("building the x86-ort artifact"):
+        artifact = build(model, "x86-ort", workdir / "artifact-x86-ort")
+    console.print(f"artifact {artifact.id[:16]} (x86-ort/fp32) in {artifact.path}")
+    with console.status("running the camera pipeline on this machine (capture, preprocess, inference, postprocess)"):
+        record = run(
+            artifact,
+            video,
+            labels=[int(v) for v in labels],
+            frames=frames,
+            pipelined=pipelined,
+            store=store,
+        )
+    return record

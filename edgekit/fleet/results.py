@@ -1,0 +1,122 @@
+"""Check a result that came back from a device before anything on the host uses it.
+
+A device is not trusted: its JSON may be malformed, huge, or hostile. `validate_result` rebuilds a
+clean result from the fields the contract defines (docs/contracts.md), with types and sizes checked,
+and drops everything else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from edgekit.errors import RunError
+
+SCHEMA = "edgekit.result"
+VERSION = 1
+STAGES = ("capture", "preprocess", "inference", "postprocess", "end_to_end")
+SUMMARY_KEYS = ("mean", "p50", "p90", "p99", "std", "min", "max")
+STATUSES = ("ok", "partial", "error")
+MAX_SAMPLES = 1_000_000
+MAX_TEXT = 4000
+MAX_ERRORS = 100
+MAX_FACTS = 64
+
+
+def _number(value: Any, where: str, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RunError(f"device result field {where} is {value!r}, not a finite number")
+    return float(value)
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise RunError(f"device result field {where} is {value!r}, not a count")
+    return value
+
+
+def _text(value: Any, where: str, *, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise RunError(f"device result field {where} is not a string")
+    return value[:limit]
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise RunError(f"device result field {where} is not an object")
+    return value
+
+
+def _summary(value: Any, where: str) -> dict[str, Any]:
+    value = _mapping(value, where)
+    clean: dict[str, Any] = {key: _number(value.get(key), f"{where}.{key}") for key in SUMMARY_KEYS}
+    clean["count"] = _count(value.get("count", 0), f"{where}.count")
+    return clean
+
+
+def _samples(value: Any, where: str) -> list[float]:
+    if not isinstance(value, list) or len(value) > MAX_SAMPLES:
+        raise RunError(f"device result field {where} is not a list of at most {MAX_SAMPLES} samples")
+    return [_number(v, where, allow_none=False) for v in value]  # type: ignore[misc]
+
+
+def _facts(value: Any, where: str) -> dict[str, Any]:
+    """Flat facts (device, engine): short keys, scalar or short-list values."""
+    value = _mapping(value, where)
+    clean: dict[str, Any] = {}
+    for key, item in list(value.items())[:MAX_FACTS]:
+        key = _text(key, where, limit=64)
+        if isinstance(item, (bool, int)) or item is None:
+            clean[key] = item
+        elif isinstance(item, float):
+            clean[key] = _number(item, f"{where}.{key}")
+        elif isinstance(item, str):
+            clean[key] = item[:512]
+        elif isinstance(item, list):
+            clean[key] = [str(v)[:128] for v in item[:32]]
+        elif isinstance(item, dict):
+            clean[key] = {str(k)[:64]: str(v)[:256] for k, v in list(item.items())[:MAX_FACTS]}
+    return clean
+
+
+def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
+    """A clean copy of a device's result, or RunError saying which field is wrong."""
+    data = _mapping(data, "(top level)")
+    if data.get("schema") != SCHEMA:
+        raise RunError(f"device answered with schema {data.get('schema')!r}, expected {SCHEMA!r}")
+    if not isinstance(data.get("version"), int) or data["version"] > VERSION:
+        raise RunError(f"device result version {data.get('version')!r} is not one this edgekit reads ({VERSION})")
+    if data.get("run_id") != run_id:
+        raise RunError(f"device result is for run {data.get('run_id')!r}, not {run_id!r}")
+    status = data.get("status")
+    if status not in STATUSES:
+        raise RunError(f"device result status {status!r} is not one of {STATUSES}")
+    latency = _mapping(data.get("latency_ms", {}), "latency_ms")
+    samples = _mapping(data.get("samples_ms", {}) or {}, "samples_ms")
+    frames = _mapping(data.get("frames", {}), "frames")
+    errors = data.get("errors") or []
+    if not isinstance(errors, list):
+        raise RunError("device result field errors is not a list")
+    clean: dict[str, Any] = {
+        "schema": SCHEMA,
+        "version": data["version"],
+        "run_id": run_id,
+        "artifact_id": _text(data.get("artifact_id", ""), "artifact_id", limit=64),
+        "status": status,
+        "started_at": _text(data.get("started_at", ""), "started_at", limit=64),
+        "finished_at": _text(data.get("finished_at", ""), "finished_at", limit=64),
+        "mode": _text(data.get("mode", ""), "mode", limit=32),
+        "frames": {key: _count(frames.get(key, 0), f"frames.{key}") for key in ("timed", "warmup", "dropped")},
+        "latency_ms": {s: _summary(latency[s], f"latency_ms.{s}") for s in STAGES if s in latency},
+        "samples_ms": {s: _samples(samples[s], f"samples_ms.{s}") for s in STAGES if s in samples},
+        "throughput_fps": _number(data.get("throughput_fps"), "throughput_fps"),
+        "wall_s": _number(data.get("wall_s"), "wall_s"),
+        "accuracy": _facts(data["accuracy"], "accuracy") if data.get("accuracy") else None,
+        "power": _facts(data["power"], "power") if data.get("power") else None,
+        "device": _facts(data.get("device", {}), "device"),
+        "engine": _facts(data.get("engine", {}), "engine"),
+        "errors": [_facts(e, "errors[]") for e in errors[:MAX_ERRORS]],
+    }
+    return clean

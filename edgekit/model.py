@@ -1,0 +1,289 @@
+"""The Model: an ONNX graph plus what travels with it (inputs, outputs, preprocessing, class names)."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from edgekit.errors import ModelError
+from edgekit.hashing import sha256_bytes
+from edgekit.runtime.preprocess import PreprocessError, PreprocessSpec
+
+# Keys under which edgekit stores its metadata inside the ONNX file, so it travels with the model.
+PREPROCESS_KEY = "edgekit.preprocess"
+CLASS_NAMES_KEY = "edgekit.class_names"
+
+Dim = int | str | None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape (ints, symbolic names or None for unknown) and numpy dtype name of a graph tensor."""
+
+    name: str
+    shape: tuple[Dim, ...]
+    dtype: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def _tensor_info(value: onnx.ValueInfoProto) -> TensorInfo:
+    tensor_type = value.type.tensor_type
+    dims: list[Dim] = []
+    if tensor_type.HasField("shape"):
+        for dim in tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+    try:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+    except (KeyError, ValueError):
+        dtype = onnx.TensorProto.DataType.Name(tensor_type.elem_type).lower()
+    return TensorInfo(value.name, tuple(dims), dtype)
+
+
+def guess_preprocess(inputs: list[TensorInfo]) -> PreprocessSpec | None:
+    """A sensible spec for a single image input (pixels/255, no normalisation), or None."""
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].dtype not in ("float32", "float16", "uint8"):
+        return None
+    _, d1, d2, d3 = inputs[0].shape
+    if d1 in (1, 3):
+        layout, channels, spatial = "NCHW", d1, (d2, d3)
+    elif d3 in (1, 3):
+        layout, channels, spatial = "NHWC", d3, (d1, d2)
+    else:
+        return None
+    resize = list(spatial) if all(isinstance(v, int) for v in spatial) else None
+    scale = 1.0 if inputs[0].dtype == "uint8" else 1.0 / 255.0
+    return PreprocessSpec(
+        resize=resize, color="GRAY" if channels == 1 else "RGB", scale=scale, layout=layout, dtype=inputs[0].dtype
+    )
+
+
+class Model:
+    """An ONNX model checked and ready for the targets, with its I/O and preprocessing metadata.
+
+    Build one with `Model.load(path)` or `Model.from_torch(module, example_input)`. `preprocess` and
+    `class_names` may be set by the user; `save()` writes them into the ONNX metadata so they travel.
+    """
+
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        *,
+        path: Path | None = None,
+        preprocess: PreprocessSpec | None = None,
+        class_names: list[str] | None = None,
+        torch_module: Any = None,
+        example_input: Any = None,
+    ) -> None:
+        self.proto = proto
+        self.path = path
+        self.torch_module = torch_module
+        self.example_input = example_input
+        initializers = {init.name for init in proto.graph.initializer}
+        self.inputs = [_tensor_info(v) for v in proto.graph.input if v.name not in initializers]
+        self.outputs = [_tensor_info(v) for v in proto.graph.output]
+        metadata = {prop.key: prop.value for prop in proto.metadata_props}
+        label = str(path) if path else "the model"
+        self.preprocess = preprocess or _metadata_preprocess(metadata, label) or guess_preprocess(self.inputs)
+        self.class_names = class_names or _metadata_json(metadata, CLASS_NAMES_KEY, label)
+        self._bytes: bytes | None = None
+        self._sha256: str | None = None
+
+    # -- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        preprocess: PreprocessSpec | dict | None = None,
+        class_names: list[str] | None = None,
+    ) -> Model:
+        """Load an ONNX file, check it with the ONNX checker and shape inference."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelError(f"model file {path} does not exist; pass the path of an .onnx file")
+        try:
+            proto = onnx.load(str(path))
+        except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning or others on bad bytes
+            raise ModelError(
+                f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); the file may be truncated "
+                "or not ONNX at all: export it again"
+            ) from exc
+        model = cls(proto, path=path, preprocess=_as_spec(preprocess), class_names=class_names)
+        model.check(label=str(path))
+        return model
+
+    @classmethod
+    def from_torch(
+        cls,
+        module: Any,
+        example_input: Any,
+        *,
+        input_names: list[str] | None = None,
+        output_names: list[str] | None = None,
+        dynamic_batch: bool = True,
+        opset: int = 17,
+        preprocess: PreprocessSpec | dict | None = None,
+        class_names: list[str] | None = None,
+    ) -> Model:
+        """Export a torch module to ONNX (batch axis dynamic) and keep the module for torch-based targets."""
+        try:
+            import torch
+        except ImportError as exc:
+            raise ModelError("Model.from_torch needs PyTorch: pip install 'edgekit[torch]'") from exc
+        examples = example_input if isinstance(example_input, tuple) else (example_input,)
+        input_names = input_names or (["input"] if len(examples) == 1 else [f"input_{i}" for i in range(len(examples))])
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            outputs = module(*examples)
+        n_outputs = len(outputs) if isinstance(outputs, (tuple, list)) else 1
+        output_names = output_names or (["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)])
+        dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]} if dynamic_batch else None
+        try:
+            proto = _export_onnx(module, examples, input_names, output_names, dynamic_axes, opset)
+        finally:
+            module.train(was_training)
+        model = cls(
+            proto,
+            preprocess=_as_spec(preprocess),
+            class_names=class_names,
+            torch_module=module,
+            example_input=example_input,
+        )
+        model.check(label=type(module).__name__)
+        return model
+
+    # -- checks and metadata --------------------------------------------------------------------
+
+    def check(self, label: str = "the model") -> None:
+        """Run the ONNX checker and strict shape inference; raise ModelError naming `label`."""
+        if not self.proto.graph.node:
+            raise ModelError(f"{label} has an empty graph (no nodes); export the model again")
+        if not self.inputs:
+            raise ModelError(f"{label} has no graph inputs; a model needs at least one input tensor")
+        try:
+            onnx.checker.check_model(self.proto)
+            onnx.shape_inference.infer_shapes(self.proto, check_type=True, strict_mode=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{label} failed the ONNX checker: {first_line}") from exc
+
+    @property
+    def opset(self) -> int:
+        return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    def to_bytes(self) -> bytes:
+        """The model serialised with its current preprocessing and class names in its metadata."""
+        if self._bytes is None:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self.proto)
+            _set_metadata(proto, PREPROCESS_KEY, self.preprocess.to_json() if self.preprocess else None)
+            _set_metadata(proto, CLASS_NAMES_KEY, json.dumps(self.class_names) if self.class_names else None)
+            self._bytes = proto.SerializeToString()
+        return self._bytes
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the graph and weights (edgekit's own metadata does not count, so saving keeps it)."""
+        if self._sha256 is None:
+            proto = onnx.ModelProto()
+            proto.CopyFrom(self.proto)
+            for key in (PREPROCESS_KEY, CLASS_NAMES_KEY):
+                _set_metadata(proto, key, None)
+            self._sha256 = sha256_bytes(proto.SerializeToString())
+        return self._sha256
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_bytes(self.to_bytes())
+        return path
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("preprocess", "class_names"):
+            if name == "preprocess":
+                value = _as_spec(value)
+            self.__dict__["_bytes"] = None  # metadata changed: re-serialise on next use
+        super().__setattr__(name, value)
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{t.name}{list(t.shape)}" for t in self.inputs)
+        outs = ", ".join(f"{t.name}{list(t.shape)}" for t in self.outputs)
+        return f"Model({self.path or 'in memory'}: {ins} -> {outs}, opset {self.opset})"
+
+
+def _as_spec(value: PreprocessSpec | dict | None) -> PreprocessSpec | None:
+    if value is None or isinstance(value, PreprocessSpec):
+        return value
+    try:
+        return PreprocessSpec.from_dict(value)
+    except (PreprocessError, TypeError) as exc:
+        raise ModelError(f"invalid preprocessing spec: {exc}") from exc
+
+
+def _metadata_json(metadata: dict[str, str], key: str, label: str) -> Any:
+    if key not in metadata:
+        return None
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{label}: metadata {key!r} is not valid JSON ({exc}); remove or fix it") from exc
+
+
+def _metadata_preprocess(metadata: dict[str, str], label: str) -> PreprocessSpec | None:
+    data = _metadata_json(metadata, PREPROCESS_KEY, label)
+    try:
+        return _as_spec(data)
+    except ModelError as exc:
+        raise ModelError(f"{label}: metadata {PREPROCESS_KEY!r}: {exc}") from exc
+
+
+def _set_metadata(proto: onnx.ModelProto, key: str, value: str | None) -> None:
+    kept = [prop for prop in proto.metadata_props if prop.key != key]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    if value is not None:
+        proto.metadata_props.add(key=key, value=value)
+
+
+def _export_onnx(
+    module: Any,
+    examples: tuple,
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict | None,
+    opset: int,
+) -> onnx.ModelProto:
+    import torch
+
+    buffer = io.BytesIO()
+    common = dict(input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes, opset_version=opset)
+    # The TorchScript exporter is fast and emits the classic ops (GlobalAveragePool, Flatten) every
+    # backend parses; the dynamo exporter is the fallback for modules it cannot trace.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(module, examples, buffer, dynamo=False, **common)
+        except Exception as legacy_error:
+            buffer = io.BytesIO()
+            try:
+                torch.onnx.export(module, examples, buffer, dynamo=True, **common)
+            except Exception as exc:
+                raise ModelError(
+                    f"could not export {type(module).__name__} to ONNX: {legacy_error}; the dynamo exporter also "
+                    f"failed: {exc}"
+                ) from exc
+    return onnx.load_from_string(buffer.getvalue())

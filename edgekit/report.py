@@ -1,0 +1,193 @@
+"""Reports over stored runs: a terminal table, JSON, CSV, and an HTML page with latency histograms."""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from edgekit.store import StoredRun
+
+STAGES = ("capture", "preprocess", "inference", "postprocess", "end_to_end")
+
+
+def run_row(run: StoredRun) -> dict[str, Any]:
+    """One flat row per run: the figures people compare across devices and targets."""
+    result = run.result
+    latency = result.get("latency_ms", {})
+    accuracy = result.get("accuracy") or {}
+    row: dict[str, Any] = {
+        "run_id": run.run_id,
+        "started_at": run.created_at,
+        "device": run.device,
+        "target": run.target,
+        "precision": run.precision,
+        "mode": result.get("mode"),
+        "status": run.status,
+        "frames": result.get("frames", {}).get("timed"),
+        "dropped": result.get("frames", {}).get("dropped"),
+    }
+    for stage in STAGES:
+        row[f"{stage}_p50_ms"] = latency.get(stage, {}).get("p50")
+    row["end_to_end_p99_ms"] = latency.get("end_to_end", {}).get("p99")
+    row["throughput_fps"] = result.get("throughput_fps")
+    row["top1"] = accuracy.get("top1")
+    row["sqnr_db"] = accuracy.get("sqnr_db")
+    row["errors"] = "; ".join(str(e.get("message", "")) for e in result.get("errors", []))
+    return row
+
+
+def to_json(runs: list[StoredRun]) -> str:
+    return json.dumps(
+        [
+            {"run_id": r.run_id, "device": r.device, "plan": r.plan, "result": r.result, "manifest": r.manifest}
+            for r in runs
+        ],
+        indent=2,
+    )
+
+
+def to_csv(runs: list[StoredRun]) -> str:
+    rows = [run_row(r) for r in runs]
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
+    """The runs, one line each, with per-stage p50 latency, throughput and accuracy."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title="edgekit runs", title_justify="left")
+    for column in ("run", "device", "target", "mode", "status", "frames", "capture", "preproc", "infer",
+                   "postproc", "e2e p50", "e2e p99", "fps", "top-1"):  # fmt: skip
+        table.add_column(column, justify="left" if column in ("run", "device", "target", "mode", "status") else "right")
+    for run in runs:
+        row = run_row(run)
+        top1 = row["top1"]
+        table.add_row(
+            row["run_id"], row["device"], f"{row['target']}/{row['precision']}", str(row["mode"]),
+            row["status"], _fmt(row["frames"]),
+            *(_fmt(row[f"{stage}_p50_ms"]) for stage in STAGES[:4]),
+            _fmt(row["end_to_end_p50_ms"]), _fmt(row["end_to_end_p99_ms"]), _fmt(row["throughput_fps"], 4),
+            f"{top1 * 100:.1f}%" if top1 is not None else "-",
+        )  # fmt: skip
+    console.print(table)
+    console.print("latencies in ms (p50 unless marked); fps over the timed frames")
+    for run in runs:
+        for error in run.result.get("errors", []):
+            console.print(f"[red]{run.run_id} {error.get('stage', '?')}:[/red] {error.get('message', '')}")
+
+
+def print_stage_table(run: StoredRun, console: Any = None) -> None:
+    """Per-stage latency summary of one run (mean, p50, p90, p99, std)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"run {run.run_id} on {run.device}: latency per stage (ms)", title_justify="left")
+    table.add_column("stage")
+    for column in ("mean", "p50", "p90", "p99", "std", "count"):
+        table.add_column(column, justify="right")
+    for stage in STAGES:
+        summary = run.result.get("latency_ms", {}).get(stage)
+        if summary:
+            table.add_row(stage, *(_fmt(summary.get(k)) for k in ("mean", "p50", "p90", "p99", "std", "count")))
+    console.print(table)
+
+
+# -- HTML -------------------------------------------------------------------------------------------
+
+
+def _histogram_svg(samples: list[float], *, width: int = 520, height: int = 180, bins: int = 40) -> str:
+    """An inline SVG histogram; hand-written so reports need no plotting library."""
+    if not samples:
+        return "<p>no samples</p>"
+    values = np.asarray(samples, dtype=float)
+    low, high = np.percentile(values, [0, 99.5])
+    high = max(high, low + 1e-6)
+    counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+    pad, plot_w, plot_h = 36, width - 46, height - 40
+    bar_w = plot_w / bins
+    peak = counts.max() or 1
+    bars = "".join(
+        f'<rect x="{pad + i * bar_w:.1f}" y="{10 + plot_h * (1 - c / peak):.1f}" width="{max(bar_w - 1, 1):.1f}" '
+        f'height="{plot_h * c / peak:.1f}" fill="#3b7dd8">'
+        f"<title>{edges[i]:.3f}-{edges[i + 1]:.3f} ms: {c}</title></rect>"
+        for i, c in enumerate(counts)
+    )
+    p50, p99 = np.percentile(values, [50, 99])
+    marks = "".join(
+        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="10" y2="{10 + plot_h}" stroke="{color}" stroke-dasharray="4 3"/>'
+        f'<text x="{x + 3:.1f}" y="22" font-size="11" fill="{color}">{name} {value:.3f}</text>'
+        for name, value, color in (("p50", p50, "#1a7f37"), ("p99", p99, "#cf222e"))
+        if low <= value <= high
+        for x in [pad + plot_w * (value - low) / (high - low)]
+    )
+    axis = (
+        f'<text x="{pad}" y="{height - 8}" font-size="11">{low:.3f} ms</text>'
+        f'<text x="{pad + plot_w}" y="{height - 8}" font-size="11" text-anchor="end">{high:.3f} ms</text>'
+        f'<text x="4" y="18" font-size="11">{peak}</text>'
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
+        f'<line x1="{pad}" x2="{pad + plot_w}" y1="{10 + plot_h}" y2="{10 + plot_h}" stroke="#888"/>'
+        f"{bars}{marks}{axis}</svg>"
+    )
+
+
+def to_html(runs: list[StoredRun]) -> str:
+    rows = [run_row(r) for r in runs]
+    columns = list(rows[0]) if rows else []
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in columns) + "</tr>" for row in rows)
+    sections = []
+    for run in runs:
+        samples = run.result.get("samples_ms", {})
+        stage_rows = "".join(
+            f"<tr><td>{stage}</td>"
+            + "".join(f"<td>{_fmt(summary.get(k))}</td>" for k in ("mean", "p50", "p90", "p99", "std", "count"))
+            + "</tr>"
+            for stage in STAGES
+            if (summary := run.result.get("latency_ms", {}).get(stage))
+        )
+        device = run.result.get("device", {})
+        sections.append(
+            f"<section><h2>{html.escape(run.run_id)} — {html.escape(run.device)}, "
+            f"{html.escape(run.target)}/{html.escape(run.precision)}</h2>"
+            f"<p>{html.escape(str(device.get('cpu', '')))} · Python {html.escape(str(device.get('python', '')))} · "
+            f"artifact {html.escape(run.artifact_id[:12])}</p>"
+            "<table><tr><th>stage</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>std</th><th>count</th></tr>"
+            f"{stage_rows}</table>"
+            "<h3>end-to-end latency per frame</h3>"
+            f"{_histogram_svg(samples.get('end_to_end', []))}"
+            "<h3>inference latency per frame</h3>"
+            f"{_histogram_svg(samples.get('inference', []))}</section>"
+        )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}"
+        "section{margin-top:2em}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{style}</style>"
+        f"</head><body><h1>edgekit report</h1><p>{len(runs)} run(s); latencies in ms.</p>"
+        f"<table><tr>{head}</tr>{body}</table>{''.join(sections)}</body></html>"
+    )

@@ -1,0 +1,123 @@
+"""The results store: every run, with its plan, result, artifact and device facts, in SQLite.
+
+Default location: `$EDGEKIT_DB`, else `$XDG_DATA_HOME/edgekit/results.db` (`~/.local/share/...`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgekit.errors import EdgekitError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id       TEXT PRIMARY KEY,
+    created_at   TEXT NOT NULL,
+    device       TEXT NOT NULL,
+    artifact_id  TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    precision    TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    plan_json    TEXT NOT NULL,
+    result_json  TEXT NOT NULL,
+    manifest_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_created ON runs (created_at);
+"""
+
+
+def default_db_path() -> Path:
+    if os.environ.get("EDGEKIT_DB"):
+        return Path(os.environ["EDGEKIT_DB"])
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return data_home / "edgekit" / "results.db"
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    run_id: str
+    created_at: str
+    device: str
+    artifact_id: str
+    target: str
+    precision: str
+    status: str
+    plan: dict[str, Any]
+    result: dict[str, Any]
+    manifest: dict[str, Any]
+
+
+class ResultsStore:
+    """A thin layer over one SQLite file; safe to open from several processes."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        self.path = Path(path) if path else default_db_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise EdgekitError(
+                f"cannot open the results store {self.path} ({exc}); pass --db PATH or set EDGEKIT_DB"
+            ) from exc
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30)
+        try:
+            with db:
+                yield db
+        finally:
+            db.close()
+
+    def add(self, *, device: str, plan: dict, result: dict, manifest: dict, artifact_id: str) -> str:
+        run_id = result.get("run_id") or plan["run_id"]
+        with self._connect() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    run_id,
+                    result.get("started_at") or "",
+                    device,
+                    artifact_id,
+                    manifest.get("target", "?"),
+                    manifest.get("precision", "?"),
+                    result.get("status", "error"),
+                    json.dumps(plan),
+                    json.dumps(result),
+                    json.dumps(manifest),
+                ),
+            )
+        return run_id
+
+    def get(self, run_ids: list[str] | None = None, *, last: int | None = None) -> list[StoredRun]:
+        """Runs by id (an unambiguous prefix is enough), or the `last` N runs, oldest first."""
+        with self._connect() as db:
+            if run_ids:
+                rows = []
+                for run_id in run_ids:
+                    found = db.execute("SELECT * FROM runs WHERE run_id LIKE ?", (run_id + "%",)).fetchall()
+                    if len(found) != 1:
+                        what = "no run" if not found else f"{len(found)} runs"
+                        raise EdgekitError(f"{what} in {self.path} match {run_id!r}; see `edgekit report`")
+                    rows.extend(found)
+            else:
+                query = "SELECT * FROM runs ORDER BY created_at DESC, rowid DESC"
+                rows = db.execute(query + (" LIMIT ?" if last else ""), (last,) if last else ()).fetchall()
+                rows.reverse()
+        return [_row_to_run(row) for row in rows]
+
+
+def _row_to_run(row: tuple) -> StoredRun:
+    run_id, created_at, device, artifact_id, target, precision, status, plan, result, manifest = row
+    return StoredRun(
+        run_id, created_at, device, artifact_id, target, precision, status,
+        json.loads(plan), json.loads(result), json.loads(manifest),
+    )  # fmt: skip
