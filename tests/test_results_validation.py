@@ -1,0 +1,73 @@
+"""Results from a device are rebuilt field by field; nothing from the device is trusted as is."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekit.errors import RunError
+from edgekit.fleet.results import validate_result
+
+
+def good_result(**changes):
+    result = {
+        "schema": "edgekit.result",
+        "version": 1,
+        "run_id": "r1",
+        "artifact_id": "abc",
+        "status": "ok",
+        "mode": "sequential",
+        "frames": {"timed": 2, "warmup": 1, "dropped": 0},
+        "latency_ms": {
+            "inference": {
+                "mean": 1.0,
+                "p50": 1.0,
+                "p90": 1.0,
+                "p99": 1.0,
+                "std": 0.0,
+                "min": 1.0,
+                "max": 1.0,
+                "count": 2,
+            }
+        },  # fmt: skip
+        "samples_ms": {"inference": [1.0, 1.0]},
+        "throughput_fps": 900.0,
+        "wall_s": 0.002,
+        "accuracy": {"kind": "classification", "count": 2, "top1": 1.0},
+        "device": {"hostname": "box", "cpu_count": 2},
+        "engine": {"name": "onnxruntime", "providers": ["CPUExecutionProvider"]},
+        "errors": [],
+    }
+    result.update(changes)
+    return result
+
+
+def test_good_result_passes_and_unknown_fields_are_dropped():
+    clean = validate_result(good_result(evil="rm -rf /"), run_id="r1")
+    assert "evil" not in clean
+    assert clean["latency_ms"]["inference"]["p50"] == 1.0
+    assert clean["engine"]["providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"schema": "other"}, "schema"),
+        ({"version": 99}, "version"),
+        ({"run_id": "someone-else"}, "run"),
+        ({"status": "great"}, "status"),
+        ({"throughput_fps": float("nan")}, "throughput_fps"),
+        ({"throughput_fps": "fast"}, "throughput_fps"),
+        ({"frames": {"timed": -1}}, "frames.timed"),
+        ({"samples_ms": {"inference": ["1"]}}, "samples_ms.inference"),
+        ({"latency_ms": {"inference": {"p50": True}}}, "latency_ms.inference.p50"),
+        ({"errors": "oops"}, "errors"),
+    ],
+)
+def test_bad_fields_are_named(changes, message):
+    with pytest.raises(RunError, match=message.replace(".", r"\.")):
+        validate_result(good_result(**changes), run_id="r1")
+
+
+def test_oversized_text_is_truncated():
+    clean = validate_result(good_result(device={"hostname": "x" * 10_000}), run_id="r1")
+    assert len(clean["device"]["hostname"]) == 512

@@ -1,0 +1,80 @@
+"""The SQLite results store and the reports built from it (table, JSON, CSV, HTML)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+from rich.console import Console
+
+from edgekit import report
+from edgekit.errors import EdgekitError
+from edgekit.store import ResultsStore, default_db_path
+
+
+def _result(run_id: str, p50: float) -> dict:
+    stage = {"mean": p50, "p50": p50, "p90": p50, "p99": p50 * 2, "std": 0.1, "min": p50, "max": p50 * 2, "count": 3}
+    return {
+        "schema": "edgekit.result", "version": 1, "run_id": run_id, "status": "ok", "mode": "sequential",
+        "started_at": f"2026-11-27T12:00:0{run_id[-1]}Z",
+        "frames": {"timed": 3, "warmup": 1, "dropped": 0},
+        "latency_ms": {"inference": stage, "end_to_end": stage},
+        "samples_ms": {"inference": [p50, p50, p50 * 2], "end_to_end": [p50, p50 * 1.5, p50 * 2]},
+        "throughput_fps": 1000 / p50, "accuracy": {"kind": "classification", "count": 3, "top1": 2 / 3},
+        "device": {"cpu": "test cpu", "python": "3.11"}, "errors": [],
+    }  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ResultsStore(tmp_path / "runs.db")
+    manifest = {"target": "x86-ort", "precision": "fp32"}
+    for i, p50 in enumerate((1.5, 2.5), start=1):
+        run_id = f"run-{i}"
+        store.add(device="local", plan={"run_id": run_id}, result=_result(run_id, p50), manifest=manifest,
+                  artifact_id="f" * 64)  # fmt: skip
+    return store
+
+
+def test_default_path_follows_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("EDGEKIT_DB", str(tmp_path / "x.db"))
+    assert default_db_path() == tmp_path / "x.db"
+    monkeypatch.delenv("EDGEKIT_DB")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_db_path() == tmp_path / "edgekit" / "results.db"
+
+
+def test_runs_come_back_oldest_first_and_by_prefix(store):
+    assert [r.run_id for r in store.get()] == ["run-1", "run-2"]
+    assert [r.run_id for r in store.get(last=1)] == ["run-2"]
+    assert store.get(["run-2"])[0].result["throughput_fps"] == 400.0
+
+
+def test_ambiguous_or_missing_prefix_is_an_error(store):
+    with pytest.raises(EdgekitError, match="2 runs"):
+        store.get(["run-"])
+    with pytest.raises(EdgekitError, match="no run"):
+        store.get(["zzz"])
+
+
+def test_unwritable_store_location_is_explained(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(EdgekitError, match="EDGEKIT_DB"):
+        ResultsStore(blocker / "sub" / "runs.db")
+
+
+def test_table_json_csv_and_html(store):
+    runs = store.get()
+    buffer = io.StringIO()
+    report.print_runs_table(runs, Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert "run-1" in text and "x86-ort/fp32" in text and "66.7%" in text
+    assert [r["run_id"] for r in json.loads(report.to_json(runs))] == ["run-1", "run-2"]
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(runs))))
+    assert rows[1]["inference_p50_ms"] == "2.5"
+    page = report.to_html(runs)
+    assert page.count("<svg") == 4  # end-to-end and inference histogram per run
+    assert "run-2" in page and "p99" in page
