@@ -33,7 +33,8 @@ class OnnxRuntimeX86Target(Target):
     precisions = ("fp32",)
 
     def supported_ops(self) -> set[tuple[str, str]]:
-        return set(ort_cpu_ops())
+        # Constant has no kernel: ONNX Runtime turns Constant nodes into initializers when it loads a model.
+        return set(ort_cpu_ops()) | {("ai.onnx", "Constant")}
 
     def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
         # The artifact keeps the graph as given; ONNX Runtime optimises it when the session starts on
