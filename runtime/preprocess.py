@@ -75,7 +75,9 @@ class PreprocessSpec(object):
             raise PreprocessError("preprocess std contains 0; every std value must be non-zero")
         for name, size in (("resize", self.resize), ("crop", self.crop)):
             if size is not None and (len(size) != 2 or min(size) <= 0):
-                raise PreprocessError("preprocess %s must be [height, width] with positive values, got %r" % (name, size))
+                raise PreprocessError(
+                    "preprocess %s must be [height, width] with positive values, got %r" % (name, size)
+                )
 
     @property
     def channels(self) -> int:
@@ -109,7 +111,9 @@ class PreprocessSpec(object):
             raise
         except (TypeError, ValueError, AttributeError) as exc:
             # e.g. "mean": null or "color": 3 in a hand-written manifest
-            raise PreprocessError("preprocess spec %s is malformed (%s); see PreprocessSpec for the types" % (data, exc))
+            raise PreprocessError(
+                "preprocess spec %s is malformed (%s); see PreprocessSpec for the types" % (data, exc)
+            ) from exc
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -146,7 +150,11 @@ def _convert_color(frame: np.ndarray, color: str) -> np.ndarray:
     gray_in = frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1)
     if gray_in:
         frame = frame.reshape(frame.shape[:2])
-        return frame if color == "GRAY" else cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB if color == "RGB" else cv2.COLOR_GRAY2BGR)
+        return (
+            frame
+            if color == "GRAY"
+            else cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB if color == "RGB" else cv2.COLOR_GRAY2BGR)
+        )
     if frame.ndim != 3 or frame.shape[2] not in (3, 4):
         raise PreprocessError("frame has shape %s; expected HxW, HxWx1, HxWx3 (BGR) or HxWx4 (BGRA)" % (frame.shape,))
     if color == "GRAY":

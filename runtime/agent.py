@@ -1,0 +1,194 @@
+"""The device agent's entry point: plan in, result out (`--plan PATH --result PATH`).
+
+Loads the plan, the artifact manifest, the engine and the source, runs the harness, and ALWAYS writes
+a result file, even when the plan is invalid or the engine is missing (status `error` with the reason).
+Exit code 0 when the run is `ok`, 1 otherwise. Python 3.8-compatible; imports nothing outside runtime/.
+"""
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any, Dict, List, Optional
+
+from .engines import EngineError, open_engine
+from .facts import device_facts
+from .harness import Harness, Measurement, make_preprocessor
+from .manifest import ManifestError, load_manifest
+from .plan import Plan, PlanError, load_plan
+from .postprocess import PostprocessError, make_postprocessor
+from .result import add_error, empty_result, fill_measurement, finish, set_manifest, utc_now, write_result
+from .sources import SourceError, open_source, redact_uri
+
+_EXPECTED = (PlanError, ManifestError, EngineError, SourceError, PostprocessError)
+
+
+def _describe(exc: BaseException) -> str:
+    # our errors carry their own advice; an unexpected one needs its type to be searchable
+    return str(exc) if isinstance(exc, _EXPECTED) else "%s: %s" % (type(exc).__name__, exc)
+
+
+def run_plan(plan: Plan) -> Dict[str, Any]:
+    """Run a validated plan and return the JSON-safe result document (never raises for run errors)."""
+    result = empty_result(plan.run_id, utc_now())
+    result["mode"] = plan.mode
+    source_info = plan.source.to_dict()
+    if isinstance(source_info["uri"], str):
+        source_info["uri"] = redact_uri(source_info["uri"])
+    result["source"] = source_info
+    _device_facts(result)
+    if plan.power_probe is not None:
+        result["warnings"].append(
+            "power probe %r is not available in this agent version; power was not measured" % plan.power_probe
+        )
+    stage = "manifest"
+    measurement: Optional[Measurement] = None
+    try:
+        manifest = load_manifest(plan.artifact_dir)
+        set_manifest(result, manifest.data)
+        stage = "engine"
+        name = plan.engine_name or manifest.engine
+        if not name:
+            raise ManifestError("the manifest names no engine and the plan sets no engine.name: set one of them")
+        options = dict(plan.engine_options)
+        if plan.engine_threads is not None:
+            options["threads"] = plan.engine_threads
+        result["engine"] = {"name": name}  # replaced by the full facts once it loads
+        with open_engine(name, manifest.model_path, options) as engine:
+            result["engine"] = engine.facts()
+            _check_model_inputs(engine, manifest)
+            stage = "postprocess"
+            postprocessor = make_postprocessor(plan.postprocess_kind, plan.top_k, plan.reference, engine.output_names)
+            stage = "source"
+            with open_source(
+                plan.source.kind, plan.source.uri, plan.source.loop, plan.labels, manifest.class_names
+            ) as source:
+                stage = "run"
+                harness = Harness(
+                    source,
+                    engine,
+                    make_preprocessor(manifest.preprocess),
+                    postprocessor,
+                    mode=plan.mode,
+                    frames=plan.frames,
+                    duration_s=plan.duration_s,
+                    warmup=plan.warmup,
+                    queue_size=plan.queue_size,
+                )
+                measurement = harness.run()
+            fill_measurement(result, measurement, plan.keep_samples)
+            result["accuracy"] = postprocessor.summary()
+    except Exception as exc:
+        add_error(result, stage, _describe(exc))
+    except KeyboardInterrupt:
+        add_error(result, stage, "interrupted before the run started")
+    return finish(result, measurement.timed if measurement is not None else 0)
+
+
+def _check_model_inputs(engine: Any, manifest: Any) -> None:
+    if len(engine.inputs) != 1:
+        raise EngineError(
+            "model %s has %d inputs (%s); the agent feeds frames to single-input models"
+            % (manifest.model_path, len(engine.inputs), ", ".join(engine.input_names))
+        )
+    declared = manifest.inputs[0].get("name")
+    if declared != engine.input_names[0]:
+        raise ManifestError(
+            "the manifest declares input %r but the model's input is %r: the artifact is inconsistent; rebuild it"
+            % (declared, engine.input_names[0])
+        )
+
+
+def _device_facts(result: Dict[str, Any]) -> None:
+    try:
+        result["device"] = device_facts()
+    except Exception as exc:  # a fact we cannot read must not cost the run
+        result["warnings"].append("device facts incomplete: %s" % _describe(exc))
+
+
+def run_plan_file(plan_path: str) -> Dict[str, Any]:
+    """Load the plan at `plan_path` and run it; an unreadable or invalid plan gives an `error` result."""
+    try:
+        plan = load_plan(plan_path)
+    except PlanError as exc:
+        result = empty_result(_peek_run_id(plan_path), utc_now())
+        _device_facts(result)
+        add_error(result, "plan", str(exc))
+        return finish(result, 0)
+    return run_plan(plan)
+
+
+def _peek_run_id(plan_path: str) -> Optional[str]:
+    # an invalid plan's result should still be filed under its run id when the JSON has one
+    import json
+
+    try:
+        with open(plan_path, "r", encoding="utf-8") as handle:
+            run_id = json.load(handle).get("run_id")
+        return run_id if isinstance(run_id, str) else None
+    except Exception:
+        return None
+
+
+def summary_line(result: Dict[str, Any]) -> str:
+    """One line for logs: status, frames, inference p50, throughput, accuracy or the first error."""
+    parts = ["edgekit agent: %s" % result["status"]]
+    frames = result.get("frames") or {}
+    if frames.get("timed"):
+        parts.append("%d frames" % frames["timed"])
+        p50 = (result.get("latency_ms") or {}).get("inference", {}).get("p50")
+        if p50 is not None:
+            parts.append("inference p50 %.3f ms" % p50)
+        if result.get("throughput_fps"):
+            parts.append("%.1f fps" % result["throughput_fps"])
+        if frames.get("dropped"):
+            parts.append("%d dropped" % frames["dropped"])
+    accuracy = result.get("accuracy") or {}
+    if accuracy.get("kind") == "classification":
+        parts.append("top1 %.4f" % accuracy["top1"])
+    elif accuracy.get("kind") == "raw" and accuracy.get("sqnr_db") is not None:
+        parts.append("SQNR %.1f dB" % accuracy["sqnr_db"])
+    if result.get("errors"):
+        first = result["errors"][0]
+        parts.append("%s error: %s" % (first["stage"], first["message"]))
+    return ", ".join(parts)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # the harness keeps what it measured and the result is still written
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command line: `--plan PATH --result PATH`; returns the exit code (0 ok, 1 partial/error)."""
+    parser = argparse.ArgumentParser(
+        prog="edgekit-agent", description="Run an edgekit plan on this device and write the result JSON."
+    )
+    parser.add_argument("--plan", required=True, help="plan JSON (docs/contracts.md)")
+    parser.add_argument("--result", required=True, help="where to write the result JSON")
+    args = parser.parse_args(argv)
+
+    previous = None
+    in_main_thread = _in_main_thread()
+    if in_main_thread:
+        # the host stops a run that overstays with SIGTERM; the frames measured so far must survive it
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        if previous is None:  # a handler installed from C: restore the default rather than nothing
+            previous = signal.SIG_DFL
+    try:
+        result = run_plan_file(args.plan)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    try:
+        write_result(result, args.result)
+    except (OSError, ValueError) as exc:
+        sys.stderr.write("edgekit agent: cannot write result %s: %s\n" % (args.result, exc))
+        return 1
+    sys.stderr.write(summary_line(result) + " -> " + os.path.abspath(args.result) + "\n")
+    return 0 if result["status"] == "ok" else 1
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,135 @@
+"""The engine interface: a context manager with one checked public `infer`; backends override `_infer_impl`.
+
+Engines run inference and nothing else: the harness owns the clock, warm-up and statistics, so the
+numbers from different engines are comparable. Python 3.8-compatible.
+"""
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot load its model or run a feed; the message names the file or input."""
+
+
+class EngineUnavailable(EngineError):
+    """An engine this agent does not have on this device (unknown, not installed, or not implemented)."""
+
+
+class TensorInfo(object):
+    """Name, numpy dtype (None when the engine cannot say) and shape (ints, or str/None for dynamic axes)."""
+
+    def __init__(self, name: str, dtype: Optional[np.dtype], shape: List[Any]) -> None:
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "dtype": None if self.dtype is None else str(self.dtype), "shape": self.shape}
+
+    def __repr__(self) -> str:
+        return "TensorInfo(%r, %s, %r)" % (self.name, self.dtype, self.shape)
+
+
+class Engine(object):
+    """Base class. Subclasses load in `_load`, fill `self.inputs` / `self.outputs`, and run in `_infer_impl`."""
+
+    name = "base"
+
+    def __init__(self, model_path: str, options: Optional[Dict[str, Any]] = None) -> None:
+        self.model_path = model_path
+        self.options = dict(options or {})
+        self.inputs: List[TensorInfo] = []
+        self.outputs: List[TensorInfo] = []
+        self._checked = False
+        self._loaded = False
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    def load(self) -> "Engine":
+        """Load the model (idempotent); `open_engine` calls this so load errors surface at open time."""
+        if not self._loaded:
+            self._load()
+            self._loaded = True
+        return self
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close()
+            self._loaded = False
+
+    def __enter__(self) -> "Engine":
+        return self.load()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # -- inference -------------------------------------------------------------------------------------
+
+    @property
+    def input_names(self) -> List[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> List[str]:
+        return [t.name for t in self.outputs]
+
+    def infer(self, feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """Run one feed and return the outputs in `output_names` order.
+
+        The feed is checked on the first call (names, dtype, rank) and whenever `check_feed` is called;
+        later calls go straight to the backend, because the harness feeds the same kind of tensor every
+        frame and the check must not show up in the inference latency.
+        """
+        if not self._loaded:
+            raise EngineError("%s engine for %s is closed: use it inside `with`" % (self.name, self.model_path))
+        if not self._checked:
+            self.check_feed(feed)
+            self._checked = True
+        return self._infer_impl(feed)
+
+    def check_feed(self, feed: Dict[str, np.ndarray]) -> None:
+        """Raise EngineError naming the input when the feed does not fit the model."""
+        expected = self.input_names
+        missing = [n for n in expected if n not in feed]
+        extra = [n for n in feed if n not in expected]
+        if missing or extra:
+            raise EngineError(
+                "feed does not match the model inputs %s: missing %s, unexpected %s" % (expected, missing, extra)
+            )
+        for info in self.inputs:
+            value = feed[info.name]
+            if not isinstance(value, np.ndarray):
+                raise EngineError("input %r must be a numpy array, got %s" % (info.name, type(value).__name__))
+            if info.dtype is not None and value.dtype != info.dtype:
+                raise EngineError(
+                    "input %r has dtype %s but the model wants %s: set preprocess dtype in the manifest"
+                    % (info.name, value.dtype, info.dtype)
+                )
+            if info.shape is not None and value.ndim != len(info.shape):
+                raise EngineError(
+                    "input %r has rank %d (shape %s) but the model wants rank %d (shape %s): check preprocess layout"
+                    % (info.name, value.ndim, value.shape, len(info.shape), info.shape)
+                )
+            for axis, want in enumerate(info.shape or []):
+                if isinstance(want, int) and want > 0 and want != value.shape[axis]:
+                    raise EngineError(
+                        "input %r has shape %s but the model wants %s (axis %d): check preprocess resize/crop/layout"
+                        % (info.name, value.shape, info.shape, axis)
+                    )
+
+    def facts(self) -> Dict[str, Any]:
+        """What ran the model: engine name, library version, providers/delegates, threads."""
+        return {"name": self.name, "version": None, "providers": [], "threads": None}
+
+    # -- for subclasses --------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        pass
+
+    def _infer_impl(self, feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        raise NotImplementedError
