@@ -46,3 +46,8 @@ def test_labels_outside_the_model_classes_are_refused():
     check_labels([0, 9], manifest)
     with pytest.raises(RunError, match="label 12 is outside the model's 10 classes"):
         check_labels([3, 12], manifest, "labels.json")
+
+
+def test_loop_on_a_live_source_is_refused():
+    with pytest.raises(RunError, match="--loop"):
+        make_plan("/a", Source("camera", 0, loop=True), frames=10)

@@ -71,3 +71,12 @@ def test_bad_fields_are_named(changes, message):
 def test_oversized_text_is_truncated():
     clean = validate_result(good_result(device={"hostname": "x" * 10_000}), run_id="r1")
     assert len(clean["device"]["hostname"]) == 512
+
+
+def test_raw_accuracy_keeps_numbers_per_output():
+    figures = {"count": 3, "sqnr_db": 41.5, "cosine": 0.999, "max_abs_error": 0.01}
+    accuracy = {"kind": "raw", **figures, "outputs": [{"name": "logits", **figures}]}
+    clean = validate_result(good_result(accuracy=accuracy), run_id="r1")
+    assert clean["accuracy"]["outputs"][0] == accuracy["outputs"][0]
+    with pytest.raises(RunError, match="accuracy.top1"):
+        validate_result(good_result(accuracy={"kind": "classification", "top1": "all of them"}), run_id="r1")

@@ -112,6 +112,8 @@ def make_plan(
 ) -> dict[str, Any]:
     if source.live and frames is None and duration_s is None:
         raise RunError(f"a live {source.kind} source never ends: pass --frames N or --duration S")
+    if source.live and source.loop:
+        raise RunError(f"--loop restarts a file at its end; a live {source.kind} source has no end to restart")
     if frames is not None and frames <= 0:
         raise RunError(f"--frames must be positive, got {frames}")
     if warmup < 0:

@@ -81,6 +81,25 @@ def _facts(value: Any, where: str) -> dict[str, Any]:
     return clean
 
 
+def _accuracy(value: Any) -> dict[str, Any]:
+    """Accuracy figures: a kind, counts and finite numbers; for raw outputs, one entry per output."""
+    value = _mapping(value, "accuracy")
+    clean: dict[str, Any] = {}
+    if "kind" in value:
+        clean["kind"] = _text(value["kind"], "accuracy.kind", limit=32)
+    for key, item in list(value.items())[:MAX_FACTS]:
+        key = _text(key, "accuracy", limit=64)
+        if key == "outputs":
+            if not isinstance(item, list):
+                raise RunError("device result field accuracy.outputs is not a list")
+            clean["outputs"] = [_accuracy(entry) for entry in item[:MAX_FACTS]]
+        elif key == "name":
+            clean["name"] = _text(item, "accuracy.name", limit=256)
+        elif key != "kind":
+            clean[key] = _number(item, f"accuracy.{key}")
+    return clean
+
+
 def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
     """A clean copy of a device's result, or RunError saying which field is wrong."""
     data = _mapping(data, "(top level)")
@@ -113,7 +132,7 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "samples_ms": {s: _samples(samples[s], f"samples_ms.{s}") for s in STAGES if s in samples},
         "throughput_fps": _number(data.get("throughput_fps"), "throughput_fps"),
         "wall_s": _number(data.get("wall_s"), "wall_s"),
-        "accuracy": _facts(data["accuracy"], "accuracy") if data.get("accuracy") else None,
+        "accuracy": _accuracy(data["accuracy"]) if data.get("accuracy") else None,
         "power": _facts(data["power"], "power") if data.get("power") else None,
         "device": _facts(data.get("device", {}), "device"),
         "engine": _facts(data.get("engine", {}), "engine"),
