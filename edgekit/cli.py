@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def _fail_cleanly(func: Any) -> Any:
 def _console() -> Any:
     from rich.console import Console
 
-    return Console()
+    # Piped output has no terminal to wrap it: give tables room instead of rich's 80-column default.
+    return Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", 0)) or 140)
 
 
 def _store(db: str | None) -> Any:
@@ -225,7 +227,10 @@ def report(
         if not stored:
             click.echo(f"no runs stored in {store.path} yet; try `edgekit demo`")
             return
-        reports.print_runs_table(stored, _console())
+        console = _console()
+        reports.print_runs_table(stored, console)
+        if len(runs) == 1:
+            reports.print_stage_table(stored[0], console)
     if html_file:
         Path(html_file).write_text(reports.to_html(stored))
         click.echo(f"HTML report written to {html_file}", err=True)

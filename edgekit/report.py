@@ -70,27 +70,40 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
-    """The runs, one line each, with per-stage p50 latency, throughput and accuracy."""
+    """The runs, one line each: inference and end-to-end latency, throughput, accuracy.
+
+    Compact enough for an 80-column terminal; the per-stage breakdown of a run is `print_stage_table`
+    (`edgekit report RUN`)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title="edgekit runs", title_justify="left")
-    for column in ("run", "device", "target", "mode", "status", "frames", "capture", "preproc", "infer",
-                   "postproc", "e2e p50", "e2e p99", "fps", "top-1"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("run", "device", "target", "mode", "status") else "right")
+    devices = sorted({run.device for run in runs})
+    table = Table(title="edgekit runs (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False)  # fmt: skip
+    columns = ["run", *(["device"] if len(devices) > 1 else []), "target", "mode", "frames", "infer\np50",
+               "e2e\np50", "e2e\np99", "fps", "top-1"]  # fmt: skip
+    for column in columns:
+        left = column in ("run", "device", "target", "mode")
+        table.add_column(column, justify="left" if left else "right", no_wrap=True)
+    colours = {"ok": "green", "partial": "yellow", "error": "red"}
     for run in runs:
         row = run_row(run)
         top1 = row["top1"]
-        table.add_row(
-            row["run_id"], row["device"], f"{row['target']}/{row['precision']}", str(row["mode"]),
-            row["status"], _fmt(row["frames"]),
-            *(_fmt(row[f"{stage}_p50_ms"]) for stage in STAGES[:4]),
-            _fmt(row["end_to_end_p50_ms"]), _fmt(row["end_to_end_p99_ms"]), _fmt(row["throughput_fps"], 4),
+        cells = [f"[{colours.get(run.status, 'red')}]{row['run_id']}[/]"]
+        if len(devices) > 1:
+            cells.append(row["device"])
+        cells += [
+            f"{row['target']}/{row['precision']}", "pipe" if row["mode"] == "pipelined" else "seq",
+            _fmt(row["frames"]), _fmt(row["inference_p50_ms"]), _fmt(row["end_to_end_p50_ms"]),
+            _fmt(row["end_to_end_p99_ms"]), _fmt(row["throughput_fps"], 4),
             f"{top1 * 100:.1f}%" if top1 is not None else "-",
-        )  # fmt: skip
+        ]  # fmt: skip
+        table.add_row(*cells)
     console.print(table)
-    console.print("latencies in ms (p50 unless marked); fps over the timed frames")
+    legend = "run colour: [green]ok[/] [yellow]partial[/] [red]error[/]"
+    console.print(legend + (f"; device: {devices[0]}" if len(devices) == 1 else ""))
     for run in runs:
         for error in run.result.get("errors", []):
             console.print(f"[red]{run.run_id} {error.get('stage', '?')}:[/red] {error.get('message', '')}")

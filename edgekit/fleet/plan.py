@@ -17,7 +17,8 @@ LIVE_KINDS = ("camera", "gstreamer", "rtsp")
 
 
 def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    """Sortable and short: UTC yymmdd-HHMMSS plus 4 random hex digits."""
+    return time.strftime("%y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
 @dataclass(frozen=True)

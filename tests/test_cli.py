@@ -1,0 +1,153 @@
+"""The CLI end to end: build, run (agent in a subprocess), report, demo, and the bad inputs users hit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgekit.artifact import write_artifact
+from edgekit.cli import main
+from edgekit.store import ResultsStore
+
+
+def invoke(*args: str):
+    return CliRunner(env={"COLUMNS": "200"}).invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def video(tmp_path: Path) -> Path:
+    """A real mp4v video of 12 noisy frames."""
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 30, (32, 32))
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        writer.write(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_help_teaches_the_usual_path():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for word in ("inspect", "build", "run", "report", "demo"):
+        assert f"edgekit {word}" in result.output
+
+
+def test_targets_lists_x86_ort():
+    result = invoke("targets", "--json")
+    assert any(t["name"] == "x86-ort" for t in json.loads(result.output))
+
+
+def test_build_run_report(classifier_path, video, tmp_path, isolated_store):
+    out = tmp_path / "art"
+    built = invoke("build", classifier_path, "-t", "x86-ort", "-o", out)
+    assert built.exit_code == 0, built.output
+    assert (out / "manifest.json").is_file()
+
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps([i % 4 for i in range(12)]))
+    ran = invoke("run", out, "--source", video, "--labels", labels, "--warmup", "2")
+    assert ran.exit_code == 0, ran.output
+    assert "inference" in ran.output and "12 frames timed" in ran.output and "top-1 accuracy" in ran.output
+
+    piped = invoke("run", out, "--source", video, "--pipelined", "--frames", "30", "--loop")
+    assert piped.exit_code == 0, piped.output
+    assert "30 frames timed (0 dropped)" in piped.output
+
+    runs = ResultsStore(isolated_store).get()
+    assert [r.result["mode"] for r in runs] == ["sequential", "pipelined"]
+    assert runs[0].result["latency_ms"]["inference"]["count"] == 12
+    assert runs[0].result["device"]["cpu_count"] >= 1
+
+    table = invoke("report")
+    assert runs[0].run_id in table.output and "x86-ort/fp32" in table.output
+    rows = list(csv.DictReader(io.StringIO(invoke("report", "--csv").output)))
+    assert len(rows) == 2 and float(rows[0]["inference_p50_ms"]) > 0
+    assert json.loads(invoke("report", "--json", runs[1].run_id).output)[0]["result"]["mode"] == "pipelined"
+    html = tmp_path / "report.html"
+    assert invoke("report", "--html", html).exit_code == 0
+    assert html.read_text().count("<svg") == 4
+
+
+def test_demo_runs_the_main_job(tmp_path, isolated_store):
+    result = invoke("demo", "--workdir", tmp_path / "demo", "--frames", "200")
+    assert result.exit_code == 0, result.output
+    assert "200 frames timed" in result.output
+    stored = ResultsStore(isolated_store).get()[0]
+    assert stored.result["accuracy"]["count"] == 200
+    assert stored.result["accuracy"]["top1"] > 0.9  # a real model on real held-out digits
+
+
+# -- bad input: each a clear error naming what was wrong ---------------------------------------
+
+
+def test_corrupt_model_is_named(tmp_path):
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    result = CliRunner().invoke(main, ["build", str(bad), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "broken.onnx" in result.output and "export it again" in result.output
+
+
+def test_missing_model_is_named(tmp_path):
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path / "gone.onnx")])
+    assert result.exit_code == 2 and "gone.onnx does not exist" in result.output
+
+
+def test_unreadable_video_fails_the_run_and_is_stored(classifier_path, tmp_path, isolated_store):
+    invoke("build", classifier_path, "-o", tmp_path / "art")
+    fake = tmp_path / "notavideo.mp4"
+    fake.write_bytes(b"this is text, not H.264")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "art"), "--source", str(fake)])
+    assert result.exit_code == 1
+    assert "notavideo.mp4" in result.output
+    assert ResultsStore(isolated_store).get()[0].status == "error"
+
+
+def test_empty_image_folder_is_named(classifier_path, tmp_path):
+    invoke("build", classifier_path, "-o", tmp_path / "art")
+    empty = tmp_path / "no_images"
+    empty.mkdir()
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "art"), "--source", str(empty)])
+    assert result.exit_code == 1 and "no_images" in result.output
+
+
+def test_labels_that_do_not_match_the_outputs_are_refused_before_running(classifier_path, video, tmp_path):
+    invoke("build", classifier_path, "-o", tmp_path / "art")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("1\n7\n")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "art"), "--source", str(video), "--labels", str(labels)])
+    assert result.exit_code == 2 and "label 7 is outside the model's 4 classes" in result.output
+
+
+def test_engine_the_device_lacks_is_a_clear_error(classifier_path, video, tmp_path):
+    invoke("build", classifier_path, "-o", tmp_path / "art")
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    manifest.pop("files")
+    manifest.update(engine="tensorrt", target="jetson-trt")
+    write_artifact(tmp_path / "trt", {"model.onnx": (tmp_path / "art" / "model.onnx")}, manifest)
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "trt"), "--source", str(video)])
+    assert result.exit_code == 1
+    assert "tensorrt" in result.output
+
+
+def test_corrupt_frame_mid_run_keeps_earlier_frames(classifier_path, tmp_path, isolated_store):
+    invoke("build", classifier_path, "-o", tmp_path / "art")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), np.full((20, 20, 3), i * 40, np.uint8))
+    (folder / "03.png").write_bytes(b"not a png")
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "art"), "--source", str(folder), "--warmup", "0"])
+    assert result.exit_code == 1
+    stored = ResultsStore(isolated_store).get()[0]
+    assert stored.status == "partial"
+    assert stored.result["frames"]["timed"] == 3
+    assert "03.png" in json.dumps(stored.result["errors"])
