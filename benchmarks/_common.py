@@ -1,0 +1,46 @@
+"""Helpers shared by the benchmark scripts: real models and sources, medians, a results table."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import tempfile
+from pathlib import Path
+
+WORK = Path(tempfile.gettempdir()) / "edgekit-bench"
+
+
+def paddleocr_model(kind: str) -> Path | None:
+    """A real pretrained PaddleOCR model shipped in the rapidocr wheel (kind: det, rec or cls)."""
+    spec = importlib.util.find_spec("rapidocr")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    names = {"det": "*det*.onnx", "rec": "*rec*.onnx", "cls": "*cls*.onnx"}
+    found = sorted(models.glob(names[kind]))
+    return found[0] if found else None
+
+
+def digits_video(frame_size: tuple[int, int] = (112, 112), count: int | None = None) -> tuple[Path, list[int]]:
+    from edgekit.demo_data import load_heldout_digits, render_digits_video
+
+    images, labels = load_heldout_digits()
+    if count:
+        images, labels = images[:count], labels[:count]
+    out = WORK / f"digits_{frame_size[0]}x{frame_size[1]}_{len(images)}.mp4"
+    WORK.mkdir(parents=True, exist_ok=True)
+    if not out.exists():
+        render_digits_video(images, labels, out, frame_size=frame_size)
+    return out, [int(v) for v in labels]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def print_table(title: str, header: list[str], rows: list[list[object]]) -> None:
+    widths = [max(len(str(x)) for x in [h, *(r[i] for r in rows)]) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
+    for row in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))

@@ -1,0 +1,183 @@
+"""Calibration: one ONNX Runtime pass over the data feeds every activation to its streaming observer.
+
+Memory stays flat in the number of samples: each batch's intermediate tensors are folded into the
+observers and dropped before the next batch runs (ONNX Runtime's own calibrators keep them all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from edgekit.calibration.data import CalibrationDataError, load_calibration_data, warn_skipped
+from edgekit.calibration.graph import QuantPlan, fold_batchnorm, node_names, plan_quantization
+from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
+from edgekit.calibration.schemes import activation_qparams, activation_scheme, quantize_weight
+from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:
+    from edgekit.model import Model
+
+MIN_OPSET = 13
+
+
+class CalibrationError(EdgekitError):
+    """Calibration that cannot produce trustworthy ranges."""
+
+
+def prepare_float_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The float graph quantization works on: opset >= 13, BatchNorm folded, every node named."""
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
+    return node_names(fold_batchnorm(proto))
+
+
+@dataclass
+class Calibration:
+    """What calibration produced: the prepared float graph, the plan, the spec, and the observers."""
+
+    float_model: onnx.ModelProto
+    plan: QuantPlan
+    spec: QuantSpec
+    observers: dict[str, Any]
+    samples: int
+
+
+def _observed_session(model: onnx.ModelProto, tensors: list[str], threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    observed = onnx.ModelProto()
+    observed.CopyFrom(model)
+    existing = {o.name for o in observed.graph.output} | {i.name for i in observed.graph.input}
+    for name in tensors:
+        if name not in existing:
+            observed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    options = ort.SessionOptions()
+    # Basic optimisations only: fusing nodes would hide tensors the quantizers need to observe.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(observed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _progress(total: int | None, enabled: bool) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled,
+        transient=True,
+    )  # fmt: skip
+
+
+def calibrate(
+    model: Model,
+    data: str | Path | np.ndarray | Iterable[Any],
+    *,
+    observer: str = "minmax",
+    observer_settings: dict[str, Any] | None = None,
+    activations: str = "uint8_asym",
+    weights: str = "int8_per_channel",
+    float_nodes: Iterable[str] = (),
+    limit: int | None = None,
+    batch: int = 1,
+    threads: int | None = None,
+    progress: bool = True,
+) -> Calibration:
+    """Observe every activation the QDQ model will quantize and write the QuantSpec."""
+    from edgekit.calibration.observers import get_observer
+
+    scheme = activation_scheme(activations)
+    float_model = prepare_float_model(model.proto)
+    plan = plan_quantization(float_model, float_nodes=set(float_nodes), per_channel=weights == "int8_per_channel")
+    if not plan.nodes:
+        raise CalibrationError(
+            "the model has no quantizable op (Conv, Gemm, MatMul, Add, ...); there is nothing to quantize"
+        )
+    input_name = model.inputs[0].name
+    feeds = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=limit, batch=batch)
+    session = _observed_session(float_model, plan.activations, threads)
+    output_names = [o.name for o in session.get_outputs()]
+    input_names = {i.name for i in session.get_inputs()}
+    observers = {name: get_observer(observer, **(observer_settings or {})) for name in plan.activations}
+    for name, obs in observers.items():
+        obs.name = name
+    samples = 0
+    with _progress(feeds.count, progress) as bar:
+        task = bar.add_task("calibrating", total=feeds.count)
+        for feed in feeds.feeds:
+            missing = input_names - set(feed)
+            if missing:
+                raise CalibrationDataError(f"calibration sample lacks input(s) {sorted(missing)}")
+            outputs = session.run(output_names, feed)
+            values = dict(zip(output_names, outputs, strict=True))
+            for name, obs in observers.items():
+                obs.update(feed[name] if name in feed else values[name])
+            samples += 1
+            bar.advance(task)
+    warn_skipped(feeds.skipped)
+    if samples == 0:
+        raise CalibrationDataError(f"calibration data ({feeds.description}) gave no samples")
+    nonfinite = {name: obs.nonfinite for name, obs in observers.items() if obs.nonfinite}
+    if nonfinite:
+        worst = ", ".join(f"{n} ({c} values)" for n, c in list(nonfinite.items())[:5])
+        raise CalibrationError(
+            f"NaN/Inf activations during calibration in {len(nonfinite)} tensor(s): {worst}; check the model "
+            "and that the calibration data is preprocessed as the model expects"
+        )
+    spec = _make_spec(model, float_model, plan, observers, scheme, weights, observer, samples, feeds.description)
+    return Calibration(float_model, plan, spec, observers, samples)
+
+
+def _make_spec(model, float_model, plan, observers, scheme, weights, observer, samples, description) -> QuantSpec:
+    spec = QuantSpec(
+        source_model_sha256=model.sha256,
+        scheme={"activations": scheme.name, "weights": weights},
+        calibration={
+            "observer": observer,
+            "settings": next(iter(observers.values())).settings() if observers else {},
+            "samples": samples,
+            "data": description,
+        },
+    )
+    for name, obs in observers.items():
+        lo, hi = obs.compute_range(symmetric=scheme.symmetric, unsigned=scheme.dtype == "uint8")
+        scale, zero_point = activation_qparams(lo, hi, scheme)
+        spec.tensors[name] = TensorQuant(
+            "activation", scheme.dtype, float(scale), int(zero_point), observer=observer, settings=obs.settings(),
+            range=(float(lo), float(hi)), observed=tuple(float(v) for v in obs.observed_range),
+        )  # fmt: skip
+    inits = {init.name: init for init in float_model.graph.initializer}
+    weight_scales: dict[str, np.ndarray] = {}
+    for entry in plan.weights:
+        if entry.name in weight_scales:
+            continue
+        values = onnx.numpy_helper.to_array(inits[entry.name])
+        _, scale = quantize_weight(values, weights if entry.axis is not None else "int8_per_tensor", entry.axis or 0)
+        weight_scales[entry.name] = scale
+        per_channel = entry.axis is not None and scale.ndim == 1
+        spec.tensors[entry.name] = TensorQuant(
+            "weight", "int8",
+            [float(s) for s in scale] if per_channel else float(scale),
+            [0] * len(scale) if per_channel else 0,
+            axis=entry.axis if per_channel else None,
+            observer="minmax", range=(float(values.min()), float(values.max())),
+        )  # fmt: skip
+    for entry in plan.biases:
+        act = spec.tensors.get(entry.input_tensor)
+        if act is None or entry.weight not in weight_scales:
+            continue
+        scale = (np.float32(act.scale) * weight_scales[entry.weight]).astype(np.float32)
+        per_channel = scale.ndim == 1
+        spec.tensors[entry.name] = TensorQuant(
+            "bias", "int32",
+            [float(s) for s in scale] if per_channel else float(scale),
+            [0] * len(scale) if per_channel else 0,
+            axis=0 if per_channel else None,
+        )  # fmt: skip
+    return spec

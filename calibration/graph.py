@@ -1,0 +1,185 @@
+"""Graph preparation for quantization: BatchNorm folding, and which tensors and weights get quantized.
+
+The plan is derived from the float graph alone, so calibration (which observes the activations) and
+the QDQ writer (which inserts the quantizers) always agree on the same tensors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# Ops with weights that become integer kernels (QLinearConv, QGemm, MatMulInteger, ...).
+WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
+# Ops without weights that integer runtimes run on quantized tensors (QLinearAdd, QLinearConcat, ...).
+ACTIVATION_OPS = {"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu"}
+# Activations that fuse into the op before them: the quantizer goes after them, not between.
+FUSED_ACTIVATIONS = {"Relu", "Clip"}
+QUANTIZABLE_OPS = set(WEIGHT_OPS) | ACTIVATION_OPS
+
+
+def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold every BatchNormalization that directly follows a Conv (whose output only it reads) into the Conv."""
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    graph = model_copy.graph
+    inits = {init.name: init for init in graph.initializer}
+    consumers = _consumers(graph)
+    producers = {out: node for node in graph.node for out in node.output}
+    graph_outputs = {o.name for o in graph.output}
+    removed = set()
+    for bn in graph.node:
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1:
+            continue
+        conv = producers.get(bn.input[0])
+        params = [inits.get(name) for name in bn.input[1:5]]
+        if (
+            conv is None
+            or conv.op_type != "Conv"
+            or len(consumers[conv.output[0]]) != 1
+            or conv.output[0] in graph_outputs
+            or any(p is None for p in params)
+            or conv.input[1] not in inits
+            or len(consumers[conv.input[1]]) != 1
+        ):
+            continue
+        epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)
+        factor = gamma / np.sqrt(var + epsilon)
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
+        bias = numpy_helper.to_array(inits[bias_name]).astype(np.float64) if bias_name else np.zeros(len(factor))
+        if bias_name and len(consumers[bias_name]) != 1:
+            continue
+        new_weight = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
+        new_bias = ((bias - mean) * factor + beta).astype(np.float32)
+        inits[conv.input[1]].CopyFrom(numpy_helper.from_array(new_weight, conv.input[1]))
+        if bias_name:
+            inits[bias_name].CopyFrom(numpy_helper.from_array(new_bias, bias_name))
+        else:
+            bias_name = conv.name + "_folded_bias" if conv.name else conv.output[0] + "_bias"
+            graph.initializer.append(numpy_helper.from_array(new_bias, bias_name))
+            if len(conv.input) == 2:
+                conv.input.append(bias_name)
+            else:
+                conv.input[2] = bias_name
+        conv.output[0] = bn.output[0]
+        removed.add(id(bn))
+    if removed:
+        kept = [node for node in graph.node if id(node) not in removed]
+        del graph.node[:]
+        graph.node.extend(kept)
+        _drop_unused_initializers(graph)
+    return model_copy
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            if name:
+                consumers[name].append(node)
+    return consumers
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def node_names(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every node a unique name (specs and overrides refer to nodes by name)."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{index}"
+        seen.add(node.name)
+    return model
+
+
+@dataclass
+class WeightEntry:
+    node: str
+    name: str
+    axis: int | None  # per-channel axis, None for per-tensor
+
+
+@dataclass
+class BiasEntry:
+    node: str
+    name: str
+    input_tensor: str
+    weight: str
+
+
+@dataclass
+class QuantPlan:
+    """Which nodes run quantized, and the tensors, weights and biases that carry quantizers."""
+
+    nodes: list[str] = field(default_factory=list)
+    activations: list[str] = field(default_factory=list)
+    weights: list[WeightEntry] = field(default_factory=list)
+    biases: list[BiasEntry] = field(default_factory=list)
+
+
+def weight_axis(node: onnx.NodeProto, weight: np.ndarray) -> int | None:
+    """The output-channel axis of a weight, or None where per-channel is not used."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return None  # MatMul: per-tensor, the layout every integer MatMul kernel accepts
+
+
+def plan_quantization(
+    model: onnx.ModelProto, *, float_nodes: set[str] = frozenset(), per_channel: bool = True
+) -> QuantPlan:
+    """Decide the quantizers: inputs of quantized nodes, their outputs (after a fused Relu/Clip), weights, biases."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    consumers = _consumers(graph)
+    graph_outputs = {o.name for o in graph.output}
+    plan = QuantPlan()
+    activations: dict[str, None] = {}  # ordered set
+
+    def is_activation(name: str) -> bool:
+        return bool(name) and name not in inits
+
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE_OPS or node.name in float_nodes:
+            continue
+        weight_index = WEIGHT_OPS.get(node.op_type)
+        if weight_index is not None:
+            if len(node.input) <= weight_index or node.input[weight_index] not in inits:
+                if node.op_type != "MatMul":
+                    continue  # Conv/Gemm with a computed weight: leave it float
+            else:
+                weight = numpy_helper.to_array(inits[node.input[weight_index]])
+                axis = weight_axis(node, weight) if per_channel else None
+                plan.weights.append(WeightEntry(node.name, node.input[weight_index], axis))
+                bias_index = 2
+                if len(node.input) > bias_index and node.input[bias_index] in inits and node.op_type != "MatMul":
+                    plan.biases.append(BiasEntry(node.name, node.input[bias_index], node.input[0], node.input[1]))
+        plan.nodes.append(node.name)
+        for index, name in enumerate(node.input):
+            if weight_index is not None and index >= weight_index and name in inits:
+                continue
+            if is_activation(name):
+                activations[name] = None
+        for name in node.output:
+            followers = consumers.get(name, [])
+            if len(followers) == 1 and followers[0].op_type in FUSED_ACTIVATIONS and name not in graph_outputs:
+                name = followers[0].output[0]
+            if name not in graph_outputs:
+                activations[name] = None
+    plan.activations = list(activations)
+    return plan

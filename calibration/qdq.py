@@ -1,0 +1,123 @@
+"""Write a QDQ ONNX model from a float model and its QuantSpec.
+
+QuantizeLinear/DequantizeLinear pairs go on the activation tensors the QuantSpec lists, weights are
+stored as int8 with a DequantizeLinear, biases as int32 (scale = input scale x weight scale). ONNX
+Runtime fuses DQ -> op -> Q into integer kernels (QLinearConv, QGemm, ...) and TensorRT reads the
+same graph as explicit quantization. Nothing here knows how the QuantSpec was computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from edgekit.calibration.graph import _consumers
+from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
+
+QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
+
+
+def _np_dtype(name: str) -> type:
+    return {"uint8": np.uint8, "int8": np.int8, "int32": np.int32}[name]
+
+
+def _scale_array(entry: TensorQuant) -> np.ndarray:
+    return np.asarray(entry.scale, dtype=np.float32)
+
+
+def _zero_point_array(entry: TensorQuant) -> np.ndarray:
+    return np.asarray(entry.zero_point, dtype=_np_dtype(entry.dtype))
+
+
+def quantize_initializer(values: np.ndarray, entry: TensorQuant) -> np.ndarray:
+    """Integer values of a weight or bias, from the scales the QuantSpec holds."""
+    scale = _scale_array(entry).astype(np.float64)
+    zero_point = np.asarray(entry.zero_point, dtype=np.int64)
+    if entry.axis is not None:
+        shape = [1] * values.ndim
+        shape[entry.axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    info = np.iinfo(_np_dtype(entry.dtype))
+    low = -127 if entry.kind == "weight" and entry.dtype == "int8" else info.min
+    q = np.round(values.astype(np.float64) / scale) + zero_point
+    return np.clip(q, low, info.max).astype(_np_dtype(entry.dtype))
+
+
+def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
+    """A copy of `model` (already prepared: BatchNorm folded, nodes named) with the spec's quantizers."""
+    qdq = onnx.ModelProto()
+    qdq.CopyFrom(model)
+    graph = qdq.graph
+    inits = {init.name: init for init in graph.initializer}
+    consumers = _consumers(graph)
+    float_nodes = spec.float_nodes
+    new_inits: list[onnx.TensorProto] = []
+    dq_nodes: list[onnx.NodeProto] = []
+
+    def add_qparams(name: str, entry: TensorQuant) -> tuple[str, str]:
+        scale_name, zp_name = f"{name}_scale", f"{name}_zero_point"
+        new_inits.append(numpy_helper.from_array(_scale_array(entry), scale_name))
+        new_inits.append(numpy_helper.from_array(_zero_point_array(entry), zp_name))
+        return scale_name, zp_name
+
+    # Weights and biases: replace each initializer with its integer form and a DequantizeLinear.
+    for name, entry in spec.tensors.items():
+        if entry.kind not in ("weight", "bias"):
+            continue
+        if name not in inits:
+            raise QuantSpecError(f"QuantSpec lists {entry.kind} {name!r}, which the model does not have")
+        readers = [n for n in consumers.get(name, []) if n.name not in float_nodes]
+        if not readers:
+            continue
+        values = numpy_helper.to_array(inits[name])
+        quant_name = f"{name}_quantized"
+        new_inits.append(numpy_helper.from_array(quantize_initializer(values, entry), quant_name))
+        scale_name, zp_name = add_qparams(name, entry)
+        dq_out = f"{name}_dequantized"
+        attrs = {"axis": entry.axis} if entry.axis is not None else {}
+        dq_nodes.append(helper.make_node("DequantizeLinear", [quant_name, scale_name, zp_name], [dq_out],
+                                         name=f"{name}_DequantizeLinear", **attrs))  # fmt: skip
+        for reader in readers:
+            for i, input_name in enumerate(reader.input):
+                if input_name == name:
+                    reader.input[i] = dq_out
+
+    # Activations: Q -> DQ right after the tensor is produced; quantized readers read the DQ output.
+    producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    inserts: dict[int, list[onnx.NodeProto]] = {}
+    for name, entry in spec.tensors.items():
+        if entry.kind != "activation":
+            continue
+        readers = [n for n in consumers.get(name, []) if n.name not in float_nodes]
+        if not readers:
+            continue
+        scale_name, zp_name = add_qparams(name, entry)
+        q_out, dq_out = f"{name}_quantized", f"{name}_dequantized"
+        pair = [
+            helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [q_out], name=f"{name}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [q_out, scale_name, zp_name], [dq_out],
+                             name=f"{name}_DequantizeLinear"),
+        ]  # fmt: skip
+        inserts.setdefault(producer_index.get(name, -1), []).extend(pair)
+        for reader in readers:
+            for i, input_name in enumerate(reader.input):
+                if input_name == name:
+                    reader.input[i] = dq_out
+
+    # Rebuild the node list in topological order: weight DQs and graph-input quantizers first.
+    ordered = [*dq_nodes, *inserts.get(-1, [])]
+    for i, node in enumerate(graph.node):
+        ordered.append(node)
+        ordered.extend(inserts.get(i, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(new_inits)
+    used = {n for node in graph.node for n in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for opset in qdq.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < QDQ_OPSET:
+            opset.version = QDQ_OPSET
+    return qdq

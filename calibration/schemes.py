@@ -1,0 +1,96 @@
+"""Quantization schemes: how a clipping range becomes a scale and zero point, and how weights are quantized.
+
+Activations are per-tensor, either uint8 asymmetric (fastest for ONNX Runtime on x86: u8 activations
+with s8 weights hit the VNNI kernels, and Relu folds into the quantizer when the zero point is 0),
+int8 symmetric (what TensorRT's explicit quantization wants) or int8 asymmetric (TFLite). Weights
+are int8 symmetric, per output channel by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ActivationScheme:
+    name: str
+    dtype: str  # numpy name: uint8 | int8
+    symmetric: bool
+
+    @property
+    def qmin(self) -> int:
+        return int(np.iinfo(self.dtype).min)
+
+    @property
+    def qmax(self) -> int:
+        return int(np.iinfo(self.dtype).max)
+
+
+ACTIVATION_SCHEMES = {
+    "uint8_asym": ActivationScheme("uint8_asym", "uint8", symmetric=False),
+    "int8_sym": ActivationScheme("int8_sym", "int8", symmetric=True),
+    "int8_asym": ActivationScheme("int8_asym", "int8", symmetric=False),
+}
+WEIGHT_SCHEMES = ("int8_per_channel", "int8_per_tensor")
+# int8 weights use [-127, 127] so that -x is always representable (TensorRT requires it, ORT accepts it).
+WEIGHT_QMAX = 127
+
+
+def activation_scheme(name: str) -> ActivationScheme:
+    try:
+        return ACTIVATION_SCHEMES[name]
+    except KeyError:
+        raise ValueError(f"unknown activation scheme {name!r}; use one of {', '.join(ACTIVATION_SCHEMES)}") from None
+
+
+def activation_qparams(lo: float, hi: float, scheme: ActivationScheme) -> tuple[float, int]:
+    """Scale and zero point for a clipping range; the range always includes 0 so 0 is exact."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if scheme.symmetric:
+        bound = max(-lo, hi)
+        scale = bound / scheme.qmax if bound > 0 else 1.0
+        return scale, 0
+    span = hi - lo
+    if span <= 0:
+        return 1.0, 0
+    scale = span / (scheme.qmax - scheme.qmin)
+    zero_point = int(np.clip(round(scheme.qmin - lo / scale), scheme.qmin, scheme.qmax))
+    return scale, zero_point
+
+
+def quantize_weight(
+    weight: np.ndarray, scheme: str = "int8_per_channel", axis: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """int8 symmetric weights and their scale(s): one per slice along `axis`, or one for the tensor."""
+    if scheme not in WEIGHT_SCHEMES:
+        raise ValueError(f"unknown weight scheme {scheme!r}; use one of {', '.join(WEIGHT_SCHEMES)}")
+    weight = np.asarray(weight, dtype=np.float32)
+    if scheme == "int8_per_channel" and weight.ndim > 1:
+        reduce_axes = tuple(i for i in range(weight.ndim) if i != axis)
+        bound = np.abs(weight).max(axis=reduce_axes)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        scale = np.where(bound > 0, bound / WEIGHT_QMAX, 1.0).astype(np.float32)
+        q = np.clip(np.round(weight / scale.reshape(shape)), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+        return q, scale
+    bound = float(np.abs(weight).max()) if weight.size else 0.0
+    scale = np.float32(bound / WEIGHT_QMAX if bound > 0 else 1.0)
+    q = np.clip(np.round(weight / scale), -WEIGHT_QMAX, WEIGHT_QMAX).astype(np.int8)
+    return q, np.asarray(scale, dtype=np.float32)
+
+
+def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """int32 bias with scale input_scale * weight_scale, as integer Conv/Gemm kernels expect."""
+    scale = (np.float32(input_scale) * np.asarray(weight_scale, dtype=np.float32)).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1e-12))
+    limit = np.iinfo(np.int32).max
+    q = np.clip(np.round(np.asarray(bias, dtype=np.float64) / scale), -limit, limit).astype(np.int32)
+    return q, scale.astype(np.float32)
+
+
+def fake_quantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
+    """Quantize then dequantize: what the integer model computes for a float tensor."""
+    q = np.clip(np.round(x / scale) + zero_point, qmin, qmax)
+    return ((q - zero_point) * scale).astype(np.float32)
