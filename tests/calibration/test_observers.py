@@ -416,7 +416,7 @@ def test_registry_lists_all_four_with_descriptions():
         json.dumps(infos[name].settings)
         assert get_observer(name).settings() == infos[name].settings
     assert infos["percentile"].settings == {"percentile": 99.99, "bins": 2048}
-    assert infos["entropy"].settings == {"bins": 2048, "num_quantized_bins": None}
+    assert infos["entropy"].settings == {"bins": 2048, "num_quantized_bins": None, "zero_bin": "like_bin1"}
     assert get_observer("entropy", name="x", bins=1024).histogram.bins == 2048
     with pytest.raises(ValueError, match="unknown observer 'kl'.*minmax, percentile, entropy, mse"):
         get_observer("kl")
@@ -448,3 +448,17 @@ def test_register_observer_adds_one_name():
             register_observer("zero_test")(type("Other", (Observer,), {}))
     finally:
         module._REGISTRY.pop("zero_test")
+
+
+def test_entropy_zero_spike_no_longer_drags_the_threshold_down():
+    """ReLU outputs: half exact zeros. The talk's method clips them hard; bin 0 = bin 1 (the default) does not."""
+    rng = np.random.default_rng(3)
+    relu = np.maximum(rng.normal(size=400_000), 0).astype(np.float32)
+    talk, default = get_observer("entropy", zero_bin="keep"), get_observer("entropy")
+    talk.update(relu)
+    default.update(relu)
+    t_talk = talk.compute_range(symmetric=True)[1]
+    t_default = default.compute_range(symmetric=True)[1]
+    assert t_talk < 2.5 < 3.5 < t_default
+    with pytest.raises(ValueError, match="zero_bin"):
+        get_observer("entropy", zero_bin="drop")
