@@ -169,3 +169,38 @@ def warn_skipped(skipped: list[str]) -> None:
     if skipped:
         warnings.warn(f"skipped {len(skipped)} calibration images that could not be decoded, e.g. {skipped[0]}",
                       stacklevel=2)  # fmt: skip
+
+
+def load_labelled(
+    source: str | Path,
+    *,
+    spec: PreprocessSpec,
+    input_name: str,
+    labels: list[int] | None = None,
+    class_names: list[str] | None = None,
+    limit: int | None = None,
+) -> tuple[list[dict[str, np.ndarray]], list[int]]:
+    """Labelled feeds for accuracy budgets: an image folder with class sub-folders, or a video plus
+    per-frame labels. Frames are read and preprocessed by the device agent's own code."""
+    from edgekit.runtime.sources import SourceError, open_source
+
+    path = Path(source)
+    kind = "images" if path.is_dir() else "video"
+    feeds: list[dict[str, np.ndarray]] = []
+    found: list[int] = []
+    try:
+        with open_source(kind, str(path), labels=labels, class_names=class_names) as frames:
+            for frame, label in frames:
+                if label is None:
+                    raise CalibrationDataError(
+                        f"{path} gives frames without labels; use class sub-folders or pass per-frame labels"
+                    )
+                feeds.append({input_name: preprocess(frame, spec)})
+                found.append(int(label))
+                if limit and len(feeds) >= limit:
+                    break
+    except SourceError as exc:
+        raise CalibrationDataError(str(exc)) from exc
+    if not feeds:
+        raise CalibrationDataError(f"{path} gave no labelled samples")
+    return feeds, found

@@ -20,11 +20,29 @@ def build(
     *,
     precision: str = "fp32",
     quant_spec: Any = None,
+    calib: Any = None,
+    observer: str = "minmax",
+    progress: bool = False,
 ) -> Artifact:
-    """Turn a model into an artifact for `target` in the folder `out`."""
+    """Turn a model into an artifact for `target` in the folder `out`.
+
+    Quantized precisions take their scales from `quant_spec` (a QuantSpec or its JSON path), or from
+    calibrating on `calib` with `observer` in the scheme the target wants.
+    """
     if not isinstance(model, Model):
         model = Model.load(model)
-    return get_target(target).build(model, out, precision=precision, quant_spec=quant_spec)
+    chosen = get_target(target)
+    if isinstance(quant_spec, (str, Path)):
+        from edgekit.calibration.quant_spec import QuantSpec
+
+        quant_spec = QuantSpec.load(quant_spec)
+    if quant_spec is None and calib is not None and precision in chosen.quantized_precisions:
+        from edgekit.calibration.calibrate import calibrate
+
+        quant_spec = calibrate(
+            model, calib, observer=observer, activations=chosen.activation_scheme, progress=progress
+        ).spec
+    return chosen.build(model, out, precision=precision, quant_spec=quant_spec)
 
 
 @dataclass(frozen=True)

@@ -129,10 +129,15 @@ def targets(as_json: bool) -> None:
     help='Override the preprocessing spec, e.g. \'{"resize": [224, 224], "color": "RGB", "mean": [0.485, 0.456, '
     '0.406], "std": [0.229, 0.224, 0.225]}\'. Keys left out take their defaults.',
 )  # fmt: skip
+@click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
+@click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
 @_fail_cleanly
-def build(model: str, target: str, precision: str, out: str, preprocess_json: str | None) -> None:
+def build(model: str, target: str, precision: str, out: str, preprocess_json: str | None, calib: str | None,
+          spec_path: str | None, observer: str) -> None:  # fmt: skip
     """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
-    artifact id (building twice gives the same id)."""
+    artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
+    quantize`) or calibrates on --calib."""
     from edgekit.api import build as build_artifact
     from edgekit.errors import EdgekitError
     from edgekit.model import Model
@@ -144,9 +149,99 @@ def build(model: str, target: str, precision: str, out: str, preprocess_json: st
         except json.JSONDecodeError as exc:
             raise EdgekitError(f"--preprocess is not valid JSON: {exc}") from exc
     console = _console()
-    with console.status(f"building {target}/{precision} from {model}"):
-        artifact = build_artifact(loaded, target, out, precision=precision)
+    artifact = build_artifact(
+        loaded, target, out, precision=precision, quant_spec=spec_path, calib=calib, observer=observer, progress=True
+    )
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
+    for note in artifact.manifest.get("not_honoured", []):
+        console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
+
+
+@main.command()
+def observers() -> None:
+    """List the calibration observers and their settings."""
+    from rich.table import Table
+
+    from edgekit.calibration.observers import list_observers
+
+    table = Table(title="observers (edgekit quantize --observer NAME)", title_justify="left")
+    for column in ("name", "what it does", "settings"):
+        table.add_column(column)
+    for info in list_observers():
+        table.add_row(info.name, info.description, json.dumps(info.settings))
+    _console().print(table)
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib", required=True, type=click.Path(exists=True),
+              help="Calibration data: image folder (searched recursively), video file, .npy or .npz.")  # fmt: skip
+@click.option("--observer", default="minmax", show_default=True, help="minmax, percentile, entropy or mse.")
+@click.option("--setting", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Observer setting, e.g. --setting percentile=99.9 (repeatable).")  # fmt: skip
+@click.option("-t", "--target", default="x86-ort", show_default=True,
+              help="Target whose quantization scheme to use (x86-ort: uint8 activations).")  # fmt: skip
+@click.option("--activations", default=None, help="Override the scheme: uint8_asym, int8_sym or int8_asym.")
+@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--limit", type=int, default=None, help="Use at most this many calibration samples.")
+@click.option("--eval", "eval_data", type=click.Path(exists=True),
+              help="Labelled data: image folder with class sub-folders, or a video with --labels.")  # fmt: skip
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Per-frame labels of an --eval video.")
+@click.option("--max-drop", type=float, default=None, help="Accuracy budget: top-1 may fall at most this many points.")
+@click.option("--min-sqnr", type=float, default=None, help="Accuracy budget: output SQNR at least this many dB.")
+@click.option("--keep-float", multiple=True, metavar="NODE", help="Keep this node in float (repeatable).")
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True,
+              help="Folder for model.onnx (QDQ), quant_spec.json and report.json.")  # fmt: skip
+@_fail_cleanly
+def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], target: str, activations: str | None,
+             per_tensor: bool, limit: int | None, eval_data: str | None, labels: str | None, max_drop: float | None,
+             min_sqnr: float | None, keep_float: tuple[str, ...], out: str) -> None:  # fmt: skip
+    """Post-training quantization of MODEL: one streaming calibration pass, a QuantSpec, a QDQ model, and
+    a per-tensor error report. With --max-drop or --min-sqnr the most sensitive layers stay float until
+    the budget is met.
+
+    \b
+    Examples:
+      edgekit quantize m.onnx --calib images/ -o q
+      edgekit quantize m.onnx --calib images/ --observer percentile --setting percentile=99.9 -o q
+      edgekit quantize m.onnx --calib images/ --eval labelled/ --max-drop 0.5 -o q
+    """
+    from edgekit.calibration.data import load_labelled
+    from edgekit.calibration.error_report import print_error_table
+    from edgekit.calibration.quantize import quantize as run_quantize
+    from edgekit.calibration.quantize import save_quantized
+    from edgekit.fleet.plan import read_labels
+    from edgekit.model import Model
+    from edgekit.targets import get_target
+
+    loaded = Model.load(model)
+    observer_settings = {}
+    for item in settings:
+        key, _, value = item.partition("=")
+        observer_settings[key] = json.loads(value) if value.strip() else value
+    eval_feeds = eval_labels = None
+    if eval_data:
+        eval_feeds, eval_labels = load_labelled(
+            eval_data, spec=loaded.preprocess, input_name=loaded.inputs[0].name,
+            labels=read_labels(labels) if labels else None, class_names=loaded.class_names,
+        )  # fmt: skip
+    result = run_quantize(
+        loaded, calib, observer=observer, observer_settings=observer_settings,
+        activations=activations or get_target(target).activation_scheme,
+        weights="int8_per_tensor" if per_tensor else "int8_per_channel", float_nodes=keep_float, limit=limit,
+        eval_feeds=eval_feeds, eval_labels=eval_labels, max_drop=max_drop, min_sqnr=min_sqnr,
+    )  # fmt: skip
+    folder = save_quantized(result, out)
+    console = _console()
+    console.print(result.spec.summary())
+    print_error_table(result.errors, console)
+    if result.accuracy:
+        console.print("top-1: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in result.accuracy.items()))
+    if result.budget is not None:
+        console.print(f"budget met with {len(result.budget.float_nodes)} node(s) kept float: "
+                      f"{', '.join(result.budget.float_nodes) or 'none'}")  # fmt: skip
+    console.print(f"calibration {result.timings_s['calibration']:.2f} s; wrote {folder}/model.onnx, "
+                  "quant_spec.json, report.json")  # fmt: skip
 
 
 @main.command()

@@ -36,6 +36,7 @@ class Target:
     device: ClassVar[str] = ""
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     quantized_precisions: ClassVar[tuple[str, ...]] = ()  # need a QuantSpec (from calibration or QAT)
+    activation_scheme: ClassVar[str] = "int8_sym"  # what calibration should produce for this target
 
     # -- what the target can run -----------------------------------------------------------------
 
@@ -61,6 +62,7 @@ class Target:
             "engine": self.engine,
             "precisions": list(self.precisions),
             "quantized_precisions": list(self.quantized_precisions),
+            "activation_scheme": self.activation_scheme if self.quantized_precisions else None,
         }
 
     # -- build ---------------------------------------------------------------------------------
@@ -83,6 +85,8 @@ class Target:
             raise BuildError(
                 f"precision {precision} needs quantization parameters: pass --calib DATA or --spec quant_spec.json"
             )
+        if quant_spec is not None:
+            quant_spec.check_model(model.sha256, label=str(model.path or "the model"))
         missing = self.unsupported_ops(model.proto)
         if missing:
             listed = ", ".join(f"{op} (x{n})" for op, n in missing.items())
@@ -99,7 +103,7 @@ class Target:
             "source_model_sha256": model.sha256,
             "quant_spec_sha256": getattr(quant_spec, "sha256", None),
             "tools": self.tool_versions(),
-            "not_honoured": [],
+            "not_honoured": extra.pop("not_honoured", []),
             **extra,
         }
         return write_artifact(out_dir, files, manifest)

@@ -1,0 +1,92 @@
+"""Per-tensor error of a quantized model against its float original: SQNR, cosine, max abs error.
+
+Both models run on the same feeds with every quantized tensor exposed as an output; the quantized
+side reads each tensor after its quantizer (the `_dequantized` copy), so the figure includes the
+tensor's own rounding and clipping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from edgekit.runtime.compare import ErrorAccumulator
+
+
+@dataclass
+class TensorError:
+    name: str
+    sqnr_db: float | None
+    cosine: float | None
+    max_abs_error: float | None
+    count: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sqnr_db": self.sqnr_db, "cosine": self.cosine,
+                "max_abs_error": self.max_abs_error, "count": self.count}  # fmt: skip
+
+
+def session_with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> Any:
+    """An ORT session of `model` that also returns the named intermediate tensors."""
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in names:
+        if name not in present:
+            exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            present.add(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def tensor_errors(
+    float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: list[dict[str, Any]], tensors: list[str]
+) -> list[TensorError]:
+    """Error of each tensor (and of each graph output) of the QDQ model, pooled over the feeds."""
+    qdq_names = {out for node in qdq_model.graph.node for out in node.output}
+    outputs = [o.name for o in float_model.graph.output]
+    wanted = [*tensors, *(o for o in outputs if o not in tensors)]
+    quantized_name = {t: f"{t}_dequantized" if f"{t}_dequantized" in qdq_names else t for t in wanted}
+    input_names = {i.name for i in float_model.graph.input}
+    float_session = session_with_outputs(float_model, [t for t in wanted if t not in input_names])
+    qdq_session = session_with_outputs(qdq_model, [quantized_name[t] for t in wanted])
+    float_out_names = [o.name for o in float_session.get_outputs()]
+    accumulators = {t: ErrorAccumulator() for t in wanted}
+    for feed in feeds:
+        reference = dict(zip(float_out_names, float_session.run(float_out_names, feed), strict=True))
+        reference.update({k: v for k, v in feed.items() if k in accumulators})
+        test = dict(zip([quantized_name[t] for t in wanted],
+                        qdq_session.run([quantized_name[t] for t in wanted], feed), strict=True))  # fmt: skip
+        for t, accumulator in accumulators.items():
+            accumulator.update(reference[t], test[quantized_name[t]])
+    report = []
+    for t, accumulator in accumulators.items():
+        s = accumulator.summary()
+        report.append(TensorError(t, s.get("sqnr_db"), s.get("cosine"), s.get("max_abs_error"), s.get("count", 0)))
+    return report
+
+
+def print_error_table(errors: list[TensorError], console: Any = None, *, worst: int | None = 15) -> None:
+    """The tensors sorted by SQNR, worst first."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    ranked = sorted(errors, key=lambda e: e.sqnr_db if e.sqnr_db is not None else -1e9)
+    shown = ranked[:worst] if worst else ranked
+    table = Table(title=f"per-tensor error, FP32 vs quantized ({len(shown)} worst of {len(errors)})",
+                  title_justify="left")  # fmt: skip
+    for column in ("tensor", "SQNR dB", "cosine", "max abs err"):
+        table.add_column(column, justify="left" if column == "tensor" else "right")
+    for e in shown:
+        exact = e.sqnr_db is not None and e.sqnr_db >= 999.0  # not quantized (kept float) or bit-exact
+        table.add_row(e.name, "exact" if exact else f"{e.sqnr_db:.1f}" if e.sqnr_db is not None else "-",
+                      f"{e.cosine:.5f}" if e.cosine is not None else "-",
+                      f"{e.max_abs_error:.4g}" if e.max_abs_error is not None else "-")  # fmt: skip
+    console.print(table)

@@ -1,0 +1,167 @@
+"""Post-training quantization end to end: calibrate, optionally meet an accuracy budget, write QDQ.
+
+`quantize(model, data, ...)` returns the QDQ model, the QuantSpec and a report; `save_quantized`
+writes `model.onnx`, `quant_spec.json` and `report.json` together (staged, then moved in place, so
+a failed run never leaves a half-written result that looks finished).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+
+from edgekit.calibration.calibrate import calibrate
+from edgekit.calibration.error_report import TensorError, tensor_errors
+from edgekit.calibration.mixed_precision import BudgetResult, Evaluator, layer_sensitivity, meet_budget
+from edgekit.calibration.qdq import write_qdq
+from edgekit.calibration.quant_spec import QuantSpec
+from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:
+    from edgekit.model import Model
+
+
+@dataclass
+class QuantizeResult:
+    qdq_model: onnx.ModelProto
+    spec: QuantSpec
+    float_model: onnx.ModelProto
+    errors: list[TensorError] = field(default_factory=list)
+    sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    budget: BudgetResult | None = None
+    accuracy: dict[str, float] = field(default_factory=dict)
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        budget = None
+        if self.budget is not None:
+            budget = {
+                "met": self.budget.met,
+                "score": self.budget.score,
+                "float_nodes": self.budget.float_nodes,
+                "history": self.budget.history,
+            }
+        return {
+            "schema": "edgekit.quantize_report",
+            "version": 1,
+            "quant_spec_sha256": self.spec.sha256,
+            "calibration": self.spec.calibration,
+            "scheme": self.spec.scheme,
+            "accuracy": self.accuracy,
+            "tensor_errors": [e.to_dict() for e in self.errors],
+            "sensitivity": [{"node": n, "score": s} for n, s in self.sensitivity],
+            "budget": budget,
+            "kept_float": sorted(self.spec.float_nodes),
+            "timings_s": self.timings_s,
+        }
+
+
+def quantize(
+    model: Model,
+    data: Any,
+    *,
+    observer: str = "minmax",
+    observer_settings: dict[str, Any] | None = None,
+    activations: str = "uint8_asym",
+    weights: str = "int8_per_channel",
+    float_nodes: Iterable[str] = (),
+    limit: int | None = None,
+    eval_feeds: list[dict[str, np.ndarray]] | None = None,
+    eval_labels: list[int] | None = None,
+    max_drop: float | None = None,
+    min_sqnr: float | None = None,
+    error_samples: int = 16,
+    progress: bool = True,
+) -> QuantizeResult:
+    """Quantize `model` with calibration `data`.
+
+    With `max_drop` (top-1 points, needs `eval_feeds` + `eval_labels`) or `min_sqnr` (dB on the outputs,
+    measured on `eval_feeds` or on calibration samples), the most sensitive nodes stay float until the
+    budget is met.
+    """
+    if max_drop is not None and (eval_feeds is None or eval_labels is None):
+        raise EdgekitError("--max-drop needs labelled evaluation data: pass --eval DATA (and --labels for a video)")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    calibration = calibrate(
+        model, data, observer=observer, observer_settings=observer_settings, activations=activations,
+        weights=weights, float_nodes=float_nodes, limit=limit, progress=progress,
+    )  # fmt: skip
+    timings["calibration"] = time.perf_counter() - start
+    float_model, spec = calibration.float_model, calibration.spec
+    if eval_feeds is None:
+        eval_feeds = _sample_feeds(model, data, error_samples)
+    result = QuantizeResult(write_qdq(float_model, spec), spec, float_model, timings_s=timings)
+
+    if max_drop is not None or min_sqnr is not None:
+        start = time.perf_counter()
+        if max_drop is not None:
+            evaluator = Evaluator.for_top1(eval_feeds, eval_labels or [])
+            baseline = evaluator(float_model)
+            target = baseline - max_drop / 100.0
+            result.accuracy["float_top1"] = baseline
+        else:
+            evaluator = Evaluator.for_sqnr(float_model, eval_feeds)
+            target = float(min_sqnr)  # type: ignore[arg-type]
+        fully_quantized = evaluator(result.qdq_model)
+        if fully_quantized >= target:  # no sensitivity sweep needed
+            history = [{"float_nodes": 0, "score": fully_quantized}]
+            result.budget = BudgetResult(spec, [], fully_quantized, True, history)
+        else:
+            result.sensitivity = layer_sensitivity(float_model, spec, calibration.plan.nodes, evaluator)
+            result.budget = meet_budget(float_model, spec, result.sensitivity, evaluator, target)
+        result.spec = spec = result.budget.spec
+        result.qdq_model = write_qdq(float_model, spec)
+        timings["budget"] = time.perf_counter() - start
+        if not result.budget.met:
+            raise EdgekitError(
+                f"no mix of float and int8 layers meets the budget (best {result.budget.score:.4g} vs target "
+                f"{target:.4g}); loosen --max-drop / --min-sqnr or calibrate with another observer"
+            )
+    if eval_labels is not None and eval_feeds:
+        evaluator = Evaluator.for_top1(eval_feeds, eval_labels)
+        result.accuracy.setdefault("float_top1", evaluator(float_model))
+        result.accuracy["quantized_top1"] = evaluator(result.qdq_model)
+    start = time.perf_counter()
+    result.errors = tensor_errors(float_model, result.qdq_model, eval_feeds[:error_samples],
+                                  [t for t, q in spec.tensors.items() if q.kind == "activation"])  # fmt: skip
+    timings["error_report"] = time.perf_counter() - start
+    return result
+
+
+def _sample_feeds(model: Model, data: Any, count: int) -> list[dict[str, np.ndarray]]:
+    from edgekit.calibration.data import load_calibration_data
+
+    if not isinstance(data, (str, Path, np.ndarray)):
+        raise EdgekitError("pass eval_feeds when calibrating from an iterable (it can only be read once)")
+    feeds = load_calibration_data(data, spec=model.preprocess, input_name=model.inputs[0].name, limit=count)
+    return list(feeds.feeds)
+
+
+def save_quantized(result: QuantizeResult, out_dir: str | Path) -> Path:
+    """Write model.onnx (QDQ), quant_spec.json and report.json into `out_dir`, all or nothing."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "quant_spec.json").exists():
+        raise EdgekitError(f"output {out_dir} exists and is not an earlier quantize result; choose another -o")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        onnx.save(result.qdq_model, staging / "model.onnx")
+        result.spec.save(staging / "quant_spec.json")
+        (staging / "report.json").write_text(json.dumps(result.report(), indent=1, allow_nan=False) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
