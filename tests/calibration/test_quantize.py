@@ -1,0 +1,176 @@
+"""Calibration to QDQ on a real model: integer kernels in ONNX Runtime, accuracy, specs and budgets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.calibration.calibrate import CalibrationError, calibrate, prepare_float_model
+from edgekit.calibration.data import CalibrationDataError
+from edgekit.calibration.graph import fold_batchnorm
+from edgekit.calibration.qdq import write_qdq
+from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError
+from edgekit.calibration.quantize import quantize, save_quantized
+from edgekit.model import Model
+
+
+def optimized_ops(model: onnx.ModelProto, tmp_path) -> dict[str, int]:
+    """Op counts of the graph ONNX Runtime actually runs (after its fusions)."""
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    options.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    return {op: ops.count(op) for op in set(ops)}
+
+
+def top1(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return float((session.run(None, {"input": x})[0].argmax(1) == y).mean())
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_uint8_qdq_runs_integer_kernels_and_keeps_accuracy(digits_model, digits_tensors, observer, tmp_path):
+    x, y = digits_tensors
+    calibration = calibrate(digits_model, x[500:564], observer=observer, progress=False)
+    qdq = write_qdq(calibration.float_model, calibration.spec)
+    onnx.checker.check_model(qdq)
+    ops = optimized_ops(qdq, tmp_path)
+    assert ops.get("QLinearConv") == 2 and "Conv" not in ops and "FusedConv" not in ops
+    assert ops.get("QGemm") == 2
+    drop = top1(digits_model.proto, x, y) - top1(qdq, x, y)
+    assert drop <= 0.004  # on 1,000 real held-out digits
+
+
+def test_int8_symmetric_qdq_is_valid_and_accurate(digits_model, digits_tensors):
+    x, y = digits_tensors
+    calibration = calibrate(digits_model, x[:64], activations="int8_sym", progress=False)
+    qdq = write_qdq(calibration.float_model, calibration.spec)
+    zero_points = [numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("_zero_point")]
+    assert all(z.dtype in (np.int8, np.int32) and not z.any() for z in zero_points)  # int32: biases
+    assert top1(qdq, x, y) >= top1(digits_model.proto, x, y) - 0.005
+
+
+def test_qdq_scales_are_exactly_the_quant_spec(digits_model, digits_tensors):
+    calibration = calibrate(digits_model, digits_tensors[0][:32], observer="percentile", progress=False)
+    qdq = write_qdq(calibration.float_model, calibration.spec)
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    for name, entry in calibration.spec.tensors.items():
+        np.testing.assert_array_equal(inits[f"{name}_scale"], np.asarray(entry.scale, np.float32))
+        np.testing.assert_array_equal(inits[f"{name}_zero_point"].astype(np.int64), np.asarray(entry.zero_point))
+
+
+def test_spec_round_trips_and_refuses_another_model(digits_model, digits_tensors, tmp_path, classifier_path):
+    spec = calibrate(digits_model, digits_tensors[0][:16], progress=False).spec
+    again = QuantSpec.load(spec.save(tmp_path / "spec.json"))
+    assert again.to_dict() == spec.to_dict() and again.sha256 == spec.sha256
+    assert "uint8_asym" in again.summary()
+    with pytest.raises(QuantSpecError, match="calibrate this model again"):
+        again.check_model(Model.load(classifier_path).sha256)
+    (tmp_path / "bad.json").write_text('{"schema": "something else"}')
+    with pytest.raises(QuantSpecError, match="not a QuantSpec"):
+        QuantSpec.load(tmp_path / "bad.json")
+
+
+def test_batchnorm_folding_keeps_outputs(tmp_path):
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "gamma"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "beta"),
+        numpy_helper.from_array(rng.normal(size=4).astype(np.float32), "mean"),
+        numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "var"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"]),
+         helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"])],
+        "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    folded = fold_batchnorm(model)
+    assert [n.op_type for n in folded.graph.node] == ["Conv"]
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+
+    def run(m: onnx.ModelProto) -> np.ndarray:
+        session = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    np.testing.assert_allclose(run(folded), run(model), atol=1e-4)
+
+
+def test_budget_keeps_sensitive_layers_float(digits_model, digits_tensors):
+    x, y = digits_tensors
+    feeds = [{"input": x[i : i + 1]} for i in range(300)]
+    # entropy clips these sparse digit activations hard: the budget must put layers back in float
+    result = quantize(digits_model, x[500:564], observer="entropy", eval_feeds=feeds, eval_labels=list(y[:300]),
+                      max_drop=0.5, progress=False)  # fmt: skip
+    assert result.budget.met and result.budget.float_nodes
+    assert result.accuracy["quantized_top1"] >= result.accuracy["float_top1"] - 0.005
+    assert set(result.budget.float_nodes) == result.spec.float_nodes
+    assert result.budget.history[0]["score"] < result.budget.score
+
+
+def test_min_sqnr_budget_and_saved_files(digits_model, digits_tensors, tmp_path):
+    x, _ = digits_tensors
+    result = quantize(digits_model, x[:64], observer="minmax", min_sqnr=25.0, progress=False)
+    assert result.budget.met and result.budget.score >= 25.0
+    out = save_quantized(result, tmp_path / "q")
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["met"] and report["tensor_errors"]
+    assert QuantSpec.load(out / "quant_spec.json").sha256 == report["quant_spec_sha256"]
+    onnx.checker.check_model(onnx.load(out / "model.onnx"))
+
+
+# -- bad input --------------------------------------------------------------------------------------
+
+
+def test_missing_and_empty_calibration_folders(digits_model, tmp_path):
+    with pytest.raises(CalibrationDataError, match="does not exist"):
+        calibrate(digits_model, tmp_path / "nowhere", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CalibrationDataError, match="holds no images"):
+        calibrate(digits_model, tmp_path / "empty", progress=False)
+
+
+def test_undecodable_images_are_skipped_then_fail_when_none_left(digits_model, tmp_path):
+    import cv2
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"ok{i}.png"), np.full((28, 28, 3), i * 60, np.uint8))
+    (folder / "broken.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        assert calibrate(digits_model, folder, progress=False).samples == 3
+    for i in range(3):
+        (folder / f"ok{i}.png").write_bytes(b"junk")
+    with pytest.raises(CalibrationDataError, match="none of the 4 image files could be decoded"):
+        calibrate(digits_model, folder, progress=False)
+
+
+def test_nan_activations_are_an_error(digits_model):
+    x = np.full((2, 1, 28, 28), np.nan, np.float32)
+    with pytest.raises(CalibrationError, match="NaN/Inf"):
+        calibrate(digits_model, x, progress=False)
+
+
+def test_model_without_quantizable_ops(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "relu.onnx")
+    with pytest.raises(CalibrationError, match="no quantizable op"):
+        calibrate(Model.load(tmp_path / "relu.onnx"), np.ones((2, 1, 4), np.float32), progress=False)
+
+
+def test_old_opset_models_are_upgraded_for_qdq(classifier_path):
+    model = Model.load(classifier_path)
+    assert prepare_float_model(model.proto).opset_import[0].version >= 13
