@@ -62,7 +62,7 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
         return scale_name, zp_name
 
     # Weights and biases: replace each initializer with its integer form and a DequantizeLinear.
-    for name, entry in spec.tensors.items():
+    for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
         if entry.kind not in ("weight", "bias"):
             continue
         if name not in inits:
@@ -86,7 +86,7 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
     # Activations: Q -> DQ right after the tensor is produced; quantized readers read the DQ output.
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
     inserts: dict[int, list[onnx.NodeProto]] = {}
-    for name, entry in spec.tensors.items():
+    for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
         if entry.kind != "activation":
             continue
         readers = [n for n in consumers.get(name, []) if n.name not in float_nodes]

@@ -151,3 +151,49 @@ def test_corrupt_frame_mid_run_keeps_earlier_frames(classifier_path, tmp_path, i
     assert stored.status == "partial"
     assert stored.result["frames"]["timed"] == 3
     assert "03.png" in json.dumps(stored.result["errors"])
+
+
+def test_quantize_then_build_int8_and_run(tmp_path, isolated_store):
+    from edgekit.demo_data import digits_model_path, load_heldout_digits, render_digits_video
+
+    images, labels = load_heldout_digits()
+    calib = render_digits_video(images[:64], labels[:64], tmp_path / "calib.mp4")
+    held = render_digits_video(images[64:264], labels[64:264], tmp_path / "held.mp4")
+    quantized = invoke("quantize", digits_model_path(), "--calib", calib, "--observer", "percentile",
+                       "--eval", held, "--labels", f"{held}.labels.json", "-o", tmp_path / "q")  # fmt: skip
+    assert quantized.exit_code == 0, quantized.output
+    assert "per-tensor error" in quantized.output and "quantized_top1" in quantized.output
+    spec = tmp_path / "q" / "quant_spec.json"
+
+    from_spec = invoke("build", digits_model_path(), "--precision", "int8", "--spec", spec, "-o", tmp_path / "a1")
+    assert from_spec.exit_code == 0, from_spec.output
+    from_calib = invoke("build", digits_model_path(), "--precision", "int8", "--calib", calib,
+                        "--observer", "percentile", "-o", tmp_path / "a2")  # fmt: skip
+    assert from_calib.exit_code == 0, from_calib.output
+    manifests = [json.loads((tmp_path / a / "manifest.json").read_text()) for a in ("a1", "a2")]
+    assert manifests[0]["precision"] == "int8" and manifests[0]["quant_spec_sha256"]
+    assert manifests[0]["files"] == manifests[1]["files"]  # same data, same observer: the same model bytes
+
+    ran = invoke("run", tmp_path / "a1", "--source", held, "--labels", f"{held}.labels.json", "--warmup", "2")
+    assert ran.exit_code == 0, ran.output
+    stored = ResultsStore(isolated_store).get()[0]
+    assert stored.precision == "int8" and stored.result["accuracy"]["top1"] > 0.95
+
+
+def test_int8_without_calibration_data_is_explained(classifier_path, tmp_path):
+    result = CliRunner().invoke(main, ["build", str(classifier_path), "--precision", "int8", "-o", str(tmp_path / "a")])
+    assert result.exit_code == 2 and "--calib" in result.output
+
+
+def test_spec_for_another_model_is_refused(tmp_path, classifier_path):
+    from edgekit.demo_data import digits_model_path
+
+    spec_dir = tmp_path / "q"
+    data = np.random.default_rng(0).normal(size=(8, 1, 28, 28)).astype(np.float32)
+    np.save(tmp_path / "calib.npy", data)
+    assert invoke("quantize", digits_model_path(), "--calib", tmp_path / "calib.npy", "-o", spec_dir).exit_code == 0
+    result = CliRunner().invoke(
+        main, ["build", str(classifier_path), "-p", "int8", "--spec", str(spec_dir / "quant_spec.json"), "-o",
+               str(tmp_path / "a")],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "calibrate this model again" in result.output
