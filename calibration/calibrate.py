@@ -6,7 +6,9 @@ observers and dropped before the next batch runs (ONNX Runtime's own calibrators
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,7 +17,13 @@ import numpy as np
 import onnx
 
 from edgekit.calibration.data import CalibrationDataError, load_calibration_data, warn_skipped
-from edgekit.calibration.graph import QuantPlan, fold_batchnorm, node_names, plan_quantization
+from edgekit.calibration.graph import (
+    QuantPlan,
+    constants_to_initializers,
+    fold_batchnorm,
+    node_names,
+    plan_quantization,
+)
 from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
 from edgekit.calibration.schemes import activation_qparams, activation_scheme, quantize_weight
 from edgekit.errors import EdgekitError
@@ -31,11 +39,14 @@ class CalibrationError(EdgekitError):
 
 
 def prepare_float_model(proto: onnx.ModelProto) -> onnx.ModelProto:
-    """The float graph quantization works on: opset >= 13, BatchNorm folded, every node named."""
+    """The float graph quantization works on: opset >= 13, constants as initializers, BatchNorm folded,
+    every node named."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
-    return node_names(fold_batchnorm(proto))
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    return node_names(fold_batchnorm(constants_to_initializers(copy)))
 
 
 @dataclass
@@ -108,7 +119,8 @@ def calibrate(
     for name, obs in observers.items():
         obs.name = name
     samples = 0
-    with _progress(feeds.count, progress) as bar:
+    workers = max(1, min(threads or os.cpu_count() or 1, 8))
+    with _progress(feeds.count, progress) as bar, ThreadPoolExecutor(workers) as pool:
         task = bar.add_task("calibrating", total=feeds.count)
         for feed in feeds.feeds:
             missing = input_names - set(feed)
@@ -116,8 +128,11 @@ def calibrate(
                 raise CalibrationDataError(f"calibration sample lacks input(s) {sorted(missing)}")
             outputs = session.run(output_names, feed)
             values = dict(zip(output_names, outputs, strict=True))
-            for name, obs in observers.items():
-                obs.update(feed[name] if name in feed else values[name])
+            # numpy releases the GIL in its array passes, so observers of different tensors run in parallel
+            updates = [pool.submit(obs.update, feed[n] if n in feed else values[n]) for n, obs in observers.items()]
+            for update in updates:
+                update.result()
+            del outputs, values  # this batch's activations go before the next batch runs
             samples += 1
             bar.advance(task)
     warn_skipped(feeds.skipped)
@@ -145,8 +160,13 @@ def _make_spec(model, float_model, plan, observers, scheme, weights, observer, s
             "data": description,
         },
     )
+    def clip_range(obs: Any) -> tuple[float, float]:
+        return obs.compute_range(symmetric=scheme.symmetric, unsigned=scheme.dtype == "uint8")
+
+    with ThreadPoolExecutor(max(1, min(os.cpu_count() or 1, 8))) as pool:  # KL/MSE searches are numpy-heavy
+        ranges = dict(zip(observers, pool.map(clip_range, observers.values()), strict=True))
     for name, obs in observers.items():
-        lo, hi = obs.compute_range(symmetric=scheme.symmetric, unsigned=scheme.dtype == "uint8")
+        lo, hi = ranges[name]
         scale, zero_point = activation_qparams(lo, hi, scheme)
         spec.tensors[name] = TensorQuant(
             "activation", scheme.dtype, float(scale), int(zero_point), observer=observer, settings=obs.settings(),

@@ -93,6 +93,30 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
+def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn Constant nodes holding a tensor into initializers, so weights stored that way are weights."""
+    graph = model.graph
+    kept = []
+    for node in graph.node:
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        if (
+            node.op_type == "Constant"
+            and node.domain in ("", "ai.onnx")
+            and value is not None
+            and len(node.attribute) == 1
+        ):
+            tensor = onnx.TensorProto()
+            tensor.CopyFrom(value.t)
+            tensor.name = node.output[0]
+            graph.initializer.append(tensor)
+        else:
+            kept.append(node)
+    if len(kept) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept)
+    return model
+
+
 def node_names(model: onnx.ModelProto) -> onnx.ModelProto:
     """Give every node a unique name (specs and overrides refer to nodes by name)."""
     seen: set[str] = set()
