@@ -25,7 +25,13 @@ from edgekit.calibration.graph import (
     plan_quantization,
 )
 from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
-from edgekit.calibration.schemes import activation_qparams, activation_scheme, quantize_weight
+from edgekit.calibration.schemes import (
+    activation_qparams,
+    activation_scheme,
+    per_tensor_variant,
+    quantize_weight,
+    weight_per_channel,
+)
 from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
@@ -105,7 +111,7 @@ def calibrate(
 
     scheme = activation_scheme(activations)
     float_model = prepare_float_model(model.proto)
-    plan = plan_quantization(float_model, float_nodes=set(float_nodes), per_channel=weights == "int8_per_channel")
+    plan = plan_quantization(float_model, float_nodes=set(float_nodes), per_channel=weight_per_channel(weights))
     if not plan.nodes:
         raise CalibrationError(
             "the model has no quantizable op (Conv, Gemm, MatMul, Add, ...); there is nothing to quantize"
@@ -160,6 +166,7 @@ def _make_spec(model, float_model, plan, observers, scheme, weights, observer, s
             "data": description,
         },
     )
+
     def clip_range(obs: Any) -> tuple[float, float]:
         return obs.compute_range(symmetric=scheme.symmetric, unsigned=scheme.dtype == "uint8")
 
@@ -178,7 +185,8 @@ def _make_spec(model, float_model, plan, observers, scheme, weights, observer, s
         if entry.name in weight_scales:
             continue
         values = onnx.numpy_helper.to_array(inits[entry.name])
-        _, scale = quantize_weight(values, weights if entry.axis is not None else "int8_per_tensor", entry.axis or 0)
+        scheme_here = weights if entry.axis is not None else per_tensor_variant(weights)
+        _, scale = quantize_weight(values, scheme_here, entry.axis or 0)
         weight_scales[entry.name] = scale
         per_channel = entry.axis is not None and scale.ndim == 1
         spec.tensors[entry.name] = TensorQuant(

@@ -40,7 +40,12 @@ def build(
         from edgekit.calibration.calibrate import calibrate
 
         quant_spec = calibrate(
-            model, calib, observer=observer, activations=chosen.activation_scheme, progress=progress
+            model,
+            calib,
+            observer=observer,
+            activations=chosen.activation_scheme,
+            weights=chosen.weight_scheme,
+            progress=progress,
         ).spec
     return chosen.build(model, out, precision=precision, quant_spec=quant_spec)
 

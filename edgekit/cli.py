@@ -182,7 +182,8 @@ def observers() -> None:
 @click.option("-t", "--target", default="x86-ort", show_default=True,
               help="Target whose quantization scheme to use (x86-ort: uint8 activations).")  # fmt: skip
 @click.option("--activations", default=None, help="Override the scheme: uint8_asym, int8_sym or int8_asym.")
-@click.option("--per-tensor", is_flag=True, help="One weight scale per tensor instead of per output channel.")
+@click.option("--weights", default=None, help="Override the weight scheme: int8_per_channel, int7_per_channel "
+              "(x86 without VNNI), int8_per_tensor, int7_per_tensor.")  # fmt: skip
 @click.option("--limit", type=int, default=None, help="Use at most this many calibration samples.")
 @click.option("--eval", "eval_data", type=click.Path(exists=True),
               help="Labelled data: image folder with class sub-folders, or a video with --labels.")  # fmt: skip
@@ -194,7 +195,7 @@ def observers() -> None:
               help="Folder for model.onnx (QDQ), quant_spec.json and report.json.")  # fmt: skip
 @_fail_cleanly
 def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], target: str, activations: str | None,
-             per_tensor: bool, limit: int | None, eval_data: str | None, labels: str | None, max_drop: float | None,
+             weights: str | None, limit: int | None, eval_data: str | None, labels: str | None, max_drop: float | None,
              min_sqnr: float | None, keep_float: tuple[str, ...], out: str) -> None:  # fmt: skip
     """Post-training quantization of MODEL: one streaming calibration pass, a QuantSpec, a QDQ model, and
     a per-tensor error report. With --max-drop or --min-sqnr the most sensitive layers stay float until
@@ -228,7 +229,7 @@ def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], t
     result = run_quantize(
         loaded, calib, observer=observer, observer_settings=observer_settings,
         activations=activations or get_target(target).activation_scheme,
-        weights="int8_per_tensor" if per_tensor else "int8_per_channel", float_nodes=keep_float, limit=limit,
+        weights=weights or get_target(target).weight_scheme, float_nodes=keep_float, limit=limit,
         eval_feeds=eval_feeds, eval_labels=eval_labels, max_drop=max_drop, min_sqnr=min_sqnr,
     )  # fmt: skip
     folder = save_quantized(result, out)

@@ -37,6 +37,7 @@ class Target:
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
     quantized_precisions: ClassVar[tuple[str, ...]] = ()  # need a QuantSpec (from calibration or QAT)
     activation_scheme: ClassVar[str] = "int8_sym"  # what calibration should produce for this target
+    weight_scheme: ClassVar[str] = "int8_per_channel"
 
     # -- what the target can run -----------------------------------------------------------------
 
@@ -63,6 +64,7 @@ class Target:
             "precisions": list(self.precisions),
             "quantized_precisions": list(self.quantized_precisions),
             "activation_scheme": self.activation_scheme if self.quantized_precisions else None,
+            "weight_scheme": self.weight_scheme if self.quantized_precisions else None,
         }
 
     # -- build ---------------------------------------------------------------------------------

@@ -35,6 +35,9 @@ class OnnxRuntimeX86Target(Target):
     # u8 activations with s8 weights hit ORT's VNNI kernels and let Relu fold into the quantizer;
     # int8 activations leave Conv+Relu in float.
     activation_scheme = "uint8_asym"
+    # 7-bit weights: without VNNI (AVX2 CPUs, this machine's EPYC) u8 x s8 pairs saturate int16 in ORT's
+    # kernels; int8_per_channel is safe only on VNNI CPUs (edgekit quantize --weights int8_per_channel).
+    weight_scheme = "int7_per_channel"
 
     def supported_ops(self) -> set[tuple[str, str]]:
         # Constant has no kernel: ONNX Runtime turns Constant nodes into initializers when it loads a model.

@@ -174,3 +174,15 @@ def test_model_without_quantizable_ops(tmp_path):
 def test_old_opset_models_are_upgraded_for_qdq(classifier_path):
     model = Model.load(classifier_path)
     assert prepare_float_model(model.proto).opset_import[0].version >= 13
+
+
+def test_int7_weights_stay_within_63(digits_model, digits_tensors):
+    """x86 without VNNI saturates u8 x s8 pairs: x86-ort's weights use [-63, 63]."""
+    from edgekit.targets import get_target
+
+    scheme = get_target("x86-ort").weight_scheme
+    calibration = calibrate(digits_model, digits_tensors[0][:16], weights=scheme, progress=False)
+    qdq = write_qdq(calibration.float_model, calibration.spec)
+    weights = [numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("_quantized")]
+    assert weights and all(np.abs(w.astype(np.int32)).max() <= 63 for w in weights if w.dtype == np.int8)
+    assert max(np.abs(w.astype(np.int32)).max() for w in weights if w.dtype == np.int8) == 63
