@@ -24,6 +24,7 @@ from edgekit.calibration.error_report import TensorError, tensor_errors
 from edgekit.calibration.mixed_precision import BudgetResult, Evaluator, layer_sensitivity, meet_budget
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
+from edgekit.calibration.trt_cache import write_trt_cache
 from edgekit.errors import EdgekitError
 
 if TYPE_CHECKING:
@@ -148,7 +149,8 @@ def _sample_feeds(model: Model, data: Any, count: int) -> list[dict[str, np.ndar
 
 
 def save_quantized(result: QuantizeResult, out_dir: str | Path) -> Path:
-    """Write model.onnx (QDQ), quant_spec.json and report.json into `out_dir`, all or nothing."""
+    """Write model.onnx (QDQ), quant_spec.json, report.json and trt_calibration.cache (TensorRT's
+    implicit-INT8 cache, for older JetPacks) into `out_dir`, all or nothing."""
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "quant_spec.json").exists():
         raise EdgekitError(f"output {out_dir} exists and is not an earlier quantize result; choose another -o")
@@ -157,6 +159,7 @@ def save_quantized(result: QuantizeResult, out_dir: str | Path) -> Path:
     try:
         onnx.save(result.qdq_model, staging / "model.onnx")
         result.spec.save(staging / "quant_spec.json")
+        write_trt_cache(result.spec, staging / "trt_calibration.cache")
         (staging / "report.json").write_text(json.dumps(result.report(), indent=1, allow_nan=False) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

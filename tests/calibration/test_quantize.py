@@ -186,3 +186,21 @@ def test_int7_weights_stay_within_63(digits_model, digits_tensors):
     weights = [numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("_quantized")]
     assert weights and all(np.abs(w.astype(np.int32)).max() <= 63 for w in weights if w.dtype == np.int8)
     assert max(np.abs(w.astype(np.int32)).max() for w in weights if w.dtype == np.int8) == 63
+
+
+def test_trt_calibration_cache_round_trips(digits_model, digits_tensors, tmp_path):
+    from edgekit.calibration.trt_cache import read_trt_cache, write_trt_cache
+
+    spec = calibrate(digits_model, digits_tensors[0][:16], observer="entropy", activations="int8_sym",
+                     progress=False).spec  # fmt: skip
+    header, scales = read_trt_cache(write_trt_cache(spec, tmp_path / "calib.cache"))
+    assert header == "TRT-8601-EntropyCalibration2"
+    activations = {n: t for n, t in spec.tensors.items() if t.kind == "activation"}
+    assert set(scales) == set(activations)
+    for name, entry in activations.items():
+        assert scales[name] == pytest.approx(entry.scale, rel=1e-6)  # int8_sym: the same scale
+    line = (tmp_path / "calib.cache").read_text().splitlines()[1]
+    assert len(line.split(": ")[1]) == 8  # big-endian float32 as 8 hex digits
+    (tmp_path / "bad.cache").write_text("not a cache\n")
+    with pytest.raises(Exception, match="not a TensorRT calibration cache"):
+        read_trt_cache(tmp_path / "bad.cache")
