@@ -3,7 +3,8 @@ stays flat in the number of samples, its INT8 models are as accurate and at leas
 accuracy budgets are met.
 
 Anchor: `onnxruntime.quantization.quantize_static`, same float graph (BatchNorm folded, opset >= 13),
-same samples, same QDQ format (uint8 activations, int8 per-channel weights), measured in this run.
+same samples, same QDQ format (uint8 activations, 7-bit per-channel weights: edgekit's x86-ort scheme
+and ORT's reduce_range, both needed on CPUs without VNNI such as this one), measured in this run.
 Every calibration runs in its own process, so its peak RSS (VmHWM) is its own.
 Run: .venv/bin/python benchmarks/calibration_vs_ort.py [--quick]
 """
@@ -47,7 +48,7 @@ def worker(args: argparse.Namespace) -> None:
         from edgekit.model import Model
 
         model = Model.load(args.model)
-        calibration = calibrate(model, data, observer=args.method, progress=False)
+        calibration = calibrate(model, data, observer=args.method, weights="int7_per_channel", progress=False)
         onnx.save(write_qdq(calibration.float_model, calibration.spec), args.out)
     else:
         from onnxruntime.quantization import (
@@ -73,7 +74,7 @@ def worker(args: argparse.Namespace) -> None:
         extra = {"CalibNumBins": 2048} if args.ort_bins else {}
         quantize_static(
             args.model, args.out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
             calibrate_method=getattr(CalibrationMethod, args.method), extra_options=extra,
         )  # fmt: skip
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}))

@@ -7,13 +7,16 @@ agreement with FP32; accuracy claims use the real models (digits CNN, PaddleOCR)
 from __future__ import annotations
 
 
-def mobilenet_v2(num_classes: int = 1000, width: float = 1.0):
+def mobilenet_v2(num_classes: int = 1000, width: float = 1.0, activation: str = "relu6", gamma_spread: float = 0.0):
+    """`activation` relu6 (the original) or relu; `gamma_spread` > 0 draws BatchNorm gains as
+    exp(N(0, spread)), the per-channel imbalance trained networks show after BatchNorm folding."""
     import torch
     from torch import nn
 
     def conv_bn(cin: int, cout: int, stride: int, groups: int = 1, kernel: int = 3, act: bool = True) -> nn.Sequential:
         layers = [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
-        return nn.Sequential(*layers, nn.ReLU6(inplace=True)) if act else nn.Sequential(*layers)
+        act_layer = nn.ReLU6(inplace=True) if activation == "relu6" else nn.ReLU(inplace=True)
+        return nn.Sequential(*layers, act_layer) if act else nn.Sequential(*layers)
 
     class InvertedResidual(nn.Module):
         def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
@@ -55,5 +58,8 @@ def mobilenet_v2(num_classes: int = 1000, width: float = 1.0):
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.normal_(0, 0.1, generator=generator)
                 module.running_var.uniform_(0.5, 2.0, generator=generator)
-                module.weight.uniform_(0.5, 1.5, generator=generator)
+                if gamma_spread > 0:
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=generator).mul(gamma_spread).exp())
+                else:
+                    module.weight.uniform_(0.5, 1.5, generator=generator)
     return model.eval()

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from edgekit.calibration.data import CalibrationDataError, load_calibration_data, warn_skipped
+from edgekit.calibration.equalize import apply_transforms, bias_corrections, compute_equalization
 from edgekit.calibration.graph import (
     QuantPlan,
     constants_to_initializers,
@@ -44,15 +45,18 @@ class CalibrationError(EdgekitError):
     """Calibration that cannot produce trustworthy ranges."""
 
 
-def prepare_float_model(proto: onnx.ModelProto) -> onnx.ModelProto:
+def prepare_float_model(proto: onnx.ModelProto, spec: QuantSpec | None = None) -> onnx.ModelProto:
     """The float graph quantization works on: opset >= 13, constants as initializers, BatchNorm folded,
-    every node named."""
+    every node named, and the spec's recorded weight transforms (equalization, bias correction) replayed."""
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < MIN_OPSET:
         proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    return node_names(fold_batchnorm(constants_to_initializers(copy)))
+    prepared = node_names(fold_batchnorm(constants_to_initializers(copy)))
+    if spec is not None and spec.transforms:
+        apply_transforms(prepared, spec.transforms)
+    return prepared
 
 
 @dataclass
@@ -105,12 +109,22 @@ def calibrate(
     batch: int = 1,
     threads: int | None = None,
     progress: bool = True,
+    equalize: bool = False,
+    bias_correction: bool = False,
+    bias_samples: int = 32,
 ) -> Calibration:
-    """Observe every activation the QDQ model will quantize and write the QuantSpec."""
+    """Observe every activation the QDQ model will quantize and write the QuantSpec.
+
+    `equalize` runs cross-layer equalization first; `bias_correction` then corrects each quantized
+    Conv/Gemm bias by the mean output shift measured on `bias_samples` calibration samples.
+    """
     from edgekit.calibration.observers import get_observer
 
     scheme = activation_scheme(activations)
     float_model = prepare_float_model(model.proto)
+    transforms: list[dict[str, Any]] = []
+    if equalize:
+        transforms.append({"kind": "equalize", "pairs": compute_equalization(float_model)})
     plan = plan_quantization(float_model, float_nodes=set(float_nodes), per_channel=weight_per_channel(weights))
     if not plan.nodes:
         raise CalibrationError(
@@ -152,6 +166,15 @@ def calibrate(
             "and that the calibration data is preprocessed as the model expects"
         )
     spec = _make_spec(model, float_model, plan, observers, scheme, weights, observer, samples, feeds.description)
+    spec.transforms = transforms
+    if bias_correction:
+        from edgekit.calibration.qdq import write_qdq
+
+        again = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=bias_samples)
+        deltas = bias_corrections(float_model, write_qdq(float_model, spec), list(again.feeds))
+        correction = {"kind": "bias_correction", "biases": deltas}
+        apply_transforms(float_model, [correction])
+        spec.transforms.append(correction)
     return Calibration(float_model, plan, spec, observers, samples)
 
 

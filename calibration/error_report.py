@@ -90,3 +90,39 @@ def print_error_table(errors: list[TensorError], console: Any = None, *, worst: 
                       f"{e.cosine:.5f}" if e.cosine is not None else "-",
                       f"{e.max_abs_error:.4g}" if e.max_abs_error is not None else "-")  # fmt: skip
     console.print(table)
+
+
+def report_html(report: dict[str, Any]) -> str:
+    """The quantize report as an HTML page: scheme, accuracy, budget, and every tensor's error."""
+    import html
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            value = "exact" if value >= 999.0 else f"{value:.4g}"
+        return f"<td>{html.escape(str(value if value is not None else '-'))}</td>"
+
+    errors = sorted(report["tensor_errors"], key=lambda e: e["sqnr_db"] if e["sqnr_db"] is not None else -1e9)
+    rows = "".join(
+        "<tr>" + "".join(cell(e[k]) for k in ("name", "sqnr_db", "cosine", "max_abs_error")) + "</tr>" for e in errors
+    )
+    sensitivity = "".join(f"<tr>{cell(s['node'])}{cell(s['score'])}</tr>" for s in report["sensitivity"])
+    facts = {
+        "scheme": report["scheme"],
+        "observer": report["calibration"].get("observer"),
+        "samples": report["calibration"].get("samples"),
+        "accuracy": report["accuracy"],
+        "kept float": report["kept_float"] or "none",
+        "timings (s)": {k: round(v, 3) for k, v in report["timings_s"].items()},
+    }
+    facts_html = "".join(f"<tr><th>{html.escape(k)}</th>{cell(v)}</tr>" for k, v in facts.items())
+    style = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}")  # fmt: skip
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit quantize report</title>"
+        f"<style>{style}</style></head><body><h1>Quantization report</h1><table>{facts_html}</table>"
+        "<h2>Per-tensor error, FP32 vs quantized (worst first)</h2>"
+        f"<table><tr><th>tensor</th><th>SQNR dB</th><th>cosine</th><th>max abs error</th></tr>{rows}</table>"
+        + (f"<h2>Sensitivity (score with only this node quantized)</h2><table>{sensitivity}</table>"
+           if sensitivity else "")
+        + "</body></html>"
+    )  # fmt: skip

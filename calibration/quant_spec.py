@@ -81,6 +81,8 @@ class QuantSpec:
     nodes: dict[str, dict[str, str]] = field(default_factory=dict)  # node name -> {"precision", "reason"}
     calibration: dict[str, Any] = field(default_factory=dict)  # observer, settings, samples, data source
     created_by: str = "calibration"
+    # weight changes made before quantizing (equalization scales, bias corrections), replayed by targets
+    transforms: list[dict[str, Any]] = field(default_factory=list)
 
     # -- overrides ------------------------------------------------------------------------------
 
@@ -103,6 +105,7 @@ class QuantSpec:
             "calibration": self.calibration,
             "tensors": {name: t.to_dict() for name, t in sorted(self.tensors.items())},
             "nodes": dict(sorted(self.nodes.items())),
+            "transforms": self.transforms,
         }
 
     @property
@@ -150,6 +153,7 @@ class QuantSpec:
                 nodes=data.get("nodes", {}),
                 calibration=data.get("calibration", {}),
                 created_by=data.get("created_by", "calibration"),
+                transforms=data.get("transforms", []),
             )
         except (KeyError, TypeError) as exc:
             raise QuantSpecError(f"{label} lacks or mangles field {exc}; regenerate it") from exc
@@ -171,6 +175,8 @@ class QuantSpec:
                 f"over {self.calibration.get('samples')} samples"
             )
         lines.append("  tensors: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())))
+        if self.transforms:
+            lines.append("  transforms: " + ", ".join(t["kind"] for t in self.transforms))
         floats = sorted(self.float_nodes)
         lines.append(f"  kept float: {', '.join(floats) if floats else 'none'}")
         return "\n".join(lines)

@@ -82,6 +82,8 @@ def quantize(
     min_sqnr: float | None = None,
     error_samples: int = 16,
     progress: bool = True,
+    equalize: bool = False,
+    bias_correction: bool = False,
 ) -> QuantizeResult:
     """Quantize `model` with calibration `data`.
 
@@ -95,7 +97,8 @@ def quantize(
     start = time.perf_counter()
     calibration = calibrate(
         model, data, observer=observer, observer_settings=observer_settings, activations=activations,
-        weights=weights, float_nodes=float_nodes, limit=limit, progress=progress,
+        weights=weights, float_nodes=float_nodes, limit=limit, progress=progress, equalize=equalize,
+        bias_correction=bias_correction,
     )  # fmt: skip
     timings["calibration"] = time.perf_counter() - start
     float_model, spec = calibration.float_model, calibration.spec

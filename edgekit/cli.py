@@ -191,12 +191,16 @@ def observers() -> None:
 @click.option("--max-drop", type=float, default=None, help="Accuracy budget: top-1 may fall at most this many points.")
 @click.option("--min-sqnr", type=float, default=None, help="Accuracy budget: output SQNR at least this many dB.")
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Keep this node in float (repeatable).")
+@click.option("--equalize", is_flag=True, help="Cross-layer equalization first (Conv-ReLU-Conv chains, depthwise too).")
+@click.option("--bias-correction", is_flag=True, help="Correct each quantized Conv/Gemm bias by its mean output shift.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write the report as an HTML page.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True,
               help="Folder for model.onnx (QDQ), quant_spec.json and report.json.")  # fmt: skip
 @_fail_cleanly
 def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], target: str, activations: str | None,
              weights: str | None, limit: int | None, eval_data: str | None, labels: str | None, max_drop: float | None,
-             min_sqnr: float | None, keep_float: tuple[str, ...], out: str) -> None:  # fmt: skip
+             min_sqnr: float | None, keep_float: tuple[str, ...], equalize: bool, bias_correction: bool,
+             html_file: str | None, out: str) -> None:  # fmt: skip
     """Post-training quantization of MODEL: one streaming calibration pass, a QuantSpec, a QDQ model, and
     a per-tensor error report. With --max-drop or --min-sqnr the most sensitive layers stay float until
     the budget is met.
@@ -230,9 +234,14 @@ def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], t
         loaded, calib, observer=observer, observer_settings=observer_settings,
         activations=activations or get_target(target).activation_scheme,
         weights=weights or get_target(target).weight_scheme, float_nodes=keep_float, limit=limit,
-        eval_feeds=eval_feeds, eval_labels=eval_labels, max_drop=max_drop, min_sqnr=min_sqnr,
+        eval_feeds=eval_feeds, eval_labels=eval_labels, max_drop=max_drop, min_sqnr=min_sqnr, equalize=equalize,
+        bias_correction=bias_correction,
     )  # fmt: skip
     folder = save_quantized(result, out)
+    if html_file:
+        from edgekit.calibration.error_report import report_html
+
+        Path(html_file).write_text(report_html(result.report()))
     console = _console()
     console.print(result.spec.summary())
     print_error_table(result.errors, console)

@@ -162,6 +162,12 @@ def test_quantize_then_build_int8_and_run(tmp_path, isolated_store):
     quantized = invoke("quantize", digits_model_path(), "--calib", calib, "--observer", "percentile",
                        "--eval", held, "--labels", f"{held}.labels.json", "-o", tmp_path / "q")  # fmt: skip
     assert quantized.exit_code == 0, quantized.output
+    assert (tmp_path / "q" / "trt_calibration.cache").is_file()
+    passes = invoke("quantize", digits_model_path(), "--calib", calib, "--equalize", "--bias-correction",
+                    "--html", tmp_path / "q2.html", "-o", tmp_path / "q2")  # fmt: skip
+    assert passes.exit_code == 0, passes.output
+    assert "transforms: equalize, bias_correction" in passes.output
+    assert "Per-tensor error" in (tmp_path / "q2.html").read_text()
     assert "per-tensor error" in quantized.output and "quantized_top1" in quantized.output
     spec = tmp_path / "q" / "quant_spec.json"
 
