@@ -8,8 +8,6 @@ a failed run never leaves a half-written result that looks finished).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.calibration.trt_cache import write_trt_cache
 from edgekit.errors import EdgekitError
+from edgekit.staging import staged_folder
 
 if TYPE_CHECKING:
     from edgekit.model import Model
@@ -155,19 +154,9 @@ def save_quantized(result: QuantizeResult, out_dir: str | Path) -> Path:
     """Write model.onnx (QDQ), quant_spec.json, report.json and trt_calibration.cache (TensorRT's
     implicit-INT8 cache, for older JetPacks) into `out_dir`, all or nothing."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "quant_spec.json").exists():
-        raise EdgekitError(f"output {out_dir} exists and is not an earlier quantize result; choose another -o")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, marker="quant_spec.json", what="an earlier quantize result") as staging:
         onnx.save(result.qdq_model, staging / "model.onnx")
         result.spec.save(staging / "quant_spec.json")
         write_trt_cache(result.spec, staging / "trt_calibration.cache")
         (staging / "report.json").write_text(json.dumps(result.report(), indent=1, allow_nan=False) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir

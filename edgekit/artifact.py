@@ -7,15 +7,14 @@ so the id covers every byte and building the same model twice gives the same id.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.errors import ArtifactError
 from edgekit.hashing import canonical_json, sha256_file, sha256_json
+from edgekit.staging import staged_folder
 
 MANIFEST = "manifest.json"
 SCHEMA = "edgekit.artifact"
@@ -85,13 +84,7 @@ def write_artifact(out_dir: str | Path, files: dict[str, bytes | Path], manifest
     deletes a user's folder.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists())):
-        raise ArtifactError(
-            f"output {out_dir} exists and is not an artifact folder; choose an empty or new folder with -o"
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir, marker=MANIFEST, what="an artifact folder", error=ArtifactError) as staging:
         hashes = {}
         for name, content in sorted(files.items()):
             if Path(name).name != name or name == MANIFEST:
@@ -103,11 +96,4 @@ def write_artifact(out_dir: str | Path, files: dict[str, bytes | Path], manifest
             hashes[name] = sha256_file(staging / name)
         manifest = {**manifest, "schema": SCHEMA, "version": VERSION, "files": hashes}
         (staging / MANIFEST).write_text(canonical_json(manifest) + "\n")
-        os.chmod(staging, 0o755)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Artifact(out_dir, manifest)
