@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.calibration.graph import _consumers
+from edgekit.calibration.graph import QUANTIZABLE_OPS, _consumers
 from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
@@ -83,13 +83,25 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
                 if input_name == name:
                     reader.input[i] = dq_out
 
-    # Activations: Q -> DQ right after the tensor is produced; quantized readers read the DQ output.
+    # Activations: Q -> DQ right after the tensor is produced. Quantized readers read the DQ output; so do
+    # other ops (Identity, Reshape, ...) when the producer runs quantized, so ORT still finds op -> Q to fuse.
+    # Readers kept float, and other ops after a float producer, read the float tensor.
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def reads_quantized(reader: onnx.NodeProto, name: str) -> bool:
+        if reader.name in float_nodes:
+            return False
+        if reader.op_type in QUANTIZABLE_OPS:
+            return True
+        producer = producers.get(name)
+        return producer is not None and producer.op_type in QUANTIZABLE_OPS and producer.name not in float_nodes
+
     inserts: dict[int, list[onnx.NodeProto]] = {}
     for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
         if entry.kind != "activation":
             continue
-        readers = [n for n in consumers.get(name, []) if n.name not in float_nodes]
+        readers = [n for n in consumers.get(name, []) if reads_quantized(n, name)]
         if not readers:
             continue
         scale_name, zp_name = add_qparams(name, entry)

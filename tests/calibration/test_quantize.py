@@ -204,3 +204,12 @@ def test_trt_calibration_cache_round_trips(digits_model, digits_tensors, tmp_pat
     (tmp_path / "bad.cache").write_text("not a cache\n")
     with pytest.raises(Exception, match="not a TensorRT calibration cache"):
         read_trt_cache(tmp_path / "bad.cache")
+
+
+def test_every_node_kept_float_gives_the_float_model(digits_model, digits_tensors):
+    x, _ = digits_tensors
+    calibration = calibrate(digits_model, x[:16], progress=False)
+    for node in calibration.plan.nodes:
+        calibration.spec.keep_float(node, "test")
+    qdq = write_qdq(calibration.float_model, calibration.spec)
+    assert not [n for n in qdq.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
