@@ -44,6 +44,12 @@ class LocalTransport:
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
 
+    def __enter__(self) -> LocalTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
     def run(self, artifact: Artifact, plan: dict[str, Any], *, timeout_s: float = 3600.0) -> dict[str, Any]:
         """Run the plan with the agent; return the validated result (never raises for a device failure:
         a crash or a timeout comes back as a result with status `error` and the reason)."""
