@@ -111,7 +111,7 @@ def calibrate(
     progress: bool = True,
     equalize: bool = False,
     bias_correction: bool = False,
-    bias_samples: int = 32,
+    bias_samples: int = 16,
 ) -> Calibration:
     """Observe every activation the QDQ model will quantize and write the QuantSpec.
 
@@ -168,13 +168,9 @@ def calibrate(
     spec = _make_spec(model, float_model, plan, observers, scheme, weights, observer, samples, feeds.description)
     spec.transforms = transforms
     if bias_correction:
-        from edgekit.calibration.qdq import write_qdq
-
         again = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=bias_samples)
-        deltas = bias_corrections(float_model, write_qdq(float_model, spec), list(again.feeds))
-        correction = {"kind": "bias_correction", "biases": deltas}
-        apply_transforms(float_model, [correction])
-        spec.transforms.append(correction)
+        deltas = bias_corrections(float_model, spec, list(again.feeds))  # corrects float_model in place
+        spec.transforms.append({"kind": "bias_correction", "biases": deltas})
     return Calibration(float_model, plan, spec, observers, samples)
 
 

@@ -1,0 +1,181 @@
+"""A real OpenSSH server on 127.0.0.1 for the fleet tests: its own config, host key and client key.
+
+The "device" is this machine, reached over SSH as the current user; its Python is the one running the
+tests (it has numpy, OpenCV and onnxruntime), and each test gets its own work folder and known_hosts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from edgekit.fleet.inventory import Device
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+@dataclass(frozen=True)
+class SshServer:
+    host: str
+    port: int
+    user: str
+    client_key: Path  # authorized on the server
+    other_key: Path  # a valid key the server does not accept
+    host_key_line: str  # "ssh-ed25519 AAAA..." of the server
+    other_host_key_line: str  # a different ed25519 public key, for a "changed key" known_hosts
+    log: Path
+
+    def known_hosts_entry(self, key_line: str | None = None) -> str:
+        return f"[{self.host}]:{self.port} {key_line or self.host_key_line}\n"
+
+    def device(self, tmp_path: Path, **overrides) -> Device:
+        """A device for this server with a known_hosts that trusts it and a fresh work folder."""
+        known_hosts = tmp_path / "known_hosts"
+        if not known_hosts.exists():
+            known_hosts.write_text(self.known_hosts_entry())
+        settings = {
+            "name": "loopback",
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "key": self.client_key,
+            "target": "x86-ort",
+            "tags": ("test",),
+            "workdir": str(tmp_path / "device-workdir"),
+            "python": sys.executable,
+            "known_hosts": known_hosts,
+            **overrides,
+        }
+        return Device(**settings)
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgekit-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    kind, data, *_ = path.with_suffix(".pub").read_text().split()
+    return f"{kind} {data}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_banner(port: int, process: subprocess.Popen, log: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"sshd exited with code {process.returncode}: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            if sock.recv(64).startswith(b"SSH-"):
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"sshd did not accept connections on port {port} within {timeout} s: {log.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
+    if not SSHD.is_file():
+        pytest.skip("OpenSSH server not installed (apt-get install -y openssh-server)")
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen not installed (apt-get install -y openssh-client)")
+    root = tmp_path_factory.mktemp("sshd")
+    host_key_line = _keygen(root / "host_ed25519")
+    other_host_key_line = _keygen(root / "other_host_ed25519")
+    client_line = _keygen(root / "client_ed25519")
+    _keygen(root / "stranger_ed25519")
+    (root / "authorized_keys").write_text(client_line + "\n")
+    port = _free_port()
+    config = root / "sshd_config"
+    config.write_text(
+        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {root / 'host_ed25519'}\nPidFile {root / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {root / 'authorized_keys'}\n"
+        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nAllowTcpForwarding yes\n"
+        "Subsystem sftp internal-sftp\nSetEnv SHLVL=5\nMaxSessions 64\nMaxStartups 64\nLogLevel ERROR\n"
+    )
+    with contextlib.suppress(OSError):
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)
+    log = root / "sshd.log"
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(config)], stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        _wait_for_banner(port, process, log)
+        yield SshServer(
+            host="127.0.0.1",
+            port=port,
+            user=getpass.getuser(),
+            client_key=root / "client_ed25519",
+            other_key=root / "stranger_ed25519",
+            host_key_line=host_key_line,
+            other_host_key_line=other_host_key_line,
+            log=log,
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def device(sshd: SshServer, tmp_path: Path) -> Device:
+    return sshd.device(tmp_path)
+
+
+@pytest.fixture
+def processes_mentioning():
+    """Command lines of this machine's processes that contain a text (the device is this machine)."""
+    return _processes_mentioning
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(f"{entry.name}: {cmdline.strip()}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def digits_artifact(tmp_path_factory: pytest.TempPathFactory):
+    """The demo's x86-ort artifact, built from the embedded digits model."""
+    from edgekit.api import build
+    from edgekit.demo_data import digits_model_path
+
+    return build(digits_model_path(), "x86-ort", tmp_path_factory.mktemp("artifact") / "digits-x86-ort")
+
+
+@pytest.fixture(scope="session")
+def digits_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[int]]:
+    """A 40-frame video of real held-out digits and their labels."""
+    from edgekit.demo_data import load_heldout_digits, render_digits_video
+
+    images, labels = load_heldout_digits()
+    video = render_digits_video(images[:40], labels[:40], tmp_path_factory.mktemp("video") / "digits.mp4")
+    return video, [int(v) for v in labels[:40]]
