@@ -1,22 +1,25 @@
-"""The device agent's entry point: plan in, result out (`--plan PATH --result PATH`).
+"""The device agent's entry point: plan in, result out (`--plan PATH --result PATH`), or `--facts`.
 
 Loads the plan, the artifact manifest, the engine and the source, runs the harness, and ALWAYS writes
 a result file, even when the plan is invalid or the engine is missing (status `error` with the reason).
-Exit code 0 when the run is `ok`, 1 otherwise. Python 3.8-compatible; imports nothing outside runtime/.
+Exit code 0 when the run is `ok`, 1 otherwise. `--facts` prints what the device has (one JSON object on
+stdout) and exits 0. Python 3.8-compatible; imports nothing outside runtime/.
 """
 
 import argparse
+import json
 import os
 import signal
 import sys
 from typing import Any, Dict, List, Optional
 
 from .engines import EngineError, open_engine
-from .facts import device_facts
+from .facts import agent_facts, device_facts
 from .harness import Harness, Measurement, make_preprocessor
 from .manifest import ManifestError, load_manifest
-from .plan import Plan, PlanError, load_plan
+from .plan import POWER_AUTO, Plan, PlanError, load_plan
 from .postprocess import PostprocessError, make_postprocessor
+from .power import PowerError, PowerSampler, available_probes, detect_probe, open_probe
 from .result import add_error, empty_result, fill_measurement, finish, set_manifest, utc_now, write_result
 from .sources import SourceError, open_source, redact_uri
 
@@ -37,10 +40,7 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
         source_info["uri"] = redact_uri(source_info["uri"])
     result["source"] = source_info
     _device_facts(result)
-    if plan.power_probe is not None:
-        result["warnings"].append(
-            "power probe %r is not available in this agent version; power was not measured" % plan.power_probe
-        )
+    sampler = _open_power(plan, result["warnings"])
     stage = "manifest"
     measurement: Optional[Measurement] = None
     try:
@@ -74,6 +74,8 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
                     duration_s=plan.duration_s,
                     warmup=plan.warmup,
                     queue_size=plan.queue_size,
+                    power=sampler,
+                    power_idle_s=plan.power_idle_s,
                 )
                 measurement = harness.run()
             fill_measurement(result, measurement, plan.keep_samples)
@@ -82,7 +84,41 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
         add_error(result, stage, _describe(exc))
     except KeyboardInterrupt:
         add_error(result, stage, "interrupted before the run started")
+    if sampler is not None:
+        _fill_power(result, sampler, measurement.timed if measurement is not None else 0)
     return finish(result, measurement.timed if measurement is not None else 0)
+
+
+def _open_power(plan: Plan, warnings: List[str]) -> Optional[PowerSampler]:
+    """The plan's power sampler, or None with a warning saying why power will not be measured."""
+    name = plan.power_probe
+    if name is None:
+        return None
+    if name == POWER_AUTO:
+        name = detect_probe(plan.power_sysfs_root)
+        if name is None:
+            warnings.append(
+                "power probe auto: no power sensor found under %s (this agent knows %s); power was not measured"
+                % (plan.power_sysfs_root, ", ".join(available_probes()))
+            )
+            return None
+    try:
+        return PowerSampler(open_probe(name, plan.power_sysfs_root), plan.power_interval_s)
+    except PowerError as exc:
+        warnings.append("%s; power was not measured" % exc)
+    except Exception as exc:  # an odd sensor must not cost the run
+        warnings.append("power probe %s: %s: %s; power was not measured" % (name, type(exc).__name__, exc))
+    return None
+
+
+def _fill_power(result: Dict[str, Any], sampler: PowerSampler, timed: int) -> None:
+    sampler.stop()  # already stopped by the harness, unless the run failed before its timed part
+    result["warnings"].extend(sampler.warnings)
+    if sampler.error:
+        result["warnings"].append("%s; power was not measured" % sampler.error)
+        return
+    if timed:
+        result["power"] = sampler.summary(timed)
 
 
 def _check_model_inputs(engine: Any, manifest: Any) -> None:
@@ -120,8 +156,6 @@ def run_plan_file(plan_path: str) -> Dict[str, Any]:
 
 def _peek_run_id(plan_path: str) -> Optional[str]:
     # an invalid plan's result should still be filed under its run id when the JSON has one
-    import json
-
     try:
         with open(plan_path, "r", encoding="utf-8") as handle:
             run_id = json.load(handle).get("run_id")
@@ -163,9 +197,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="edgekit-agent", description="Run an edgekit plan on this device and write the result JSON."
     )
-    parser.add_argument("--plan", required=True, help="plan JSON (docs/contracts.md)")
-    parser.add_argument("--result", required=True, help="where to write the result JSON")
+    parser.add_argument("--plan", help="plan JSON (docs/contracts.md)")
+    parser.add_argument("--result", help="where to write the result JSON")
+    parser.add_argument("--facts", action="store_true", help="print this device's facts as JSON and exit")
+    parser.add_argument("--workdir", help="with --facts: report the free disk space of this folder")
+    parser.add_argument("--sysfs-root", default="/", help="with --facts: where to look for power sensors")
     args = parser.parse_args(argv)
+    if args.facts:
+        sys.stdout.write(json.dumps(agent_facts(args.workdir, args.sysfs_root), sort_keys=True) + "\n")
+        sys.stdout.flush()
+        return 0
+    if not args.plan or not args.result:
+        parser.error("--plan and --result are required (or --facts)")
 
     previous = None
     in_main_thread = _in_main_thread()

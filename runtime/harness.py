@@ -8,7 +8,9 @@ every engine, so numbers from different targets are comparable. Two modes:
   by bounded queues. Live sources drop the oldest queued frame when the capture queue is full (and count
   it); file sources block and never drop.
 
-An error stops the run but keeps every frame measured before it (status `partial`). Python 3.8-compatible.
+An error stops the run but keeps every frame measured before it (status `partial`). With a power
+sampler, the idle baseline is read after warm-up and the sampler's thread runs around the timed part only
+(it sleeps between reads; nothing is added inside the frame loop). Python 3.8-compatible.
 """
 
 import queue
@@ -103,6 +105,8 @@ class Harness(object):
         warmup: int = 0,
         queue_size: int = 4,
         input_name: Optional[str] = None,
+        power: Optional[Any] = None,
+        power_idle_s: float = 0.0,
     ) -> None:
         if mode not in MODES:
             raise ValueError("mode %r: use sequential or pipelined" % mode)
@@ -118,6 +122,8 @@ class Harness(object):
         self.warmup = warmup
         self.queue_size = queue_size
         self.input_name = input_name if input_name is not None else engine.input_names[0]
+        self.power = power  # a power.PowerSampler, or None
+        self.power_idle_s = power_idle_s
 
     def run(self) -> Measurement:
         """Warm up (untimed), then time frames; never raises for errors inside the run."""
@@ -125,6 +131,8 @@ class Harness(object):
         try:
             ok = self._warm_up(measurement)
             if ok:
+                if self.power is not None:
+                    self.power.idle_baseline(self.power_idle_s)
                 if self.mode == "sequential":
                     self._run_sequential(measurement)
                 else:
@@ -183,6 +191,16 @@ class Harness(object):
         measurement.warmup = done
         return True
 
+    # -- power: the sampler's window is the timed part ---------------------------------------------------
+
+    def _power_start(self) -> None:
+        if self.power is not None:
+            self.power.start()
+
+    def _power_stop(self) -> None:
+        if self.power is not None:
+            self.power.stop()
+
     # -- sequential --------------------------------------------------------------------------------------
 
     def _run_sequential(self, m: Measurement) -> None:
@@ -192,6 +210,7 @@ class Harness(object):
         record = m.record
         index = 0
         stage = "capture"
+        self._power_start()
         start = clock()
         end = start
         deadline = start + self.duration_s if self.duration_s is not None else None
@@ -222,6 +241,8 @@ class Harness(object):
             m.add_error(stage, index, exc)
         except KeyboardInterrupt:
             m.add_error("run", None, "interrupted; the frames measured so far are kept")
+        finally:
+            self._power_stop()
         m.wall_s = end - start
 
     # -- pipelined ---------------------------------------------------------------------------------------
@@ -332,6 +353,7 @@ class Harness(object):
         ]
         for thread in threads:
             thread.daemon = True  # a thread stuck in a driver must not keep the agent alive
+        self._power_start()
         start = clock()
         end = start
         for thread in threads:
@@ -362,6 +384,7 @@ class Harness(object):
             stop_capture.set()
             done["postprocess"].set()
             finish.set()
+            self._power_stop()  # before the joins: the power window is the timed part, not the shutdown
             limit = clock() + _JOIN_S
             for thread in threads:
                 thread.join(max(0.0, limit - clock()))

@@ -7,6 +7,8 @@ usually looking at a fleet log, not at this code. Python 3.8-compatible.
 import os
 from typing import Any, Dict, List, Optional, Union
 
+from .power import available_probes
+
 PLAN_SCHEMA = "edgekit.plan"
 PLAN_VERSION = 1
 
@@ -23,7 +25,8 @@ _TOP_KEYS = (
 _SOURCE_KEYS = ("kind", "uri", "loop")
 _ENGINE_KEYS = ("name", "threads", "options")
 _POSTPROCESS_KEYS = ("kind", "top_k")
-_POWER_KEYS = ("probe",)
+_POWER_KEYS = ("probe", "interval_s", "idle_s", "sysfs_root")
+POWER_AUTO = "auto"  # power.probe: detect the probe from the files present
 
 
 class PlanError(ValueError):
@@ -93,6 +96,23 @@ class Plan(object):
         power = _object(data, "power", "plan")
         _reject_unknown(power, _POWER_KEYS, "power")
         self.power_probe: Optional[str] = _optional_str(power, "probe", "power")
+        if (
+            self.power_probe is not None
+            and self.power_probe != POWER_AUTO
+            and self.power_probe not in available_probes()
+        ):
+            raise PlanError(
+                "power probe is %r; use null, %r or one of %s"
+                % (self.power_probe, POWER_AUTO, ", ".join(available_probes()))
+            )
+        interval = _positive_number(power, "interval_s", "power")
+        self.power_interval_s: float = 0.05 if interval is None else interval
+        idle = _non_negative_number(power, "idle_s", "power")
+        self.power_idle_s: float = 1.0 if idle is None else idle
+        root = power.get("sysfs_root")
+        if root is not None and (not isinstance(root, str) or not root):
+            raise PlanError("power sysfs_root must be a non-empty path or null, got %r" % (root,))
+        self.power_sysfs_root: str = _resolve(root, base_dir) if root else "/"
 
         keep = data.get("keep_samples", True)
         if not isinstance(keep, bool):
@@ -192,6 +212,15 @@ def _positive_number(data: Dict[str, Any], key: str, where: str) -> Optional[flo
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise PlanError("%s %s must be a number > 0 or null, got %r" % (where, key, value))
+    return float(value)
+
+
+def _non_negative_number(data: Dict[str, Any], key: str, where: str) -> Optional[float]:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        raise PlanError("%s %s must be a finite number >= 0 or null, got %r" % (where, key, value))
     return float(value)
 
 

@@ -80,3 +80,13 @@ def test_raw_accuracy_keeps_numbers_per_output():
     assert clean["accuracy"]["outputs"][0] == accuracy["outputs"][0]
     with pytest.raises(RunError, match="accuracy.top1"):
         validate_result(good_result(accuracy={"kind": "classification", "top1": "all of them"}), run_id="r1")
+
+
+def test_power_keeps_numbers_per_rail():
+    power = {"probe": "jetson-ina3221", "rail": "VDD_IN", "avg_w": 5.2, "idle_w": 3.1, "active_w": 2.1,
+             "energy_j": 1.3, "energy_per_inference_mj": 13.0, "duration_s": 0.25, "samples": 5,
+             "rails_avg_w": {"VDD_IN": 5.2, "VDD_SOC": 1.1}}  # fmt: skip
+    clean = validate_result(good_result(power=power), run_id="r1")
+    assert clean["power"] == power
+    with pytest.raises(RunError, match="power.avg_w"):
+        validate_result(good_result(power={**power, "avg_w": float("inf")}), run_id="r1")

@@ -100,6 +100,25 @@ def _accuracy(value: Any) -> dict[str, Any]:
     return clean
 
 
+def _power(value: Any) -> dict[str, Any]:
+    """Power figures: probe and rail names, finite numbers, and per-rail averages in watts."""
+    value = _mapping(value, "power")
+    clean: dict[str, Any] = {}
+    for key, item in list(value.items())[:MAX_FACTS]:
+        key = _text(key, "power", limit=64)
+        if key in ("probe", "rail"):
+            clean[key] = _text(item, f"power.{key}", limit=128)
+        elif key == "rails_avg_w":
+            rails = _mapping(item, "power.rails_avg_w")
+            clean[key] = {_text(k, "power.rails_avg_w", limit=64): _number(v, f"power.rails_avg_w.{k}")
+                          for k, v in list(rails.items())[:MAX_FACTS]}  # fmt: skip
+        elif key == "samples":
+            clean[key] = _count(item, "power.samples")
+        else:
+            clean[key] = _number(item, f"power.{key}")
+    return clean
+
+
 def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
     """A clean copy of a device's result, or RunError saying which field is wrong."""
     data = _mapping(data, "(top level)")
@@ -133,7 +152,7 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "throughput_fps": _number(data.get("throughput_fps"), "throughput_fps"),
         "wall_s": _number(data.get("wall_s"), "wall_s"),
         "accuracy": _accuracy(data["accuracy"]) if data.get("accuracy") else None,
-        "power": _facts(data["power"], "power") if data.get("power") else None,
+        "power": _power(data["power"]) if data.get("power") else None,
         "device": _facts(data.get("device", {}), "device"),
         "engine": _facts(data.get("engine", {}), "engine"),
         "errors": [_facts(e, "errors[]") for e in errors[:MAX_ERRORS]],

@@ -104,12 +104,12 @@ def test_engine_threads_default_and_power_probe_warning(tmp_path, artifact, colo
         artifact,
         {"kind": "video", "uri": str(path)},
         engine={"name": None, "threads": None, "options": {}},  # the manifest's engine, ORT's threads
-        power={"probe": "rapl"},
+        power={"probe": "jetson-ina3221"},
     )
     code, result = run_agent(tmp_path, plan)
     assert code == 0 and result["status"] == "ok" and result["accuracy"] is None
     assert result["engine"]["name"] == "onnxruntime" and result["engine"]["threads"] is None
-    assert result["power"] is None and "power probe 'rapl' is not available" in result["warnings"][0]
+    assert result["power"] is None and "power probe jetson-ina3221 found no sensor under /" in result["warnings"][0]
 
 
 def test_raw_outputs_against_reference(tmp_path):
