@@ -63,6 +63,86 @@ class RunRecord:
         return self.result["status"] == "ok"
 
 
+def _labels(labels: list[int] | str | Path | None, artifact: Artifact) -> list[int] | None:
+    if isinstance(labels, (str, Path)):
+        path = labels
+        labels = read_labels(labels)
+        check_labels(labels, artifact.manifest, path)
+    elif labels is not None:
+        check_labels(labels, artifact.manifest)
+    return labels
+
+
+def run_fleet(
+    artifact: Artifact | str | Path,
+    fleet: str | Path,
+    source: str,
+    *,
+    tags: list[str] = (),
+    names: list[str] = (),
+    source_on_device: bool = False,
+    labels: list[int] | str | Path | None = None,
+    frames: int | None = None,
+    warmup: int = 10,
+    pipelined: bool = False,
+    threads: int | None = None,
+    loop: bool = False,
+    power_probe: str | None = None,
+    timeout_s: float = 3600.0,
+    trust_on_first_use: bool = False,
+    store: ResultsStore | None = None,
+    on_done: Any = None,
+) -> list[Any]:
+    """Run an artifact on every device of a fleet file (filtered by tags/names) in parallel over SSH.
+
+    A host file source is pushed to each device by content; `source_on_device` names a camera or a
+    file that is already on the devices. Each device's result is stored as it arrives.
+    """
+    from edgekit.fleet.inventory import load_fleet, select
+    from edgekit.fleet.runner import run_fleet as fan_out
+    from edgekit.fleet.ssh import SshTransport
+
+    if not isinstance(artifact, Artifact):
+        artifact = Artifact.load(artifact)
+    devices = select(load_fleet(fleet), tags=tags, names=names)
+    parsed = Source.on_device(source, loop=loop) if source_on_device else Source.parse(source, loop=loop)
+    labels = _labels(labels, artifact)
+
+    def plan_for(device: Any, run_id: str) -> dict[str, Any]:
+        return make_plan(
+            str(artifact.path.resolve()), parsed, run_id=run_id, frames=frames, warmup=warmup, pipelined=pipelined,
+            engine=artifact.manifest["engine"], threads=threads, labels=labels, power_probe=power_probe,
+        )  # fmt: skip
+
+    def transport_for(device: Any) -> SshTransport:
+        return SshTransport(device, trust_on_first_use=trust_on_first_use)
+
+    return fan_out(artifact, devices, plan_for, transport_for, timeout_s=timeout_s, store=store or ResultsStore(),
+                   on_done=on_done)  # fmt: skip
+
+
+def check_devices(
+    fleet: str | Path, *, tags: list[str] = (), names: list[str] = (), trust_on_first_use: bool = False
+) -> list[dict[str, Any]]:
+    """Connect to each device (in parallel) and gather its facts; an unreachable device says why."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgekit.fleet.inventory import load_fleet, select
+    from edgekit.fleet.ssh import SshTransport
+
+    devices = select(load_fleet(fleet), tags=tags, names=names)
+
+    def one(device: Any) -> dict[str, Any]:
+        try:
+            with SshTransport(device, trust_on_first_use=trust_on_first_use) as transport:
+                return {"name": device.name, "reachable": True, "target": device.target, **transport.facts()}
+        except Exception as exc:  # each device reports its own failure
+            return {"name": device.name, "reachable": False, "target": device.target, "error": str(exc)}
+
+    with ThreadPoolExecutor(max(1, len(devices))) as pool:
+        return list(pool.map(one, devices))
+
+
 def run(
     artifact: Artifact | str | Path,
     source: str | Path | int,
@@ -82,13 +162,7 @@ def run(
 
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
-    if isinstance(labels, (str, Path)):
-        labels_path: str | Path = labels
-        labels = read_labels(labels)
-    else:
-        labels_path = "labels"
-    if labels is not None:
-        check_labels(labels, artifact.manifest, labels_path)
+    labels = _labels(labels, artifact)
     plan = make_plan(
         str(artifact.path.resolve()),
         Source.parse(source, loop=loop),

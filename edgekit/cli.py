@@ -267,16 +267,42 @@ def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], t
 @click.option("--threads", type=int, default=None, help="Engine threads (default: the engine's own choice).")
 @click.option("--loop", is_flag=True, help="Restart a file source at its end until --frames are done.")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds before the run is stopped.")
+@click.option("--fleet", type=click.Path(dir_okay=False, exists=True), help="Run on the devices of this fleet file.")
+@click.option("--tags", multiple=True, help="With --fleet: only devices carrying this tag (repeatable).")
+@click.option("--device", "names", multiple=True, help="With --fleet: only this device (repeatable).")
+@click.option(
+    "--source-on-device", is_flag=True, help="The source is on the devices (camera, file); nothing is pushed."
+)
+@click.option(
+    "--power", "power_probe", default=None, help="Power probe on the device: auto, jetson-ina3221, x86-rapl, ..."
+)
+@click.option("--trust-on-first-use", is_flag=True, help="Accept and save unknown SSH host keys (never changed ones).")
 @_DB_OPTION
 @_fail_cleanly
 def run(artifact: str, source: str, labels: str | None, frames: int | None, warmup: int, pipelined: bool,
-        threads: int | None, loop: bool, timeout: float, db: str | None) -> None:  # fmt: skip
-    """Run ARTIFACT on this machine as the device (the agent in a subprocess), print latency per stage,
-    throughput and accuracy, and store the run."""
+        threads: int | None, loop: bool, timeout: float, fleet: str | None, tags: tuple[str, ...],
+        names: tuple[str, ...], source_on_device: bool, power_probe: str | None, trust_on_first_use: bool,
+        db: str | None) -> None:  # fmt: skip
+    """Run ARTIFACT on this machine as the device (the agent in a subprocess), or with --fleet on every
+    device of a fleet file in parallel over SSH; print latency per stage, throughput, accuracy and power,
+    and store every run.
+
+    \b
+    Examples:
+      edgekit run art --source clip.mp4 --labels clip.labels.json
+      edgekit run art --fleet lab.toml --tags jetson --source clip.mp4 --power auto
+      edgekit run art --fleet lab.toml --source 0 --source-on-device --frames 300
+    """
     from edgekit.api import run as run_artifact
 
     store = _store(db)
     console = _console()
+    if fleet:
+        _run_fleet(artifact, fleet, source, store, console, tags=list(tags), names=list(names),
+                   source_on_device=source_on_device, labels=labels, frames=frames, warmup=warmup,
+                   pipelined=pipelined, threads=threads, loop=loop, power_probe=power_probe, timeout_s=timeout,
+                   trust_on_first_use=trust_on_first_use)  # fmt: skip
+        return
     with console.status(f"running {artifact} on this machine"):
         record = run_artifact(
             artifact, source, labels=labels, frames=frames, warmup=warmup, pipelined=pipelined, threads=threads,
@@ -284,6 +310,66 @@ def run(artifact: str, source: str, labels: str | None, frames: int | None, warm
         )  # fmt: skip
     _print_run(record.run_id, store, console)
     if record.result["status"] != "ok":
+        sys.exit(1)
+
+
+def _run_fleet(artifact: str, fleet: str, source: str, store: Any, console: Any, **options: Any) -> None:
+    from edgekit.api import run_fleet
+    from edgekit.report import print_runs_table
+
+    finished: list[str] = []
+
+    def on_done(record: Any) -> None:
+        finished.append(record.run_id)
+        colour = "green" if record.ok else "red"
+        console.print(f"[{colour}]{record.device}: {record.result['status']}[/] (run {record.run_id})")
+
+    with console.status(f"running {artifact} across {fleet}"):
+        records = run_fleet(artifact, fleet, source, store=store, on_done=on_done, **options)
+    stored = store.get([r.run_id for r in records])
+    print_runs_table(stored, console)
+    if not all(r.ok for r in records):
+        sys.exit(1)
+
+
+@main.group()
+def devices() -> None:
+    """Devices of a fleet file."""
+
+
+@devices.command("check")
+@click.option("--fleet", type=click.Path(dir_okay=False, exists=True), required=True, help="The fleet file (TOML).")
+@click.option("--tags", multiple=True, help="Only devices carrying this tag (repeatable).")
+@click.option("--device", "names", multiple=True, help="Only this device (repeatable).")
+@click.option("--trust-on-first-use", is_flag=True, help="Accept and save unknown SSH host keys (never changed ones).")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@_fail_cleanly
+def devices_check(fleet: str, tags: tuple[str, ...], names: tuple[str, ...], trust_on_first_use: bool,
+                  as_json: bool) -> None:  # fmt: skip
+    """Connect to each device and report: reachable, Python, engines, CPU, GPU, free disk, power probe."""
+    from rich.table import Table
+
+    from edgekit.api import check_devices
+
+    console = _console()
+    with console.status(f"checking the devices of {fleet}"):
+        facts = check_devices(fleet, tags=list(tags), names=list(names), trust_on_first_use=trust_on_first_use)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        table = Table(title=f"devices in {fleet}", title_justify="left")
+        for column in ("device", "reachable", "python", "engines", "cpu", "gpu", "free disk", "power probe"):
+            table.add_column(column)
+        for f in facts:
+            free = f.get("disk.free_bytes")
+            table.add_row(
+                f["name"], "yes" if f["reachable"] else f"[red]no[/]: {f.get('error', '')}", str(f.get("python", "-")),
+                ", ".join(f.get("engines") or []) or "-", str(f.get("cpu", "-")),
+                ", ".join(f.get("gpu.names") or []) or "-",
+                f"{free / 1e9:.1f} GB" if isinstance(free, (int, float)) else "-", str(f.get("power_probe") or "-"),
+            )  # fmt: skip
+        console.print(table)
+    if not all(f["reachable"] for f in facts):
         sys.exit(1)
 
 

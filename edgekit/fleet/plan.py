@@ -50,6 +50,14 @@ class Source:
             "check the path"
         )
 
+    @classmethod
+    def on_device(cls, text: str, *, loop: bool = False) -> Source:
+        """A source that exists on the device only (its camera, its files): nothing is checked here.
+        A path ending in / is an image folder, any other path a video file."""
+        if text.isdigit() or text.startswith(("rtsp://", "rtsps://")) or "!" in text:
+            return cls.parse(text, loop=loop)
+        return cls("images" if text.endswith("/") else "video", text, loop)
+
     @property
     def live(self) -> bool:
         return self.kind in LIVE_KINDS

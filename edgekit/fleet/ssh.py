@@ -482,6 +482,7 @@ class SshTransport:
                 f"device {self.name}: cannot write the plan into {run_dir} ({exc}); check free space and "
                 f"permissions of the work folder {self.workdir}"
             ) from exc
+        self._current_run_dir = run_dir
         command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", run_dir, *self.python_argv(), "-c"]
         # absolute paths, so `ps` on the device shows which run an agent belongs to
         command += [_AGENT_WRAPPER, agent, "--plan", f"{run_dir}/plan.json", "--result", f"{run_dir}/result.json"]
@@ -524,7 +525,15 @@ class SshTransport:
                 )
             return result
         finally:
+            self._current_run_dir = None
             self._cleanup(run_dir)
+
+    def cancel(self) -> None:
+        """Stop the agent of the run in progress; called from another thread (the fleet runner on Ctrl-C).
+        The run then returns what the agent measured before it stopped."""
+        run_dir = getattr(self, "_current_run_dir", None)
+        if run_dir and self.connected:
+            self._stop_agent(run_dir, grace=2.0)
 
     def _fetch_result(self, plan: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
         """The validated result.json of a run, None when there is none; DeviceError when it is unusable."""
