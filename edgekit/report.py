@@ -35,6 +35,9 @@ def run_row(run: StoredRun) -> dict[str, Any]:
         row[f"{stage}_p50_ms"] = latency.get(stage, {}).get("p50")
     row["end_to_end_p99_ms"] = latency.get("end_to_end", {}).get("p99")
     row["throughput_fps"] = result.get("throughput_fps")
+    power = result.get("power") or {}
+    row["power_w"] = power.get("avg_w")
+    row["energy_per_inference_mj"] = power.get("energy_per_inference_mj")
     row["top1"] = accuracy.get("top1")
     row["sqnr_db"] = accuracy.get("sqnr_db")
     row["errors"] = "; ".join(str(e.get("message", "")) for e in result.get("errors", []))
@@ -82,8 +85,10 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
     devices = sorted({run.device for run in runs})
     table = Table(title="edgekit runs (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                   pad_edge=False)  # fmt: skip
+    with_power = any((run.result.get("power") or {}).get("avg_w") is not None for run in runs)
     columns = ["run", *(["device"] if len(devices) > 1 else []), "target", "mode", "frames", "infer\np50",
-               "e2e\np50", "e2e\np99", "fps", "top-1"]  # fmt: skip
+               "e2e\np50", "e2e\np99", "fps", *(["power\nW", "mJ per\ninference"] if with_power else []),
+               "top-1"]  # fmt: skip
     for column in columns:
         left = column in ("run", "device", "target", "mode")
         table.add_column(column, justify="left" if left else "right", no_wrap=True)
@@ -98,6 +103,7 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
             f"{row['target']}/{row['precision']}", "pipe" if row["mode"] == "pipelined" else "seq",
             _fmt(row["frames"]), _fmt(row["inference_p50_ms"]), _fmt(row["end_to_end_p50_ms"]),
             _fmt(row["end_to_end_p99_ms"]), _fmt(row["throughput_fps"], 4),
+            *([_fmt(row["power_w"]), _fmt(row["energy_per_inference_mj"])] if with_power else []),
             f"{top1 * 100:.1f}%" if top1 is not None else "-",
         ]  # fmt: skip
         table.add_row(*cells)
@@ -166,6 +172,40 @@ def _histogram_svg(samples: list[float], *, width: int = 520, height: int = 180,
     )
 
 
+def _bars_svg(labels: list[str], values: list[float | None], unit: str, *, width: int = 640) -> str:
+    """Horizontal bars, one per run, so devices and targets compare at a glance."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "<p>not measured</p>"
+    peak, row_h, left = max(known) or 1.0, 22, 260
+    height = row_h * len(labels) + 10
+    parts = []
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        y = 5 + i * row_h
+        parts.append(f'<text x="{left - 6}" y="{y + 15}" font-size="12" text-anchor="end">{html.escape(label)}</text>')
+        if value is None:
+            parts.append(f'<text x="{left + 4}" y="{y + 15}" font-size="12">not measured</text>')
+            continue
+        w = (width - left - 90) * value / peak
+        parts.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" fill="#3b7dd8"/>')
+        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 15}" font-size="12">{value:.3g} {unit}</text>')
+    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{"".join(parts)}</svg>'
+
+
+def _comparison(runs: list[StoredRun]) -> str:
+    rows = [run_row(r) for r in runs]
+    labels = [f"{r['device']} {r['target']}/{r['precision']} {r['run_id'][-4:]}" for r in rows]
+    charts = [("end-to-end latency p50", "end_to_end_p50_ms", "ms"),
+              ("end-to-end latency p99", "end_to_end_p99_ms", "ms"),
+              ("throughput", "throughput_fps", "fps"), ("average power", "power_w", "W"),
+              ("energy per inference", "energy_per_inference_mj", "mJ"), ("top-1 accuracy", "top1", "")]  # fmt: skip
+    return "".join(
+        f"<h3>{title}</h3>{_bars_svg(labels, [r[key] for r in rows], unit)}"
+        for title, key, unit in charts
+        if any(r[key] is not None for r in rows)
+    )
+
+
 def to_html(runs: list[StoredRun]) -> str:
     rows = [run_row(r) for r in runs]
     columns = list(rows[0]) if rows else []
@@ -202,5 +242,6 @@ def to_html(runs: list[StoredRun]) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{style}</style>"
         f"</head><body><h1>edgekit report</h1><p>{len(runs)} run(s); latencies in ms.</p>"
-        f"<table><tr>{head}</tr>{body}</table>{''.join(sections)}</body></html>"
+        f"<table><tr>{head}</tr>{body}</table><h2>Side by side</h2>{_comparison(runs)}{''.join(sections)}"
+        "</body></html>"
     )

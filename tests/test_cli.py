@@ -73,7 +73,7 @@ def test_build_run_report(classifier_path, video, tmp_path, isolated_store):
     assert json.loads(invoke("report", "--json", runs[1].run_id).output)[0]["result"]["mode"] == "pipelined"
     html = tmp_path / "report.html"
     assert invoke("report", "--html", html).exit_code == 0
-    assert html.read_text().count("<svg") == 4
+    assert html.read_text().count("<svg") == 4 + 4  # two histograms per run, four side-by-side charts
 
 
 def test_demo_runs_the_main_job(tmp_path, isolated_store):

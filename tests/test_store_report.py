@@ -76,5 +76,21 @@ def test_table_json_csv_and_html(store):
     rows = list(csv.DictReader(io.StringIO(report.to_csv(runs))))
     assert rows[1]["inference_p50_ms"] == "2.5"
     page = report.to_html(runs)
-    assert page.count("<svg") == 4  # end-to-end and inference histogram per run
+    assert page.count("<svg") == 4 + 4  # two histograms per run; p50, p99, fps and top-1 side by side
     assert "run-2" in page and "p99" in page
+
+
+def test_power_columns_and_side_by_side_charts(tmp_path):
+    store = ResultsStore(tmp_path / "power.db")
+    for device, watts in (("jetson-1", 6.5), ("jetson-2", 7.25)):
+        result = _result(f"{device}-r1", 2.0)
+        result["power"] = {"probe": "jetson-ina3221", "rail": "VDD_IN", "avg_w": watts, "energy_per_inference_mj": 13.0}
+        store.add(device=device, plan={"run_id": f"{device}-r1"}, result=result,
+                  manifest={"target": "jetson-trt", "precision": "int8"}, artifact_id="a" * 64)  # fmt: skip
+    runs = store.get()
+    buffer = io.StringIO()
+    report.print_runs_table(runs, Console(file=buffer, width=200))
+    text = buffer.getvalue()
+    assert "jetson-1" in text and "jetson-2" in text and "7.25" in text and "13" in text
+    page = report.to_html(runs)
+    assert "average power" in page and "energy per inference" in page and "7.25 W" in page
