@@ -22,6 +22,7 @@ def build(
     quant_spec: Any = None,
     calib: Any = None,
     observer: str = "minmax",
+    calib_limit: int | None = None,
     progress: bool = False,
 ) -> Artifact:
     """Turn a model into an artifact for `target` in the folder `out`.

@@ -433,18 +433,24 @@ def report(
 )
 @click.option("--frames", type=int, default=None, help="Frames to time (default: all held-out digits).")
 @click.option("--pipelined", is_flag=True, help="Run the pipeline with a thread per stage.")
+@click.option("--int8", is_flag=True, help="Also quantize (calibrating on the video) and run INT8 beside FP32.")
 @_DB_OPTION
 @_fail_cleanly
-def demo(workdir: str | None, frames: int | None, pipelined: bool, db: str | None) -> None:
+def demo(workdir: str | None, frames: int | None, pipelined: bool, int8: bool, db: str | None) -> None:
     """The main job end to end on real data: a CNN trained on real handwritten digits, held-out digits
     rendered into a video, an x86-ort artifact, the camera pipeline run on this machine."""
     from edgekit.demo import run_demo
 
     store = _store(db)
     console = _console()
-    record = run_demo(workdir=workdir, frames=frames, pipelined=pipelined, store=store, console=console)
-    _print_run(record.run_id, store, console)
-    if record.result["status"] != "ok":
+    records = run_demo(workdir=workdir, frames=frames, pipelined=pipelined, store=store, console=console, int8=int8)
+    for record in records:
+        _print_run(record.run_id, store, console)
+    if len(records) > 1:
+        from edgekit.report import print_runs_table
+
+        print_runs_table(store.get([r.run_id for r in records]), console)
+    if any(r.result["status"] != "ok" for r in records):
         sys.exit(1)
 
 

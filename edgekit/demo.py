@@ -18,8 +18,12 @@ def run_demo(
     pipelined: bool = False,
     store: ResultsStore | None = None,
     console: Any = None,
-) -> RunRecord:
-    """Render the held-out digits into a video, build the x86-ort artifact, run it here, store the run."""
+    int8: bool = False,
+) -> list[RunRecord]:
+    """Render the held-out digits into a video, build the x86-ort artifact, run it here, store the run.
+
+    With `int8`, also calibrate on the video's first 100 frames, build the int8 artifact and run it the
+    same way, so FP32 and INT8 are measured side by side."""
     from rich.console import Console
 
     from edgekit.demo_data import digits_model_path, load_heldout_digits, render_digits_video
@@ -34,16 +38,15 @@ def run_demo(
     with console.status(f"rendering {len(images)} held-out digits into a video"):
         video = render_digits_video(images, labels, workdir / "heldout_digits.mp4")
     console.print(f"source  {video} ({len(images)} frames of real held-out MNIST digits)")
-    with console.status("building the x86-ort artifact"):
-        artifact = build(model, "x86-ort", workdir / "artifact-x86-ort")
-    console.print(f"artifact {artifact.id[:16]} (x86-ort/fp32) in {artifact.path}")
-    with console.status("running the camera pipeline on this machine (capture, preprocess, inference, postprocess)"):
-        record = run(
-            artifact,
-            video,
-            labels=[int(v) for v in labels],
-            frames=frames,
-            pipelined=pipelined,
-            store=store,
-        )
-    return record
+    precisions = ["fp32", "int8"] if int8 else ["fp32"]
+    records = []
+    for precision in precisions:
+        with console.status(f"building the x86-ort/{precision} artifact"):
+            calib = {"calib": video, "observer": "percentile", "calib_limit": 100} if precision == "int8" else {}
+            artifact = build(model, "x86-ort", workdir / f"artifact-x86-ort-{precision}", precision=precision, **calib)
+        console.print(f"artifact {artifact.id[:16]} (x86-ort/{precision}) in {artifact.path}")
+        with console.status(f"running the camera pipeline on this machine ({precision})"):
+            records.append(
+                run(artifact, video, labels=[int(v) for v in labels], frames=frames, pipelined=pipelined, store=store)
+            )
+    return records

@@ -77,12 +77,14 @@ def test_build_run_report(classifier_path, video, tmp_path, isolated_store):
 
 
 def test_demo_runs_the_main_job(tmp_path, isolated_store):
-    result = invoke("demo", "--workdir", tmp_path / "demo", "--frames", "200")
+    result = invoke("demo", "--workdir", tmp_path / "demo", "--frames", "200", "--int8")
     assert result.exit_code == 0, result.output
     assert "200 frames timed" in result.output
-    stored = ResultsStore(isolated_store).get()[0]
-    assert stored.result["accuracy"]["count"] == 200
-    assert stored.result["accuracy"]["top1"] > 0.9  # a real model on real held-out digits
+    fp32, int8 = ResultsStore(isolated_store).get()
+    assert (fp32.precision, int8.precision) == ("fp32", "int8")
+    for stored in (fp32, int8):
+        assert stored.result["accuracy"]["count"] == 200
+        assert stored.result["accuracy"]["top1"] > 0.9  # a real model on real held-out digits
 
 
 # -- bad input: each a clear error naming what was wrong ---------------------------------------

@@ -95,6 +95,8 @@ def _accuracy(value: Any) -> dict[str, Any]:
             clean["outputs"] = [_accuracy(entry) for entry in item[:MAX_FACTS]]
         elif key == "name":
             clean["name"] = _text(item, "accuracy.name", limit=256)
+        elif key in ("count", "top_k"):
+            clean[key] = _count(item, f"accuracy.{key}")
         elif key != "kind":
             clean[key] = _number(item, f"accuracy.{key}")
     return clean
