@@ -134,11 +134,13 @@ def check_devices(
     devices = select(load_fleet(fleet), tags=tags, names=names)
 
     def one(device: Any) -> dict[str, Any]:
+        entry = {"name": device.name, "reachable": False, "target": device.target}
         try:
             with SshTransport(device, trust_on_first_use=trust_on_first_use) as transport:
-                return {"name": device.name, "reachable": True, "target": device.target, **transport.facts()}
-        except Exception as exc:  # each device reports its own failure
-            return {"name": device.name, "reachable": False, "target": device.target, "error": str(exc)}
+                entry["reachable"] = True
+                return {**entry, **transport.facts()}
+        except Exception as exc:  # each device reports its own failure (reachable, yet facts may fail: full disk)
+            return {**entry, "error": str(exc)}
 
     with ThreadPoolExecutor(max(1, len(devices))) as pool:
         return list(pool.map(one, devices))

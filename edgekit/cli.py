@@ -363,14 +363,20 @@ def devices_check(fleet: str, tags: tuple[str, ...], names: tuple[str, ...], tru
         for f in facts:
             free = f.get("disk.free_bytes")
             table.add_row(
-                f["name"], "yes" if f["reachable"] else f"[red]no[/]: {f.get('error', '')}", str(f.get("python", "-")),
+                f["name"], _reachability(f), str(f.get("python", "-")),
                 ", ".join(f.get("engines") or []) or "-", str(f.get("cpu", "-")),
                 ", ".join(f.get("gpu.names") or []) or "-",
                 f"{free / 1e9:.1f} GB" if isinstance(free, (int, float)) else "-", str(f.get("power_probe") or "-"),
             )  # fmt: skip
         console.print(table)
-    if not all(f["reachable"] for f in facts):
+    if not all(f["reachable"] and not f.get("error") for f in facts):
         sys.exit(1)
+
+
+def _reachability(facts: dict[str, Any]) -> str:
+    if not facts["reachable"]:
+        return f"[red]no[/]: {facts.get('error', '')}"
+    return f"[yellow]yes, but[/]: {facts['error']}" if facts.get("error") else "yes"
 
 
 def _print_run(run_id: str, store: Any, console: Any) -> None:

@@ -197,9 +197,9 @@ def push_blobs(
     free = _free_bytes(transport) if check_space else None
     if free is not None and total + _SPACE_MARGIN > free:
         raise DeviceError(
-            f"device {transport.name}: the push needs {_size(total)} but the disk holding {transport.workdir} has "
-            f"{_size(free)} free; free space on the device (removing {store} is safe: edgekit refills it) or set "
-            "`workdir` in the fleet file to a folder on a larger disk"
+            f"device {transport.name}: the push needs {_size(total)} plus a {_size(_SPACE_MARGIN)} margin but the "
+            f"disk holding {transport.workdir} has {_size(free)} free; free space on the device (removing "
+            f"{store} is safe: edgekit refills it) or set `workdir` in the fleet file to a folder on a larger disk"
         )
 
     sent = 0

@@ -61,7 +61,8 @@ def run_fleet(
                     open_transports[device.name] = transport
                 result = transport.run(artifact, plan, timeout_s=timeout_s)
         except Exception as exc:  # a transport that could not even start: the device fails alone
-            result = failed_result(plan, f"{device.name}: {exc}")
+            message = str(exc) if device.name in str(exc) else f"{device.name}: {exc}"
+            result = failed_result(plan, message)
         finally:
             with lock:
                 open_transports.pop(device.name, None)

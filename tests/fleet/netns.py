@@ -220,6 +220,10 @@ def _cgroup_v2() -> Path | None:
     return None
 
 
+def _host_veths(token: str) -> list[Path]:
+    return list(Path("/sys/class/net").glob(f"ekh{token}*"))
+
+
 def cleanup_stale() -> list[str]:
     """Remove namespaces, mounts and cgroups that an earlier run of this helper left behind (its process
     is gone). Returns what was removed."""
@@ -230,10 +234,15 @@ def cleanup_stale() -> list[str]:
         name = line.split()[0] if line.split() else ""
         match = _NS_NAME.match(name)
         if match and not _alive(int(match.group(1))):
-            stale_ids.add(f"ek-p{match.group(1)}r{match.group(2)}")
+            stale_ids.add(match.group(2))
             _kill_namespace_processes(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
             removed.append(f"netns {name}")
+    for token in stale_ids:  # a deleted namespace takes its veth pair along, a moment later
+        wait_until(lambda token=token: not _host_veths(token), timeout=2.0)
+        for link in _host_veths(token):
+            subprocess.run(["ip", "link", "del", link.name], capture_output=True)
+            removed.append(f"veth {link.name}")
     for fstype, point in _mounts():
         match = re.search(r"/(ek-p(\d+)r[0-9a-f]+)/", point + "/")
         if fstype == "tmpfs" and match and not _alive(int(match.group(2))):
@@ -408,8 +417,10 @@ def _stop(device: NsDevice) -> list[str]:
     done = subprocess.run(["ip", "netns", "del", device.netns], capture_output=True, text=True)
     if done.returncode != 0 and "No such file" not in done.stderr:
         problems.append(f"ip netns del {device.netns}: {done.stderr.strip()}")
-    # deleting the namespace destroys the veth pair; this catches a pair whose peer never moved in
-    if Path(f"/sys/class/net/{device.host_veth}").exists():
+    # deleting the namespace destroys the veth pair (a moment later); this also catches a pair whose peer
+    # never moved in
+    veth = Path(f"/sys/class/net/{device.host_veth}")
+    if not wait_until(lambda: not veth.exists(), timeout=2.0):
         subprocess.run(["ip", "link", "del", device.host_veth], capture_output=True)
     if device.cgroup is not None:
         for _ in range(100):
@@ -463,7 +474,9 @@ def netns_fleet(specs: Sequence[NsSpec], root: Path) -> Iterator[NetnsFleet]:
             _wait_for_banner(device)
         known_hosts = base / "known_hosts"
         known_hosts.write_text(
-            "".join(f"{d.address} {other_host_key_line if d.spec.wrong_host_key else d.host_key_line}\n" for d in devices)
+            "".join(
+                f"{d.address} {other_host_key_line if d.spec.wrong_host_key else d.host_key_line}\n" for d in devices
+            )
         )
         fleet = NetnsFleet(run_id=run_id, root=base, devices=devices, client_key=client_key, known_hosts=known_hosts)
         fleet._by_name = {d.name: d for d in devices}
@@ -506,7 +519,9 @@ def loopback_sshd(root: Path) -> Iterator[NetnsFleet]:
         _wait_for_banner(device)
         known_hosts = base / "known_hosts"
         known_hosts.write_text(f"[127.0.0.1]:{port} {device.host_key_line}\n")
-        fleet = NetnsFleet(run_id=base.name, root=base, devices=[device], client_key=client_key, known_hosts=known_hosts)
+        fleet = NetnsFleet(
+            run_id=base.name, root=base, devices=[device], client_key=client_key, known_hosts=known_hosts
+        )
         fleet._by_name = {"loopback": device}
         yield fleet
     finally:

@@ -107,7 +107,7 @@ def test_full_disk_is_refused_before_sending(sshd, tmp_path: Path, mount_tmpfs, 
             ssh.push_artifact(big_artifact)
         assert ssh.bytes_sent == 0
     message = str(info.value)
-    assert message.startswith("device loopback: the push needs 293.2 KiB but the disk holding")
+    assert message.startswith("device loopback: the push needs 293.2 KiB plus a 1.0 MiB margin but the disk holding")
     assert f"the disk holding {disk / 'edgekit'} has" in message and "free space on the device" in message
     assert store_listing(disk / "edgekit") == []
 
