@@ -52,7 +52,7 @@ class OnnxRuntimeX86Target(Target):
         from edgekit.calibration.qdq import write_qdq
         from edgekit.model import Model as ModelClass
 
-        qdq = write_qdq(prepare_float_model(model.proto), quant_spec)
+        qdq = write_qdq(prepare_float_model(model.proto, quant_spec), quant_spec)
         packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
         not_honoured = []
         if quant_spec.scheme.get("activations") != self.activation_scheme:
