@@ -93,6 +93,7 @@ def run_fleet(
     trust_on_first_use: bool = False,
     store: ResultsStore | None = None,
     on_done: Any = None,
+    progress_for: Any = None,
 ) -> list[Any]:
     """Run an artifact on every device of a fleet file (filtered by tags/names) in parallel over SSH.
 
@@ -119,7 +120,7 @@ def run_fleet(
         return SshTransport(device, trust_on_first_use=trust_on_first_use)
 
     return fan_out(artifact, devices, plan_for, transport_for, timeout_s=timeout_s, store=store or ResultsStore(),
-                   on_done=on_done)  # fmt: skip
+                   on_done=on_done, progress_for=progress_for)  # fmt: skip
 
 
 def check_devices(

@@ -314,18 +314,31 @@ def run(artifact: str, source: str, labels: str | None, frames: int | None, warm
 
 
 def _run_fleet(artifact: str, fleet: str, source: str, store: Any, console: Any, **options: Any) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
     from edgekit.api import run_fleet
     from edgekit.report import print_runs_table
 
-    finished: list[str] = []
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def progress_for(device: Any) -> Any:
+        tasks[device.name] = bars.add_task(f"{device.name}: push", total=None)
+
+        def update(sent: int, total: int) -> None:
+            bars.update(tasks[device.name], completed=sent, total=total, description=f"{device.name}: push")
+
+        return update
 
     def on_done(record: Any) -> None:
-        finished.append(record.run_id)
+        if record.device in tasks:
+            bars.update(tasks[record.device], description=f"{record.device}: {record.result['status']}")
         colour = "green" if record.ok else "red"
         console.print(f"[{colour}]{record.device}: {record.result['status']}[/] (run {record.run_id})")
 
-    with console.status(f"running {artifact} across {fleet}"):
-        records = run_fleet(artifact, fleet, source, store=store, on_done=on_done, **options)
+    with bars:
+        records = run_fleet(artifact, fleet, source, store=store, on_done=on_done, progress_for=progress_for,
+                            **options)  # fmt: skip
     stored = store.get([r.run_id for r in records])
     print_runs_table(stored, console)
     if not all(r.ok for r in records):

@@ -40,12 +40,14 @@ def run_fleet(
     timeout_s: float = 3600.0,
     store: ResultsStore | None = None,
     on_done: Callable[[FleetRecord], None] | None = None,
+    progress_for: Callable[[Any], Callable[[int, int], None]] | None = None,
 ) -> list[FleetRecord]:
     """Run `artifact` on every device in parallel; return one record per device, in device order.
 
     `plan_for(device, run_id)` builds the device's plan; `transport_for(device)` opens its transport
     (a context manager with `run(artifact, plan, timeout_s=...)`). Ctrl-C cancels: transports that
     support `cancel()` stop their remote agents, and every device still gets a record.
+    `progress_for(device)` gives a `(sent, total)` callback for the device's pushes.
     """
     devices = list(devices)
     records: dict[str, FleetRecord] = {}
@@ -59,7 +61,8 @@ def run_fleet(
             with transport_for(device) as transport:
                 with lock:
                     open_transports[device.name] = transport
-                result = transport.run(artifact, plan, timeout_s=timeout_s)
+                extra = {"progress": progress_for(device)} if progress_for else {}
+                result = transport.run(artifact, plan, timeout_s=timeout_s, **extra)
         except Exception as exc:  # a transport that could not even start: the device fails alone
             message = str(exc) if device.name in str(exc) else f"{device.name}: {exc}"
             result = failed_result(plan, message)
