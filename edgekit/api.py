@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgekit.artifact import Artifact
 from edgekit.fleet.plan import Source, check_labels, make_plan, read_labels
+from edgekit.fleet.runner import FleetRecord as RunRecord
 from edgekit.model import Model
 from edgekit.store import ResultsStore
 from edgekit.targets import get_target
@@ -49,19 +49,6 @@ def build(
             progress=progress,
         ).spec
     return chosen.build(model, out, precision=precision, quant_spec=quant_spec)
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    run_id: str
-    device: str
-    artifact: Artifact
-    plan: dict[str, Any]
-    result: dict[str, Any]
-
-    @property
-    def ok(self) -> bool:
-        return self.result["status"] == "ok"
 
 
 def _labels(labels: list[int] | str | Path | None, artifact: Artifact) -> list[int] | None:
@@ -183,4 +170,4 @@ def run(
         (store or ResultsStore()).add(
             device=transport.name, plan=plan, result=result, manifest=artifact.manifest, artifact_id=artifact.id
         )
-    return RunRecord(plan["run_id"], transport.name, artifact, plan, result)
+    return RunRecord(transport.name, plan["run_id"], plan, result)

@@ -58,11 +58,13 @@ def main() -> None:
 
     \b
     The usual path:
-      edgekit inspect model.onnx                  what is in the model, what each target cannot run
-      edgekit build model.onnx -t x86-ort -o art  an artifact: model + manifest, addressed by content
-      edgekit run art --source video.mp4          latency per stage, throughput, accuracy
-      edgekit report                              every stored run, as a table, JSON, CSV or HTML
-    Try it end to end with `edgekit demo`.
+      edgekit inspect model.onnx                      what is in the model, what each target cannot run
+      edgekit quantize model.onnx --calib imgs/ -o q  INT8: QuantSpec, QDQ model, per-tensor error report
+      edgekit build model.onnx -t x86-ort -o art      an artifact: model + manifest, addressed by content
+      edgekit run art --source video.mp4              latency per stage, throughput, accuracy (this machine)
+      edgekit run art --fleet lab.toml --source v     the same on every device of a fleet, over SSH
+      edgekit report                                  every stored run, as a table, JSON, CSV or HTML
+    Try it end to end with `edgekit demo` (add --int8 for the quantized model beside it).
     """
 
 

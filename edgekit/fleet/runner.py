@@ -21,6 +21,8 @@ from edgekit.store import ResultsStore
 
 @dataclass(frozen=True)
 class FleetRecord:
+    """One run on one device: its plan and its validated result (also what `edgekit.run` returns)."""
+
     device: str
     run_id: str
     plan: dict[str, Any]
