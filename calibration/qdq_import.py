@@ -20,12 +20,15 @@ from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuan
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
-    """Initializers, plus outputs of Cast nodes on them (torch casts its zero points to u8/s8)."""
+    """Initializers, plus outputs of Cast nodes on them (torch casts its zero points to u8/s8) and of
+    Identity nodes (the exporter shares equal constants, e.g. two layers' all-zero zero points)."""
     values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     for node in graph.node:
         if node.op_type == "Cast" and node.input[0] in values:
             to = next(a.i for a in node.attribute if a.name == "to")
             values[node.output[0]] = values[node.input[0]].astype(helper.tensor_dtype_to_np_dtype(to))
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
     return values
 
 

@@ -475,5 +475,329 @@ def demo(workdir: str | None, frames: int | None, pipelined: bool, int8: bool, d
         sys.exit(1)
 
 
+# -- compression on torch models: prune, distill, qat -------------------------------------------------------
+
+
+def _model_options(func: Any) -> Any:
+    """The options every compression command shares: which model, which data, how long to train."""
+    options = [
+        click.option("--model", "model_path", metavar="MODULE:ATTR", default=None,
+                     help="A torch nn.Module (or a zero-argument factory of one) by import path, e.g. "
+                     "mypkg.nets:trained_net. Its weights are taken as they are (trained).",),
+        click.option("--demo", is_flag=True, help="Use the demo's digit CNN instead, trained here from scratch "
+                     "on the demo digits for --demo-epochs."),
+        click.option("--demo-epochs", type=click.IntRange(min=0), default=5, show_default=True,
+                     help="Training epochs of the --demo model before compressing it."),
+        click.option("--data", type=click.Path(exists=True, file_okay=False), default=None,
+                     help="Labelled image folder (one sub-folder per class), split 80/20 train/eval. "
+                     "Default: the 1,000 demo digits shipped with edgekit (800 train, 200 eval)."),
+        click.option("--preprocess", "preprocess_json", default=None, metavar="JSON",
+                     help="Preprocessing spec for --data images (default: the digits' 28x28 gray spec)."),
+        click.option("--epochs", type=click.IntRange(min=0), default=3, show_default=True,
+                     help="Training epochs of the compression step."),
+        click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("-o", "--out", type=click.Path(file_okay=False), required=True,
+                     help="Output folder (model.onnx, ...)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _compress_setup(model_path: str | None, demo: bool, data: str | None, preprocess_json: str | None,
+                    batch_size: int, demo_epochs: int, *, need_model: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Load the data (loaders, eval arrays, spec, class names) and the model of a compression command."""
+    from edgekit.compress import fit as fitting
+    from edgekit.errors import EdgekitError
+
+    spec: dict[str, Any] = dict(fitting.DIGITS_PREPROCESS)
+    if preprocess_json:
+        try:
+            spec.update(json.loads(preprocess_json))
+        except json.JSONDecodeError as exc:
+            raise EdgekitError(f"--preprocess is not valid JSON: {exc}") from exc
+    if data:
+        train, held, classes = fitting.folder_loaders(data, spec, batch_size)
+    else:
+        train, held = fitting.digits_loaders(batch_size)
+        classes = list(fitting.DIGIT_CLASSES)
+    setup: dict[str, Any] = {"train": train, "eval": held, "spec": spec, "classes": classes}
+    setup["example"] = next(iter(train))[0][:1].clone()
+    setup["eval_arrays"] = fitting.loader_arrays(held)
+    if not need_model:
+        return setup
+    if bool(model_path) == bool(demo):
+        raise click.UsageError("give exactly one of --model MODULE:ATTR or --demo")
+    if demo:
+        module = fitting.train_demo_model(train, epochs=demo_epochs, classes=len(classes))
+    else:
+        module = fitting.load_torch_model(str(model_path))
+    _check_classes(module, setup, "the model")
+    setup["model"] = module.eval()
+    return setup
+
+
+def _output_classes(module: Any, example: Any) -> int:
+    import torch
+
+    with torch.no_grad():
+        out = module(example)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return int(out.shape[-1])
+
+
+def _check_classes(module: Any, setup: dict[str, Any], label: str) -> int:
+    from edgekit.errors import EdgekitError
+
+    try:
+        n = _output_classes(module.eval(), setup["example"])
+    except Exception as exc:  # the user's model may raise anything on an input it does not take
+        raise EdgekitError(
+            f"{label} does not run on the data's input of shape {list(setup['example'].shape)} "
+            f"({type(exc).__name__}: {exc}); pass --data/--preprocess that match it"
+        ) from exc
+    if n != len(setup["classes"]):
+        raise EdgekitError(
+            f"{label} outputs {n} classes but the data has {len(setup['classes'])} ({', '.join(setup['classes'])})"
+        )
+    return n
+
+
+def _export(module: Any, setup: dict[str, Any]) -> Any:
+    from edgekit.model import Model
+
+    return Model.from_torch(module, setup["example"], preprocess=setup["spec"], class_names=setup["classes"])
+
+
+def _print_table(before: Any, after: Any, setup: dict[str, Any], names: tuple[str, str], console: Any) -> None:
+    from edgekit.compress.compare import before_after, ort_top1, print_before_after
+
+    eval_fn = ort_top1(*setup["eval_arrays"])
+    rows = before_after(before, after, eval_fn, names=names)
+    print_before_after(
+        rows, console, title=f"{names[0]} vs {names[1]} (ONNX Runtime, {len(setup['eval_arrays'][1])} eval images)"
+    )
+
+
+def _library_errors() -> tuple[type[Exception], ...]:
+    from edgekit.compress.structured import ChannelPruneError
+
+    return (ValueError, ChannelPruneError)
+
+
+@main.command()
+@_model_options
+@click.option("--structured", is_flag=True, help="Remove whole conv channels (a smaller, faster network).")
+@click.option("--ratio", type=float, default=0.5, show_default=True, help="--structured: fraction of channels removed.")
+@click.option("--criterion", type=click.Choice(["l1", "l2", "bn_gamma"]), default="l1", show_default=True,
+              help="--structured: how channels are scored.")  # fmt: skip
+@click.option(
+    "--sparsity", type=float, default=0.8, show_default=True, help="Unstructured: fraction of weights zeroed."
+)
+@click.option("--schedule", type=click.Choice(["cubic", "oneshot"]), default="cubic", show_default=True,
+              help="Unstructured: reach --sparsity gradually over the first half of training, or at once.")  # fmt: skip
+@_fail_cleanly
+def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, preprocess_json: str | None,
+          epochs: int, lr: float, batch_size: int, out: str, structured: bool, ratio: float, criterion: str,
+          sparsity: float, schedule: str) -> None:  # fmt: skip
+    """Prune a torch model, fine-tune it, export it and compare before/after.
+
+    \b
+    Structured pruning removes whole conv channels (fewer params, MACs and ms on any runtime);
+    unstructured magnitude pruning zeroes single weights (smaller only once compressed, faster only on
+    sparse kernels). Writes OUT/model.onnx.
+    \b
+    Examples:
+      edgekit prune --demo --structured --ratio 0.5 -o pruned
+      edgekit prune --demo --sparsity 0.8 --schedule cubic --epochs 5 -o sparse
+      edgekit prune --model mypkg.nets:trained_net --data imgs/ --structured --criterion bn_gamma -o out
+    """
+    import copy
+
+    import torch
+
+    from edgekit.compress import fit as fitting
+    from edgekit.errors import EdgekitError
+
+    if structured and not 0.0 < ratio < 1.0:
+        raise click.BadParameter(
+            f"{ratio} must be in (0, 1): a ratio of 1 would remove every channel", param_hint="--ratio"
+        )
+    if not structured and not 0.0 < sparsity < 1.0:
+        raise click.BadParameter(f"{sparsity} must be in (0, 1)", param_hint="--sparsity")
+    console = _console()
+    setup = _compress_setup(model_path, demo, data, preprocess_json, batch_size, demo_epochs)
+    original = setup["model"]
+    before = _export(copy.deepcopy(original), setup)
+    work = copy.deepcopy(original)
+    try:
+        if structured:
+            from edgekit.compress.structured import prune_channels
+
+            result = prune_channels(work, setup["example"], ratio=ratio, criterion=criterion)  # type: ignore[arg-type]
+            work = result.model
+            fitting.fit(work, setup["train"], epochs=epochs, lr=lr, description="fine-tuning")
+        else:
+            from edgekit.compress.pruning import CubicSchedule, MagnitudePruner, OneShotSchedule
+
+            steps = max(1, epochs * len(setup["train"]))
+            chosen = (
+                CubicSchedule(0.0, sparsity, 0, max(1, steps // 2))
+                if schedule == "cubic"
+                else OneShotSchedule(sparsity)
+            )
+            pruner = MagnitudePruner(work, chosen)
+            fitting.fit(work, setup["train"], epochs=epochs, lr=lr, on_step=pruner.step, description="pruning")
+            pruner.apply(sparsity)  # the target, even when training was too short to reach it
+            pruner.remove()
+            with torch.no_grad():
+                zeros = sum(int((m.weight == 0).sum()) for m in pruner.layers.values())
+                total = sum(m.weight.numel() for m in pruner.layers.values())
+            console.print(f"{zeros}/{total} prunable weights are zero ({zeros / total * 100:.1f}%)")
+    except _library_errors() as exc:
+        raise EdgekitError(str(exc)) from exc
+    after = _export(work.eval(), setup)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    after.save(Path(out) / "model.onnx")
+    _print_table(before, after, setup, ("original", "pruned"), console)
+    console.print(f"pruned model written to {Path(out) / 'model.onnx'}")
+
+
+@main.command()
+@_model_options
+@click.option("--teacher", required=True, metavar="T.onnx|MODULE:ATTR",
+              help="The teacher: an .onnx file (run by ONNX Runtime) or a torch module by import path.")  # fmt: skip
+@click.option("--student", "student_path", metavar="MODULE:ATTR", default=None,
+              help="The student to train: a torch module or zero-argument factory by import path.")  # fmt: skip
+@click.option("--demo-student", is_flag=True, help="Use a half-width demo digit CNN (from scratch) as the student.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Softmax temperature of the distillation term.")  # fmt: skip
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Weight of the distillation term (1 - alpha weights the hard labels).")  # fmt: skip
+@_fail_cleanly
+def distill(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, preprocess_json: str | None,
+            epochs: int, lr: float, batch_size: int, out: str, teacher: str, student_path: str | None,
+            demo_student: bool, temperature: float, alpha: float) -> None:  # fmt: skip
+    """Train a small student to mimic a teacher (knowledge distillation), export it, compare the two.
+
+    \b
+    The teacher's softened outputs (--temperature) and the true labels (weighted by --alpha) train the
+    student for --epochs. Writes OUT/model.onnx (the student). --model/--demo are not used here.
+    \b
+    Examples:
+      edgekit distill --teacher edgekit/assets/digits_cnn.onnx --demo-student --epochs 5 -o student
+      edgekit distill --teacher big.onnx --student mypkg.nets:small_net --data imgs/ -o student
+    """
+    from edgekit.compress import fit as fitting
+    from edgekit.compress.distill import Distiller, OnnxTeacher
+    from edgekit.errors import EdgekitError
+    from edgekit.model import Model
+
+    if bool(student_path) == bool(demo_student):
+        raise click.UsageError("give exactly one of --student MODULE:ATTR or --demo-student")
+    console = _console()
+    setup = _compress_setup(None, False, data, preprocess_json, batch_size, demo_epochs, need_model=False)
+    if teacher.endswith(".onnx") or Path(teacher).is_file():
+        teacher_model = Model.load(teacher)
+        teacher_fn: Any = OnnxTeacher(teacher_model)
+    else:
+        module = fitting.load_torch_model(teacher, role="--teacher").eval()
+        teacher_model = _export(module, setup)
+        teacher_fn = module
+    _check_teacher(teacher_fn, setup, teacher)
+    if demo_student:
+        import torch
+
+        torch.manual_seed(0)
+        student = fitting.DigitsCNN(width=4, classes=len(setup["classes"]), size=int(setup["example"].shape[-1]))
+    else:
+        student = fitting.load_torch_model(str(student_path), role="--student")
+    _check_classes(student, setup, "the student")
+    try:
+        distiller = Distiller(student, teacher_fn, temperature=temperature, alpha=alpha)
+    except ValueError as exc:
+        raise EdgekitError(str(exc)) from exc
+    fitting.fit(student, setup["train"], epochs=epochs, lr=lr, loss_fn=distiller.loss, description="distilling")
+    after = _export(student.eval(), setup)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    after.save(Path(out) / "model.onnx")
+    _print_table(teacher_model, after, setup, ("teacher", "student"), console)
+    console.print(f"student written to {Path(out) / 'model.onnx'}")
+
+
+def _check_teacher(teacher_fn: Any, setup: dict[str, Any], label: str) -> None:
+    import torch
+
+    from edgekit.errors import EdgekitError
+
+    try:
+        with torch.no_grad():
+            n = int(teacher_fn(setup["example"]).shape[-1])
+    except Exception as exc:  # ORT raises its own types on a wrong input shape
+        raise EdgekitError(
+            f"the teacher {label} does not run on the data's input of shape {list(setup['example'].shape)} "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+    if n != len(setup["classes"]):
+        raise EdgekitError(
+            f"the teacher {label} outputs {n} classes but the student learns {len(setup['classes'])} "
+            f"({', '.join(setup['classes'])}): a teacher must predict the same classes as the student"
+        )
+
+
+@main.command()
+@_model_options
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="Start activation scales from this quant_spec.json (default: calibrate).")  # fmt: skip
+@click.option("--learnable", is_flag=True, help="Learn the quantization scales too (LSQ).")
+@_fail_cleanly
+def qat(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, preprocess_json: str | None,
+        epochs: int, lr: float, batch_size: int, out: str, spec_path: str | None, learnable: bool) -> None:  # fmt: skip
+    """Quantization-aware training: fine-tune with int8 fake quantization, export, compare FP32 vs int8.
+
+    \b
+    BatchNorm is folded, every Conv2d/Linear fake-quantizes its weights (x86-ort's int7 per channel)
+    and inputs (uint8), the model trains for --epochs, then OUT/ gets model.onnx (QDQ), model_float.onnx,
+    quant_spec.json (for `edgekit build -p int8 --spec`) and x86-ort-int8/ (the built int8 artifact).
+    \b
+    Examples:
+      edgekit qat --demo --epochs 2 -o qat
+      edgekit qat --model mypkg.nets:trained_net --data imgs/ --learnable -o qat
+      edgekit build qat/model_float.onnx -p int8 --spec qat/quant_spec.json -o art
+    """
+    import copy
+
+    from edgekit.api import build as build_artifact
+    from edgekit.compress import fit as fitting
+    from edgekit.compress.qat import export_qat, prepare_qat
+    from edgekit.errors import EdgekitError
+    from edgekit.model import Model
+
+    console = _console()
+    setup = _compress_setup(model_path, demo, data, preprocess_json, batch_size, demo_epochs)
+    original = setup["model"]
+    before = _export(copy.deepcopy(original), setup)
+    init = None
+    if spec_path:
+        from edgekit.calibration.quant_spec import QuantSpec
+
+        init = QuantSpec.load(spec_path)
+    calib = None if init else [x for x, _ in list(setup["train"])[:4]]
+    try:
+        prepared = prepare_qat(copy.deepcopy(original), setup["example"], init=init, calib_batches=calib,
+                               learnable=learnable)  # fmt: skip
+    except ValueError as exc:
+        raise EdgekitError(str(exc)) from exc
+    fitting.fit(prepared, setup["train"], epochs=epochs, lr=lr, description="QAT")
+    float_model, spec = export_qat(prepared.eval(), setup["example"], out, preprocess=setup["spec"],
+                                   class_names=setup["classes"])  # fmt: skip
+    artifact = build_artifact(float_model, "x86-ort", Path(out) / "x86-ort-int8", precision="int8", quant_spec=spec)
+    int8 = Model.load(artifact.model_path)
+    _print_table(before, int8, setup, ("fp32", "qat int8 (x86-ort)"), console)
+    console.print(f"QAT export written to {out} (model.onnx, model_float.onnx, quant_spec.json); "
+                  f"int8 artifact {artifact.id[:16]} in {artifact.path}")  # fmt: skip
+
+
 if __name__ == "__main__":
     main()

