@@ -44,6 +44,12 @@ def classifier_path(tmp_path: Path) -> Path:
     return make_classifier(tmp_path / "tiny.onnx")
 
 
+@pytest.fixture
+def classifier_factory():
+    """`make_classifier` for tests that need other sizes (a fixture, so no test imports conftest)."""
+    return make_classifier
+
+
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own results database, so no test writes to the user's."""

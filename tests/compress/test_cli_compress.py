@@ -10,7 +10,6 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_classifier
 
 from edgekit.cli import main
 from edgekit.demo_data import digits_model_path
@@ -69,8 +68,8 @@ def test_distill_onnx_teacher_to_demo_student(tmp_path: Path) -> None:
     assert [r.split("│")[1].strip() for r in rows] == ["teacher", "student"]
 
 
-def test_distill_teacher_with_other_classes_is_a_clear_error(tmp_path: Path) -> None:
-    teacher = make_classifier(tmp_path / "four.onnx", classes=4, channels=1, size=28)
+def test_distill_teacher_with_other_classes_is_a_clear_error(tmp_path: Path, classifier_factory) -> None:
+    teacher = classifier_factory(tmp_path / "four.onnx", classes=4, channels=1, size=28)
     result = invoke("distill", "--teacher", teacher, "--demo-student", "--epochs", 1, "-o", tmp_path / "s")
     assert result.exit_code == 2
     assert "outputs 4 classes" in result.output and "10" in result.output
