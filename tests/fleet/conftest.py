@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from netns import keygen
 
 from edgekit.fleet.inventory import Device
 
@@ -60,16 +61,6 @@ class SshServer:
         return Device(**settings)
 
 
-def _keygen(path: Path) -> str:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgekit-test", "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    kind, data, *_ = path.with_suffix(".pub").read_text().split()
-    return f"{kind} {data}"
-
-
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -95,10 +86,10 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshServer]:
     if shutil.which("ssh-keygen") is None:
         pytest.skip("ssh-keygen not installed (apt-get install -y openssh-client)")
     root = tmp_path_factory.mktemp("sshd")
-    host_key_line = _keygen(root / "host_ed25519")
-    other_host_key_line = _keygen(root / "other_host_ed25519")
-    client_line = _keygen(root / "client_ed25519")
-    _keygen(root / "stranger_ed25519")
+    host_key_line = keygen(root / "host_ed25519")
+    other_host_key_line = keygen(root / "other_host_ed25519")
+    client_line = keygen(root / "client_ed25519")
+    keygen(root / "stranger_ed25519")
     (root / "authorized_keys").write_text(client_line + "\n")
     port = _free_port()
     config = root / "sshd_config"
