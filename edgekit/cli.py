@@ -547,19 +547,21 @@ def _output_classes(module: Any, example: Any) -> int:
     return int(out.shape[-1])
 
 
-def _check_classes(module: Any, setup: dict[str, Any], label: str) -> int:
+def _check_classes(run: Any, setup: dict[str, Any], label: str, *, mismatch: str = "but the data has") -> int:
+    """How many classes `run` (a module or teacher callable) predicts on the data's input; an input it
+    cannot take, or a class count that differs from the data's, is a clear error."""
     from edgekit.errors import EdgekitError
 
     try:
-        n = _output_classes(module.eval(), setup["example"])
-    except Exception as exc:  # the user's model may raise anything on an input it does not take
+        n = _output_classes(run.eval() if hasattr(run, "eval") else run, setup["example"])
+    except Exception as exc:  # the user's model (or ORT) may raise anything on an input it does not take
         raise EdgekitError(
             f"{label} does not run on the data's input of shape {list(setup['example'].shape)} "
             f"({type(exc).__name__}: {exc}); pass --data/--preprocess that match it"
         ) from exc
     if n != len(setup["classes"]):
         raise EdgekitError(
-            f"{label} outputs {n} classes but the data has {len(setup['classes'])} ({', '.join(setup['classes'])})"
+            f"{label} outputs {n} classes {mismatch} {len(setup['classes'])} ({', '.join(setup['classes'])})"
         )
     return n
 
@@ -727,23 +729,8 @@ def distill(model_path: str | None, demo: bool, demo_epochs: int, data: str | No
 
 
 def _check_teacher(teacher_fn: Any, setup: dict[str, Any], label: str) -> None:
-    import torch
-
-    from edgekit.errors import EdgekitError
-
-    try:
-        with torch.no_grad():
-            n = int(teacher_fn(setup["example"]).shape[-1])
-    except Exception as exc:  # ORT raises its own types on a wrong input shape
-        raise EdgekitError(
-            f"the teacher {label} does not run on the data's input of shape {list(setup['example'].shape)} "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-    if n != len(setup["classes"]):
-        raise EdgekitError(
-            f"the teacher {label} outputs {n} classes but the student learns {len(setup['classes'])} "
-            f"({', '.join(setup['classes'])}): a teacher must predict the same classes as the student"
-        )
+    _check_classes(teacher_fn, setup, f"the teacher {label}",
+                   mismatch="but the student learns")  # fmt: skip
 
 
 @main.command()
