@@ -191,7 +191,7 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
     dense_macs = count_macs(dense, example)
     candidates = []
     for ratio in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
-        result = prune_channels(dense, example, ratio=ratio)
+        result = prune_channels(dense, example, ratio=ratio, multiple_of=8)
         frac = count_macs(result.model, example) / dense_macs
         candidates.append((abs(frac - 0.5), ratio, result))
     _, ratio, result = min(candidates, key=lambda c: c[0])

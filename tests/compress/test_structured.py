@@ -415,3 +415,23 @@ def test_broadcast_gate_blocks_the_gated_channels():
     assert pruned.conv.out_channels == 8 and pruned.expand.out_channels == 8
     assert pruned.reduce.out_channels == 2 and pruned.expand.in_channels == 2
     assert "conv" in report.skipped and run(pruned, x).shape == (2, 2)
+
+
+def test_multiple_of_rounds_kept_channels_and_reports_layers_it_cannot_shrink() -> None:
+    net = conv_net()
+    x = torch.randn(2, 3, 8, 8)
+    # 16 channels at ratio 0.3: round(4.8)=5 removed -> 11 kept exactly, 8 with multiple_of=8
+    exact = prune_channels(net, x, ratio=0.3).model
+    rounded = prune_channels(net, x, ratio=0.3, multiple_of=8)
+    assert exact[3].out_channels == 11
+    assert rounded.model[3].out_channels == 8 and rounded.model[4].num_features == 8
+    assert rounded.model[8].in_features == 8 * 4 * 4
+    # the first conv has 8 channels: one multiple of 8 is all of them, so it stays and the report says why
+    assert rounded.model[0].out_channels == 8
+    assert "multiple of 8" in rounded.report.skipped["0"]
+    assert rounded.model(x).shape == (2, 10)
+
+
+def test_multiple_of_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="multiple_of"):
+        prune_channels(conv_net(), torch.randn(1, 3, 8, 8), ratio=0.5, multiple_of=0)
