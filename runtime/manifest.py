@@ -26,7 +26,7 @@ def artifact_id(manifest_data: Dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(manifest_data).encode("utf-8")).hexdigest()
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -119,7 +119,7 @@ class Manifest(object):
                 raise ManifestError("manifest files entry %r points outside the artifact folder" % name)
             if not os.path.isfile(path):
                 raise ManifestError("artifact file %s listed in the manifest is missing: re-push the artifact" % path)
-            actual = _sha256_file(path)
+            actual = sha256_file(path)
             if actual != files[name]:
                 raise ManifestError(
                     "artifact file %s has sha256 %s but the manifest says %s: the file is corrupt or was "
