@@ -776,15 +776,16 @@ def qat(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, 
         from edgekit.calibration.quant_spec import QuantSpec
 
         init = QuantSpec.load(spec_path)
-    calib = None if init else [x for x, _ in list(setup["train"])[:4]]
+    calib = [x for x, _ in list(setup["train"])[:4]]
     try:
-        prepared = prepare_qat(copy.deepcopy(original), setup["example"], init=init, calib_batches=calib,
-                               learnable=learnable)  # fmt: skip
+        prepared = prepare_qat(copy.deepcopy(original), setup["example"], init=init,
+                               calib_batches=None if init else calib, learnable=learnable)  # fmt: skip
     except ValueError as exc:
         raise EdgekitError(str(exc)) from exc
     fitting.fit(prepared, setup["train"], epochs=epochs, lr=lr, description="QAT")
+    # the calibration batches also complete the learned spec (conv outputs, pooling, logits) for full-integer targets
     float_model, spec = export_qat(prepared.eval(), setup["example"], out, preprocess=setup["spec"],
-                                   class_names=setup["classes"])  # fmt: skip
+                                   class_names=setup["classes"], calib_batches=calib)  # fmt: skip
     artifact = build_artifact(float_model, "x86-ort", Path(out) / "x86-ort-int8", precision="int8", quant_spec=spec)
     int8 = Model.load(artifact.model_path)
     _print_table(before, int8, setup, ("fp32", "qat int8 (x86-ort)"), console)

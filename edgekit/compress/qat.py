@@ -337,6 +337,26 @@ def _replace_layers(module: nn.Module, **options: Any) -> None:
             _replace_layers(child, **options)
 
 
+def _complete_spec(spec: QuantSpec, float_model: Any, calib_batches: Iterable[Any]) -> None:
+    """Add calibrated (min-max) entries for the activations a PTQ plan quantizes and QAT did not learn."""
+    from edgekit.calibration.calibrate import calibrate
+
+    batches = list(calib_batches)
+    if not batches:
+        raise ValueError("calib_batches is empty: pass the batches used for calibration, or None")
+    data = np.concatenate([np.asarray(b.detach() if torch.is_tensor(b) else b, dtype=np.float32) for b in batches])
+    calibrated = calibrate(
+        float_model, data, activations=spec.scheme["activations"], weights=spec.scheme["weights"],
+        batch=max(1, len(batches[0])), progress=False,
+    ).spec  # fmt: skip
+    added = sorted(
+        name for name, entry in calibrated.tensors.items() if entry.kind == "activation" and name not in spec.tensors
+    )
+    for name in added:
+        spec.tensors[name] = calibrated.tensors[name]
+    spec.calibration["completed_by_calibration"] = added
+
+
 def export_qat(
     qat_model: nn.Module,
     example_input: Any,
@@ -344,11 +364,18 @@ def export_qat(
     *,
     preprocess: Any = None,
     class_names: list[str] | None = None,
+    calib_batches: Iterable[Any] | None = None,
 ) -> tuple[Any, QuantSpec]:
     """Export the trained QAT model: `model.onnx` (QDQ), `model_float.onnx` and `quant_spec.json` in `out_dir`.
 
     Returns the float Model (whose sha256 the spec records) and the learned QuantSpec (created_by "qat"),
     ready for `get_target(...).build(float_model, dir, precision="int8", quant_spec=spec)`.
+
+    QAT learns the scales of Conv/Linear inputs only. With `calib_batches` the spec is completed by the
+    calibration core (min-max on those batches) for every other tensor a PTQ spec quantizes — conv outputs
+    feeding residual adds, pooling, the logits — so targets can run the whole graph in integer (ONNX
+    Runtime fuses DQ→Conv→Q only when the conv output is quantized; TFLite full-integer needs every tensor).
+    The completed tensors are listed under ``calibration["completed_by_calibration"]``.
     """
     from edgekit.calibration.qdq_import import quant_spec_from_qdq
     from edgekit.model import Model
@@ -374,6 +401,13 @@ def export_qat(
     float_model = Model(float_proto, preprocess=preprocess, class_names=class_names)
     float_model.check(label="the float model of the QAT export")
     float_proto, spec = quant_spec_from_qdq(qdq.proto, source_model_sha256=float_model.sha256, scheme=scheme)
+    if calib_batches is not None:
+        _complete_spec(spec, float_model, calib_batches)
+        from edgekit.calibration.calibrate import prepare_float_model
+        from edgekit.calibration.qdq import write_qdq
+
+        qdq = Model(write_qdq(prepare_float_model(float_model.proto, spec), spec), preprocess=preprocess,
+                    class_names=class_names)  # fmt: skip
     qdq.save(out_dir / "model.onnx")
     float_model.save(out_dir / "model_float.onnx")
     spec.save(out_dir / "quant_spec.json")

@@ -207,3 +207,23 @@ def test_init_from_a_calibration_spec_maps_onto_the_layers() -> None:
     activations = {round(t.scale, 9) for t in spec.tensors.values() if t.kind == "activation"}
     assert len(wrappers) == 3
     assert all(round(float(w.input_quant.scale[0]), 9) in activations for w in wrappers)
+
+
+def test_export_with_calib_batches_completes_the_spec_for_full_integer(qat_run: dict, tmp_path: Path) -> None:
+    x = qat_run["x_test"]
+    _, learned = export_qat(qat_run["qat"], x[:1], tmp_path / "plain")
+    float_model, spec = export_qat(qat_run["qat"], x[:1], tmp_path / "full", calib_batches=[x[:64], x[64:128]])
+    added = spec.calibration["completed_by_calibration"]
+    assert added and set(added).isdisjoint(learned.tensors)
+    # the learned entries are kept as trained; the added ones are activations of the same scheme
+    for name, entry in learned.tensors.items():
+        assert spec.tensors[name].scale == entry.scale
+    assert all(spec.tensors[name].dtype == "uint8" for name in added)
+    qdq = onnx.load(str(tmp_path / "full" / "model.onnx"))
+    quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
+    assert set(added) <= quantized  # conv outputs and logits now carry Q/DQ
+    logits = _run(tmp_path / "full" / "model.onnx", x.numpy())
+    with torch.no_grad():
+        reference = qat_run["qat"](x).numpy()
+    assert np.mean(logits.argmax(1) == reference.argmax(1)) >= 0.98
+    spec.check_model(float_model.sha256)
