@@ -24,11 +24,14 @@ def build(
     observer: str = "minmax",
     calib_limit: int | None = None,
     progress: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> Artifact:
     """Turn a model into an artifact for `target` in the folder `out`.
 
     Quantized precisions take their scales from `quant_spec` (a QuantSpec or its JSON path), or from
-    calibrating on `calib` with `observer` in the scheme the target wants.
+    calibrating on `calib` with `observer` in the scheme the target wants. `options` are target build
+    options (None values are dropped), e.g. for jetson-trt `{"dla_core": 0, "sparsity": "2:4",
+    "max_batch": 8}`; a target that takes none of them refuses them by name.
     """
     if not isinstance(model, Model):
         model = Model.load(model)
@@ -48,7 +51,7 @@ def build(
             weights=chosen.weight_scheme,
             progress=progress,
         ).spec
-    return chosen.build(model, out, precision=precision, quant_spec=quant_spec)
+    return chosen.build(model, out, precision=precision, quant_spec=quant_spec, options=options)
 
 
 def _labels(labels: list[int] | str | Path | None, artifact: Artifact) -> list[int] | None:

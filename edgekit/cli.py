@@ -134,12 +134,17 @@ def targets(as_json: bool) -> None:
 @click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
+@click.option("--dla", "dla_core", type=int, default=None, help="jetson-trt: run on DLA core N (0 or 1), GPU fallback.")
+@click.option("--sparsity", default=None, metavar="2:4", help="jetson-trt: let TensorRT use 2:4 sparse kernels.")
+@click.option("--max-batch", type=int, default=None, help="jetson-trt: largest batch of the optimization profile.")
 @_fail_cleanly
 def build(model: str, target: str, precision: str, out: str, preprocess_json: str | None, calib: str | None,
-          spec_path: str | None, observer: str) -> None:  # fmt: skip
+          spec_path: str | None, observer: str, dla_core: int | None, sparsity: str | None,
+          max_batch: int | None) -> None:  # fmt: skip
     """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
     artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
-    quantize`) or calibrates on --calib."""
+    quantize`) or calibrates on --calib. --dla, --sparsity and --max-batch are jetson-trt options; other
+    targets refuse them."""
     from edgekit.api import build as build_artifact
     from edgekit.errors import EdgekitError
     from edgekit.model import Model
@@ -152,8 +157,9 @@ def build(model: str, target: str, precision: str, out: str, preprocess_json: st
             raise EdgekitError(f"--preprocess is not valid JSON: {exc}") from exc
     console = _console()
     artifact = build_artifact(
-        loaded, target, out, precision=precision, quant_spec=spec_path, calib=calib, observer=observer, progress=True
-    )
+        loaded, target, out, precision=precision, quant_spec=spec_path, calib=calib, observer=observer, progress=True,
+        options={"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch},
+    )  # fmt: skip
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
     for note in artifact.manifest.get("not_honoured", []):
         console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")

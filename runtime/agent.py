@@ -50,12 +50,14 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
         name = plan.engine_name or manifest.engine
         if not name:
             raise ManifestError("the manifest names no engine and the plan sets no engine.name: set one of them")
-        options = dict(plan.engine_options)
+        options = _build_defaults(manifest, name)
+        options.update(plan.engine_options)  # the plan's options override the artifact's build section
         if plan.engine_threads is not None:
             options["threads"] = plan.engine_threads
         result["engine"] = {"name": name}  # replaced by the full facts once it loads
         with open_engine(name, manifest.model_path, options) as engine:
             result["engine"] = engine.facts()
+            result["warnings"].extend(str(w) for w in result["engine"].get("warnings") or [])
             _check_model_inputs(engine, manifest)
             stage = "postprocess"
             postprocessor = make_postprocessor(plan.postprocess_kind, plan.top_k, plan.reference, engine.output_names)
@@ -80,6 +82,7 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
                 measurement = harness.run()
             fill_measurement(result, measurement, plan.keep_samples)
             result["accuracy"] = postprocessor.summary()
+            _layer_times(result, engine)
     except Exception as exc:
         add_error(result, stage, _describe(exc))
     except KeyboardInterrupt:
@@ -119,6 +122,29 @@ def _fill_power(result: Dict[str, Any], sampler: PowerSampler, timed: int) -> No
         return
     if timed:
         result["power"] = sampler.summary(timed)
+
+
+def _build_defaults(manifest: Any, engine_name: str) -> Dict[str, Any]:
+    """The manifest's `build` section (jetson-trt: precision, calibration cache, DLA, profiles) as the
+    engine's default options, when the engine is the one the artifact was built for."""
+    build = manifest.data.get("build")
+    if not isinstance(build, dict) or engine_name != manifest.engine:
+        return {}
+    return dict(build)
+
+
+def _layer_times(result: Dict[str, Any], engine: Any) -> None:
+    """Per-layer mean times (TensorRT with layer_profile) into the result, when the engine has them."""
+    read = getattr(engine, "layer_times_ms", None)
+    if not callable(read):
+        return
+    try:
+        times = read()
+    except Exception as exc:  # a profiler that fails must not cost the measured run
+        result["warnings"].append("layer times not read: %s: %s" % (type(exc).__name__, exc))
+        return
+    if isinstance(times, dict) and times:
+        result["layer_times_ms"] = dict((str(k), float(v)) for k, v in times.items())
 
 
 def _check_model_inputs(engine: Any, manifest: Any) -> None:

@@ -105,8 +105,18 @@ def disk_facts(workdir: str) -> Dict[str, Any]:
     return {"path": path, "exists": os.path.isdir(path), "free_bytes": usage.free, "total_bytes": usage.total}
 
 
+def _jetson_facts(sysfs_root: str, warnings: List[str]) -> Optional[Dict[str, Any]]:
+    """A Jetson's board, L4T, JetPack, power mode and clocks (runtime/jetson.py); None elsewhere, quietly."""
+    from .jetson import is_jetson, jetson_facts
+
+    if not is_jetson(sysfs_root):
+        return None
+    return jetson_facts(sysfs_root, warnings=warnings)
+
+
 def agent_facts(workdir: Optional[str] = None, sysfs_root: str = "/") -> Dict[str, Any]:
-    """Everything `--facts` prints: device facts, engines, GPU, disk and power probe (docs/contracts.md).
+    """Everything `--facts` prints: device facts, engines, GPU, disk, power probe, Jetson facts and whether
+    `tegrastats` is on PATH (docs/contracts.md).
 
     A fact that cannot be read is null with a warning; this never raises.
     """
@@ -123,6 +133,8 @@ def agent_facts(workdir: Optional[str] = None, sysfs_root: str = "/") -> Dict[st
         "gpu": None,
         "disk": None,
         "power_probe": None,
+        "jetson": None,
+        "tegrastats": False,
         "warnings": warnings,
     }
     steps = (
@@ -132,6 +144,8 @@ def agent_facts(workdir: Optional[str] = None, sysfs_root: str = "/") -> Dict[st
         ("gpu", lambda: gpu_facts(sysfs_root)),
         ("disk", (lambda: disk_facts(workdir)) if workdir else (lambda: None)),
         ("power_probe", lambda: detect_probe(sysfs_root)),
+        ("jetson", lambda: _jetson_facts(sysfs_root, warnings)),
+        ("tegrastats", lambda: shutil.which("tegrastats") is not None),
     )
     for key, read in steps:
         try:

@@ -24,6 +24,9 @@ from .preprocess import PreprocessSpec, preprocess
 
 STAGES = ("capture", "preprocess", "inference", "postprocess")
 SAMPLE_KEYS = STAGES + ("end_to_end",)
+# the engine's own device time per timed frame (TensorRT: CUDA events around the execution), read from
+# `engine.last_gpu_ms` after each inference; a series only when the engine reports it
+GPU_KEY = "inference_gpu"
 MODES = ("sequential", "pipelined")
 
 _POLL_S = 0.05  # how often a waiting thread looks at the stop flags; never adds latency to a frame
@@ -74,13 +77,16 @@ class Measurement(object):
         self.errors.append({"stage": stage, "frame": frame, "message": message})
 
     def record(self, t_capture: float, t_captured: float, t_pre: float, t_pre_end: float,
-               t_inf: float, t_inf_end: float, t_post: float, t_post_end: float) -> None:  # fmt: skip
+               t_inf: float, t_inf_end: float, t_post: float, t_post_end: float,
+               gpu_ms: Optional[float] = None) -> None:  # fmt: skip
         samples = self.samples
         samples["capture"].append((t_captured - t_capture) * 1e3)
         samples["preprocess"].append((t_pre_end - t_pre) * 1e3)
         samples["inference"].append((t_inf_end - t_inf) * 1e3)
         samples["postprocess"].append((t_post_end - t_post) * 1e3)
         samples["end_to_end"].append((t_post_end - t_capture) * 1e3)
+        if gpu_ms is not None:
+            samples.setdefault(GPU_KEY, []).append(float(gpu_ms))
 
 
 def make_preprocessor(spec: Optional[PreprocessSpec]) -> Callable[[np.ndarray], np.ndarray]:
@@ -205,7 +211,8 @@ class Harness(object):
 
     def _run_sequential(self, m: Measurement) -> None:
         source, name = self.source, self.input_name
-        pre, infer, post = self.preprocessor, self.engine.infer, self.postprocessor.process
+        engine = self.engine
+        pre, infer, post = self.preprocessor, engine.infer, self.postprocessor.process
         frames = self.frames
         record = m.record
         index = 0
@@ -231,10 +238,11 @@ class Harness(object):
                 stage = "inference"
                 outputs = infer(feed)
                 t3 = clock()
+                gpu_ms = getattr(engine, "last_gpu_ms", None)
                 stage = "postprocess"
                 post(outputs, label, source.position, True)
                 t4 = clock()
-                record(t0, t1, t1, t2, t2, t3, t3, t4)
+                record(t0, t1, t1, t2, t2, t3, t3, t4, gpu_ms)
                 end = t4
                 index += 1
         except Exception as exc:
@@ -249,7 +257,8 @@ class Harness(object):
 
     def _run_pipelined(self, m: Measurement) -> None:
         source, name = self.source, self.input_name
-        pre, infer, post = self.preprocessor, self.engine.infer, self.postprocessor.process
+        engine = self.engine
+        pre, infer, post = self.preprocessor, engine.infer, self.postprocessor.process
         live = bool(getattr(source, "live", False))
         frames = self.frames
         size = self.queue_size
@@ -303,8 +312,9 @@ class Harness(object):
                     except Exception as exc:
                         m.add_error("capture", index, exc)
                         break
-                    # [index, payload, label, position, capture start/end, preprocess start/end, inference start/end]
-                    item = [index, frame, label, source.position, t0, clock(), 0.0, 0.0, 0.0, 0.0]
+                    # [index, payload, label, position, capture start/end, preprocess start/end, inference start/end,
+                    #  engine GPU ms]
+                    item = [index, frame, label, source.position, t0, clock(), 0.0, 0.0, 0.0, 0.0, None]
                     if not (put_newest(to_pre, item) if live else put(to_pre, item, "preprocess")):
                         break
                     index += 1
@@ -328,6 +338,8 @@ class Harness(object):
                         item[1] = work(item[1])
                         item[slot + 1] = clock()
                         item[slot] = t0
+                        if stage == "inference":
+                            item[10] = getattr(engine, "last_gpu_ms", None)
                     except Exception as exc:
                         m.add_error(stage, item[0], exc)
                         stop_capture.set()
@@ -375,7 +387,7 @@ class Harness(object):
                     m.add_error("postprocess", item[0], exc)
                     break
                 end = clock()
-                m.record(item[4], item[5], item[6], item[7], item[8], item[9], t0, end)
+                m.record(item[4], item[5], item[6], item[7], item[8], item[9], t0, end, item[10])
                 if frames is not None and m.timed >= frames:
                     break
         except KeyboardInterrupt:

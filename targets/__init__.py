@@ -14,6 +14,8 @@ from edgekit.targets.base import BuildError, Target, TargetError
 # name -> module that registers it; a module is imported the first time its target is needed.
 _BUILTIN_MODULES = {
     "x86-ort": "edgekit.targets.onnxruntime",
+    "jetson-trt": "edgekit.targets.tensorrt",
+    "ios-coreml": "edgekit.targets.coreml",
 }
 _REGISTRY: dict[str, type[Target]] = {}
 

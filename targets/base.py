@@ -23,6 +23,10 @@ class BuildError(EdgekitError):
     """A model the target cannot turn into an artifact, with the reason and what to do."""
 
 
+# build options as the CLI spells them, for error messages
+OPTION_FLAGS = {"dla_core": "--dla", "sparsity": "--sparsity", "max_batch": "--max-batch", "int8_io": "--int8-io"}
+
+
 class Target:
     """One backend. Subclasses set the class attributes and implement `_build_impl`.
 
@@ -30,6 +34,7 @@ class Target:
     subclass only produces its model file(s), like Polygraphy's runner/`*_impl` split.
     """
 
+    _options: ClassVar[dict[str, Any]] = {}  # replaced per build call by check_options' result
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     engine: ClassVar[str] = ""  # the runtime engine the device agent uses for this target's artifacts
@@ -38,6 +43,7 @@ class Target:
     quantized_precisions: ClassVar[tuple[str, ...]] = ()  # need a QuantSpec (from calibration or QAT)
     activation_scheme: ClassVar[str] = "int8_sym"  # what calibration should produce for this target
     weight_scheme: ClassVar[str] = "int8_per_channel"
+    build_options: ClassVar[tuple[str, ...]] = ()  # target-specific `options` keys `build` accepts
 
     # -- what the target can run -----------------------------------------------------------------
 
@@ -76,13 +82,22 @@ class Target:
         *,
         precision: str = "fp32",
         quant_spec: Any = None,
+        options: dict[str, Any] | None = None,
     ) -> Artifact:
+        """Build the artifact. `options` are the target's own `build_options` (None values are dropped); a key
+        the target does not take is a TargetError naming it; `check_options` validates the values."""
         from edgekit.artifact import write_artifact
 
         if precision not in self.precisions:
             raise TargetError(
                 f"target {self.name} does not build precision {precision!r}; it builds: {', '.join(self.precisions)}"
             )
+        options = {key: value for key, value in (options or {}).items() if value is not None}
+        unknown = sorted(set(options) - set(self.build_options))
+        if unknown:
+            named = ", ".join(f"{key} ({OPTION_FLAGS[key]})" if key in OPTION_FLAGS else key for key in unknown)
+            takes = f"it takes: {', '.join(self.build_options)}" if self.build_options else "it takes no build options"
+            raise TargetError(f"target {self.name} does not take the build option(s) {named}; {takes}")
         if precision in self.quantized_precisions and quant_spec is None:
             raise BuildError(
                 f"precision {precision} needs quantization parameters: pass --calib DATA or --spec quant_spec.json"
@@ -93,7 +108,11 @@ class Target:
         if missing:
             listed = ", ".join(f"{op} (x{n})" for op, n in missing.items())
             raise BuildError(f"target {self.name} cannot run these ops of the model: {listed}; see `edgekit inspect`")
-        files, extra = self._build_impl(model, precision, quant_spec)
+        self._options = self.check_options(options, precision)
+        try:
+            files, extra = self._build_impl(model, precision, quant_spec)
+        finally:
+            self._options = {}
         manifest = {
             "target": self.name,
             "engine": self.engine,
@@ -109,6 +128,10 @@ class Target:
             **extra,
         }
         return write_artifact(out_dir, files, manifest)
+
+    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
+        """Validate build options (and fill defaults); `_build_impl` reads the result as `self._options`."""
+        return options
 
     def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes | Path], dict]:
         """Return ({file name: content}, extra manifest fields incl. `model_file`)."""

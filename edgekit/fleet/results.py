@@ -15,12 +15,15 @@ from edgekit.errors import RunError
 SCHEMA = "edgekit.result"
 VERSION = 1
 STAGES = ("capture", "preprocess", "inference", "postprocess", "end_to_end")
+# series only some engines report: the engine's own GPU time per inference (TensorRT's CUDA events)
+OPTIONAL_STAGES = ("inference_gpu",)
 SUMMARY_KEYS = ("mean", "p50", "p90", "p99", "std", "min", "max")
 STATUSES = ("ok", "partial", "error")
 MAX_SAMPLES = 1_000_000
 MAX_TEXT = 4000
 MAX_ERRORS = 100
 MAX_FACTS = 64
+MAX_LAYERS = 10_000
 
 
 def _number(value: Any, where: str, *, allow_none: bool = True) -> float | None:
@@ -60,6 +63,15 @@ def _samples(value: Any, where: str) -> list[float]:
     if not isinstance(value, list) or len(value) > MAX_SAMPLES:
         raise RunError(f"device result field {where} is not a list of at most {MAX_SAMPLES} samples")
     return [_number(v, where, allow_none=False) for v in value]  # type: ignore[misc]
+
+
+def _layer_times(value: Any) -> dict[str, float]:
+    """Per-layer mean milliseconds (TensorRT's layer profile): names to finite numbers."""
+    value = _mapping(value, "layer_times_ms")
+    if len(value) > MAX_LAYERS:
+        raise RunError(f"device result field layer_times_ms has more than {MAX_LAYERS} layers")
+    return {_text(k, "layer_times_ms", limit=256): _number(v, f"layer_times_ms.{str(k)[:64]}", allow_none=False)
+            for k, v in value.items()}  # type: ignore[misc]  # fmt: skip
 
 
 def _facts(value: Any, where: str) -> dict[str, Any]:
@@ -149,8 +161,8 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "finished_at": _text(data.get("finished_at", ""), "finished_at", limit=64),
         "mode": _text(data.get("mode", ""), "mode", limit=32),
         "frames": {key: _count(frames.get(key, 0), f"frames.{key}") for key in ("timed", "warmup", "dropped")},
-        "latency_ms": {s: _summary(latency[s], f"latency_ms.{s}") for s in STAGES if s in latency},
-        "samples_ms": {s: _samples(samples[s], f"samples_ms.{s}") for s in STAGES if s in samples},
+        "latency_ms": {s: _summary(latency[s], f"latency_ms.{s}") for s in STAGES + OPTIONAL_STAGES if s in latency},
+        "samples_ms": {s: _samples(samples[s], f"samples_ms.{s}") for s in STAGES + OPTIONAL_STAGES if s in samples},
         "throughput_fps": _number(data.get("throughput_fps"), "throughput_fps"),
         "wall_s": _number(data.get("wall_s"), "wall_s"),
         "accuracy": _accuracy(data["accuracy"]) if data.get("accuracy") else None,
@@ -159,4 +171,6 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "engine": _facts(data.get("engine", {}), "engine"),
         "errors": [_facts(e, "errors[]") for e in errors[:MAX_ERRORS]],
     }
+    if data.get("layer_times_ms"):
+        clean["layer_times_ms"] = _layer_times(data["layer_times_ms"])
     return clean

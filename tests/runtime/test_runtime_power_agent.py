@@ -1,5 +1,6 @@
 """Power in the agent: the plan's `power` block, a run that measures it, a run that cannot, and `--facts`."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +21,8 @@ POWER_KEYS = {
     "probe", "rail", "idle_w", "avg_w", "active_w", "energy_j", "energy_per_inference_mj", "duration_s", "samples",
     "rails_avg_w",
 }  # fmt: skip
-FACTS_KEYS = {"schema", "version", "device", "engines", "engine_packages", "gpu", "disk", "power_probe", "warnings"}
+FACTS_KEYS = {"schema", "version", "device", "engines", "engine_packages", "gpu", "disk", "power_probe", "jetson",
+              "tegrastats", "warnings"}  # fmt: skip
 DEVICE_KEYS = {"hostname", "os", "machine", "python", "cpu", "cpu_count", "numpy", "opencv"}
 
 # a RAPL counter advanced by another process at RATE_W, as the CPU would: no thread of the agent's competes
@@ -187,8 +189,15 @@ def test_facts_on_the_host(tmp_path):
     assert set(facts) == FACTS_KEYS and facts["schema"] == "edgekit.facts" and facts["version"] == 1
     assert set(facts["device"]) == DEVICE_KEYS and facts["device"]["cpu_count"] >= 1
     assert "onnxruntime" in facts["engines"]
-    assert facts["engine_packages"] == {"coreml": False, "onnxruntime": True, "tensorrt": False, "tflite": False}
-    assert facts["power_probe"] == "x86-rapl" and facts["warnings"] == []
+    installed = {
+        name: any(importlib.util.find_spec(m) is not None for m in modules)
+        for name, modules in {"coreml": ["coremltools"], "onnxruntime": ["onnxruntime"], "tensorrt": ["tensorrt"],
+                              "tflite": ["tflite_runtime", "ai_edge_litert"]}.items()
+    }  # fmt: skip
+    assert facts["engine_packages"] == installed and installed["onnxruntime"]
+    # the tree has a Jetson's board model but none of its other files: only the Jetson facts warn
+    assert facts["power_probe"] == "x86-rapl" and not [w for w in facts["warnings"] if "rapl" in w.lower()]
+    assert facts["jetson"]["board"] == "NVIDIA Jetson Orin Nano Developer Kit" and facts["jetson"]["l4t"] is None
     disk = facts["disk"]
     assert disk["path"] == str(tmp_path / "work") and disk["exists"] is False  # measured at its parent
     assert 0 < disk["free_bytes"] <= disk["total_bytes"]

@@ -1,0 +1,415 @@
+"""The Jetson target: an ONNX model plus the build configuration; the device builds the TensorRT engine.
+
+A TensorRT engine only runs on the TensorRT version and GPU that built it, so the artifact carries ONNX
+(the float model for fp32/fp16, a QDQ model with symmetric int8 scales from the QuantSpec for int8), the
+calibration cache for implicit INT8 on older JetPacks, and a `build` section that the agent hands to its
+`tensorrt` engine as options (runtime/engines/tensorrt.py builds and caches the engine on the device).
+
+What TensorRT's ONNX parser wants from a QDQ graph (onnx-tensorrt docs/operators.md; NVIDIA's Q/DQ
+placement guide): zero points of 0 (symmetric int8), weights stored in float behind a QuantizeLinear ->
+DequantizeLinear pair (TensorRT 8.x rejects a DequantizeLinear fed by an int8 constant: "only activation
+types allowed as input to this layer"), and biases in float (an int32 DequantizeLinear is refused the same
+way, onnx/onnx-tensorrt#850). TensorRT quantizes the biases itself from the input and weight scales.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgekit.targets import register_target
+from edgekit.targets.base import BuildError, Target
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgekit.model import Model
+
+# ONNX ops that TensorRT's ONNX parser imports: the "Y" rows of onnx/onnx-tensorrt docs/operators.md for
+# TensorRT 8.5 (JetPack 5, the oldest TensorRT this target builds for; opsets up to 17). TensorRT 8.6
+# (JetPack 6.0) and 10.x (JetPack 6.1+) import every op listed here and add a few (LayerNormalization,
+# ...), but an artifact must build on every JetPack the fleet runs, so the 8.5 list is the contract.
+TENSORRT_ONNX_OPS: frozenset[str] = frozenset({
+    "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "AveragePool",
+    "BatchNormalization", "Cast", "Ceil", "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
+    "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear", "Div", "Dropout", "Einsum",
+    "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather", "GatherElements",
+    "GatherND", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual",
+    "GridSample", "GRU", "HardSigmoid", "HardSwish", "Identity", "If", "ImageScaler", "InstanceNormalization",
+    "IsNaN", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "Loop", "LRN", "LSTM", "LpNormalization",
+    "LpPool", "MatMul", "Max", "MaxPool", "Mean", "MeanVarianceNormalization", "Min", "Mod", "Mul", "Neg",
+    "NonMaxSuppression", "NonZero", "Not", "OneHot", "Or", "Pad", "ParametricSoftplus", "Pow", "PRelu",
+    "QuantizeLinear", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Range",
+    "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "ReverseSequence",
+    "RNN", "RoiAlign", "Round", "ScaledTanh", "Scan", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shape",
+    "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign",
+    "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK",
+    "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where", "Xor",
+})  # fmt: skip
+
+DLA_CORES = (0, 1)  # Jetson AGX Xavier / Xavier NX / AGX Orin / Orin NX have two DLA cores (Orin Nano none)
+SPARSITY_PATTERNS = ("2:4",)  # what Ampere's sparse tensor cores run
+CALIBRATION_CACHE = "trt_calibration.cache"
+# options `edgekit.build(..., options=...)` takes for this target (the CLI's --dla, --sparsity, --max-batch)
+BUILD_OPTIONS = ("dla_core", "gpu_fallback", "sparsity", "max_batch", "workspace_mb")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+@register_target
+class JetsonTensorRtTarget(Target):
+    name = "jetson-trt"
+    description = "NVIDIA Jetson (JetPack 5/6) with TensorRT; the engine is built and cached on the device"
+    device = "NVIDIA Jetson"
+    engine = "tensorrt"
+    precisions = ("fp32", "fp16", "int8")
+    quantized_precisions = ("int8",)
+    activation_scheme = "int8_sym"  # TensorRT's Q/DQ: symmetric int8, zero point 0
+    weight_scheme = "int8_per_channel"
+    build_options: ClassVar[tuple[str, ...]] = BUILD_OPTIONS
+
+    def supported_ops(self) -> set[tuple[str, str]]:
+        return {("ai.onnx", op) for op in TENSORRT_ONNX_OPS}
+
+    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
+        dla = options.get("dla_core")
+        if dla is not None:
+            if not _is_int(dla) or int(dla) not in DLA_CORES:
+                raise BuildError(
+                    f"--dla {dla!r}: Jetson DLA cores are numbered {' and '.join(map(str, DLA_CORES))} (AGX Xavier, "
+                    "Xavier NX, AGX Orin, Orin NX; an Orin Nano has none)"
+                )
+            if precision == "fp32":
+                raise BuildError(
+                    "--dla: the DLA does not run fp32; build with --precision fp16 or --precision int8 (GPU "
+                    "fallback runs the layers the DLA cannot)"
+                )
+        fallback = options.get("gpu_fallback")
+        if fallback is not None and not isinstance(fallback, bool):
+            raise BuildError(f"gpu_fallback must be true or false, got {fallback!r}")
+        if fallback and dla is None:
+            raise BuildError("gpu_fallback only applies with a DLA core: pass --dla 0 or 1, or drop gpu_fallback")
+        sparsity = options.get("sparsity")
+        if sparsity is not None and sparsity not in SPARSITY_PATTERNS:
+            patterns = ", ".join(SPARSITY_PATTERNS)
+            raise BuildError(f"--sparsity {sparsity!r}: TensorRT's structured sparsity is {patterns}")
+        for key in ("max_batch", "workspace_mb"):
+            value = options.get(key)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise BuildError(f"{key} must be a positive integer, got {value!r}")
+        return options
+
+    # -- build -------------------------------------------------------------------------------------
+
+    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
+        options = self._options
+        dla = options.get("dla_core")
+        not_honoured: list[dict[str, Any]] = []
+        build = {
+            "precision": precision,
+            "calibration_cache": None,
+            "dla_core": None if dla is None else int(dla),
+            "gpu_fallback": bool(options.get("gpu_fallback", True)) if dla is not None else False,
+            "sparsity": options.get("sparsity") is not None,
+            "workspace_mb": None if options.get("workspace_mb") is None else int(options["workspace_mb"]),
+            "profile_shapes": profile_shapes(model, options.get("max_batch")),
+        }
+        if build["sparsity"]:
+            not_sparse = not_2_4_sparse_layers(model.proto)
+            if not_sparse:
+                shown = ", ".join(not_sparse[:5]) + (f" and {len(not_sparse) - 5} more" if len(not_sparse) > 5 else "")
+                not_honoured.append({
+                    "what": f"2:4 sparsity for {len(not_sparse)} layer(s): {shown}",
+                    "why": "their weights do not have 2 zeros in every 4 consecutive input-channel weights, so "
+                    "TensorRT runs them dense; prune them with edgekit.compress.pruning (n_m=(2, 4)) and fine-tune",
+                    "layers": not_sparse,
+                })  # fmt: skip
+        extra: dict[str, Any] = {"model_file": "model.onnx"}
+        if precision in ("fp32", "fp16"):
+            # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
+            files = {"model.onnx": model.to_bytes()}
+        else:
+            qdq_bytes, spec, notes = self._int8_model(model, quant_spec, build["profile_shapes"])
+            not_honoured.extend(notes)
+            files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(spec)}
+            build["calibration_cache"] = CALIBRATION_CACHE
+            extra["quantization"] = {
+                "scheme": quant_spec.scheme,
+                "observer": quant_spec.calibration.get("observer"),
+                "created_by": quant_spec.created_by,
+                "kept_float": sorted(quant_spec.float_nodes),
+            }
+        return files, {**extra, "build": build, "not_honoured": not_honoured}
+
+    def _int8_model(
+        self, model: Model, quant_spec: Any, shapes: dict[str, list[list[int]]] | None
+    ) -> tuple[bytes, Any, list[dict[str, Any]]]:
+        from edgekit.calibration.calibrate import prepare_float_model
+        from edgekit.calibration.qdq import write_qdq
+        from edgekit.model import Model as ModelClass
+
+        spec, notes = symmetric_spec(quant_spec)
+        qdq = float_weights_behind_qdq(write_qdq(prepare_float_model(model.proto, spec), spec))
+        bad = sorted(name for name, zero_point in _zero_points(qdq).items()
+                     if zero_point.dtype != np.int8 or np.any(zero_point))  # fmt: skip
+        if bad:
+            raise BuildError(f"the QDQ model has non-int8 or non-zero zero points at {', '.join(bad[:5])}: a bug")
+        packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
+        data = packaged.to_bytes()
+        _check_with_onnxruntime(data, packaged, shapes)
+        return data, spec, notes
+
+    def tool_versions(self) -> dict[str, str]:
+        import onnxruntime
+
+        return {**super().tool_versions(), "onnxruntime": onnxruntime.__version__}
+
+
+# -- the QuantSpec as TensorRT wants it -------------------------------------------------------------------
+
+
+def symmetric_spec(spec: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A copy of `spec` for TensorRT: activations symmetric int8, biases left float (TensorRT quantizes
+    them). Asymmetric activations are refused unless the spec came from QAT export (recalibrating would
+    lose the training): those are widened to +-max(|lo|, |hi|) and listed in the returned notes."""
+    from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
+
+    asymmetric = sorted(
+        name for name, entry in spec.tensors.items()
+        if entry.kind == "activation" and (entry.dtype != "int8" or np.any(np.asarray(entry.zero_point) != 0))
+    )  # fmt: skip
+    notes: list[dict[str, Any]] = []
+    if asymmetric and spec.created_by != "qat":
+        raise BuildError(
+            f"this QuantSpec has asymmetric activations ({spec.scheme.get('activations')}; e.g. {asymmetric[0]}), "
+            "but TensorRT only runs symmetric int8 (zero point 0): calibrate for jetson-trt (int8_sym), e.g. "
+            "`edgekit build MODEL -t jetson-trt -p int8 --calib DATA` or `edgekit quantize --activations int8_sym`"
+        )
+    tensors = {}
+    for name, entry in spec.tensors.items():
+        if entry.kind == "bias":
+            continue
+        if name in asymmetric:
+            scale = np.asarray(entry.scale, dtype=np.float64)
+            zero_point = np.asarray(entry.zero_point, dtype=np.float64)
+            info = np.iinfo(entry.dtype)
+            ends = np.abs([(info.min - zero_point) * scale, (info.max - zero_point) * scale])
+            bound = float(ends.max())
+            entry = TensorQuant(
+                entry.kind, "int8", max(bound, 1e-12) / 127.0, 0, axis=None, observer=entry.observer,
+                settings=entry.settings, range=(-bound, bound), observed=entry.observed,
+            )  # fmt: skip
+        tensors[name] = entry
+    if asymmetric:
+        notes.append({
+            "what": f"activations {spec.scheme.get('activations')} from QAT ({len(asymmetric)} tensors)",
+            "why": "TensorRT runs symmetric int8 only; each range was widened to +-max(|lo|, |hi|), which "
+            "coarsens those tensors. Train with activations int8_sym for jetson-trt.",
+        })  # fmt: skip
+    copy = QuantSpec(
+        source_model_sha256=spec.source_model_sha256,
+        scheme={**spec.scheme, "activations": "int8_sym"},
+        tensors=tensors,
+        nodes=dict(spec.nodes),
+        calibration=dict(spec.calibration),
+        created_by=spec.created_by,
+        transforms=list(spec.transforms),
+    )
+    return copy, notes
+
+
+def float_weights_behind_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace each `int8 initializer -> DequantizeLinear` with `float initializer -> QuantizeLinear ->
+    DequantizeLinear`, the form TensorRT 8.5 to 10 parse for weights. The float values are the dequantized
+    integers, so TensorRT's QuantizeLinear gives back exactly the integers of the QDQ model."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {init.name: init for init in model.graph.initializer}
+    replaced: dict[str, onnx.TensorProto] = {}
+    quantizers: list[onnx.NodeProto] = []
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            continue
+        quantized = inits[node.input[0]]
+        if quantized.data_type != TensorProto.INT8 or quantized.name in replaced:
+            continue
+        q = numpy_helper.to_array(quantized).astype(np.float32)
+        scale = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
+        zero_point = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32) if len(node.input) > 2 else 0.0
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if np.ndim(scale) == 1:
+            shape = [1] * q.ndim
+            shape[axis] = -1
+            scale = scale.reshape(shape)
+            zero_point = np.asarray(zero_point).reshape(shape) if np.ndim(zero_point) else zero_point
+        values = ((q - zero_point) * scale).astype(np.float32)
+        float_name = f"{quantized.name}_float"
+        replaced[quantized.name] = numpy_helper.from_array(values, float_name)
+        attrs = {"axis": axis} if np.ndim(scale) else {}
+        quantizers.append(helper.make_node(
+            "QuantizeLinear", [float_name, *node.input[1:3]], [quantized.name],
+            name=f"{quantized.name}_QuantizeLinear", **attrs,
+        ))  # fmt: skip
+    kept = [init for init in model.graph.initializer if init.name not in replaced]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend([*kept, *replaced.values()])
+    nodes = [*quantizers, *model.graph.node]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """{Q/DQ node name: its zero point} for every quantizer of the model."""
+    from onnx import numpy_helper
+
+    inits = {init.name: init for init in model.graph.initializer}
+    return {
+        node.name: numpy_helper.to_array(inits[node.input[2]])
+        for node in model.graph.node
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in inits
+    }
+
+
+def _calibration_cache(spec: Any) -> bytes:
+    """TensorRT's calibration cache for the spec, written and parsed back; the scales must round-trip."""
+    from edgekit.calibration.trt_cache import cache_scales, read_trt_cache, write_trt_cache
+
+    expected = cache_scales(spec)
+    with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as folder:
+        path = write_trt_cache(spec, Path(folder) / CALIBRATION_CACHE)
+        _, scales = read_trt_cache(path)
+        data = path.read_bytes()
+    if set(scales) != set(expected):
+        raise BuildError(
+            f"the calibration cache lost tensors: wrote {len(expected)}, read back {len(scales)} "
+            f"({sorted(set(expected) ^ set(scales))[:5]})"
+        )
+    for name, scale in expected.items():
+        if not np.isclose(scales[name], scale, rtol=1e-6, atol=0.0):
+            raise BuildError(f"the calibration cache scale of {name!r} reads back as {scales[name]}, not {scale}")
+    return data
+
+
+def _check_with_onnxruntime(data: bytes, model: Model, shapes: dict[str, list[list[int]]] | None) -> None:
+    """Load the QDQ model in ONNX Runtime and run one random input; any failure is a BuildError."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(0)
+    try:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        feed = {}
+        for tensor in model.inputs:
+            shape = (shapes or {}).get(tensor.name, [None, None])[1] or [
+                d if isinstance(d, int) and d > 0 else 1 for d in tensor.shape
+            ]
+            dtype = np.dtype(tensor.dtype)
+            if dtype.kind in "ui":
+                feed[tensor.name] = rng.integers(0, 256 if dtype.kind == "u" else 128, size=shape).astype(dtype)
+            else:
+                feed[tensor.name] = rng.standard_normal(shape).astype(dtype)
+        outputs = session.run(None, feed)
+    except Exception as exc:
+        raise BuildError(f"the int8 QDQ model does not run in ONNX Runtime ({type(exc).__name__}: {exc})") from exc
+    for meta, value in zip(session.get_outputs(), outputs, strict=True):
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value)):
+            raise BuildError(f"the int8 QDQ model gives non-finite values in output {meta.name!r} on a random input")
+
+
+# -- optimization profile -----------------------------------------------------------------------------
+
+
+def profile_shapes(model: Model, max_batch: int | None = None) -> dict[str, list[list[int]]] | None:
+    """[min, opt, max] shapes per input with a dynamic axis (None when every input is fixed).
+
+    The batch axis (axis 0) runs 1..max_batch (1 by default) with opt 1, the batch the agent feeds; other
+    dynamic axes are fixed to what the preprocessing produces (TensorRT's DLA and most kernels want them
+    fixed)."""
+    shapes: dict[str, list[list[int]]] = {}
+    for tensor in model.inputs:
+        dims = list(tensor.shape)
+        dynamic = [i for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]
+        if not dims:
+            continue
+        if 0 not in dynamic:
+            if max_batch is not None and max_batch != dims[0]:
+                raise BuildError(
+                    f"input {tensor.name!r} has a fixed batch of {dims[0]}, so --max-batch {max_batch} cannot apply: "
+                    "export the model with a dynamic batch axis"
+                )
+            if not dynamic:
+                continue
+        fixed = list(dims)
+        for axis in dynamic:
+            if axis == 0:
+                continue
+            value = _axis_from_preprocess(model, len(dims), axis)
+            if value is None:
+                raise BuildError(
+                    f"input {tensor.name!r} has a dynamic axis {axis} ({dims[axis]!r}) that the preprocessing does "
+                    "not fix; export the model with that axis fixed, or set a preprocess resize (and crop)"
+                )
+            fixed[axis] = value
+        low, opt, high = list(fixed), list(fixed), list(fixed)
+        if 0 in dynamic:
+            low[0], opt[0], high[0] = 1, 1, int(max_batch or 1)
+        shapes[tensor.name] = [[int(d) for d in s] for s in (low, opt, high)]
+    return shapes or None
+
+
+def _axis_from_preprocess(model: Model, rank: int, axis: int) -> int | None:
+    spec = model.preprocess
+    if spec is None or rank != 4:
+        return None
+    size = spec.crop or (spec.resize if spec.resize_mode == "stretch" else None)
+    channels = 1 if spec.color == "GRAY" else 3
+    layout = {"NCHW": (None, channels, "h", "w"), "NHWC": (None, "h", "w", channels)}[spec.layout]
+    want = layout[axis]
+    if want in ("h", "w"):
+        return None if size is None else int(size[0] if want == "h" else size[1])
+    return want
+
+
+# -- 2:4 structured sparsity --------------------------------------------------------------------------
+
+
+def is_2_4_sparse(weight: np.ndarray, input_axis: int = 1) -> bool:
+    """True when every group of 4 consecutive input-channel weights (at each output channel and kernel
+    position) has at least 2 zeros: what TensorRT's sparse kernels need. The numpy twin of
+    edgekit.compress.pruning.is_n_m_sparse(weight, 2, 4), which needs torch (an extra this target must not
+    require)."""
+    weight = np.asarray(weight)
+    if weight.ndim < 2 or weight.shape[input_axis] % 4:
+        return False
+    groups = np.moveaxis(weight, input_axis, -1).reshape(-1, 4)
+    return bool(((groups != 0).sum(axis=1) <= 2).all())
+
+
+def not_2_4_sparse_layers(proto: onnx.ModelProto) -> list[str]:
+    """Names of the Conv/Gemm nodes whose constant weights are not 2:4 sparse."""
+    from onnx import numpy_helper
+
+    from edgekit.calibration.calibrate import prepare_float_model
+
+    prepared = prepare_float_model(proto)  # constants as initializers, BatchNorm folded, every node named
+    inits = {init.name: init for init in prepared.graph.initializer}
+    dense = []
+    for node in prepared.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        weight = numpy_helper.to_array(inits[node.input[1]])
+        axis = 1
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis = 1 if trans_b else 0  # B is (N, K) with transB, else (K, N): K is the input axis
+        if not is_2_4_sparse(weight, axis):
+            dense.append(node.name)
+    return dense

@@ -1,0 +1,270 @@
+"""The jetson-trt target: float ONNX for fp32/fp16, a symmetric int8 QDQ model TensorRT parses plus its
+calibration cache for int8, and the build section the agent hands to the tensorrt engine. TensorRT itself
+is not here; the QDQ model is checked with ONNX Runtime and the build section with the engine's own
+option check."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import cv2
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.calibration.calibrate import calibrate
+from edgekit.calibration.trt_cache import read_trt_cache
+from edgekit.cli import main
+from edgekit.demo_data import digits_model_path, load_heldout_digits
+from edgekit.model import Model
+from edgekit.runtime.engines.tensorrt import validate_options
+from edgekit.runtime.preprocess import preprocess
+from edgekit.targets import BuildError, TargetError, get_target, target_names
+from edgekit.targets.tensorrt import TENSORRT_ONNX_OPS, is_2_4_sparse, not_2_4_sparse_layers
+
+
+@pytest.fixture(scope="module")
+def digits() -> tuple[Model, np.ndarray, np.ndarray]:
+    """The shipped digits CNN and 300 real held-out digits, preprocessed by the agent's code, with labels."""
+    model = Model.load(digits_model_path())
+    images, labels = load_heldout_digits()
+    x = np.concatenate([preprocess(cv2.cvtColor(i, cv2.COLOR_GRAY2BGR), model.preprocess) for i in images[:300]])
+    return model, x, labels[:300].astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def sym_spec(digits):
+    model, x, _ = digits
+    return calibrate(model, x[:64], activations="int8_sym", weights="int8_per_channel", progress=False).spec
+
+
+def build(model, out, precision="fp32", spec=None, **options):
+    return get_target("jetson-trt").build(model, out, precision=precision, quant_spec=spec, options=options)
+
+
+def test_registered_with_three_precisions_and_tensorrt_schemes():
+    assert "jetson-trt" in target_names()
+    described = get_target("jetson-trt").describe()
+    assert described["engine"] == "tensorrt" and described["precisions"] == ["fp32", "fp16", "int8"]
+    assert described["activation_scheme"] == "int8_sym" and described["weight_scheme"] == "int8_per_channel"
+    assert {"Conv", "Gemm", "QuantizeLinear", "DequantizeLinear"} <= TENSORRT_ONNX_OPS
+    assert not {"Hardmax", "LayerNormalization", "QLinearConv"} & TENSORRT_ONNX_OPS  # "N" in TensorRT 8.5
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_float_precisions_carry_the_float_model_as_given(digits, tmp_path, precision):
+    model = digits[0]
+    artifact = build(model, tmp_path / precision, precision)
+    manifest = artifact.manifest
+    assert sorted(manifest["files"]) == ["model.onnx"]
+    # fp16 too: TensorRT builds FP16 from the float weights (BuilderFlag.FP16); nothing is converted here
+    packaged = Model.load(artifact.model_path)
+    assert packaged.sha256 == model.sha256
+    assert not [i.name for i in packaged.proto.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    assert manifest["engine"] == "tensorrt" and manifest["precision"] == precision
+    assert manifest["build"] == {
+        "precision": precision, "calibration_cache": None, "dla_core": None, "gpu_fallback": False,
+        "sparsity": False, "workspace_mb": None,
+        "profile_shapes": {"input": [[1, 1, 28, 28], [1, 1, 28, 28], [1, 1, 28, 28]]},
+    }  # fmt: skip
+    # what the agent does with it: the tensorrt engine's own option check accepts the build section
+    assert validate_options(manifest["build"], str(artifact.path))["precision"] == precision
+    assert build(model, tmp_path / "again", precision).id == artifact.id
+
+
+def test_int8_is_a_symmetric_qdq_model_tensorrt_parses_and_runs_close_to_float(digits, sym_spec, tmp_path):
+    model, x, labels = digits
+    artifact = build(model, tmp_path / "int8", "int8", sym_spec)
+    manifest = artifact.manifest
+    assert sorted(manifest["files"]) == ["model.onnx", "trt_calibration.cache"]
+    assert manifest["quant_spec_sha256"] == sym_spec.sha256 and manifest["not_honoured"] == []
+    assert manifest["quantization"]["scheme"] == {"activations": "int8_sym", "weights": "int8_per_channel"}
+    qdq = onnx.load(artifact.model_path)
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    quantizers = [n for n in qdq.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert quantizers
+    for node in quantizers:
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    # weights in float behind Q -> DQ, biases float (TensorRT refuses int8/int32 constants into a DQ)
+    assert not [n for n in qdq.graph.initializer if n.data_type in (TensorProto.INT32,) and n.dims]
+    for node in qdq.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            weight_dq = next(n for n in qdq.graph.node if node.input[1] in n.output)
+            weight_q = next(n for n in qdq.graph.node if weight_dq.input[0] in n.output)
+            assert weight_dq.op_type == "DequantizeLinear" and weight_q.op_type == "QuantizeLinear"
+            assert inits[weight_q.input[0]].dtype == np.float32
+            assert inits[node.input[2]].dtype == np.float32  # the bias
+    # runs in ONNX Runtime close to the float model on real digits
+    float_out = ort.InferenceSession(str(digits_model_path())).run(None, {"input": x})[0]
+    int8_out = ort.InferenceSession(str(artifact.model_path)).run(None, {"input": x})[0]
+    sqnr = 10 * np.log10((float_out**2).sum() / ((float_out - int8_out) ** 2).sum())
+    assert sqnr > 25, sqnr
+    assert (int8_out.argmax(1) == float_out.argmax(1)).mean() > 0.97
+    assert (int8_out.argmax(1) == labels).mean() > 0.95
+    # the weights TensorRT quantizes are exactly the integers the spec gives
+    entry = sym_spec.tensors["features.4.weight"]
+    q = inits["features.4.weight_quantized_float"] / np.asarray(entry.scale, np.float32).reshape(-1, 1, 1, 1)
+    assert np.abs(q - np.round(q)).max() < 1e-3 and np.abs(np.round(q)).max() == 127
+
+
+def test_int8_calibration_cache_parses_back_to_the_spec_scales(digits, sym_spec, tmp_path):
+    artifact = build(digits[0], tmp_path / "int8", "int8", sym_spec)
+    header, scales = read_trt_cache(artifact.path / "trt_calibration.cache")
+    assert header.startswith("TRT-")
+    activations = {n: e for n, e in sym_spec.tensors.items() if e.kind == "activation"}
+    assert set(scales) == set(activations)
+    for name, entry in activations.items():
+        assert scales[name] == pytest.approx(entry.scale, rel=1e-6), name
+    build_section = artifact.manifest["build"]
+    assert build_section["precision"] == "int8" and build_section["calibration_cache"] == "trt_calibration.cache"
+    opts = validate_options(build_section, str(artifact.path))
+    assert opts["calibration_cache"] == str(artifact.path / "trt_calibration.cache")
+
+
+def test_asymmetric_spec_is_refused_unless_it_came_from_qat(digits, tmp_path):
+    model, x, _ = digits
+    x86_spec = calibrate(model, x[:32], progress=False).spec  # uint8_asym: what x86-ort wants
+    with pytest.raises(BuildError, match=r"asymmetric activations.*calibrate for jetson-trt \(int8_sym\)"):
+        build(model, tmp_path / "a", "int8", x86_spec)
+    assert not (tmp_path / "a").exists()
+    # a QAT spec is the training's result: widened to symmetric ranges, and the manifest says so
+    qat_spec = dataclasses.replace(x86_spec, created_by="qat")
+    artifact = build(model, tmp_path / "qat", "int8", qat_spec)
+    notes = artifact.manifest["not_honoured"]
+    assert len(notes) == 1 and "uint8_asym from QAT" in notes[0]["what"]
+    qdq = onnx.load(artifact.model_path)
+    zero_points = [numpy_helper.to_array(i) for i in qdq.graph.initializer if i.name.endswith("_zero_point")]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+    int8_out = ort.InferenceSession(str(artifact.model_path)).run(None, {"input": x})[0]
+    assert (int8_out.argmax(1) == digits[2]).mean() > 0.9
+
+
+def test_dla_needs_fp16_or_int8_and_a_real_core(digits, tmp_path):
+    model = digits[0]
+    with pytest.raises(BuildError, match="--precision fp16 or --precision int8"):
+        build(model, tmp_path / "a", "fp32", dla_core=0)
+    with pytest.raises(BuildError, match="0 and 1"):
+        build(model, tmp_path / "a", "fp16", dla_core=2)
+    with pytest.raises(BuildError, match="--dla"):
+        build(model, tmp_path / "a", "fp16", gpu_fallback=True)
+    section = build(model, tmp_path / "dla", "fp16", dla_core=1).manifest["build"]
+    assert section["dla_core"] == 1 and section["gpu_fallback"] is True
+    assert (
+        build(model, tmp_path / "nofb", "fp16", dla_core=0, gpu_fallback=False).manifest["build"]["gpu_fallback"]
+        is False
+    )
+    assert validate_options(section)["dla_core"] == 1
+
+
+def test_max_batch_sets_the_profile_and_a_fixed_batch_refuses_it(digits, tmp_path, classifier_factory):
+    section = build(digits[0], tmp_path / "b8", "fp16", max_batch=8, workspace_mb=512).manifest["build"]
+    assert section["profile_shapes"] == {"input": [[1, 1, 28, 28], [1, 1, 28, 28], [8, 1, 28, 28]]}
+    assert section["workspace_mb"] == 512
+    fixed = onnx.load(classifier_factory(tmp_path / "tiny.onnx"))
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    with pytest.raises(BuildError, match="fixed batch of 1"):
+        build(Model(fixed), tmp_path / "fixed", max_batch=4)
+    assert build(Model(fixed), tmp_path / "fixed").manifest["build"]["profile_shapes"] is None
+
+
+def _pruned_2_4(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Keep the 2 largest of every 4 consecutive input-channel weights of each Conv/Gemm that has a
+    multiple of 4 input channels (the digits CNN's first conv has 1 and stays dense)."""
+    pruned = onnx.ModelProto()
+    pruned.CopyFrom(proto)
+    weights = {n.input[1] for n in pruned.graph.node if n.op_type in ("Conv", "Gemm")}
+    for init in pruned.graph.initializer:
+        w = numpy_helper.to_array(init)
+        if init.name not in weights or w.shape[1] % 4:
+            continue
+        groups = np.moveaxis(w, 1, -1).reshape(-1, 4).copy()
+        smallest = np.argsort(np.abs(groups), axis=1)[:, :2]
+        np.put_along_axis(groups, smallest, 0.0, axis=1)
+        moved = np.moveaxis(w, 1, -1).shape
+        init.CopyFrom(numpy_helper.from_array(np.moveaxis(groups.reshape(moved), -1, 1).copy(), init.name))
+    return pruned
+
+
+def test_sparsity_lists_dense_layers_and_passes_pruned_ones(digits, tmp_path):
+    model = digits[0]
+    dense = build(model, tmp_path / "dense", "fp16", sparsity="2:4").manifest
+    assert dense["build"]["sparsity"] is True
+    assert dense["not_honoured"][0]["layers"] == ["node_Conv_37", "node_Conv_39", "node_linear", "node_linear_1"]
+    pruned_model = Model(_pruned_2_4(model.proto), preprocess=model.preprocess)
+    pruned = build(pruned_model, tmp_path / "pruned", "fp16", sparsity="2:4").manifest
+    assert pruned["build"]["sparsity"] is True
+    assert pruned["not_honoured"][0]["layers"] == ["node_Conv_37"]  # one input channel: no groups of 4
+    assert "node_Conv_37" in pruned["not_honoured"][0]["what"]
+    with pytest.raises(BuildError, match="2:4"):
+        build(model, tmp_path / "x", "fp16", sparsity="1:4")
+    assert not_2_4_sparse_layers(pruned_model.proto) == ["node_Conv_37"]
+
+
+def test_2_4_check_agrees_with_the_pruning_helper():
+    torch = pytest.importorskip("torch")
+    from edgekit.compress.pruning import is_n_m_sparse, n_m_mask
+
+    rng = np.random.default_rng(0)
+    for shape in [(8, 8, 3, 3), (16, 784), (4, 6, 1, 1), (8, 1, 3, 3)]:
+        weight = torch.from_numpy(rng.normal(size=shape).astype(np.float32))
+        assert is_2_4_sparse(weight.numpy()) == is_n_m_sparse(weight, 2, 4) is False
+        if shape[1] % 4 == 0:
+            pruned = weight * n_m_mask(weight, 2, 4)
+            assert is_2_4_sparse(pruned.numpy()) == is_n_m_sparse(pruned, 2, 4) is True
+    gemm = rng.normal(size=(8, 4)).astype(np.float32)
+    gemm[1::2] = 0.0  # (K, N) without transB: groups run along axis 0
+    assert is_2_4_sparse(gemm, input_axis=0) and not is_2_4_sparse(gemm, input_axis=1)
+
+
+def test_unsupported_op_is_refused_by_name(tmp_path):
+    graph = helper.make_graph(
+        [helper.make_node("Hardmax", ["input"], ["out"], axis=-1, name="hardmax")],
+        "hardmax",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8, 8])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    with pytest.raises(BuildError, match=r"jetson-trt cannot run these ops of the model: Hardmax \(x1\)"):
+        build(Model(proto), tmp_path / "a")
+
+
+def test_options_are_checked_and_other_targets_refuse_them(digits, tmp_path):
+    import edgekit
+
+    with pytest.raises(TargetError, match="does not take the build option.*colour"):
+        build(digits[0], tmp_path / "a", colour="red")
+    with pytest.raises(TargetError, match=r"target x86-ort does not take the build option\(s\) dla_core \(--dla\)"):
+        edgekit.build(digits[0], "x86-ort", tmp_path / "b", options={"dla_core": 0})
+    # None means "not given": the CLI passes every flag
+    artifact = edgekit.build(digits[0], "x86-ort", tmp_path / "c", options={"dla_core": None, "max_batch": None})
+    assert artifact.manifest["target"] == "x86-ort"
+
+
+def test_cli_builds_jetson_int8_and_other_targets_reject_jetson_flags(digits, tmp_path):
+    _, x, _ = digits
+    calib = tmp_path / "calib.npy"
+    np.save(calib, x[:32])
+    runner = CliRunner(env={"COLUMNS": "200"})
+    args = ["build", str(digits_model_path()), "--target", "jetson-trt", "-p", "int8", "--calib", str(calib),
+            "--dla", "0", "--max-batch", "4", "--sparsity", "2:4", "-o", str(tmp_path / "art")]  # fmt: skip
+    result = runner.invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "(jetson-trt/int8)" in result.output and "not honoured" in result.output
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["quantization"]["scheme"]["activations"] == "int8_sym"  # calibrated for the target
+    assert manifest["build"]["dla_core"] == 0 and manifest["build"]["sparsity"] is True
+    assert manifest["build"]["profile_shapes"]["input"][2] == [4, 1, 28, 28]
+    assert (tmp_path / "art" / "trt_calibration.cache").is_file()
+    refused = runner.invoke(main, ["build", str(digits_model_path()), "-t", "x86-ort", "--max-batch", "4",
+                                   "-o", str(tmp_path / "x86")])  # fmt: skip
+    assert refused.exit_code == 2
+    assert "target x86-ort does not take the build option(s) max_batch (--max-batch)" in refused.output
+    fp32_dla = runner.invoke(main, ["build", str(digits_model_path()), "-t", "jetson-trt", "--dla", "0",
+                                    "-o", str(tmp_path / "fp32")])  # fmt: skip
+    assert fp32_dla.exit_code == 2 and "--precision fp16" in fp32_dla.output
