@@ -132,10 +132,11 @@ def calibrate(
         )
     input_name = model.inputs[0].name
     feeds = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=limit, batch=batch)
-    session = _observed_session(float_model, plan.activations, threads)
+    observed = plan.activations + [o for o in plan.outputs if o not in plan.activations]
+    session = _observed_session(float_model, observed, threads)
     output_names = [o.name for o in session.get_outputs()]
     input_names = {i.name for i in session.get_inputs()}
-    observers = {name: get_observer(observer, **(observer_settings or {})) for name in plan.activations}
+    observers = {name: get_observer(observer, **(observer_settings or {})) for name in observed}
     for name, obs in observers.items():
         obs.name = name
     samples = 0
@@ -194,8 +195,9 @@ def _make_spec(model, float_model, plan, observers, scheme, weights, observer, s
     for name, obs in observers.items():
         lo, hi = ranges[name]
         scale, zero_point = activation_qparams(lo, hi, scheme)
+        kind = "activation" if name in plan.activations else "output"
         spec.tensors[name] = TensorQuant(
-            "activation", scheme.dtype, float(scale), int(zero_point), observer=observer, settings=obs.settings(),
+            kind, scheme.dtype, float(scale), int(zero_point), observer=observer, settings=obs.settings(),
             range=(float(lo), float(hi)), observed=tuple(float(v) for v in obs.observed_range),
         )  # fmt: skip
     inits = {init.name: init for init in float_model.graph.initializer}

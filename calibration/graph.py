@@ -148,6 +148,8 @@ class QuantPlan:
 
     nodes: list[str] = field(default_factory=list)
     activations: list[str] = field(default_factory=list)
+    # graph outputs of quantized nodes: QDQ writers leave them float; full-integer targets (TFLite) need ranges
+    outputs: list[str] = field(default_factory=list)
     weights: list[WeightEntry] = field(default_factory=list)
     biases: list[BiasEntry] = field(default_factory=list)
 
@@ -205,5 +207,7 @@ def plan_quantization(
                 name = followers[0].output[0]
             if name not in graph_outputs:
                 activations[name] = None
+            elif name not in plan.outputs:
+                plan.outputs.append(name)
     plan.activations = list(activations)
     return plan

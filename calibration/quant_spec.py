@@ -27,7 +27,7 @@ class QuantSpecError(EdgekitError):
 class TensorQuant:
     """How one tensor is quantized: q = clamp(round(x / scale) + zero_point)."""
 
-    kind: str  # "activation" | "weight" | "bias"
+    kind: str  # "activation" | "weight" | "bias" | "output" (a graph output's range; QDQ writers leave it float)
     dtype: str  # "uint8" | "int8" | "int32"
     scale: float | list[float]
     zero_point: int | list[int]

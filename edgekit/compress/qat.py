@@ -350,7 +350,9 @@ def _complete_spec(spec: QuantSpec, float_model: Any, calib_batches: Iterable[An
         batch=max(1, len(batches[0])), progress=False,
     ).spec  # fmt: skip
     added = sorted(
-        name for name, entry in calibrated.tensors.items() if entry.kind == "activation" and name not in spec.tensors
+        name
+        for name, entry in calibrated.tensors.items()
+        if entry.kind in ("activation", "output") and name not in spec.tensors
     )
     for name in added:
         spec.tensors[name] = calibrated.tensors[name]

@@ -221,7 +221,9 @@ def test_export_with_calib_batches_completes_the_spec_for_full_integer(qat_run: 
     assert all(spec.tensors[name].dtype == "uint8" for name in added)
     qdq = onnx.load(str(tmp_path / "full" / "model.onnx"))
     quantized = {n.input[0] for n in qdq.graph.node if n.op_type == "QuantizeLinear"}
-    assert set(added) <= quantized  # conv outputs and logits now carry Q/DQ
+    inner = {name for name in added if spec.tensors[name].kind == "activation"}
+    assert inner and inner <= quantized  # conv outputs now carry Q/DQ; the logits' range is recorded ("output")
+    assert {name for name in added if spec.tensors[name].kind == "output"} == {o.name for o in qdq.graph.output}
     logits = _run(tmp_path / "full" / "model.onnx", x.numpy())
     with torch.no_grad():
         reference = qat_run["qat"](x).numpy()
