@@ -137,14 +137,20 @@ def targets(as_json: bool) -> None:
 @click.option("--dla", "dla_core", type=int, default=None, help="jetson-trt: run on DLA core N (0 or 1), GPU fallback.")
 @click.option("--sparsity", default=None, metavar="2:4", help="jetson-trt: let TensorRT use 2:4 sparse kernels.")
 @click.option("--max-batch", type=int, default=None, help="jetson-trt: largest batch of the optimization profile.")
+@click.option("--int8-io", is_flag=True, default=None, help="android-tflite int8: int8 input/output tensors.")
 @_fail_cleanly
 def build(model: str, target: str, precision: str, out: str, preprocess_json: str | None, calib: str | None,
           spec_path: str | None, observer: str, dla_core: int | None, sparsity: str | None,
-          max_batch: int | None) -> None:  # fmt: skip
+          max_batch: int | None, int8_io: bool | None) -> None:  # fmt: skip
     """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
     artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
-    quantize`) or calibrates on --calib. --dla, --sparsity and --max-batch are jetson-trt options; other
-    targets refuse them."""
+    quantize`) or calibrates on --calib. --dla, --sparsity and --max-batch are jetson-trt options,
+    --int8-io an android-tflite one; other targets refuse them.
+
+    \b
+    Examples:
+      edgekit build model.onnx --target android-tflite -p int8 --calib imgs/ --observer percentile -o art
+      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ --dla 0 -o art"""
     from edgekit.api import build as build_artifact
     from edgekit.errors import EdgekitError
     from edgekit.model import Model
@@ -158,7 +164,7 @@ def build(model: str, target: str, precision: str, out: str, preprocess_json: st
     console = _console()
     artifact = build_artifact(
         loaded, target, out, precision=precision, quant_spec=spec_path, calib=calib, observer=observer, progress=True,
-        options={"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch},
+        options={"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None},
     )  # fmt: skip
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
     for note in artifact.manifest.get("not_honoured", []):

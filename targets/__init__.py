@@ -14,6 +14,7 @@ from edgekit.targets.base import BuildError, Target, TargetError
 # name -> module that registers it; a module is imported the first time its target is needed.
 _BUILTIN_MODULES = {
     "x86-ort": "edgekit.targets.onnxruntime",
+    "android-tflite": "edgekit.targets.tflite",
     "jetson-trt": "edgekit.targets.tensorrt",
     "ios-coreml": "edgekit.targets.coreml",
 }

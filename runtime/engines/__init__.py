@@ -101,7 +101,6 @@ def open_engine(name: str, model_path: str, options: Optional[Dict[str, Any]] = 
 
 
 # Engines implemented by later versions; listed now so a device without them gets a useful message.
-register_placeholder("tflite", "tflite-runtime or ai-edge-litert", ("tflite_runtime", "ai_edge_litert"))
 register_placeholder("coreml", "coremltools (macOS only)", ("coremltools",))
 
-from . import onnxruntime, tensorrt  # noqa: E402,F401  (each registers itself)
+from . import onnxruntime, tensorrt, tflite  # noqa: E402,F401  (each registers itself)

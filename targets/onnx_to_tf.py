@@ -1,0 +1,467 @@
+"""ONNX -> TensorFlow -> .tflite for the CNN op set edge vision models use, with activations kept NHWC.
+
+Why our own translator: onnx2tf pins TensorFlow, numpy, ONNX Runtime and protobuf versions that clash with
+the base install (a pip extra cannot install it with --no-deps), and onnx2torch -> litert-torch pulls a
+converter that downgrades typing_extensions. The op set here covers the demo CNN, MobileNet-style networks
+and PaddleOCR's direction classifier; an op outside it is a ConversionError naming the op and node.
+
+How: each ONNX node becomes TF ops inside one `tf.function`; rank-4 activations stay NHWC (TFLite's
+layout, so no transposes around every conv) and are transposed back to NCHW only where a value leaves
+the 4-D world (Flatten/Reshape) or the graph. Constant sub-graphs (Shape -> Gather -> Concat -> Reshape)
+are folded in numpy. TensorFlow's converter then fuses bias, BatchNorm and activations into the convs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from edgekit.errors import EdgekitError
+
+NCHW_TO_NHWC = (0, 2, 3, 1)
+NHWC_TO_NCHW = (0, 3, 1, 2)
+
+# ONNX op -> the TFLite builtins it becomes (what `edgekit inspect` checks against NNAPI's list)
+TFLITE_OPS: dict[str, tuple[str, ...]] = {
+    "Conv": ("CONV_2D", "DEPTHWISE_CONV_2D", "PAD"),
+    "BatchNormalization": ("MUL", "ADD"),  # usually fused into the conv before it
+    "Relu": ("RELU",),
+    "Clip": ("RELU6", "RELU_0_TO_1", "MINIMUM", "MAXIMUM"),
+    "HardSigmoid": ("RELU6", "MUL"),
+    "HardSwish": ("HARD_SWISH",),
+    "Sigmoid": ("LOGISTIC",),
+    "Add": ("ADD",),
+    "Sub": ("SUB",),
+    "Mul": ("MUL",),
+    "Div": ("DIV", "MUL"),
+    "MaxPool": ("MAX_POOL_2D", "PAD"),
+    "AveragePool": ("AVERAGE_POOL_2D", "PAD"),
+    "GlobalAveragePool": ("MEAN",),
+    "ReduceMean": ("MEAN",),
+    "Flatten": ("TRANSPOSE", "RESHAPE"),
+    "Reshape": ("TRANSPOSE", "RESHAPE"),
+    "Transpose": ("TRANSPOSE",),
+    "Concat": ("CONCATENATION",),
+    "Gemm": ("FULLY_CONNECTED",),
+    "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL"),
+    "Softmax": ("SOFTMAX",),
+    "Identity": (),
+    "Dropout": (),
+    "Constant": (),
+    # folded in numpy when their inputs are constant (shape arithmetic)
+    "Shape": (),
+    "Gather": ("GATHER",),
+    "Unsqueeze": ("RESHAPE",),
+    "Squeeze": ("RESHAPE",),
+    "Cast": ("CAST",),
+    "Slice": ("STRIDED_SLICE",),
+}
+SUPPORTED_OPS = frozenset(TFLITE_OPS)
+
+
+class ConversionError(EdgekitError):
+    """An ONNX model this converter cannot translate; names the op and node and what to do."""
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _decoded(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Value:
+    """A TF tensor and whether it is stored NHWC (only rank-4 activations are)."""
+
+    __slots__ = ("tensor", "nhwc")
+
+    def __init__(self, tensor: Any, nhwc: bool) -> None:
+        self.tensor, self.nhwc = tensor, nhwc
+
+
+class _Translator:
+    def __init__(self, proto: onnx.ModelProto, tf: Any) -> None:
+        self.tf = tf
+        self.graph = proto.graph
+        self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        self.values: dict[str, _Value] = {}
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def const(self, name: str) -> np.ndarray | None:
+        return self.consts.get(name) if name else None
+
+    def broadcast_const(self, array: np.ndarray, like: _Value) -> Any:
+        """A numpy constant in ONNX (NCHW) layout, laid out to broadcast against `like`."""
+        array = np.asarray(array, np.float32) if array.dtype.kind == "f" else np.asarray(array)
+        if like.nhwc and array.ndim >= 1:
+            array = array.reshape((1,) * (4 - array.ndim) + array.shape).transpose(NCHW_TO_NHWC)
+        return self.tf.constant(array)
+
+    def operand(self, name: str, like: _Value) -> Any:
+        if name in self.consts:
+            return self.broadcast_const(self.consts[name], like)
+        value = self.values[name]
+        if value.nhwc != like.nhwc:
+            return self.nhwc(value) if like.nhwc else self.nchw(value)
+        return value.tensor
+
+    def nchw(self, value: _Value) -> Any:
+        return self.tf.transpose(value.tensor, NHWC_TO_NCHW) if value.nhwc else value.tensor
+
+    def nhwc(self, value: _Value) -> Any:
+        return value.tensor if value.nhwc else self.tf.transpose(value.tensor, NCHW_TO_NHWC)
+
+    def padded(self, x: Any, pads: list[int], kernel: list[int], strides: list[int], dilations: list[int],
+               fill: float = 0.0) -> tuple[Any, str]:  # fmt: skip
+        """Apply ONNX pads [top, left, bottom, right]; SAME when TF's padding is the same thing (no PAD op)."""
+        top, left, bottom, right = pads
+        if top == left == bottom == right == 0:
+            return x, "VALID"
+        same_h = top == bottom == dilations[0] * (kernel[0] - 1) // 2
+        same_w = left == right == dilations[1] * (kernel[1] - 1) // 2
+        if list(strides) == [1, 1] and same_h and same_w and kernel[0] % 2 and kernel[1] % 2:
+            return x, "SAME"
+        return self.tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=fill), "VALID"
+
+    # -- the walk --------------------------------------------------------------------------------
+
+    def run(self, x_nhwc: Any) -> list[Any]:
+        inputs = [i for i in self.graph.input if i.name not in self.consts]
+        self.values[inputs[0].name] = _Value(x_nhwc, True)
+        for node in self.graph.node:
+            self.visit(node)
+        outputs = []
+        for output in self.graph.output:
+            if output.name in self.values:
+                outputs.append(self.nchw(self.values[output.name]))
+            else:
+                outputs.append(self.tf.constant(self.consts[output.name]))
+        return outputs
+
+    def visit(self, node: onnx.NodeProto) -> None:
+        attrs = _attrs(node)
+        if node.op_type == "Constant":
+            self.consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
+            return
+        if node.op_type == "Shape":
+            value = self.values[node.input[0]]
+            shape = [int(d) for d in value.tensor.shape]
+            self.consts[node.output[0]] = np.array([shape[i] for i in NHWC_TO_NCHW] if value.nhwc else shape, np.int64)
+            return
+        names = [i for i in node.input if i]
+        if names and all(i in self.consts for i in names):
+            folded = _fold(node.op_type, [self.consts.get(i) for i in node.input], attrs)
+            if folded is not None:
+                self.consts[node.output[0]] = folded
+                return
+        handler: Callable[..., Any] | None = getattr(self, f"op_{node.op_type}", None)
+        if handler is None:
+            raise ConversionError(
+                f"the TFLite converter cannot take op {node.op_type} (node {node.name or node.output[0]!r}); "
+                f"it takes: {', '.join(sorted(SUPPORTED_OPS))}. Export the model without it, or use another target"
+            )
+        try:
+            result = handler(list(node.input), attrs)
+        except ConversionError:
+            raise
+        except (NotImplementedError, ValueError) as exc:
+            raise ConversionError(
+                f"cannot convert {node.op_type} node {node.name or node.output[0]!r} to TFLite: {exc}"
+            ) from exc
+        self.values[node.output[0]] = result
+
+    # -- ops -------------------------------------------------------------------------------------
+
+    def op_Identity(self, ins: list[str], attrs: dict) -> _Value:
+        value = self.values[ins[0]]
+        return _Value(value.tensor, value.nhwc)
+
+    op_Dropout = op_Identity  # inference: identity
+
+    def op_Conv(self, ins: list[str], attrs: dict) -> _Value:
+        tf = self.tf
+        x = self.values[ins[0]]
+        weight = self.const(ins[1])
+        if weight is None or weight.ndim != 4:
+            raise NotImplementedError("only 2-D convolutions with constant weights")
+        weight = weight.astype(np.float32)
+        bias = self.const(ins[2]) if len(ins) > 2 else None
+        if _decoded(attrs.get("auto_pad", "NOTSET")) != "NOTSET":
+            raise NotImplementedError("auto_pad (re-export with explicit pads)")
+        group = attrs.get("group", 1)
+        kernel = list(weight.shape[2:])
+        strides, dilations = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
+        data, padding = self.padded(self.nhwc(x), list(attrs.get("pads", [0, 0, 0, 0])), kernel, strides, dilations)
+        channels = int(data.shape[-1])
+        if group == 1:
+            y = tf.nn.conv2d(data, weight.transpose(2, 3, 1, 0), strides=[1, *strides, 1], padding=padding,
+                             dilations=dilations)  # fmt: skip
+        elif group == channels and weight.shape[1] == 1:
+            multiplier = weight.shape[0] // group
+            kernel_hwcm = weight.reshape(group, multiplier, *kernel).transpose(2, 3, 0, 1)
+            y = tf.nn.depthwise_conv2d(data, kernel_hwcm, strides=[1, *strides, 1], padding=padding,
+                                       dilations=dilations)  # fmt: skip
+        else:
+            raise NotImplementedError(f"grouped convolution (group {group} of {channels} channels)")
+        if bias is not None:
+            y = tf.nn.bias_add(y, bias.astype(np.float32))
+        return _Value(y, True)
+
+    def op_BatchNormalization(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        scale, bias, mean, var = (self.const(i).astype(np.float32) for i in ins[1:5])
+        mul = scale / np.sqrt(var + attrs.get("epsilon", 1e-5))
+        add = bias - mean * mul
+        shape = (1, -1) + (1,) * (len(x.tensor.shape) - 2)
+        return _Value(
+            x.tensor * self.broadcast_const(mul.reshape(shape), x) + self.broadcast_const(add.reshape(shape), x),
+            x.nhwc,
+        )
+
+    def op_Relu(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        return _Value(self.tf.nn.relu(x.tensor), x.nhwc)
+
+    def op_Sigmoid(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        return _Value(self.tf.math.sigmoid(x.tensor), x.nhwc)
+
+    def op_HardSwish(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        return _Value(x.tensor * self.tf.nn.relu6(x.tensor + 3.0) / 6.0, x.nhwc)
+
+    def op_HardSigmoid(self, ins: list[str], attrs: dict) -> _Value:
+        # relu6(6(ax + b)) / 6 rather than a clip: TFLite's quantizer has no MINIMUM, and each tensor here is
+        # an affine image of an ONNX tensor, so the QuantSpec's ranges carry over (targets/tflite_quant.py)
+        x = self.values[ins[0]]
+        alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+        return _Value(self.tf.nn.relu6(x.tensor * (6.0 * alpha) + 6.0 * beta) * (1.0 / 6.0), x.nhwc)
+
+    def op_Clip(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        low = attrs.get("min", self.const(ins[1]) if len(ins) > 1 and ins[1] else -np.inf)
+        high = attrs.get("max", self.const(ins[2]) if len(ins) > 2 and ins[2] else np.inf)
+        low, high = float(low), float(high)
+        if low == 0.0 and high == 6.0:
+            return _Value(self.tf.nn.relu6(x.tensor), x.nhwc)
+        if low == 0.0 and high == np.inf:
+            return _Value(self.tf.nn.relu(x.tensor), x.nhwc)
+        return _Value(self.tf.clip_by_value(x.tensor, low, high), x.nhwc)
+
+    def _binary(self, ins: list[str], fn: Callable[[Any, Any], Any]) -> _Value:
+        operands = [self.values.get(i) for i in ins]
+        like = next(v for v in operands if v is not None)
+        if all(v is not None for v in operands) and any(v.nhwc for v in operands):
+            like = next(v for v in operands if v.nhwc)
+        return _Value(fn(self.operand(ins[0], like), self.operand(ins[1], like)), like.nhwc)
+
+    def op_Add(self, ins: list[str], attrs: dict) -> _Value:
+        return self._binary(ins, self.tf.add)
+
+    def op_Sub(self, ins: list[str], attrs: dict) -> _Value:
+        return self._binary(ins, self.tf.subtract)
+
+    def op_Mul(self, ins: list[str], attrs: dict) -> _Value:
+        return self._binary(ins, self.tf.multiply)
+
+    def op_Div(self, ins: list[str], attrs: dict) -> _Value:
+        divisor = self.const(ins[1])
+        if divisor is not None and divisor.dtype.kind == "f":  # x / c -> x * (1/c): one MUL the quantizer knows
+            return self._binary([ins[0], ins[1]], lambda a, b: a * (1.0 / b))
+        return self._binary(ins, self.tf.divide)
+
+    def _pool(self, ins: list[str], attrs: dict, kind: str) -> _Value:
+        x = self.values[ins[0]]
+        if attrs.get("ceil_mode", 0):
+            raise NotImplementedError("ceil_mode=1 pooling (re-export with ceil_mode=0)")
+        kernel, strides = list(attrs["kernel_shape"]), list(attrs.get("strides", [1, 1]))
+        pads = list(attrs.get("pads", [0, 0, 0, 0]))
+        if kind == "AVG" and any(pads) and not attrs.get("count_include_pad", 0):
+            raise NotImplementedError("padded average pooling that excludes the pads")
+        fill = -3.0e38 if kind == "MAX" else 0.0
+        data, padding = self.padded(self.nhwc(x), pads, kernel, strides, [1, 1], fill)
+        return _Value(self.tf.nn.pool(data, kernel, kind, strides=strides, padding=padding), True)
+
+    def op_MaxPool(self, ins: list[str], attrs: dict) -> _Value:
+        return self._pool(ins, attrs, "MAX")
+
+    def op_AveragePool(self, ins: list[str], attrs: dict) -> _Value:
+        return self._pool(ins, attrs, "AVG")
+
+    def op_GlobalAveragePool(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        return _Value(self.tf.reduce_mean(self.nhwc(x), axis=[1, 2], keepdims=True), True)
+
+    def op_ReduceMean(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        axes = attrs.get("axes", self.const(ins[1]) if len(ins) > 1 else None)
+        if axes is None:
+            raise NotImplementedError("ReduceMean over all axes")
+        rank = len(x.tensor.shape)
+        axes = sorted(int(a) % rank for a in axes)
+        keep = bool(attrs.get("keepdims", 1))
+        if x.nhwc:
+            tf_axes = [NCHW_TO_NHWC.index(a) for a in axes]
+            out = self.tf.reduce_mean(x.tensor, axis=tf_axes, keepdims=keep)
+            return _Value(out, keep)
+        return _Value(self.tf.reduce_mean(x.tensor, axis=axes, keepdims=keep), False)
+
+    def op_Flatten(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.nchw(self.values[ins[0]])
+        axis = attrs.get("axis", 1)
+        return _Value(self.tf.reshape(x, [int(np.prod(x.shape[:axis])), -1]), False)
+
+    def op_Reshape(self, ins: list[str], attrs: dict) -> _Value:
+        shape_value = self.const(ins[1])
+        if shape_value is None:
+            raise NotImplementedError("Reshape to a computed (non-constant) shape")
+        x = self.nchw(self.values[ins[0]])
+        shape = [int(x.shape[i]) if v == 0 else int(v) for i, v in enumerate(shape_value)]
+        y = self.tf.reshape(x, shape)
+        return _Value(self.tf.transpose(y, NCHW_TO_NHWC), True) if len(shape) == 4 else _Value(y, False)
+
+    def op_Squeeze(self, ins: list[str], attrs: dict) -> _Value:
+        axes = attrs.get("axes", self.const(ins[1]) if len(ins) > 1 else None)
+        x = self.nchw(self.values[ins[0]])
+        y = self.tf.squeeze(x, axis=None if axes is None else [int(a) for a in axes])
+        return _Value(self.tf.transpose(y, NCHW_TO_NHWC), True) if len(y.shape) == 4 else _Value(y, False)
+
+    def op_Unsqueeze(self, ins: list[str], attrs: dict) -> _Value:
+        axes = attrs.get("axes", self.const(ins[1]) if len(ins) > 1 else None)
+        y = self.nchw(self.values[ins[0]])
+        rank = len(y.shape) + len(axes)
+        for axis in sorted(int(a) % rank for a in axes):
+            y = self.tf.expand_dims(y, axis)
+        return _Value(self.tf.transpose(y, NCHW_TO_NHWC), True) if rank == 4 else _Value(y, False)
+
+    def op_Transpose(self, ins: list[str], attrs: dict) -> _Value:
+        y = self.tf.transpose(self.nchw(self.values[ins[0]]), attrs.get("perm"))
+        return _Value(y, False)
+
+    def op_Concat(self, ins: list[str], attrs: dict) -> _Value:
+        parts = [self.values.get(i) for i in ins]
+        like = next(v for v in parts if v is not None)
+        axis = attrs["axis"] % len(like.tensor.shape)
+        tensors = [self.operand(i, like) for i in ins]
+        return _Value(self.tf.concat(tensors, NCHW_TO_NHWC.index(axis) if like.nhwc else axis), like.nhwc)
+
+    def op_Gemm(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.nchw(self.values[ins[0]])
+        weight = self.const(ins[1])
+        if weight is None:
+            raise NotImplementedError("Gemm with a computed (non-constant) B")
+        weight = weight.astype(np.float32)
+        if attrs.get("transA", 0):
+            x = self.tf.transpose(x)
+        if attrs.get("transB", 0):
+            weight = weight.T
+        y = self.tf.matmul(x, weight * attrs.get("alpha", 1.0))
+        bias = self.const(ins[2]) if len(ins) > 2 else None
+        if bias is not None:
+            y = y + bias.astype(np.float32) * attrs.get("beta", 1.0)
+        return _Value(y, False)
+
+    def op_MatMul(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.nchw(self.values[ins[0]])
+        other = self.const(ins[1])
+        right = self.tf.constant(other.astype(np.float32)) if other is not None else self.nchw(self.values[ins[1]])
+        return _Value(self.tf.matmul(x, right), False)
+
+    def op_Softmax(self, ins: list[str], attrs: dict) -> _Value:
+        x = self.values[ins[0]]
+        axis = attrs.get("axis", -1) % len(x.tensor.shape)
+        return _Value(self.tf.nn.softmax(x.tensor, axis=NCHW_TO_NHWC.index(axis) if x.nhwc else axis), x.nhwc)
+
+
+def _fold(op: str, values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray | None:
+    """Evaluate a node whose inputs are all constant (shape arithmetic); None when it is not foldable here."""
+    first = values[0]
+    if op == "Cast":
+        return first.astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if op == "Identity":
+        return first
+    if op == "Concat":
+        return np.concatenate(values, axis=attrs.get("axis", 0))
+    if op == "Gather":
+        return np.take(first, values[1], axis=attrs.get("axis", 0))
+    if op == "Unsqueeze":
+        axes = attrs.get("axes", values[1] if len(values) > 1 else None)
+        return np.expand_dims(first, tuple(int(a) for a in axes))
+    if op == "Squeeze":
+        axes = attrs.get("axes", values[1] if len(values) > 1 else None)
+        return np.squeeze(first, None if axes is None else tuple(int(a) for a in axes))
+    if op in ("Add", "Sub", "Mul", "Div"):
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op](first, values[1])
+    if op == "Reshape":
+        return first.reshape([first.shape[i] if v == 0 else int(v) for i, v in enumerate(values[1])])
+    if op == "Slice":
+        starts, ends = values[1], values[2]
+        axes = values[3] if len(values) > 3 and values[3] is not None else range(len(starts))
+        steps = values[4] if len(values) > 4 and values[4] is not None else [1] * len(starts)
+        index = [slice(None)] * first.ndim
+        for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
+            index[int(axis)] = slice(int(start), int(min(end, 2**62)), int(step))
+        return first[tuple(index)]
+    return None
+
+
+def static_input_shape(proto: onnx.ModelProto, size: tuple[int, int] | None = None) -> tuple[int, ...]:
+    """The single input's NCHW shape: a dynamic batch becomes 1, dynamic height/width come from `size` (the
+    preprocess resize); any other dynamic axis is an error."""
+    initializers = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise ConversionError(f"the TFLite target takes models with one input; this one has {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = []
+    for axis, dim in enumerate(dims):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            shape.append(int(dim.dim_value))
+        elif axis == 0:
+            shape.append(1)
+        elif axis in (2, 3) and size is not None:
+            shape.append(int(size[axis - 2]))
+        else:
+            raise ConversionError(
+                f"input {inputs[0].name!r} has a dynamic axis {axis} ({dim.dim_param or '?'}); TFLite needs fixed "
+                "sizes: give the model a preprocess spec with `resize` (edgekit build --preprocess) or export it "
+                "with fixed sizes"
+            )
+    if len(shape) != 4:
+        raise ConversionError(f"the TFLite target takes one NCHW image input; input {inputs[0].name!r} is {shape}")
+    return tuple(shape)
+
+
+def to_tflite(
+    proto: onnx.ModelProto, *, fp16: bool = False, nchw_input: bool = False, size: tuple[int, int] | None = None
+) -> bytes:
+    """Convert a float ONNX model to a float32 (or float16-weight) .tflite model.
+
+    The .tflite input is NHWC (what Android camera frames are) unless `nchw_input`; outputs keep ONNX's
+    layout, so they compare one to one with ONNX Runtime's.
+    """
+    import tensorflow as tf
+
+    n, c, h, w = static_input_shape(proto, size)
+    translator = _Translator(proto, tf)
+    spec = tf.TensorSpec([n, c, h, w] if nchw_input else [n, h, w, c], tf.float32, name="input")
+
+    @tf.function(input_signature=[spec], autograph=False)
+    def graph(x: Any) -> list[Any]:
+        return translator.run(tf.transpose(x, NCHW_TO_NHWC) if nchw_input else x)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
+    if fp16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError, RuntimeError, ... with long MLIR dumps
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(f"TensorFlow's TFLite converter failed: {first}") from exc

@@ -1,0 +1,169 @@
+"""The Android target: a .tflite model for LiteRT (XNNPACK on the CPU, GPU or NNAPI delegates on the phone).
+
+fp32 and fp16 (float16 weights) convert the float model; int8 is full-integer with activation grids from the
+QuantSpec (targets/tflite_quant.py), float input/output by default or int8 I/O with `int8_io`. Every build is
+checked against ONNX Runtime on the same inputs and the figures go into the manifest's `validation`.
+Needs the tflite extra (TensorFlow for conversion, ai-edge-litert and ai-edge-quantizer).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edgekit.targets import register_target
+from edgekit.targets.base import BuildError, Target
+from edgekit.targets.onnx_to_tf import SUPPORTED_OPS, ConversionError, static_input_shape, to_tflite
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgekit.model import Model
+
+# NNAPI delegate coverage (TFLite builtins it can hand to NNAPI on Android 10+), from the NNAPI delegate's
+# op validation in the TensorFlow Lite source (delegates/nnapi/nnapi_delegate.cc); ops outside run on the CPU.
+NNAPI_OPS = frozenset({
+    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "DIV",
+    "FULLY_CONNECTED", "HARD_SWISH", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM", "MEAN", "MINIMUM", "MUL", "PAD",
+    "QUANTIZE", "RELU", "RELU6", "RELU_0_TO_1", "RESHAPE", "SOFTMAX", "SQUEEZE", "STRIDED_SLICE", "SUB",
+    "TRANSPOSE", "GATHER", "CAST",
+})  # fmt: skip
+VALIDATION_INPUTS = 8
+
+
+def _install_hint(exc: ImportError) -> BuildError:
+    return BuildError(
+        f"the android-tflite target needs the tflite extra ({exc.name or exc} is missing): "
+        "pip install 'edgekit[tflite]'"
+    )
+
+
+def _probe_inputs(shape: tuple[int, ...], spec: Any, input_name: str, count: int) -> np.ndarray:
+    """Inputs for the ORT comparison: uniform over the calibrated input range when there is one."""
+    rng = np.random.default_rng(0)
+    entry = spec.tensors.get(input_name) if spec is not None else None
+    if entry is not None and entry.observed:
+        low, high = entry.observed
+        return rng.uniform(low, high, size=(count, *shape[1:])).astype(np.float32)
+    return rng.standard_normal((count, *shape[1:])).astype(np.float32)
+
+
+def compare_with_onnxruntime(
+    proto: onnx.ModelProto, tflite: bytes, inputs: np.ndarray, *, nchw_input: bool = False
+) -> dict[str, Any]:
+    """Max abs error and top-1 agreement of the .tflite model's first output against ONNX Runtime."""
+    import onnxruntime as ort
+
+    from edgekit.runtime.engines.tflite import TfliteEngine
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst, agree, scale = 0.0, 0, 0.0
+    with TfliteEngine.from_bytes(tflite, {"threads": 1}) as engine:
+        for x in inputs:
+            reference = session.run(None, {name: x[None]})[0]
+            got = engine.infer({engine.input_names[0]: x[None] if nchw_input else x[None].transpose(0, 2, 3, 1)})[0]
+            worst = max(worst, float(np.abs(got.reshape(reference.shape) - reference).max()))
+            scale = max(scale, float(np.abs(reference).max()))
+            agree += int(np.argmax(got) == np.argmax(reference))
+    return {
+        "inputs": len(inputs),
+        "max_abs_error": worst,
+        "reference_abs_max": scale,
+        "top1_agreement": agree / max(1, len(inputs)),
+    }
+
+
+@register_target
+class AndroidTfliteTarget(Target):
+    name = "android-tflite"
+    description = "Android phone with LiteRT/TFLite (XNNPACK CPU, GPU or NNAPI delegate)"
+    device = "Android phone"
+    engine = "tflite"
+    precisions = ("fp32", "fp16", "int8")
+    quantized_precisions = ("int8",)
+    # TFLite's int8 scheme: asymmetric int8 activations, symmetric per-channel int8 weights
+    activation_scheme = "int8_asym"
+    weight_scheme = "int8_per_channel"
+    build_options: ClassVar[tuple[str, ...]] = ("int8_io", "nchw_input")
+
+    def supported_ops(self) -> set[tuple[str, str]]:
+        return {("ai.onnx", op) for op in SUPPORTED_OPS}
+
+    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
+        if options.get("int8_io") and precision != "int8":
+            raise BuildError(f"--int8-io needs --precision int8 (this build is {precision})")
+        return {"int8_io": bool(options.get("int8_io")), "nchw_input": bool(options.get("nchw_input"))}
+
+    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
+        options = self._options
+        nchw = options.get("nchw_input", False)
+        size = tuple(model.preprocess.resize) if model.preprocess is not None and model.preprocess.resize else None
+        try:
+            shape = static_input_shape(model.proto, size)
+            if precision == "int8":
+                data, proto, extra = self._int8(model, quant_spec, shape, nchw, options.get("int8_io", False))
+            else:
+                proto, extra = model.proto, {"not_honoured": []}
+                data = to_tflite(proto, fp16=precision == "fp16", nchw_input=nchw, size=size)
+        except ImportError as exc:
+            raise _install_hint(exc) from exc
+        except ConversionError as exc:
+            raise BuildError(str(exc)) from exc
+        probes = _probe_inputs(shape, quant_spec, model.inputs[0].name, VALIDATION_INPUTS)
+        extra["validation"] = compare_with_onnxruntime(proto, data, probes, nchw_input=nchw)
+        n, c, h, w = shape
+        input_entry = {"name": "input", "shape": [n, c, h, w] if nchw else [n, h, w, c], "dtype": "float32",
+                       "layout": "NCHW" if nchw else "NHWC"}  # fmt: skip
+        preprocess = model.preprocess.to_dict() if model.preprocess is not None else None
+        if preprocess is not None:
+            preprocess["layout"] = input_entry["layout"]
+        return {"model.tflite": data}, {
+            **extra, "model_file": "model.tflite", "inputs": [input_entry], "preprocess": preprocess,
+            "delegates": ["xnnpack", "gpu", "nnapi"],
+        }  # fmt: skip
+
+    def _int8(
+        self, model: Model, spec: Any, shape: tuple[int, ...], nchw: bool, int8_io: bool
+    ) -> tuple[bytes, onnx.ModelProto, dict[str, Any]]:
+        from edgekit.calibration.calibrate import prepare_float_model
+        from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
+
+        prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
+        size = (shape[2], shape[3])
+        float_tflite = to_tflite(prepared, nchw_input=nchw, size=size)
+        probe = _probe_inputs(shape, spec, model.inputs[0].name, 1)
+        try:
+            result = quantize_full_integer(float_tflite, prepared, spec, probe, int8_io=int8_io, nchw_input=nchw)
+        except TfliteQuantError as exc:
+            raise BuildError(str(exc)) from exc
+        not_honoured = list(result.not_honoured)
+        if spec.scheme.get("weights") != self.weight_scheme:
+            not_honoured.append({
+                "what": f"weights {spec.scheme.get('weights')}",
+                "why": "TFLite's quantizer computes int8 per-channel weight scales (max|w| / 127) from the weights",
+            })  # fmt: skip
+        float_nodes = sorted(spec.float_nodes)
+        if float_nodes:
+            not_honoured.append({
+                "what": f"float nodes {', '.join(float_nodes)}",
+                "why": "a full-integer .tflite runs every op in int8; the QuantSpec's float overrides are not kept",
+            })  # fmt: skip
+        quantization = {
+            "scheme": spec.scheme, "observer": spec.calibration.get("observer"), "int8_io": int8_io,
+            "activations_from_spec": len(result.expected),
+            "mapped": {name: m.onnx_name for name, m in sorted(result.mapping.items())},
+        }  # fmt: skip
+        return result.data, prepared, {"not_honoured": not_honoured, "quantization": quantization}
+
+    def tool_versions(self) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions = super().tool_versions()
+        for package in ("tensorflow-cpu", "tensorflow", "ai-edge-litert", "ai-edge-quantizer"):
+            try:
+                versions[package] = version(package)
+            except PackageNotFoundError:
+                continue
+        return versions

@@ -1,0 +1,254 @@
+"""Full-integer INT8 .tflite whose activation ranges come from the core's QuantSpec, not a converter's min-max.
+
+1. Map: run the prepared float ONNX model (ONNX Runtime, every float intermediate exposed) and the float
+   .tflite (every tensor preserved) on one probe input, and pair each TFLite activation with the ONNX tensor
+   holding the same values (NHWC -> NCHW). TensorFlow's converter renames everything, so names cannot be
+   used. A tensor the converter created by folding an affine op into a conv (a HardSigmoid's a*x+b) is an
+   affine image a*t+b of an ONNX tensor: its range is the image of the spec's range. PAD/RESHAPE/TRANSPOSE
+   outputs take their input's parameters (TFLite requires it).
+2. Quantize with ai-edge-quantizer (static int8 activations, per-channel int8 weights computed from the
+   weights, int32 biases), handing it min/max chosen so that its (scale, zero point) are the spec's exactly:
+   min = (-128 - zp) * scale, max = (127 - zp) * scale. uint8 specs (x86) become int8 with zp - 128, int8
+   symmetric specs (TensorRT) keep zp 0: the same grid either way.
+3. Read the parameters back from the produced model and list every activation whose parameters differ
+   (TFLite fixes some, e.g. softmax outputs at 1/256) as not honoured.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgekit.errors import EdgekitError
+
+# TFLite ops whose output must carry its input's quantization parameters
+_SAME_PARAMS_OPS = {"PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "MAX_POOL_2D"}
+_EXACT_TOLERANCE = 1e-4  # relative max error for "the same tensor" (float32 arithmetic in two runtimes)
+
+
+class TfliteQuantError(EdgekitError):
+    """The QuantSpec cannot be carried onto the TFLite graph (an activation without a range)."""
+
+
+@dataclass
+class Mapping:
+    """How one TFLite activation gets its range: from ONNX tensor `onnx_name` as a*t + b."""
+
+    onnx_name: str
+    a: float = 1.0
+    b: float = 0.0
+    via: str = "same values"
+
+
+@dataclass
+class QuantizedTflite:
+    data: bytes
+    mapping: dict[str, Mapping]
+    expected: dict[str, tuple[float, int]]  # tflite tensor -> (scale, int8 zero point) from the spec
+    not_honoured: list[dict[str, str]] = field(default_factory=list)
+
+
+def _interpreter(data: bytes, preserve: bool = False) -> Any:
+    import warnings
+
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    with warnings.catch_warnings():  # "preserve_all_tensors is for debugging": that is what it is used for here
+        warnings.simplefilter("ignore", UserWarning)
+        interpreter = Interpreter(
+            model_content=data,
+            experimental_preserve_all_tensors=preserve,
+            # without XNNPACK every op output stays readable
+            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+        )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _onnx_activations(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    graph_outputs = {o.name for o in inferred.graph.output}
+    for info in inferred.graph.value_info:
+        if info.name not in graph_outputs and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            inferred.graph.output.append(info)
+    session = ort.InferenceSession(inferred.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {name: probe}), strict=True))
+    values[name] = probe
+    return values
+
+
+def _tflite_activations(interpreter: Any, probe_nhwc: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Float activations of the float model (op outputs and the input), and each output's producing op."""
+    details = interpreter.get_tensor_details()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], probe_nhwc)
+    interpreter.invoke()
+    produced_by: dict[str, str] = {}
+    values: dict[str, np.ndarray] = {}
+    for op in interpreter._get_ops_details():  # the documented way to list ops is the analyzer, text only
+        for index in op["outputs"]:
+            name = details[index]["name"]
+            produced_by[name] = op["op_name"]
+            values[name] = np.array(interpreter.get_tensor(index))
+    first = interpreter.get_input_details()[0]
+    values[first["name"]] = probe_nhwc
+    produced_by[first["name"]] = "INPUT"
+    return {k: v for k, v in values.items() if v.dtype == np.float32}, produced_by
+
+
+def _canonical(value: np.ndarray) -> np.ndarray:
+    return value.transpose(0, 3, 1, 2) if value.ndim == 4 else value
+
+
+def map_activations(
+    proto: onnx.ModelProto, float_tflite: bytes, probe: np.ndarray, *, nchw_input: bool = False
+) -> tuple[dict[str, Mapping], list[str], Any]:
+    """Pair TFLite activations with ONNX tensors; returns (mapping, unmapped tflite names, the interpreter)."""
+    onnx_values = _onnx_activations(proto, probe)
+    interpreter = _interpreter(float_tflite, preserve=True)
+    tfl_values, produced_by = _tflite_activations(interpreter, probe if nchw_input else probe.transpose(0, 2, 3, 1))
+    by_size: dict[int, list[str]] = {}
+    for name, value in onnx_values.items():
+        by_size.setdefault(value.size, []).append(name)
+    mapping: dict[str, Mapping] = {}
+    unmapped = []
+    for name, value in tfl_values.items():
+        as_is = produced_by.get(name) == "INPUT" and nchw_input
+        flat = (value if as_is else _canonical(value)).reshape(-1)
+        found = _match(flat, onnx_values, by_size.get(flat.size, []))
+        if found is not None:
+            mapping[name] = found
+        else:
+            unmapped.append(name)
+    # PAD/RESHAPE/... outputs share their input's parameters (walk in graph order so chains resolve)
+    details = interpreter.get_tensor_details()
+    for op in interpreter._get_ops_details():
+        out = details[op["outputs"][0]]["name"]
+        source = details[op["inputs"][0]]["name"] if len(op["inputs"]) else None
+        if out in unmapped and op["op_name"] in _SAME_PARAMS_OPS and source in mapping:
+            inherited = mapping[source]
+            mapping[out] = Mapping(inherited.onnx_name, inherited.a, inherited.b, f"input of {op['op_name']}")
+            unmapped.remove(out)
+    return mapping, unmapped, interpreter
+
+
+def _match(flat: np.ndarray, onnx_values: dict[str, np.ndarray], candidates: list[str]) -> Mapping | None:
+    scale = float(np.abs(flat).max()) + 1e-12
+    for name in candidates:
+        other = onnx_values[name].reshape(-1)
+        if other.size == flat.size and float(np.abs(other - flat).max()) / scale < _EXACT_TOLERANCE:
+            return Mapping(name)
+    for name in candidates:  # an affine image a*t + b (a converter-folded scale and shift)
+        other = onnx_values[name].reshape(-1).astype(np.float64)
+        if other.size != flat.size or other.std() == 0:
+            continue
+        a, b = np.polyfit(other, flat.astype(np.float64), 1)
+        if a > 0 and float(np.abs(a * other + b - flat).max()) / scale < _EXACT_TOLERANCE:
+            return Mapping(name, float(a), float(b), "affine image")
+    return None
+
+
+def int8_grid(entry: Any) -> tuple[float, int]:
+    """(scale, int8 zero point) of a spec activation entry: uint8 asymmetric shifts its zero point by -128."""
+    scale, zero_point = float(entry.scale), int(entry.zero_point)
+    if entry.dtype == "uint8":
+        zero_point -= 128
+    return scale, zero_point
+
+
+def _min_max(scale: float, zero_point: int) -> dict[str, np.ndarray]:
+    low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
+    return {"min": np.array(low, np.float32), "max": np.array(high, np.float32)}
+
+
+def quantize_full_integer(
+    float_tflite: bytes, proto: onnx.ModelProto, spec: Any, probe: np.ndarray, *, int8_io: bool,
+    nchw_input: bool = False,
+) -> QuantizedTflite:  # fmt: skip
+    """The full-integer model: activations on the spec's grids, int8 (or float, `int8_io=False`) input/output."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+
+    mapping, unmapped, interpreter = map_activations(proto, float_tflite, probe, nchw_input=nchw_input)
+    activations = {n: e for n, e in spec.tensors.items() if e.kind in ("activation", "output")}
+    expected: dict[str, tuple[float, int]] = {}
+    ranges: dict[str, dict[str, np.ndarray]] = {}
+    lacking = []
+    for tfl_name, m in mapping.items():
+        entry = activations.get(m.onnx_name)
+        if entry is None:
+            lacking.append(f"{tfl_name} (= ONNX {m.onnx_name}, not in the QuantSpec)")
+            continue
+        scale, zero_point = int8_grid(entry)
+        grid = _min_max(scale, zero_point)
+        if m.via == "affine image":
+            lo, hi = (m.a * float(grid["min"]) + m.b, m.a * float(grid["max"]) + m.b)
+            scale = (hi - lo) / 255.0
+            zero_point = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
+            grid = _min_max(scale, zero_point)
+        ranges[tfl_name] = grid
+        expected[tfl_name] = (scale, zero_point)
+    lacking += [f"{n} (no ONNX tensor has its values)" for n in unmapped]
+    if lacking:
+        raise TfliteQuantError(
+            "these TFLite activations have no range in the QuantSpec: " + "; ".join(sorted(lacking)[:8])
+            + (f" and {len(lacking) - 8} more" if len(lacking) > 8 else "")
+            + ". Calibrate this exact model (edgekit build --calib DATA) so every tensor has a range"
+        )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = os.path.join(tmp, "float.tflite"), os.path.join(tmp, "int8.tflite")
+        with open(source, "wb") as handle:
+            handle.write(float_tflite)
+        q = quantizer.Quantizer(source)
+        if int8_io:
+            q.load_quantization_recipe(recipe.static_wi8_ai8())
+        else:  # every op type but the graph's INPUT/OUTPUT: QUANTIZE/DEQUANTIZE at the edges
+            known = {member.value for member in qtyping.TFLOperationName}
+            for op_name in sorted({op["op_name"] for op in interpreter._get_ops_details()} & known):
+                q.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName(op_name),
+                                    activation_num_bits=8, weight_num_bits=8)  # fmt: skip
+        q.quantize(ranges, enable_progress_report=False).export_model(target, overwrite=True)
+        with open(target, "rb") as handle:
+            data = handle.read()
+    result = QuantizedTflite(data, mapping, expected)
+    result.not_honoured = check_parameters(result)
+    return result
+
+
+def read_parameters(data: bytes) -> dict[str, dict[str, Any]]:
+    """name -> {dtype, scales, zero_points, quantized_dimension} for every quantized tensor of a .tflite model."""
+    interpreter = _interpreter(data)
+    params = {}
+    for detail in interpreter.get_tensor_details():
+        q = detail["quantization_parameters"]
+        if len(q["scales"]):
+            params[detail["name"]] = {
+                "dtype": np.dtype(detail["dtype"]).name,
+                "scales": np.asarray(q["scales"], np.float64),
+                "zero_points": np.asarray(q["zero_points"], np.int64),
+                "quantized_dimension": int(q["quantized_dimension"]),
+            }
+    return params
+
+
+def check_parameters(result: QuantizedTflite) -> list[dict[str, str]]:
+    """Activations whose parameters in the produced model differ from the spec's (what TFLite overrode)."""
+    params = read_parameters(result.data)
+    differ = []
+    for name, (scale, zero_point) in sorted(result.expected.items()):
+        got = params.get(name)
+        if got is None or got["dtype"] != "int8":
+            continue  # float I/O edges and tensors the quantizer left in float
+        if not (np.isclose(got["scales"][0], scale, rtol=1e-5) and int(got["zero_points"][0]) == zero_point):
+            differ.append({
+                "what": f"activation {result.mapping[name].onnx_name} (TFLite tensor {name})",
+                "why": f"TFLite fixes its parameters at scale {got['scales'][0]:.6g}, zero point "
+                f"{int(got['zero_points'][0])}; the QuantSpec asks scale {scale:.6g}, zero point {zero_point}",
+            })  # fmt: skip
+    return differ
