@@ -439,12 +439,15 @@ def static_input_shape(proto: onnx.ModelProto, size: tuple[int, int] | None = No
 
 
 def to_tflite(
-    proto: onnx.ModelProto, *, fp16: bool = False, nchw_input: bool = False, size: tuple[int, int] | None = None
+    proto: onnx.ModelProto, *, fp16: bool = False, nchw_input: bool = False, size: tuple[int, int] | None = None,
+    converter_int8_data: Any = None,
 ) -> bytes:
     """Convert a float ONNX model to a float32 (or float16-weight) .tflite model.
 
     The .tflite input is NHWC (what Android camera frames are) unless `nchw_input`; outputs keep ONNX's
-    layout, so they compare one to one with ONNX Runtime's.
+    layout, so they compare one to one with ONNX Runtime's. `converter_int8_data` (NCHW float arrays, one
+    per sample) makes TensorFlow's own full-integer model with its own min-max calibration instead: the
+    anchor the benchmarks compare the QuantSpec route against.
     """
     import tensorflow as tf
 
@@ -460,6 +463,11 @@ def to_tflite(
     if fp16:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
+    if converter_int8_data is not None:
+        samples = [np.asarray(x, np.float32).reshape(n, c, h, w) for x in converter_int8_data]
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.representative_dataset = lambda: ([x if nchw_input else x.transpose(0, 2, 3, 1)] for x in samples)
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ... with long MLIR dumps

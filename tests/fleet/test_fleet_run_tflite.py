@@ -1,0 +1,41 @@
+"""The android-tflite artifacts run over SSH like any other: FP32, FP16 and full-integer INT8 on real digits."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("tensorflow", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
+pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
+
+from edgekit.fleet.plan import Source, make_plan  # noqa: E402
+from edgekit.fleet.ssh import SshTransport  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tflite_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import numpy as np
+
+    from edgekit.api import build
+    from edgekit.demo_data import digits_model_path, load_heldout_digits
+
+    images, _ = load_heldout_digits()
+    calib = ((images[:128].astype(np.float32) / 255.0 - 0.1307) / 0.3081)[:, None]
+    out = tmp_path_factory.mktemp("tflite")
+    return {
+        precision: build(digits_model_path(), "android-tflite", out / precision, precision=precision,
+                         calib=calib if precision == "int8" else None)
+        for precision in ("fp32", "fp16", "int8")
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tflite_artifact_runs_over_ssh(sshd, tmp_path, tflite_artifacts, digits_video, precision):
+    video, labels = digits_video
+    device = sshd.device(tmp_path, target="android-tflite", tags=("android",))
+    with SshTransport(device) as ssh:
+        plan = make_plan("set by the transport", Source.parse(video), labels=labels, warmup=2, engine="tflite",
+                         threads=1, engine_options={"delegate": "xnnpack"})  # fmt: skip
+        result = ssh.run(tflite_artifacts[precision], plan, timeout_s=120)
+    assert result["status"] == "ok", result["errors"]
+    assert result["engine"]["name"] == "tflite"
+    assert result["frames"]["timed"] == len(labels) and result["accuracy"]["top1"] >= 0.9
