@@ -209,5 +209,7 @@ def plan_quantization(
                 activations[name] = None
             elif name not in plan.outputs:
                 plan.outputs.append(name)
+    # every graph output gets a range (a softmax after the last Gemm too): full-integer targets quantize them all
+    plan.outputs += [o.name for o in graph.output if o.name not in plan.outputs and o.name not in activations]
     plan.activations = list(activations)
     return plan

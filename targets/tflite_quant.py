@@ -74,9 +74,10 @@ def _onnx_activations(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np
     import onnxruntime as ort
 
     inferred = onnx.shape_inference.infer_shapes(proto)
+    produced = {name for node in inferred.graph.node for name in node.output}  # not initializers or inputs
     graph_outputs = {o.name for o in inferred.graph.output}
     for info in inferred.graph.value_info:
-        if info.name not in graph_outputs and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+        if info.name in produced and info.name not in graph_outputs and info.type.tensor_type.elem_type == 1:
             inferred.graph.output.append(info)
     session = ort.InferenceSession(inferred.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
