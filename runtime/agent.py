@@ -39,7 +39,7 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
     if isinstance(source_info["uri"], str):
         source_info["uri"] = redact_uri(source_info["uri"])
     result["source"] = source_info
-    _device_facts(result)
+    _device_facts(result, plan.power_sysfs_root or "/")
     sampler = _open_power(plan, result["warnings"])
     stage = "manifest"
     measurement: Optional[Measurement] = None
@@ -161,9 +161,14 @@ def _check_model_inputs(engine: Any, manifest: Any) -> None:
         )
 
 
-def _device_facts(result: Dict[str, Any]) -> None:
+def _device_facts(result: Dict[str, Any], sysfs_root: str = "/") -> None:
     try:
         result["device"] = device_facts()
+        # on a Jetson the power mode and clocks change every number: the result carries them
+        from .jetson import is_jetson, jetson_facts
+
+        if is_jetson(sysfs_root):
+            result["device"]["jetson"] = jetson_facts(sysfs_root, warnings=result["warnings"])
     except Exception as exc:  # a fact we cannot read must not cost the run
         result["warnings"].append("device facts incomplete: %s" % _describe(exc))
 
