@@ -125,7 +125,11 @@ def latency_table(name: str, builds: dict[str, bytes], ort_builds: dict[str, byt
         feed = {engine.input_names[0]: sample.transpose(0, 2, 3, 1)}
         runners[f"LiteRT {label}"] = (lambda e=engine, f=feed: e.infer(f))
     for label, data in ort_builds.items():
-        session = ort_session(data)
+        try:
+            session = ort_session(data)
+        except Exception as exc:  # report it, measure the rest
+            print(f"   {name}: ORT {label} does not load: {str(exc).splitlines()[0][:160]}")
+            continue
         feed = {session.get_inputs()[0].name: sample}
         runners[f"ORT {label}"] = (lambda s=session, f=feed: s.run(None, f))
     times: dict[str, list[float]] = {k: [] for k in runners}

@@ -240,7 +240,8 @@ def test_plan_and_result_are_required_without_facts(tmp_path, capsys):
 def test_a_jetson_run_carries_its_release_and_power_mode(tmp_path, artifact, colour_video):
     path, _ = colour_video
     root = jetpack5_ina3221(tmp_path / "sysfs")
-    put(root / "etc/nv_tegra_release", "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64\n")
+    release = "# R35 (release), REVISION: 4.1, GCID: 33958178, BOARD: t186ref, EABI: aarch64\n"
+    put(root / "etc/nv_tegra_release", release)
     (root / "proc/device-tree").mkdir(parents=True, exist_ok=True)
     (root / "proc/device-tree/model").write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")
     power = {"probe": "auto", "sysfs_root": str(root), "idle_s": 0.0, "interval_s": 0.005}
