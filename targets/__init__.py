@@ -16,6 +16,7 @@ _BUILTIN_MODULES = {
     "x86-ort": "edgekit.targets.onnxruntime",
     "android-tflite": "edgekit.targets.tflite",
     "jetson-trt": "edgekit.targets.tensorrt",
+    "ios-coreml": "edgekit.targets.coreml",
 }
 _REGISTRY: dict[str, type[Target]] = {}
 

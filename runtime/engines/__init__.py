@@ -100,7 +100,4 @@ def open_engine(name: str, model_path: str, options: Optional[Dict[str, Any]] = 
     return engine.load()
 
 
-# Engines implemented by later versions; listed now so a device without them gets a useful message.
-register_placeholder("coreml", "coremltools (macOS only)", ("coremltools",))
-
-from . import onnxruntime, tensorrt, tflite  # noqa: E402,F401  (each registers itself)
+from . import coreml, onnxruntime, tensorrt, tflite  # noqa: E402,F401  (each registers itself)

@@ -1,0 +1,450 @@
+"""The iOS / macOS target: a Core ML ML program (.mlpackage) for the Neural Engine, GPU and CPU.
+
+Precisions: fp32, fp16 (the Neural Engine's native type), w8 (int8 weights, linear symmetric per output
+channel), w4 (4-bit palettized weights: one 16-entry k-means look-up table per weight tensor) and w8a8
+(int8 weights and activations with the scales of the QuantSpec, as Core ML quantize/dequantize ops).
+
+Routes to Core ML: the Model's torch module when it has one (fp32/fp16/w8/w4); otherwise, and always for
+w8a8, the ONNX graph replayed in torch (`coreml_onnx`), checked against ONNX Runtime before conversion,
+so the QuantSpec's ONNX tensor names map one to one onto the replay's tensors.
+
+The .mlpackage is a folder; artifacts hold plain files, so it ships as `model.mlpackage.zip` (stored,
+fixed timestamps and package item ids, so building twice gives the same bytes) and the device engine
+unpacks it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tempfile
+import uuid
+import warnings
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgekit.targets import register_target
+from edgekit.targets.base import BuildError, Target
+from edgekit.targets.coreml_onnx import SUPPORTED_OPS
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgekit.model import Model
+
+MODEL_FILE = "model.mlpackage.zip"
+PACKAGE = "model.mlpackage"
+# Weights smaller than this many elements stay float16 in w8/w4 (their compression saves nothing that
+# matters and costs a dequantize op).
+WEIGHT_THRESHOLD = 512
+# The replay must agree with ONNX Runtime to this (relative to the largest reference output).
+REPLAY_TOLERANCE = 1e-3
+
+
+@register_target
+class CoreMLTarget(Target):
+    name = "ios-coreml"
+    description = "Core ML ML program (.mlpackage) for iPhone/iPad/Apple-silicon Macs: Neural Engine, GPU, CPU"
+    device = "iPhone / iPad / Apple-silicon Mac"
+    engine = "coreml"
+    precisions = ("fp32", "fp16", "w8", "w4", "w8a8")
+    quantized_precisions = ("w8a8",)
+    # Core ML's quantize op takes int8 or uint8 with a zero point; symmetric int8 is what Apple's own
+    # W8A8 path (coremltools.optimize linear_quantize_activations) produces and what the ANE runs.
+    activation_scheme = "int8_sym"
+    weight_scheme = "int8_per_channel"
+
+    def supported_ops(self) -> set[tuple[str, str]]:
+        return {("ai.onnx", op) for op in SUPPORTED_OPS}
+
+    def ane_report(self, proto: onnx.ModelProto) -> Any:
+        """What of `proto` is known to fall back from the Neural Engine (see `edgekit.ane`)."""
+        from edgekit.ane import ane_report
+
+        return ane_report(proto)
+
+    def tool_versions(self) -> dict[str, str]:
+        versions = super().tool_versions()
+        try:
+            import coremltools
+            import torch
+
+            versions.update(coremltools=coremltools.__version__, torch=torch.__version__.split("+")[0])
+        except ImportError:
+            pass
+        return versions
+
+    # -- build --------------------------------------------------------------------------------------
+
+    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
+        ct, torch = _import_tools()
+        from edgekit.targets.coreml_onnx import fixed_input_shape
+
+        resize = _spatial(model.preprocess) if model.preprocess else None
+        shape = fixed_input_shape(model.proto, resize)
+        module, route, replay_error, quant_notes = self._torch_module(model, precision, quant_spec, shape)
+        input_name = _coreml_name(model.inputs[0].name)
+        output_names = [_coreml_name(t.name) for t in model.outputs]
+        image = _image_input(model.preprocess, shape)
+        if image is not None and image["normalize_in_graph"]:
+            module = _Normalize.wrap(torch, module, image["mean"], image["std"])
+        example = torch.zeros(shape)
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module.eval(), example, check_trace=False)
+            mlmodel = ct.convert(
+                traced,
+                inputs=[_input_type(ct, input_name, shape, image)],
+                outputs=[ct.TensorType(name=name) for name in output_names],
+                convert_to="mlprogram",
+                minimum_deployment_target=ct.target.iOS17 if precision == "w8a8" else ct.target.iOS16,
+                compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
+                skip_model_load=True,
+            )
+            mlmodel = _compress(ct, mlmodel, precision)
+        mlmodel.short_description = f"edgekit {self.name} {precision} of model {model.sha256[:12]}"
+        ops = program_ops(mlmodel)
+        extra: dict[str, Any] = {
+            "model_file": MODEL_FILE,
+            "coreml": {
+                "package": PACKAGE,
+                "route": route,
+                "deployment_target": "iOS17" if precision == "w8a8" else "iOS16",
+                "compute_precision": "float32" if precision == "fp32" else "float16",
+                "input": _input_summary(image),
+                "compressed_weights": _compression_summary(ops, precision),
+                "replay_max_abs_error": replay_error,
+            },
+            "outputs": [{**t.to_dict(), "name": n} for t, n in zip(model.outputs, output_names, strict=True)],
+        }
+        extra["inputs"] = [_manifest_input(model, input_name, shape, image)]
+        if image is not None:
+            extra["preprocess"] = image["agent_preprocess"]
+        not_honoured: list[dict[str, str]] = []
+        if precision == "w8a8":
+            summary, not_honoured = _check_scales(ops, quant_spec, quant_notes)
+            extra["quantization"] = summary
+        extra["not_honoured"] = not_honoured
+        with tempfile.TemporaryDirectory(prefix="edgekit-coreml-") as tmp:
+            package = Path(tmp) / PACKAGE
+            mlmodel.save(str(package))
+            data = zip_package(package)
+        return {MODEL_FILE: data}, extra
+
+    def _torch_module(
+        self, model: Model, precision: str, quant_spec: Any, shape: tuple[int, ...]
+    ) -> tuple[Any, str, float | None, list[dict[str, str]]]:
+        """(module, route, replay error vs ONNX Runtime or None, notes on what could not be honoured)."""
+        from edgekit.targets.coreml_onnx import build_module
+
+        if precision == "w8a8":
+            from edgekit.calibration.calibrate import prepare_float_model
+
+            float_proto = prepare_float_model(model.proto, quant_spec)
+            error = _checked_replay(float_proto, shape)
+            activations, weights, notes = _quantizers(quant_spec, float_proto)
+            module = build_module(float_proto, shape, activation_quant=activations, weight_quant=weights)
+            return module, "onnx-replay (prepared float graph of the QuantSpec)", error, notes
+        if model.torch_module is not None:
+            return model.torch_module, "torch module", None, []
+        error = _checked_replay(model.proto, shape)
+        return build_module(model.proto, shape), "onnx-replay", error, []
+
+
+# -- tools ----------------------------------------------------------------------------------------------
+
+
+def _import_tools() -> tuple[Any, Any]:
+    try:
+        import torch
+    except ImportError as exc:
+        raise BuildError("ios-coreml converts through PyTorch: pip install 'edgekit[torch,coreml]'") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import coremltools as ct
+    except ImportError as exc:
+        raise BuildError("ios-coreml needs coremltools: pip install 'edgekit[coreml]'") from exc
+    import logging
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    return ct, torch
+
+
+def _checked_replay(proto: onnx.ModelProto, shape: tuple[int, ...]) -> float:
+    from edgekit.targets.coreml_onnx import build_module, verify_against_ort
+
+    error = verify_against_ort(proto, build_module(proto, shape), shape)
+    if not error <= REPLAY_TOLERANCE * max(1.0, _reference_peak(proto, shape)):
+        raise BuildError(
+            f"the ONNX-to-torch replay of this model differs from ONNX Runtime by {error:.3g} (max abs); "
+            "it cannot be converted faithfully: build from the torch module (Model.from_torch) instead"
+        )
+    return float(error)
+
+
+def _reference_peak(proto: onnx.ModelProto, shape: tuple[int, ...]) -> float:
+    import onnxruntime as ort
+
+    probe = np.random.default_rng(1).random(shape, dtype=np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return max(float(np.max(np.abs(o))) for o in session.run(None, {session.get_inputs()[0].name: probe}))
+
+
+def _compress(ct: Any, mlmodel: Any, precision: str) -> Any:
+    from coremltools.optimize import coreml as cto
+
+    if precision == "w8":
+        op = cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=WEIGHT_THRESHOLD
+        )
+        return cto.linear_quantize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    if precision == "w4":
+        op = cto.OpPalettizerConfig(nbits=4, mode="kmeans", granularity="per_tensor", weight_threshold=WEIGHT_THRESHOLD)
+        return cto.palettize_weights(mlmodel, cto.OptimizationConfig(global_config=op))
+    return mlmodel
+
+
+# -- names, inputs and preprocessing --------------------------------------------------------------------
+
+
+def _coreml_name(name: str) -> str:
+    """Core ML feature names are identifiers: other characters become '_'."""
+    cleaned = re.sub(r"\W", "_", name)
+    return cleaned if cleaned and not cleaned[0].isdigit() else f"_{cleaned}"
+
+
+def _spatial(preprocess: Any) -> list[int] | None:
+    if preprocess.crop is not None:
+        return list(preprocess.crop)
+    if preprocess.resize is not None and preprocess.resize_mode == "stretch":
+        return list(preprocess.resize)
+    return None
+
+
+def _image_input(preprocess: Any, shape: tuple[int, ...]) -> dict[str, Any] | None:
+    """How the preprocessing folds into a Core ML image input, or None for a plain tensor input.
+
+    Core ML computes `scale * pixel + bias[c]` with ONE scale for all channels. When every std is equal
+    the whole (pixel * s - mean) / std folds in exactly; with per-channel std (ImageNet) the image input
+    takes `pixel * s` and the `(x - mean) / std` goes into the graph as the first op, which stays exact
+    and runs on the Neural Engine like any elementwise op.
+    """
+    if preprocess is None or preprocess.layout != "NCHW" or preprocess.dtype != "float32" or len(shape) != 4:
+        return None
+    channels = shape[1]
+    if channels != preprocess.channels or _spatial(preprocess) != [shape[2], shape[3]]:
+        return None
+    mean = preprocess.mean * channels if len(preprocess.mean) == 1 else list(preprocess.mean)
+    std = preprocess.std * channels if len(preprocess.std) == 1 else list(preprocess.std)
+    uniform = len(set(std)) == 1
+    agent = {**preprocess.to_dict(), "scale": 1.0, "mean": [0.0], "std": [1.0], "layout": "NHWC", "dtype": "uint8"}
+    agent["color"] = "GRAY" if channels == 1 else "RGB"  # the engine hands Core ML an RGB/L image
+    return {
+        "color": preprocess.color,
+        "scale": preprocess.scale / std[0] if uniform else preprocess.scale,
+        "bias": [-m / s for m, s in zip(mean, std, strict=True)] if uniform else [0.0] * channels,
+        "normalize_in_graph": not uniform,
+        "mean": mean,
+        "std": std,
+        "agent_preprocess": agent,
+    }
+
+
+def _input_type(ct: Any, name: str, shape: tuple[int, ...], image: dict[str, Any] | None) -> Any:
+    if image is None:
+        return ct.TensorType(name=name, shape=shape)
+    layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "GRAY": ct.colorlayout.GRAYSCALE}[image["color"]]
+    bias = image["bias"][0] if image["color"] == "GRAY" else image["bias"]
+    return ct.ImageType(name=name, shape=shape, scale=image["scale"], bias=bias, color_layout=layout)
+
+
+def _input_summary(image: dict[str, Any] | None) -> dict[str, Any]:
+    if image is None:
+        return {"kind": "tensor"}
+    return {
+        "kind": "image",
+        "color_layout": image["color"],
+        "scale": image["scale"],
+        "bias": image["bias"],
+        "normalize_in_graph": {"mean": image["mean"], "std": image["std"]} if image["normalize_in_graph"] else None,
+    }
+
+
+def _manifest_input(model: Model, name: str, shape: tuple[int, ...], image: dict[str, Any] | None) -> dict:
+    if image is None:
+        entry = {"name": name, "shape": list(shape), "dtype": "float32"}
+        if model.preprocess is not None and len(shape) == 4:
+            entry["layout"] = model.preprocess.layout
+        return entry
+    return {"name": name, "shape": [1, shape[2], shape[3], shape[1]], "dtype": "uint8", "layout": "NHWC"}
+
+
+class _Normalize:
+    @staticmethod
+    def wrap(torch: Any, module: Any, mean: list[float], std: list[float]) -> Any:
+        class Normalized(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = module
+                self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(1, -1, 1, 1))
+                self.register_buffer("inv_std", 1.0 / torch.tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1))
+
+            def forward(self, x: Any) -> Any:
+                return self.inner((x - self.mean) * self.inv_std)
+
+        return Normalized()
+
+
+# -- W8A8: QuantSpec -> fake quantizers, and the scales read back from the program -------------------------
+
+
+def _quantizers(spec: Any, float_proto: onnx.ModelProto) -> tuple[dict, dict, list[dict[str, str]]]:
+    from edgekit.targets.coreml_onnx import ActivationQuant, WeightQuant
+
+    produced = {out for node in float_proto.graph.node for out in node.output} | {
+        i.name for i in float_proto.graph.input
+    }
+    inits = {i.name for i in float_proto.graph.initializer}
+    activations, weights, notes = {}, {}, []
+    biases = 0
+    for name, entry in sorted(spec.tensors.items()):
+        if entry.kind == "activation":
+            if name not in produced:
+                notes.append({"what": f"activation {name}", "why": "no such tensor in the prepared float graph"})
+            elif entry.dtype not in ("int8", "uint8") or isinstance(entry.scale, list):
+                notes.append({"what": f"activation {name}", "why": f"{entry.dtype} per-channel activations: "
+                              "Core ML quantizes activations per tensor in int8/uint8"})  # fmt: skip
+            else:
+                activations[name] = ActivationQuant(float(entry.scale), int(entry.zero_point), entry.dtype)
+        elif entry.kind == "weight":
+            zero = entry.zero_point if isinstance(entry.zero_point, list) else [entry.zero_point]
+            if name not in inits:
+                notes.append({"what": f"weight {name}", "why": "no such initializer in the prepared float graph"})
+            elif entry.dtype != "int8" or any(z != 0 for z in zero):
+                notes.append({"what": f"weight {name}", "why": "only symmetric int8 weights are written"})
+            else:
+                weights[name] = WeightQuant(entry.scale, entry.zero_point, entry.axis)
+        elif entry.kind == "bias":
+            biases += 1
+    if biases:
+        notes.append({
+            "what": f"int32 biases ({biases} tensors)",
+            "why": "Core ML has no integer bias: biases stay float16 and are added in the float16 accumulator",
+        })  # fmt: skip
+    return activations, weights, notes
+
+
+def program_ops(mlmodel: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """(op type, first output name, {input name: numpy value of const inputs}) for every op of `main`."""
+    from coremltools.converters.mil.frontend.milproto import load as milproto
+
+    spec = mlmodel.get_spec()
+    program = milproto.load(spec, spec.specificationVersion, file_weights_dir=mlmodel.weights_dir)
+    found = []
+
+    def visit(block: Any) -> None:
+        for op in block.operations:
+            values = {}
+            for key, var in op.inputs.items():
+                if not isinstance(var, (list, tuple)) and getattr(var, "val", None) is not None:
+                    values[key] = np.asarray(var.val)
+            found.append((op.op_type, op.outputs[0].name if op.outputs else "", values))
+            for inner in op.blocks:
+                visit(inner)
+
+    visit(program.functions["main"])
+    return found
+
+
+def _compression_summary(ops: list[tuple[str, str, dict]], precision: str) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for op_type, _, _ in ops:
+        if op_type.startswith("constexpr_"):
+            counts[op_type] = counts.get(op_type, 0) + 1
+    summary: dict[str, Any] = {"constexpr_ops": dict(sorted(counts.items()))}
+    if precision == "w8":
+        summary.update(scheme="int8 linear symmetric, per output channel", weight_threshold=WEIGHT_THRESHOLD)
+    elif precision == "w4":
+        summary.update(
+            scheme="4-bit palettized, k-means, one 16-entry LUT per tensor", weight_threshold=WEIGHT_THRESHOLD
+        )
+    elif precision == "w8a8":
+        summary.update(scheme="int8 symmetric per output channel, scales from the QuantSpec")
+    return summary
+
+
+def _check_scales(
+    ops: list[tuple[str, str, dict]], spec: Any, notes: list[dict[str, str]]
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """Compare the program's quantize scales with the QuantSpec's activation scales (as float16 values)."""
+    program_scales = sorted(float(v["scale"]) for t, _, v in ops if t == "quantize" and "scale" in v)
+    wanted = {
+        n: float(e.scale)
+        for n, e in spec.tensors.items()
+        if e.kind == "activation" and not any(x["what"] == f"activation {n}" for x in notes)
+    }
+    remaining = list(program_scales)
+    missing = []
+    worst = 0.0
+    for name, scale in sorted(wanted.items(), key=lambda item: item[1]):
+        best = min(range(len(remaining)), key=lambda i: abs(remaining[i] - scale), default=None)
+        if best is None or abs(remaining[best] - scale) > 1e-3 * scale:
+            missing.append(name)
+            continue
+        worst = max(worst, abs(remaining.pop(best) - scale) / scale)
+    notes = list(notes)
+    for name in missing:
+        why = "Core ML's converter removed its quantizer"
+        if any(abs(wanted[name] - s) <= 1e-6 * s for s in program_scales):
+            why += (" (it merges a quantize/dequantize pair with an equal-scale one next to it, e.g. around a "
+                    "reshape, so the values are the same)")  # fmt: skip
+        notes.append({"what": f"activation {name}", "why": why})
+    summary = {
+        "scheme": spec.scheme,
+        "observer": spec.calibration.get("observer"),
+        "kept_float": sorted(spec.float_nodes),
+        "activations_quantized": len(wanted) - len(missing),
+        "activations_in_spec": sum(1 for e in spec.tensors.values() if e.kind == "activation"),
+        "weights_quantized": sum(1 for t, _, _ in ops if t == "constexpr_affine_dequantize"),
+        "scale_max_relative_error": worst,  # scales are stored in float16 beside float16 activations
+    }
+    return summary, notes
+
+
+# -- packaging -----------------------------------------------------------------------------------------
+
+
+def zip_package(package: Path) -> bytes:
+    """The .mlpackage folder as deterministic zip bytes: sorted entries, fixed times, fixed item ids."""
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entries = manifest.get("itemInfoEntries", {})
+    renamed = {
+        old: str(uuid.uuid5(uuid.NAMESPACE_URL, "edgekit:" + item["path"])).upper() for old, item in entries.items()
+    }
+    manifest["itemInfoEntries"] = {
+        renamed[old]: item for old, item in sorted(entries.items(), key=lambda kv: renamed[kv[0]])
+    }
+    manifest["rootModelIdentifier"] = renamed.get(
+        manifest.get("rootModelIdentifier"), manifest.get("rootModelIdentifier")
+    )
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for path in sorted(p for p in package.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(f"{PACKAGE}/{path.relative_to(package).as_posix()}", date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def unzip_package(data: bytes, into: Path) -> Path:
+    """Unpack `model.mlpackage.zip` bytes into `into`; returns the .mlpackage folder (for tests and tools)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        archive.extractall(into)
+    return into / PACKAGE
