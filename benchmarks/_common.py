@@ -34,6 +34,16 @@ def digits_video(frame_size: tuple[int, int] = (112, 112), count: int | None = N
     return out, [int(v) for v in labels]
 
 
+def ort_session(data: bytes):
+    """An ONNX Runtime CPU session on one intra- and one inter-op thread (batch-1 latency on a shared box)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

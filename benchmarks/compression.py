@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, print_table  # noqa: E402
+from _common import median, ort_session, print_table  # noqa: E402
 from mobilenet_v2 import mobilenet_v2  # noqa: E402
 
 MEAN, STD = 0.1316, 0.3088
@@ -122,15 +122,6 @@ def top1(model, x, y) -> float:
     with torch.no_grad():
         preds = torch.cat([model(x[i : i + 250]).argmax(1) for i in range(0, len(x), 250)])
     return float((preds == y).float().mean()) * 100
-
-
-def ort_session(data: bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def ort_top1(data: bytes, x, y) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, paddleocr_model, print_table  # noqa: E402
+from _common import median, ort_session, paddleocr_model, print_table  # noqa: E402
 
 ROUNDS, RUNS = 7, 50
 
@@ -37,12 +37,11 @@ def models() -> dict[str, tuple]:
     import torch
     from mobilenet_v2 import mobilenet_v2
 
-    from edgekit.demo_data import digits_model_path, load_heldout_digits
+    from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits
     from edgekit.model import Model
 
-    images, labels = load_heldout_digits()
-    digits = ((images.astype(np.float32) / 255.0 - 0.1307) / 0.3081)[:, None]
-    out = {"digits CNN": (Model.load(digits_model_path()), digits[:256], digits, labels.astype(np.int64))}
+    digits, labels = preprocessed_heldout_digits()
+    out = {"digits CNN": (Model.load(digits_model_path()), digits[:256], digits, labels)}
     torch.manual_seed(0)
     net = mobilenet_v2(num_classes=10, width=0.5, gamma_spread=0.3).eval()
     mbv2 = Model.from_torch(net, torch.zeros(1, 3, 96, 96))
@@ -68,11 +67,6 @@ def photo_crops(h: int, w: int, count: int, mean: float = 0.45, std: float = 0.2
         y, x = rng.integers(0, photo.shape[0] - h), rng.integers(0, photo.shape[1] - w)
         crops.append(photo[y : y + h, x : x + w].transpose(2, 0, 1))
     return ((np.stack(crops).astype(np.float32) / 255.0 - mean) / std).astype(np.float32)
-
-
-def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    noise = float(np.sum((reference - other) ** 2))
-    return float("inf") if noise == 0 else 10 * np.log10(float(np.sum(reference**2)) / noise)
 
 
 def convert_child(name: str) -> None:
@@ -106,14 +100,6 @@ def tflite_outputs(data: bytes, x: np.ndarray) -> np.ndarray:
     with TfliteEngine.from_bytes(data, {"threads": 1}) as engine:
         name = engine.input_names[0]
         return np.concatenate([engine.infer({name: x[i : i + 1].transpose(0, 2, 3, 1)})[0] for i in range(len(x))])
-
-
-def ort_session(data: bytes):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def latency_table(name: str, builds: dict[str, bytes], ort_builds: dict[str, bytes], sample: np.ndarray) -> list:
@@ -157,6 +143,7 @@ def main() -> None:
 
     from edgekit.calibration.calibrate import calibrate
     from edgekit.calibration.qdq import write_qdq
+    from edgekit.runtime.compare import sqnr_db
     from edgekit.targets import get_target
     from edgekit.targets.onnx_to_tf import to_tflite
 

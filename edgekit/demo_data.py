@@ -26,6 +26,7 @@ __all__ = [
     "heldout_digits_path",
     "labels_path_for",
     "load_heldout_digits",
+    "preprocessed_heldout_digits",
     "read_labels",
     "render_digits_video",
 ]
@@ -63,6 +64,21 @@ def load_heldout_digits() -> tuple[np.ndarray, np.ndarray]:
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != (images.shape[0],):
         raise ValueError(f"{HELDOUT_FILE}: unexpected shapes images {images.shape}, labels {labels.shape}")
     return images, labels
+
+
+def preprocessed_heldout_digits(count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `count` held-out digits (all by default) as the model sees them — float32 [N, 1, 28, 28] made by
+    the agent's own preprocessing from the model's embedded spec, as a camera frame would be — and int64 labels."""
+    import cv2
+
+    from edgekit.model import Model
+    from edgekit.runtime.preprocess import preprocess
+
+    spec = Model.load(digits_model_path()).preprocess
+    images, labels = load_heldout_digits()
+    images, labels = images[:count], labels[:count]
+    x = np.concatenate([preprocess(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), spec) for image in images])
+    return x, labels.astype(np.int64)
 
 
 def labels_path_for(video_path: str | os.PathLike[str]) -> Path:

@@ -102,8 +102,9 @@ class AndroidTfliteTarget(Target):
         size = tuple(model.preprocess.resize) if model.preprocess is not None and model.preprocess.resize else None
         try:
             shape = static_input_shape(model.proto, size)
+            probes = _probe_inputs(shape, quant_spec, model.inputs[0].name, VALIDATION_INPUTS)
             if precision == "int8":
-                data, proto, extra = self._int8(model, quant_spec, shape, nchw, options.get("int8_io", False))
+                data, proto, extra = self._int8(model, quant_spec, probes[:1], nchw, options.get("int8_io", False))
             else:
                 proto, extra = model.proto, {"not_honoured": []}
                 data = to_tflite(proto, fp16=precision == "fp16", nchw_input=nchw, size=size)
@@ -111,7 +112,6 @@ class AndroidTfliteTarget(Target):
             raise _install_hint(exc) from exc
         except ConversionError as exc:
             raise BuildError(str(exc)) from exc
-        probes = _probe_inputs(shape, quant_spec, model.inputs[0].name, VALIDATION_INPUTS)
         extra["validation"] = compare_with_onnxruntime(proto, data, probes, nchw_input=nchw)
         n, c, h, w = shape
         input_entry = {"name": "input", "shape": [n, c, h, w] if nchw else [n, h, w, c], "dtype": "float32",
@@ -125,15 +125,13 @@ class AndroidTfliteTarget(Target):
         }  # fmt: skip
 
     def _int8(
-        self, model: Model, spec: Any, shape: tuple[int, ...], nchw: bool, int8_io: bool
+        self, model: Model, spec: Any, probe: np.ndarray, nchw: bool, int8_io: bool
     ) -> tuple[bytes, onnx.ModelProto, dict[str, Any]]:
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
 
         prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
-        size = (shape[2], shape[3])
-        float_tflite = to_tflite(prepared, nchw_input=nchw, size=size)
-        probe = _probe_inputs(shape, spec, model.inputs[0].name, 1)
+        float_tflite = to_tflite(prepared, nchw_input=nchw, size=probe.shape[2:])
         try:
             result = quantize_full_integer(float_tflite, prepared, spec, probe, int8_io=int8_io, nchw_input=nchw)
         except TfliteQuantError as exc:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -19,10 +18,9 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekit.calibration.calibrate import calibrate
 from edgekit.calibration.trt_cache import read_trt_cache
 from edgekit.cli import main
-from edgekit.demo_data import digits_model_path, load_heldout_digits
+from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits
 from edgekit.model import Model
 from edgekit.runtime.engines.tensorrt import validate_options
-from edgekit.runtime.preprocess import preprocess
 from edgekit.targets import BuildError, TargetError, get_target, target_names
 from edgekit.targets.tensorrt import TENSORRT_ONNX_OPS, is_2_4_sparse, not_2_4_sparse_layers
 
@@ -30,10 +28,8 @@ from edgekit.targets.tensorrt import TENSORRT_ONNX_OPS, is_2_4_sparse, not_2_4_s
 @pytest.fixture(scope="module")
 def digits() -> tuple[Model, np.ndarray, np.ndarray]:
     """The shipped digits CNN and 300 real held-out digits, preprocessed by the agent's code, with labels."""
-    model = Model.load(digits_model_path())
-    images, labels = load_heldout_digits()
-    x = np.concatenate([preprocess(cv2.cvtColor(i, cv2.COLOR_GRAY2BGR), model.preprocess) for i in images[:300]])
-    return model, x, labels[:300].astype(np.int64)
+    x, labels = preprocessed_heldout_digits(300)
+    return Model.load(digits_model_path()), x, labels
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (pip instal
 
 import edgekit  # noqa: E402
 from edgekit.calibration.calibrate import calibrate  # noqa: E402
-from edgekit.demo_data import digits_model_path, load_heldout_digits  # noqa: E402
+from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits  # noqa: E402
 from edgekit.model import Model  # noqa: E402
 from edgekit.runtime.engines import open_engine  # noqa: E402
 from edgekit.targets import BuildError, TargetError, get_target  # noqa: E402
@@ -25,8 +25,7 @@ from edgekit.targets.tflite_quant import int8_grid, read_parameters  # noqa: E40
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[Model, np.ndarray, np.ndarray]:
-    images, labels = load_heldout_digits()
-    x = ((images.astype(np.float32) / 255.0 - 0.1307) / 0.3081)[:, None]
+    x, labels = preprocessed_heldout_digits()
     return Model.load(digits_model_path()), x, labels
 
 

@@ -284,14 +284,9 @@ def prepare_qat(
     batches = list(calib_batches) if calib_batches is not None else None
     float_copy = copy.deepcopy(folded)
     if init is None and batches:
-        from edgekit.calibration.calibrate import calibrate
         from edgekit.model import Model
 
-        data = np.concatenate([np.asarray(b.detach() if torch.is_tensor(b) else b, dtype=np.float32) for b in batches])
-        init = calibrate(
-            Model.from_torch(float_copy, example_input), data, activations=activations, weights=scheme,
-            batch=max(1, len(batches[0])), progress=False,
-        ).spec  # fmt: skip
+        init = _calibrate_batches(Model.from_torch(float_copy, example_input), batches, activations, scheme)
     _replace_layers(folded, scheme=scheme, activations=activations, learnable=learnable)
     wrappers = _wrapped_in_run_order(_Unquantized(folded), example_input)
     qparams: list[tuple[float, int] | None] = [None] * len(wrappers)
@@ -337,18 +332,22 @@ def _replace_layers(module: nn.Module, **options: Any) -> None:
             _replace_layers(child, **options)
 
 
-def _complete_spec(spec: QuantSpec, float_model: Any, calib_batches: Iterable[Any]) -> None:
-    """Add calibrated (min-max) entries for the activations a PTQ plan quantizes and QAT did not learn."""
+def _calibrate_batches(model: Any, batches: list[Any], activations: str, weights: str) -> QuantSpec:
+    """The calibration core's (min-max) QuantSpec of `model` over the given batches (tensors or arrays)."""
     from edgekit.calibration.calibrate import calibrate
 
+    data = np.concatenate([np.asarray(b.detach() if torch.is_tensor(b) else b, dtype=np.float32) for b in batches])
+    return calibrate(
+        model, data, activations=activations, weights=weights, batch=max(1, len(batches[0])), progress=False
+    ).spec
+
+
+def _complete_spec(spec: QuantSpec, float_model: Any, calib_batches: Iterable[Any]) -> None:
+    """Add calibrated (min-max) entries for the activations a PTQ plan quantizes and QAT did not learn."""
     batches = list(calib_batches)
     if not batches:
         raise ValueError("calib_batches is empty: pass the batches used for calibration, or None")
-    data = np.concatenate([np.asarray(b.detach() if torch.is_tensor(b) else b, dtype=np.float32) for b in batches])
-    calibrated = calibrate(
-        float_model, data, activations=spec.scheme["activations"], weights=spec.scheme["weights"],
-        batch=max(1, len(batches[0])), progress=False,
-    ).spec  # fmt: skip
+    calibrated = _calibrate_batches(float_model, batches, spec.scheme["activations"], spec.scheme["weights"])
     added = sorted(
         name
         for name, entry in calibrated.tensors.items()

@@ -93,6 +93,7 @@ class TfliteEngine(Engine):
     def _load(self) -> None:
         self._module = _interpreter_module()
         delegate = str(self.options.get("delegate") or "xnnpack")
+        self._delegate_used = delegate  # _with_delegate names the fallback when the library does not load
         try:
             if delegate == "xnnpack":
                 self._interpreter = self._make()
@@ -104,7 +105,6 @@ class TfliteEngine(Engine):
             self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise EngineError("cannot load TFLite model %s: %s" % (self.model_path, exc)) from exc
-        self._delegate_used = self._delegate_used if delegate not in ("xnnpack", "none") else delegate
         self._input_details = self._interpreter.get_input_details()
         self._output_details = self._interpreter.get_output_details()
         # the harness feeds float32: quantized inputs are converted in _infer_impl
@@ -124,7 +124,6 @@ class TfliteEngine(Engine):
             except (OSError, ValueError, RuntimeError) as exc:
                 errors.append("%s: %s" % (library, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 continue
-            self._delegate_used = delegate
             return self._make(experimental_delegates=[loaded])
         self._delegate_used = "xnnpack (fallback from %s)" % delegate
         self._warnings.append(

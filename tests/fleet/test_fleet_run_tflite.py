@@ -13,13 +13,10 @@ from edgekit.fleet.ssh import SshTransport  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tflite_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    import numpy as np
-
     from edgekit.api import build
-    from edgekit.demo_data import digits_model_path, load_heldout_digits
+    from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits
 
-    images, _ = load_heldout_digits()
-    calib = ((images[:128].astype(np.float32) / 255.0 - 0.1307) / 0.3081)[:, None]
+    calib, _ = preprocessed_heldout_digits(128)
     out = tmp_path_factory.mktemp("tflite")
     return {
         precision: build(digits_model_path(), "android-tflite", out / precision, precision=precision,
