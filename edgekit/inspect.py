@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -148,6 +148,8 @@ class InspectReport:
     unsupported: dict[str, dict[str, int]]
     target_errors: dict[str, str]
     notes: list[str]
+    # target -> accelerator -> ops it hands back to the CPU (e.g. android-tflite -> nnapi -> {"MatMul": 1})
+    fallbacks: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict with stable keys (plain ints, strings, lists and dicts only)."""
@@ -166,6 +168,8 @@ class InspectReport:
             "totals": self.totals.to_dict(),
             "unsupported": {t: {op: int(n) for op, n in ops.items()} for t, ops in self.unsupported.items()},
             "target_errors": dict(self.target_errors),
+            "fallbacks": {t: {a: {op: int(n) for op, n in ops.items()} for a, ops in by.items()}
+                          for t, by in self.fallbacks.items()},  # fmt: skip
             "notes": list(self.notes),
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -244,7 +248,7 @@ def inspect_model(model: Model, *, input_shapes: dict[str, list[int]] | None = N
         macs_unknown_layers=unknown,
         op_histogram=dict(sorted(histogram.items(), key=lambda item: (-item[1], item[0]))),
     )
-    unsupported, target_errors = _unsupported_by_target(proto)
+    unsupported, fallbacks, target_errors = _unsupported_by_target(proto)
 
     return InspectReport(
         path=str(model.path) if model.path else None,
@@ -262,21 +266,28 @@ def inspect_model(model: Model, *, input_shapes: dict[str, list[int]] | None = N
         unsupported=unsupported,
         target_errors=target_errors,
         notes=notes,
+        fallbacks=fallbacks,
     )
 
 
-def _unsupported_by_target(proto: onnx.ModelProto) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
-    """Ops each registered target cannot run; a target that fails to load is reported, not fatal."""
+def _unsupported_by_target(
+    proto: onnx.ModelProto,
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]], dict[str, str]]:
+    """Ops each registered target cannot run and those its accelerators hand back to the CPU; a target that fails
+    to load is reported, not fatal."""
     from edgekit.targets import get_target, target_names
 
     unsupported: dict[str, dict[str, int]] = {}
+    fallbacks: dict[str, dict[str, dict[str, int]]] = {}
     errors: dict[str, str] = {}
     for name in target_names():
         try:
-            unsupported[name] = dict(get_target(name).unsupported_ops(proto))
+            target = get_target(name)
+            unsupported[name] = dict(target.unsupported_ops(proto))
+            fallbacks[name] = target.accelerator_fallbacks(proto)
         except Exception as exc:  # a backend's optional dependency may be missing; inspect still works
             errors[name] = f"{type(exc).__name__}: {exc}"
-    return unsupported, errors
+    return unsupported, fallbacks, errors
 
 
 def _op_label(node: onnx.NodeProto) -> str:
@@ -809,6 +820,11 @@ def _summary(report: InspectReport) -> Any:
             row(f"{target}", f"cannot run: {listed}", "red")
         else:
             row(f"{target}", "unsupported ops: none", "green")
+    for target, by_accelerator in report.fallbacks.items():
+        for accelerator, ops in by_accelerator.items():
+            if ops:
+                listed = ", ".join(f"{op} ×{n}" for op, n in ops.items())
+                row(f"{target} ({accelerator})", f"runs on the CPU instead: {listed}", "yellow")
     for target, error in report.target_errors.items():
         row(f"{target}", f"not checked: {error}", "yellow")
     for note in report.notes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -56,10 +57,12 @@ class Target:
         supported = self.supported_ops()
         if supported is None:
             return {}
-        counts = Counter(
-            node.op_type for node in _all_nodes(proto.graph) if (_domain(node.domain), node.op_type) not in supported
-        )
-        return dict(sorted(counts.items()))
+        return count_ops(proto, lambda domain, op: (domain, op) not in supported)
+
+    def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
+        """Per accelerator of the device (NNAPI, ANE, DLA): ops of `proto` it hands back to the CPU, with counts.
+        The model still runs; those layers are just not accelerated. Empty when the target knows of none."""
+        return {}
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -150,6 +153,12 @@ class Target:
         if model.preprocess is not None and len(tensor.shape) == 4:
             entry["layout"] = model.preprocess.layout
         return entry
+
+
+def count_ops(proto: onnx.ModelProto, keep: Callable[[str, str], bool]) -> dict[str, int]:
+    """How often each op of `proto` (subgraphs included) occurs, for the (domain, op_type) pairs `keep` accepts."""
+    counts = Counter(node.op_type for node in _all_nodes(proto.graph) if keep(_domain(node.domain), node.op_type))
+    return dict(sorted(counts.items()))
 
 
 def _domain(domain: str) -> str:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target
-from edgekit.targets.onnx_to_tf import SUPPORTED_OPS, ConversionError, static_input_shape, to_tflite
+from edgekit.targets.base import BuildError, Target, count_ops
+from edgekit.targets.onnx_to_tf import SUPPORTED_OPS, TFLITE_OPS, ConversionError, static_input_shape, to_tflite
 
 if TYPE_CHECKING:
     import onnx
@@ -90,6 +90,10 @@ class AndroidTfliteTarget(Target):
 
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
+
+    def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
+        """ONNX ops that become a TFLite builtin the NNAPI delegate does not take (they run on the CPU)."""
+        return {"nnapi": count_ops(proto, lambda domain, op: not set(TFLITE_OPS.get(op, ())) <= NNAPI_OPS)}
 
     def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
         if options.get("int8_io") and precision != "int8":

@@ -302,3 +302,19 @@ def test_paddleocr_det_renders(paddle):
     assert f"{human_count(report.totals.macs)} MACs at x [1, 3, 640, 640]" in out
     assert f"{len(report.layers) - 20} more layers" in out
     assert f"{len(report.layers)} nodes: Identity ×147, Add ×111, Conv ×83" in out  # the op histogram
+
+
+def test_nnapi_fallbacks_are_listed_for_android() -> None:
+    # a MatMul between two activations becomes BATCH_MATMUL, which the NNAPI delegate does not take
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, 4, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])
+    nodes = [helper.make_node("Transpose", ["a"], ["t"], perm=[0, 2, 1]), helper.make_node("MatMul", ["a", "t"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [a], [y])
+    report = inspect_model(Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])))
+    assert report.unsupported["android-tflite"] == {}  # it converts...
+    assert report.fallbacks["android-tflite"] == {"nnapi": {"MatMul": 1}}  # ...but runs on the CPU under NNAPI
+    assert report.to_dict()["fallbacks"]["android-tflite"]["nnapi"] == {"MatMul": 1}
+    buffer = io.StringIO()
+    render_table(report, Console(file=buffer, width=140))
+    assert "android-tflite (nnapi)" in buffer.getvalue() and "MatMul ×1" in buffer.getvalue()
+    assert inspect_model(_tiny()).fallbacks["android-tflite"] == {"nnapi": {}}
