@@ -6,6 +6,7 @@ so the error can say what to install. Python 3.8-compatible.
 """
 
 import importlib.util
+import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .base import Engine, EngineError, EngineUnavailable, TensorInfo
@@ -26,11 +27,17 @@ _WHAT_TO_DO = "install %s on the device, or build the artifact for a target whos
 
 
 class _Entry(object):
-    def __init__(self, name: str, cls: Optional[type], package: str, modules: Sequence[str]) -> None:
+    def __init__(
+        self, name: str, cls: Optional[type], package: str, modules: Sequence[str], platforms: Sequence[str] = ()
+    ) -> None:
         self.name = name
         self.cls = cls  # None: a placeholder that a later version of the agent implements
         self.package = package  # what to pip/apt install, as the user types it
         self.modules = tuple(modules)  # importable module names, any one of which will do
+        self.platforms = tuple(platforms)  # sys.platform values it runs on; empty: any
+
+    def runs_here(self) -> bool:
+        return not self.platforms or sys.platform in self.platforms
 
     def installed(self) -> bool:
         for module in self.modules:
@@ -46,17 +53,22 @@ _REGISTRY: Dict[str, _Entry] = {}
 
 
 def register_engine(
-    name: str, package: Optional[str] = None, modules: Optional[Sequence[str]] = None
+    name: str,
+    package: Optional[str] = None,
+    modules: Optional[Sequence[str]] = None,
+    platforms: Sequence[str] = (),
 ) -> Callable[[type], type]:
     """Class decorator: register an Engine subclass under `name`.
 
     `modules` are the importable names, any one of which the engine needs (default: `name`);
-    `package` is what a user installs to get one (default: the first module), used in error messages.
+    `package` is what a user installs to get one (default: the first module), used in error messages;
+    `platforms` the `sys.platform` values it can run on (default: any) — coremltools installs on Linux but
+    predicts only on macOS.
     """
     needed = tuple(modules) if modules else (name,)
 
     def decorate(cls: type) -> type:
-        _REGISTRY[name] = _Entry(name, cls, package or needed[0], needed)
+        _REGISTRY[name] = _Entry(name, cls, package or needed[0], needed, platforms)
         return cls
 
     return decorate
@@ -75,7 +87,7 @@ def known_engines() -> List[str]:
 
 def available_engines() -> List[str]:
     """Names this device can open now: implemented and with their library installed."""
-    return sorted(n for n, e in _REGISTRY.items() if e.cls is not None and e.installed())
+    return sorted(n for n, e in _REGISTRY.items() if e.cls is not None and e.runs_here() and e.installed())
 
 
 def open_engine(name: str, model_path: str, options: Optional[Dict[str, Any]] = None) -> Engine:

@@ -96,7 +96,7 @@ def to_image(value: np.ndarray, color: str) -> Any:
     return Image.fromarray(np.ascontiguousarray(array[:, :, :3]), mode="RGB")
 
 
-@register_engine("coreml", package="coremltools (macOS only)", modules=("coremltools",))
+@register_engine("coreml", package="coremltools (macOS only)", modules=("coremltools",), platforms=("darwin",))
 class CoreMLEngine(Engine):
     """Core ML through coremltools. Options: compute_units (ALL | CPU_ONLY | CPU_AND_GPU | CPU_AND_NE);
     threads is accepted and ignored (Core ML chooses its own threads)."""

@@ -1,6 +1,7 @@
 """The engine registry and the ONNX Runtime engine on a real tiny model; postprocessors on real outputs."""
 
 import importlib.util
+import sys
 
 import numpy as np
 import onnxruntime as ort
@@ -177,3 +178,9 @@ def test_two_output_model_runs(tmp_path):
     with open_engine("onnxruntime", str(path)) as engine:
         features, relu = engine.infer(feed(0.5))
     assert features.shape == (1, 4) and np.all(relu == np.maximum(features, 0))
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks a platform-bound engine away from its platform")
+def test_an_engine_bound_to_another_platform_is_never_available():
+    # coremltools installs on Linux (the coreml extra) but predicts only on macOS
+    assert "coreml" in known_engines() and "coreml" not in available_engines()
