@@ -8,6 +8,7 @@ CPU_AND_NE against CPU_ONLY on a Mac.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,10 +40,12 @@ class Finding:
     why: str
     source: str
     nodes: list[str] = field(default_factory=list)
+    op_types: list[str] = field(default_factory=list)  # the op type of each of `nodes` ("" for the whole model)
 
     def to_dict(self) -> dict[str, Any]:
+        ops = dict(Counter(t for t in self.op_types if t))
         return {"rule": self.rule, "effect": self.effect, "why": self.why, "source": self.source,
-                "count": len(self.nodes), "nodes": self.nodes[:10]}  # fmt: skip
+                "count": len(self.nodes), "ops": ops, "nodes": self.nodes[:10]}  # fmt: skip
 
 
 @dataclass
@@ -56,6 +59,19 @@ class AneReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"ready": self.ready, "findings": [f.to_dict() for f in self.findings]}
+
+    def fallback_ops(self) -> dict[str, int]:
+        """Op types known to leave the ANE, with counts (each node once, whichever rules match it)."""
+        counts: Counter[str] = Counter()
+        seen: set[str] = set()
+        for finding in self.findings:
+            if finding.effect != FALLS_BACK:
+                continue
+            for node, op in zip(finding.nodes, finding.op_types, strict=True):
+                if op and node not in seen:
+                    seen.add(node)
+                    counts[op] += 1
+        return dict(counts)
 
     def lines(self) -> list[str]:
         if not self.findings:
@@ -151,11 +167,12 @@ def ane_report(proto: onnx.ModelProto, precision: str | None = None) -> AneRepor
     facts = _facts(proto)
     findings = []
     for rule in RULES:
-        nodes = [node.name or node.output[0] for node in proto.graph.node if rule.matches(node, facts)]
-        if nodes:
-            findings.append(Finding(rule.id, rule.effect, rule.why, rule.source, nodes))
+        matched = [node for node in proto.graph.node if rule.matches(node, facts)]
+        if matched:
+            names = [node.name or node.output[0] for node in matched]
+            findings.append(Finding(rule.id, rule.effect, rule.why, rule.source, names, [n.op_type for n in matched]))
     if precision == "fp32":
         findings.append(Finding("float32 precision", FALLS_BACK, "the ANE computes in float16 only; a float32 "
                                 "program runs on the GPU/CPU: build fp16, w8, w4 or w8a8", COREMLTOOLS_TYPED,
-                                ["(whole model)"]))  # fmt: skip
+                                ["(whole model)"], [""]))  # fmt: skip
     return AneReport(findings)

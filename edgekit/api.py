@@ -77,6 +77,7 @@ def run_fleet(
     warmup: int = 10,
     pipelined: bool = False,
     threads: int | None = None,
+    engine_options: dict[str, Any] | None = None,
     loop: bool = False,
     power_probe: str | None = None,
     timeout_s: float = 3600.0,
@@ -88,7 +89,8 @@ def run_fleet(
     """Run an artifact on every device of a fleet file (filtered by tags/names) in parallel over SSH.
 
     A host file source is pushed to each device by content; `source_on_device` names a camera or a
-    file that is already on the devices. Each device's result is stored as it arrives.
+    file that is already on the devices. `engine_options` go to the device's engine (e.g. {"compute_units":
+    "CPU_AND_NE"} for Core ML, {"delegate": "nnapi"} for TFLite). Each device's result is stored as it arrives.
     """
     from edgekit.fleet.inventory import load_fleet, select
     from edgekit.fleet.runner import run_fleet as fan_out
@@ -103,7 +105,8 @@ def run_fleet(
     def plan_for(device: Any, run_id: str) -> dict[str, Any]:
         return make_plan(
             str(artifact.path.resolve()), parsed, run_id=run_id, frames=frames, warmup=warmup, pipelined=pipelined,
-            engine=artifact.manifest["engine"], threads=threads, labels=labels, power_probe=power_probe,
+            engine=artifact.manifest["engine"], threads=threads, engine_options=engine_options, labels=labels,
+            power_probe=power_probe,
         )  # fmt: skip
 
     def transport_for(device: Any) -> SshTransport:
@@ -146,12 +149,14 @@ def run(
     warmup: int = 10,
     pipelined: bool = False,
     threads: int | None = None,
+    engine_options: dict[str, Any] | None = None,
     loop: bool = False,
     timeout_s: float = 3600.0,
     store: ResultsStore | None = None,
     save: bool = True,
 ) -> RunRecord:
-    """Run an artifact on this machine as the device, through the agent, and store the result."""
+    """Run an artifact on this machine as the device, through the agent, and store the result. `engine_options`
+    go to the engine (see `run_fleet`)."""
     from edgekit.fleet.local import LocalTransport
 
     if not isinstance(artifact, Artifact):
@@ -165,6 +170,7 @@ def run(
         pipelined=pipelined,
         engine=artifact.manifest["engine"],
         threads=threads,
+        engine_options=engine_options,
         labels=labels,
     )
     transport = LocalTransport()

@@ -76,10 +76,18 @@ def main() -> None:
     help="Fix a dynamic input's shape for MAC counts, e.g. --shape x=1,3,640,640 (repeatable).",
 )  # fmt: skip
 @click.option("--max-rows", type=int, default=None, help="Show at most this many layers in the table.")
+@click.option("-t", "--target", "targets", multiple=True, metavar="NAME",
+              help="Check only this target (repeatable) and show its accelerator report, e.g. -t ios-coreml for "
+              "the ops and shapes known to leave the Neural Engine, each with its source.")  # fmt: skip
 @_fail_cleanly
-def inspect(model: str, as_json: bool, shapes: tuple[str, ...], max_rows: int | None) -> None:
-    """Per-layer table of MODEL (op, output shape, parameters, MACs), totals, size, opset, and the
-    ops each registered target cannot run."""
+def inspect(model: str, as_json: bool, shapes: tuple[str, ...], max_rows: int | None, targets: tuple[str, ...]) -> None:
+    """Per-layer table of MODEL (op, output shape, parameters, MACs), totals, size, opset, the ops each
+    registered target cannot run and the ops an accelerator (NNAPI, Neural Engine) hands back.
+
+    \b
+    Examples:
+      edgekit inspect model.onnx --shape images=1,3,640,640
+      edgekit inspect model.onnx -t ios-coreml          Neural Engine readiness, rule by rule"""
     from edgekit.errors import EdgekitError
     from edgekit.inspect import inspect_model, render_table
     from edgekit.model import Model
@@ -91,7 +99,7 @@ def inspect(model: str, as_json: bool, shapes: tuple[str, ...], max_rows: int | 
             input_shapes[name] = [int(d) for d in dims.split(",")]
         except ValueError as exc:
             raise EdgekitError(f"--shape {item!r}: write NAME=D0,D1,... with integer dims") from exc
-    report = inspect_model(Model.load(model), input_shapes=input_shapes or None)
+    report = inspect_model(Model.load(model), input_shapes=input_shapes or None, targets=list(targets) or None)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -138,19 +146,26 @@ def targets(as_json: bool) -> None:
 @click.option("--sparsity", default=None, metavar="2:4", help="jetson-trt: let TensorRT use 2:4 sparse kernels.")
 @click.option("--max-batch", type=int, default=None, help="jetson-trt: largest batch of the optimization profile.")
 @click.option("--int8-io", is_flag=True, default=None, help="android-tflite int8: int8 input/output tensors.")
+@click.option(
+    "--shapes",
+    default=None,
+    metavar="HxW,..",
+    help="ios-coreml: enumerated input sizes besides the preprocess size, e.g. --shapes 256x256,320x320.",
+)
 @_fail_cleanly
 def build(model: str, target: str, precision: str, out: str, preprocess_json: str | None, calib: str | None,
           spec_path: str | None, observer: str, dla_core: int | None, sparsity: str | None,
-          max_batch: int | None, int8_io: bool | None) -> None:  # fmt: skip
+          max_batch: int | None, int8_io: bool | None, shapes: str | None) -> None:  # fmt: skip
     """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
     artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
     quantize`) or calibrates on --calib. --dla, --sparsity and --max-batch are jetson-trt options,
-    --int8-io an android-tflite one; other targets refuse them.
+    --int8-io an android-tflite one, --shapes an ios-coreml one; other targets refuse them.
 
     \b
     Examples:
       edgekit build model.onnx --target android-tflite -p int8 --calib imgs/ --observer percentile -o art
-      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ --dla 0 -o art"""
+      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ --dla 0 -o art
+      edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ --shapes 320x320 -o art"""
     from edgekit.api import build as build_artifact
     from edgekit.errors import EdgekitError
     from edgekit.model import Model
@@ -164,7 +179,8 @@ def build(model: str, target: str, precision: str, out: str, preprocess_json: st
     console = _console()
     artifact = build_artifact(
         loaded, target, out, precision=precision, quant_spec=spec_path, calib=calib, observer=observer, progress=True,
-        options={"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None},
+        options={"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None,
+                 "shapes": shapes},
     )  # fmt: skip
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
     for note in artifact.manifest.get("not_honoured", []):
@@ -279,6 +295,9 @@ def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], t
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames run first.")
 @click.option("--pipelined", is_flag=True, help="Run capture, preprocess, inference, postprocess in threads.")
 @click.option("--threads", type=int, default=None, help="Engine threads (default: the engine's own choice).")
+@click.option("-e", "--engine-option", "engine_option_items", multiple=True, metavar="KEY=VALUE",
+              help="Engine option (repeatable): compute_units=CPU_AND_NE (coreml: ALL, CPU_ONLY, CPU_AND_GPU, "
+              "CPU_AND_NE), delegate=nnapi (tflite: xnnpack, none, gpu, nnapi), ...")  # fmt: skip
 @click.option("--loop", is_flag=True, help="Restart a file source at its end until --frames are done.")
 @click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds before the run is stopped.")
 @click.option("--fleet", type=click.Path(dir_okay=False, exists=True), help="Run on the devices of this fleet file.")
@@ -294,9 +313,9 @@ def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], t
 @_DB_OPTION
 @_fail_cleanly
 def run(artifact: str, source: str, labels: str | None, frames: int | None, warmup: int, pipelined: bool,
-        threads: int | None, loop: bool, timeout: float, fleet: str | None, tags: tuple[str, ...],
-        names: tuple[str, ...], source_on_device: bool, power_probe: str | None, trust_on_first_use: bool,
-        db: str | None) -> None:  # fmt: skip
+        threads: int | None, engine_option_items: tuple[str, ...], loop: bool, timeout: float, fleet: str | None,
+        tags: tuple[str, ...], names: tuple[str, ...], source_on_device: bool, power_probe: str | None,
+        trust_on_first_use: bool, db: str | None) -> None:  # fmt: skip
     """Run ARTIFACT on this machine as the device (the agent in a subprocess), or with --fleet on every
     device of a fleet file in parallel over SSH; print latency per stage, throughput, accuracy and power,
     and store every run.
@@ -306,25 +325,44 @@ def run(artifact: str, source: str, labels: str | None, frames: int | None, warm
       edgekit run art --source clip.mp4 --labels clip.labels.json
       edgekit run art --fleet lab.toml --tags jetson --source clip.mp4 --power auto
       edgekit run art --fleet lab.toml --source 0 --source-on-device --frames 300
+      edgekit run art --fleet lab.toml --tags mac --source clip.mp4 -e compute_units=CPU_AND_NE
     """
     from edgekit.api import run as run_artifact
 
+    engine_options = _engine_options(engine_option_items)
     store = _store(db)
     console = _console()
     if fleet:
         _run_fleet(artifact, fleet, source, store, console, tags=list(tags), names=list(names),
                    source_on_device=source_on_device, labels=labels, frames=frames, warmup=warmup,
-                   pipelined=pipelined, threads=threads, loop=loop, power_probe=power_probe, timeout_s=timeout,
+                   pipelined=pipelined, threads=threads, engine_options=engine_options, loop=loop,
+                   power_probe=power_probe, timeout_s=timeout,
                    trust_on_first_use=trust_on_first_use)  # fmt: skip
         return
     with console.status(f"running {artifact} on this machine"):
         record = run_artifact(
             artifact, source, labels=labels, frames=frames, warmup=warmup, pipelined=pipelined, threads=threads,
-            loop=loop, timeout_s=timeout, store=store,
+            engine_options=engine_options, loop=loop, timeout_s=timeout, store=store,
         )  # fmt: skip
     _print_run(record.run_id, store, console)
     if record.result["status"] != "ok":
         sys.exit(1)
+
+
+def _engine_options(items: tuple[str, ...]) -> dict[str, Any]:
+    """KEY=VALUE pairs; a value that reads as JSON (a number, true/false) is taken as that, otherwise as text."""
+    from edgekit.errors import EdgekitError
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EdgekitError(f"--engine-option {item!r}: write KEY=VALUE, e.g. -e compute_units=CPU_AND_NE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
 
 
 def _run_fleet(artifact: str, fleet: str, source: str, store: Any, console: Any, **options: Any) -> None:
@@ -652,7 +690,11 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
             from edgekit.compress.structured import prune_channels
 
             result = prune_channels(
-                work, setup["example"], ratio=ratio, criterion=criterion, multiple_of=multiple_of  # type: ignore[arg-type]
+                work,
+                setup["example"],
+                ratio=ratio,
+                criterion=criterion,
+                multiple_of=multiple_of,  # type: ignore[arg-type]
             )
             for name, reason in result.report.skipped.items():
                 console.print(f"[yellow]{name} not pruned:[/yellow] {reason}")

@@ -150,6 +150,8 @@ class InspectReport:
     notes: list[str]
     # target -> accelerator -> ops it hands back to the CPU (e.g. android-tflite -> nnapi -> {"MatMul": 1})
     fallbacks: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    # target -> its detailed accelerator readiness report (rules, sources, nodes), e.g. ios-coreml's ANE report
+    accelerator_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict with stable keys (plain ints, strings, lists and dicts only)."""
@@ -168,8 +170,13 @@ class InspectReport:
             "totals": self.totals.to_dict(),
             "unsupported": {t: {op: int(n) for op, n in ops.items()} for t, ops in self.unsupported.items()},
             "target_errors": dict(self.target_errors),
-            "fallbacks": {t: {a: {op: int(n) for op, n in ops.items()} for a, ops in by.items()}
-                          for t, by in self.fallbacks.items()},  # fmt: skip
+            "fallbacks": {
+                t: {a: {op: int(n) for op, n in ops.items()} for a, ops in by.items()}
+                for t, by in self.fallbacks.items()
+            },  # fmt: skip
+            "accelerator_reports": {
+                t: {k: v for k, v in r.items() if k != "lines"} for t, r in self.accelerator_reports.items()
+            },  # fmt: skip
             "notes": list(self.notes),
             "layers": [layer.to_dict() for layer in self.layers],
         }
@@ -188,13 +195,16 @@ def _json_io(tensor: dict[str, Any]) -> dict[str, Any]:
 # -- the engine ----------------------------------------------------------------------------------
 
 
-def inspect_model(model: Model, *, input_shapes: dict[str, list[int]] | None = None) -> InspectReport:
+def inspect_model(
+    model: Model, *, input_shapes: dict[str, list[int]] | None = None, targets: list[str] | None = None
+) -> InspectReport:
     """Inspect `model`: one LayerInfo per node of the main graph (graph order), totals and model facts.
 
     `input_shapes` fixes the dims of named inputs (all of them, positive ints) before shape inference, so
     a dynamic model (e.g. [?, 3, ?, ?]) gets concrete shapes and MACs. A symbolic first dim of an input of
     rank >= 2 that the caller leaves open is taken as batch = 1 for the MACs only; the shapes shown keep it
-    symbolic. See the module docstring for what is counted.
+    symbolic. See the module docstring for what is counted. `targets` limits the per-target checks to those
+    (default: every registered target) and adds each one's detailed accelerator report (ios-coreml: the ANE).
     """
     proto = model.proto
     graph = proto.graph
@@ -248,7 +258,7 @@ def inspect_model(model: Model, *, input_shapes: dict[str, list[int]] | None = N
         macs_unknown_layers=unknown,
         op_histogram=dict(sorted(histogram.items(), key=lambda item: (-item[1], item[0]))),
     )
-    unsupported, fallbacks, target_errors = _unsupported_by_target(proto)
+    unsupported, fallbacks, reports, target_errors = _unsupported_by_target(proto, targets)
 
     return InspectReport(
         path=str(model.path) if model.path else None,
@@ -267,27 +277,35 @@ def inspect_model(model: Model, *, input_shapes: dict[str, list[int]] | None = N
         target_errors=target_errors,
         notes=notes,
         fallbacks=fallbacks,
+        accelerator_reports=reports,
     )
 
 
-def _unsupported_by_target(
-    proto: onnx.ModelProto,
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]], dict[str, str]]:
-    """Ops each registered target cannot run and those its accelerators hand back to the CPU; a target that fails
-    to load is reported, not fatal."""
+def _unsupported_by_target(proto: onnx.ModelProto, names: list[str] | None) -> tuple[
+    dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]], dict[str, dict[str, Any]], dict[str, str]
+]:  # fmt: skip
+    """Ops each target cannot run and those its accelerators hand back to the CPU, and (for targets named in
+    `names`) the detailed accelerator reports; a target that fails to load is reported, not fatal."""
     from edgekit.targets import get_target, target_names
 
     unsupported: dict[str, dict[str, int]] = {}
     fallbacks: dict[str, dict[str, dict[str, int]]] = {}
+    reports: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
-    for name in target_names():
+    unknown = sorted(set(names or ()) - set(target_names()))
+    if unknown:
+        get_target(unknown[0])  # the TargetError that lists the known targets
+    for name in names or target_names():
         try:
             target = get_target(name)
             unsupported[name] = dict(target.unsupported_ops(proto))
             fallbacks[name] = target.accelerator_fallbacks(proto)
+            report = target.accelerator_report(proto) if names else None
+            if report is not None:
+                reports[name] = report
         except Exception as exc:  # a backend's optional dependency may be missing; inspect still works
             errors[name] = f"{type(exc).__name__}: {exc}"
-    return unsupported, fallbacks, errors
+    return unsupported, fallbacks, reports, errors
 
 
 def _op_label(node: onnx.NodeProto) -> str:
@@ -825,6 +843,10 @@ def _summary(report: InspectReport) -> Any:
             if ops:
                 listed = ", ".join(f"{op} ×{n}" for op, n in ops.items())
                 row(f"{target} ({accelerator})", f"runs on the CPU instead: {listed}", "yellow")
+    for target, detail in report.accelerator_reports.items():
+        for line in detail.get("lines", []):
+            style = "yellow" if line.startswith(("falls", "slows")) else "green"
+            row(f"{target} ({detail.get('accelerator')})", line, style)
     for target, error in report.target_errors.items():
         row(f"{target}", f"not checked: {error}", "yellow")
     for note in report.notes:

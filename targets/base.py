@@ -25,7 +25,13 @@ class BuildError(EdgekitError):
 
 
 # build options as the CLI spells them, for error messages
-OPTION_FLAGS = {"dla_core": "--dla", "sparsity": "--sparsity", "max_batch": "--max-batch", "int8_io": "--int8-io"}
+OPTION_FLAGS = {
+    "dla_core": "--dla",
+    "sparsity": "--sparsity",
+    "max_batch": "--max-batch",
+    "int8_io": "--int8-io",
+    "shapes": "--shapes",
+}
 
 
 class Target:
@@ -63,6 +69,11 @@ class Target:
         """Per accelerator of the device (NNAPI, ANE, DLA): ops of `proto` it hands back to the CPU, with counts.
         The model still runs; those layers are just not accelerated. Empty when the target knows of none."""
         return {}
+
+    def accelerator_report(self, proto: onnx.ModelProto) -> dict[str, Any] | None:
+        """A detailed readiness report for the device's accelerator (rules, their sources, matched nodes), with
+        `lines` to print; None when the target has none beyond `accelerator_fallbacks`."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         return {

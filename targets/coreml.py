@@ -22,6 +22,7 @@ import tempfile
 import uuid
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,11 +62,25 @@ class CoreMLTarget(Target):
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
 
-    def ane_report(self, proto: onnx.ModelProto) -> Any:
+    build_options = ("shapes",)
+
+    def ane_report(self, proto: onnx.ModelProto, precision: str | None = None) -> Any:
         """What of `proto` is known to fall back from the Neural Engine (see `edgekit.ane`)."""
         from edgekit.ane import ane_report
 
-        return ane_report(proto)
+        return ane_report(proto, precision)
+
+    def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
+        """Op types known to leave the Neural Engine for the GPU or CPU (`edgekit.ane` names each rule's source)."""
+        return {"ane": self.ane_report(proto).fallback_ops()}
+
+    def accelerator_report(self, proto: onnx.ModelProto) -> dict[str, Any]:
+        report = self.ane_report(proto)
+        return {"accelerator": "ane", **report.to_dict(), "lines": report.lines()}
+
+    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
+        shapes = options.get("shapes")
+        return {"shapes": parse_shapes(shapes) if shapes is not None else None}
 
     def tool_versions(self) -> dict[str, str]:
         versions = super().tool_versions()
@@ -86,19 +101,23 @@ class CoreMLTarget(Target):
 
         resize = _spatial(model.preprocess) if model.preprocess else None
         shape = fixed_input_shape(model.proto, resize)
-        module, route, replay_error, quant_notes = self._torch_module(model, precision, quant_spec, shape)
+        make_module, route, replay_error, quant_notes = self._torch_module(model, precision, quant_spec, shape)
         input_name = _coreml_name(model.inputs[0].name)
         output_names = [_coreml_name(t.name) for t in model.outputs]
         image = _image_input(model.preprocess, shape)
         if image is not None and image["normalize_in_graph"]:
-            module = _Normalize.wrap(torch, module, image["mean"], image["std"])
-        example = torch.zeros(shape)
+            make_module = _Normalize.around(torch, make_module, image["mean"], image["std"])
+        module = make_module(shape)
+        sizes = self._options.get("shapes")
+        shapes = _enumerated(shape, sizes) if sizes else None
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module.eval(), example, check_trace=False)
+            traced = torch.jit.trace(module.eval(), torch.zeros(shape), check_trace=False)
+            if shapes:
+                _check_traced_at(traced, make_module, shapes[1:])
             mlmodel = ct.convert(
                 traced,
-                inputs=[_input_type(ct, input_name, shape, image)],
+                inputs=[_input_type(ct, input_name, shape, image, shapes)],
                 outputs=[ct.TensorType(name=name) for name in output_names],
                 convert_to="mlprogram",
                 minimum_deployment_target=ct.target.iOS17 if precision == "w8a8" else ct.target.iOS16,
@@ -122,6 +141,9 @@ class CoreMLTarget(Target):
             "outputs": [{**t.to_dict(), "name": n} for t, n in zip(model.outputs, output_names, strict=True)],
         }
         extra["inputs"] = [_manifest_input(model, input_name, shape, image)]
+        if shapes:
+            extra["inputs"][0]["enumerated_shapes"] = [_manifest_shape(s, image) for s in shapes]
+        extra["ane"] = self.ane_report(model.proto, precision).to_dict()
         if image is not None:
             extra["preprocess"] = image["agent_preprocess"]
         not_honoured: list[dict[str, str]] = []
@@ -137,8 +159,9 @@ class CoreMLTarget(Target):
 
     def _torch_module(
         self, model: Model, precision: str, quant_spec: Any, shape: tuple[int, ...]
-    ) -> tuple[Any, str, float | None, list[dict[str, str]]]:
-        """(module, route, replay error vs ONNX Runtime or None, notes on what could not be honoured)."""
+    ) -> tuple[Callable[[tuple[int, ...]], Any], str, float | None, list[dict[str, str]]]:
+        """(module for an input shape, route, replay error vs ONNX Runtime or None, notes on what could not be
+        honoured). The replay computes shapes for one input shape, hence a module per shape."""
         from edgekit.targets.coreml_onnx import build_module
 
         if precision == "w8a8":
@@ -147,12 +170,15 @@ class CoreMLTarget(Target):
             float_proto = prepare_float_model(model.proto, quant_spec)
             error = _checked_replay(float_proto, shape)
             activations, weights, notes = _quantizers(quant_spec, float_proto)
-            module = build_module(float_proto, shape, activation_quant=activations, weight_quant=weights)
-            return module, "onnx-replay (prepared float graph of the QuantSpec)", error, notes
+
+            def quantized(at: tuple[int, ...]) -> Any:
+                return build_module(float_proto, at, activation_quant=activations, weight_quant=weights)
+
+            return quantized, "onnx-replay (prepared float graph of the QuantSpec)", error, notes
         if model.torch_module is not None:
-            return model.torch_module, "torch module", None, []
+            return lambda at: model.torch_module, "torch module", None, []
         error = _checked_replay(model.proto, shape)
-        return build_module(model.proto, shape), "onnx-replay", error, []
+        return lambda at: build_module(model.proto, at), "onnx-replay", error, []
 
 
 # -- tools ----------------------------------------------------------------------------------------------
@@ -255,12 +281,79 @@ def _image_input(preprocess: Any, shape: tuple[int, ...]) -> dict[str, Any] | No
     }
 
 
-def _input_type(ct: Any, name: str, shape: tuple[int, ...], image: dict[str, Any] | None) -> Any:
+def _input_type(
+    ct: Any, name: str, shape: tuple[int, ...], image: dict[str, Any] | None, shapes: list[tuple[int, ...]] | None
+) -> Any:
+    """The Core ML input: fixed `shape`, or the enumerated `shapes` with `shape` as the default."""
+    dims: Any = ct.EnumeratedShapes(shapes=shapes, default=shape) if shapes else shape
     if image is None:
-        return ct.TensorType(name=name, shape=shape)
+        return ct.TensorType(name=name, shape=dims)
     layout = {"RGB": ct.colorlayout.RGB, "BGR": ct.colorlayout.BGR, "GRAY": ct.colorlayout.GRAYSCALE}[image["color"]]
     bias = image["bias"][0] if image["color"] == "GRAY" else image["bias"]
-    return ct.ImageType(name=name, shape=shape, scale=image["scale"], bias=bias, color_layout=layout)
+    return ct.ImageType(name=name, shape=dims, scale=image["scale"], bias=bias, color_layout=layout)
+
+
+def parse_shapes(value: Any) -> list[tuple[int, int]]:
+    """Enumerated input sizes: "224x224,320x320" or [[224, 224], "320x320"] -> [(224, 224), (320, 320)]."""
+    items = [part for part in value.split(",") if part.strip()] if isinstance(value, str) else list(value)
+    sizes: list[tuple[int, int]] = []
+    for item in items:
+        try:
+            height, width = (int(d) for d in (item.lower().split("x") if isinstance(item, str) else item))
+        except (TypeError, ValueError) as exc:
+            raise BuildError(f"--shapes {item!r}: write HEIGHTxWIDTH sizes, e.g. --shapes 224x224,320x320") from exc
+        if height <= 0 or width <= 0:
+            raise BuildError(f"--shapes {item!r}: height and width must be positive")
+        if (height, width) not in sizes:
+            sizes.append((height, width))
+    if not sizes:
+        raise BuildError("--shapes is empty: give HEIGHTxWIDTH sizes, e.g. --shapes 224x224,320x320")
+    return sizes
+
+
+def _enumerated(shape: tuple[int, ...], sizes: list[tuple[int, int]]) -> list[tuple[int, ...]]:
+    """Full NCHW input shapes for `sizes`, the default `shape` first (Core ML needs it among them)."""
+    if len(shape) != 4:
+        raise BuildError(f"--shapes needs a 4-D NCHW image input; this model's input is {list(shape)}")
+    shapes = [shape] + [(shape[0], shape[1], h, w) for h, w in sizes]
+    return list(dict.fromkeys(shapes))
+
+
+def _check_traced_at(traced: Any, make_module: Callable[[tuple[int, ...]], Any], shapes: list[tuple[int, ...]]) -> None:
+    """The traced program (what Core ML converts) must compute, at each enumerated shape, what the model computes
+    there: a trace that froze a size of the default shape (a flatten to a fixed width, an upsample to fixed
+    sizes) is refused."""
+    import torch
+
+    for shape in shapes:
+        probe = torch.from_numpy(np.random.default_rng(2).random(shape, dtype=np.float32))
+        size = f"{shape[2]}x{shape[3]}"
+        try:
+            expected = make_module(shape).eval()(probe)
+        except Exception as exc:
+            raise BuildError(f"--shapes {size}: the model does not run at this size ({exc})") from exc
+        try:
+            got = traced(probe)
+        except Exception as exc:
+            raise BuildError(
+                f"--shapes {size}: the traced program froze a size of the default input (it fails at {size}: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); drop this size or make the model "
+                "size-independent (global pooling before the classifier)"
+            ) from exc
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        got = got if isinstance(got, tuple) else (got,)
+        peak = max(1.0, *(float(e.abs().max()) for e in expected))
+        error = max(float((e - g).abs().max()) if e.shape == g.shape else float("inf")
+                    for e, g in zip(expected, got, strict=True))  # fmt: skip
+        if not error <= REPLAY_TOLERANCE * peak:
+            raise BuildError(
+                f"--shapes {size}: the traced program computes something else at this size (max abs error "
+                f"{error:.3g}); it froze a size of the default input: drop this size"
+            )
+
+
+def _manifest_shape(shape: tuple[int, ...], image: dict[str, Any] | None) -> list[int]:
+    return [shape[0], shape[2], shape[3], shape[1]] if image is not None else list(shape)
 
 
 def _input_summary(image: dict[str, Any] | None) -> dict[str, Any]:
@@ -285,6 +378,10 @@ def _manifest_input(model: Model, name: str, shape: tuple[int, ...], image: dict
 
 
 class _Normalize:
+    @staticmethod
+    def around(torch: Any, make_module: Callable[[tuple[int, ...]], Any], mean: list[float], std: list[float]) -> Any:
+        return lambda at: _Normalize.wrap(torch, make_module(at), mean, std)
+
     @staticmethod
     def wrap(torch: Any, module: Any, mean: list[float], std: list[float]) -> Any:
         class Normalized(torch.nn.Module):

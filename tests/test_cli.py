@@ -76,6 +76,19 @@ def test_build_run_report(classifier_path, video, tmp_path, isolated_store):
     assert html.read_text().count("<svg") == 4 + 4  # two histograms per run, four side-by-side charts
 
 
+def test_engine_options_reach_the_engine(classifier_path, video, tmp_path, isolated_store):
+    out = tmp_path / "art"
+    assert invoke("build", classifier_path, "-o", out).exit_code == 0
+    ran = invoke("run", out, "--source", video, "-e", "graph_optimization=basic", "-e", "inter_op_threads=1")
+    assert ran.exit_code == 0, ran.output
+    (record,) = ResultsStore(isolated_store).get()
+    assert record.plan["engine"]["options"] == {"graph_optimization": "basic", "inter_op_threads": 1}
+    unknown = invoke("run", out, "--source", video, "-e", "delegate=nnapi")
+    assert unknown.exit_code == 1 and "delegate" in unknown.output and "known" in unknown.output
+    malformed = invoke("run", out, "--source", video, "-e", "compute_units")
+    assert malformed.exit_code != 0 and "KEY=VALUE" in malformed.output
+
+
 def test_demo_runs_the_main_job(tmp_path, isolated_store):
     result = invoke("demo", "--workdir", tmp_path / "demo", "--frames", "200", "--int8")
     assert result.exit_code == 0, result.output

@@ -281,6 +281,64 @@ def test_ane_report_names_each_rule_and_its_source():
     assert get_target("ios-coreml").ane_report(lstm).to_dict() == report.to_dict()
 
 
+def test_inspect_shows_the_ane_report_for_ios_coreml(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+    from edgekit.inspect import inspect_model
+
+    path = tmp_path / "dilated.onnx"
+    dilated = _conv_graph(dilations=[2, 2], pads=[2, 2, 2, 2])
+    dilated.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16]))
+    onnx.save(dilated, path)
+    report = inspect_model(Model.load(path), targets=["ios-coreml"])
+    assert list(report.unsupported) == ["ios-coreml"]  # only the target asked for
+    assert report.fallbacks["ios-coreml"] == {"ane": {"Conv": 1}}
+    detail = report.to_dict()["accelerator_reports"]["ios-coreml"]
+    assert detail["accelerator"] == "ane" and not detail["ready"]
+    assert detail["findings"][0]["ops"] == {"Conv": 1} and "hollance" in detail["findings"][0]["source"]
+    every = inspect_model(Model.load(path))  # all targets: the fallback counts, not the detailed reports
+    assert every.fallbacks["ios-coreml"] == {"ane": {"Conv": 1}} and every.accelerator_reports == {}
+    result = CliRunner().invoke(main, ["inspect", str(path), "-t", "ios-coreml"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "falls back: dilated convolution x1" in result.output and "hollance" in result.output
+    unknown = CliRunner().invoke(main, ["inspect", str(path), "-t", "ios-corml"])
+    assert unknown.exit_code != 0 and "known targets" in unknown.output
+
+
+def test_manifest_carries_the_ane_report(digits_built):
+    _, _, built = digits_built
+    assert built["fp16"].manifest["ane"] == {"ready": True, "findings": []}
+    fp32 = built["fp32"].manifest["ane"]
+    assert not fp32["ready"] and fp32["findings"][0]["rule"] == "float32 precision"
+
+
+def test_enumerated_shapes_convert_and_are_listed(torch_built, tmp_path):
+    model, spec, _ = torch_built
+    target = get_target("ios-coreml")
+    for precision in ("fp16", "w8a8"):
+        artifact = target.build(model, tmp_path / precision, precision=precision,
+                                quant_spec=spec if precision == "w8a8" else None,
+                                options={"shapes": "48x48,64x32,32x32"})  # fmt: skip
+        entry = artifact.manifest["inputs"][0]
+        assert entry["shape"] == [1, 32, 32, 3]  # the preprocess size stays the default
+        assert entry["enumerated_shapes"] == [[1, 32, 32, 3], [1, 48, 48, 3], [1, 64, 32, 3]]
+        mlmodel, _ = _mlmodel(artifact, tmp_path / f"{precision}-unzipped")
+        image = mlmodel.get_spec().description.input[0].type.imageType
+        sizes = [(s.height, s.width) for s in image.enumeratedSizes.sizes]
+        assert sizes == [(32, 32), (48, 48), (64, 32)] and (image.height, image.width) == (32, 32)
+
+
+def test_enumerated_shapes_a_model_cannot_take_are_refused(tmp_path):
+    target = get_target("ios-coreml")
+    digits = Model.load(DIGITS)  # flattens a 7x7 map into its classifier: 28x28 only
+    with pytest.raises(BuildError, match="--shapes 32x32"):
+        target.build(digits, tmp_path / "a", precision="fp16", options={"shapes": "32x32"})
+    for bad in ("32", "0x32", "axb", ""):
+        with pytest.raises(BuildError, match="--shapes"):
+            target.build(digits, tmp_path / "b", precision="fp16", options={"shapes": bad or []})
+
+
 @pytest.mark.skipif(sys.platform != "darwin", reason="needs macOS (Core ML prediction)")
 def test_prediction_matches_onnx_runtime_on_macos(digits_built, tmp_path):
     import onnxruntime as ort
