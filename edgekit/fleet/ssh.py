@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 MAX_OUTPUT = 16 << 20  # bytes kept per stream of a command; the rest is read and dropped
 MAX_RESULT_BYTES = 256 << 20
 MAX_FACTS = 64
+INTERRUPT_STEP_S = 10.0  # seconds for each cleanup step after Ctrl-C (stop the agent, remove its run folder)
 FACTS_SCHEMA, FACTS_VERSION = "edgekit.facts", 1
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ProgressFn = Callable[[int, int], None]
@@ -486,6 +487,7 @@ class SshTransport:
         command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", run_dir, *self.python_argv(), "-c"]
         # absolute paths, so `ps` on the device shows which run an agent belongs to
         command += [_AGENT_WRAPPER, agent, "--plan", f"{run_dir}/plan.json", "--result", f"{run_dir}/result.json"]
+        interrupted = False
         try:
             try:
                 rc, _, stderr = self._exec_command(
@@ -512,7 +514,9 @@ class SshTransport:
                 self._stop_after_lost_connection(run_dir)
                 raise DeviceError(f"{exc}; the run was abandoned") from exc
             except KeyboardInterrupt:
-                self._stop_agent(run_dir, grace=2.0)
+                # the user is waiting: every step of the cleanup gets a short, fixed time
+                interrupted = True
+                self._stop_agent(run_dir, grace=2.0, timeout=INTERRUPT_STEP_S)
                 raise
             try:
                 result = self._fetch_result(plan, run_dir)
@@ -526,7 +530,7 @@ class SshTransport:
             return result
         finally:
             self._current_run_dir = None
-            self._cleanup(run_dir)
+            self._cleanup(run_dir, timeout=INTERRUPT_STEP_S if interrupted else 30.0)
 
     def cancel(self) -> None:
         """Stop the agent of the run in progress; called from another thread (the fleet runner on Ctrl-C).
@@ -562,10 +566,12 @@ class SshTransport:
         except (ValueError, RecursionError, RunError) as exc:
             raise DeviceError(f"device {self.name}: the agent's result could not be used: {exc}") from exc
 
-    def _stop_agent(self, run_dir: str, *, grace: float) -> str:
-        """Stop the run's agent (SIGTERM, then SIGKILL after `grace` s); say what happened."""
+    def _stop_agent(self, run_dir: str, *, grace: float, timeout: float | None = None) -> str:
+        """Stop the run's agent (SIGTERM, then SIGKILL after `grace` s); say what happened. The stop command
+        itself may take `timeout` s (default grace + 15)."""
+        argv = [*self.python_argv(), "-c", _STOP_AGENT, run_dir, str(grace)]
         try:
-            rc, out, err = self.exec([*self.python_argv(), "-c", _STOP_AGENT, run_dir, str(grace)], timeout=grace + 15)
+            rc, out, err = self.exec(argv, timeout=timeout if timeout is not None else grace + 15)
         except DeviceError as exc:
             log.warning("device %s: could not stop the agent: %s", self.name, exc)
             return "possibly left running (the stop command failed)"
@@ -582,11 +588,11 @@ class SshTransport:
         except DeviceError as exc:
             log.warning("device %s: could not stop the agent after the connection broke: %s", self.name, exc)
 
-    def _cleanup(self, run_dir: str) -> None:
+    def _cleanup(self, run_dir: str, *, timeout: float = 30.0) -> None:
         if not self.connected:
             return
         try:
-            self.exec(["rm", "-rf", run_dir], timeout=30)
+            self.exec(["rm", "-rf", run_dir], timeout=timeout)
         except DeviceError as exc:
             log.warning("device %s: could not remove %s: %s", self.name, run_dir, exc)
 

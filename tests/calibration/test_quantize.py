@@ -47,6 +47,17 @@ def test_uint8_qdq_runs_integer_kernels_and_keeps_accuracy(digits_model, digits_
     assert drop <= 0.004  # on 1,000 real held-out digits
 
 
+def test_the_model_input_keeps_its_whole_range_with_clipping_observers(digits_model, digits_tensors):
+    x, y = digits_tensors
+    calibration = calibrate(digits_model, x[500:564], observer="entropy", progress=False)
+    entry = calibration.spec.tensors["input"]
+    assert entry.range == entry.observed and entry.observer == "minmax (model input)"
+    assert calibration.spec.calibration["observer"] == "entropy"
+    assert calibration.spec.tensors["relu"].observer == "entropy"
+    # clipping the input at +0.43 (the KL search's pick) left 10 % top-1; entropy now stays usable
+    assert top1(write_qdq(calibration.float_model, calibration.spec), x, y) >= 0.85
+
+
 def test_int8_symmetric_qdq_is_valid_and_accurate(digits_model, digits_tensors):
     x, y = digits_tensors
     calibration = calibrate(digits_model, x[:64], activations="int8_sym", progress=False)

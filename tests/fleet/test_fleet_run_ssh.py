@@ -148,6 +148,6 @@ def test_ctrl_c_stops_the_agent(device, digits_artifact, digits_video, processes
         time.sleep(0.05)
     assert processes_mentioning(f"runs/{plan['run_id']}/plan.json"), "the agent never started"
     host.send_signal(signal.SIGINT)
-    out, _ = host.communicate(timeout=60)  # cleanup over SSH is slow on a loaded machine
+    out, _ = host.communicate(timeout=90)  # cleanup steps are bounded (INTERRUPT_STEP_S each), Python starts slowly
     assert out.strip() == "interrupted"
     assert processes_mentioning(plan["run_id"]) == []
