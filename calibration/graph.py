@@ -177,12 +177,19 @@ def plan_quantization(
     plan = QuantPlan()
     activations: dict[str, None] = {}  # ordered set
 
+    types = _elem_types(model)
+
     def is_activation(name: str) -> bool:
         return bool(name) and name not in inits
+
+    def is_float(name: str) -> bool:  # unknown types count as float (shape inference may not reach them)
+        return types.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES
 
     for node in graph.node:
         if node.op_type not in QUANTIZABLE_OPS or node.name in float_nodes:
             continue
+        if not all(is_float(name) for name in (*node.input, *node.output) if name):
+            continue  # integer arithmetic (shape computations): nothing to quantize
         weight_index = WEIGHT_OPS.get(node.op_type)
         if weight_index is not None:
             if len(node.input) <= weight_index or node.input[weight_index] not in inits:
@@ -210,6 +217,26 @@ def plan_quantization(
             elif name not in plan.outputs:
                 plan.outputs.append(name)
     # every graph output gets a range (a softmax after the last Gemm too): full-integer targets quantize them all
-    plan.outputs += [o.name for o in graph.output if o.name not in plan.outputs and o.name not in activations]
+    plan.outputs += [
+        o.name for o in graph.output if o.name not in plan.outputs and o.name not in activations and is_float(o.name)
+    ]
     plan.activations = list(activations)
     return plan
+
+
+_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
+                          onnx.TensorProto.DOUBLE})  # fmt: skip
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor shape inference can type (graph inputs, outputs, initializers, values)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # an untypeable model still gets planned (as before: every tensor taken as float)
+        inferred = model
+    graph = inferred.graph
+    types = {init.name: init.data_type for init in graph.initializer}
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types[value.name] = value.type.tensor_type.elem_type
+    return types

@@ -58,6 +58,33 @@ def test_the_model_input_keeps_its_whole_range_with_clipping_observers(digits_mo
     assert top1(write_qdq(calibration.float_model, calibration.spec), x, y) >= 0.85
 
 
+def test_integer_arithmetic_is_left_unquantized(tmp_path):
+    """Shape arithmetic (Shape -> Add on int64 -> Reshape) beside a Conv: only float tensors get quantizers."""
+    from edgekit.calibration.graph import plan_quantization
+
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32) * 0.1, "w")
+    one = numpy_helper.from_array(np.array([0, 0], np.int64), "zeros")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Shape", ["c"], ["shape"], end=2),
+        helper.make_node("Add", ["shape", "zeros"], ["shape2"], name="int_add"),
+        helper.make_node("Concat", ["shape2", "minus1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["c", "target"], ["y"]),
+    ]
+    minus1 = numpy_helper.from_array(np.array([-1], np.int64), "minus1")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])],
+                              [weight, one, minus1])  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    plan = plan_quantization(proto)
+    assert "int_add" not in plan.nodes and "shape" not in plan.activations and "shape2" not in plan.activations
+    model = Model(proto)
+    calibration = calibrate(model, list(np.random.default_rng(0).random((4, 1, 3, 8, 8), dtype=np.float32)),
+                            progress=False)  # fmt: skip
+    ort.InferenceSession(write_qdq(calibration.float_model, calibration.spec).SerializeToString(),
+                         providers=["CPUExecutionProvider"])  # fmt: skip
+
+
 def test_int8_symmetric_qdq_is_valid_and_accurate(digits_model, digits_tensors):
     x, y = digits_tensors
     calibration = calibrate(digits_model, x[:64], activations="int8_sym", progress=False)
