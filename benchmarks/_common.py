@@ -44,6 +44,25 @@ def ort_session(data: bytes):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
+def interleaved_latency_ms(models: dict[str, bytes], sample, *, rounds: int = 8, runs: int = 100) -> dict[str, float]:
+    """Batch-1 latency of each ONNX model in ORT (one thread): rounds that visit every model in turn (so drift on a
+    shared machine hits them alike), `runs` timed runs after 20 warm-up runs per visit; median of all samples."""
+    import time
+
+    sessions = {key: ort_session(data) for key, data in models.items()}
+    samples: dict[str, list[float]] = {key: [] for key in sessions}
+    for _ in range(rounds):
+        for key, session in sessions.items():
+            feed = {session.get_inputs()[0].name: sample}
+            for _ in range(20):
+                session.run(None, feed)
+            for _ in range(runs):
+                start = time.perf_counter()
+                session.run(None, feed)
+                samples[key].append(time.perf_counter() - start)
+    return {key: median(values) * 1e3 for key, values in samples.items()}
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 

@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, ort_session, print_table  # noqa: E402
+from _common import interleaved_latency_ms, median, ort_session, print_table  # noqa: E402
 from mobilenet_v2 import mobilenet_v2  # noqa: E402
 
 MEAN, STD = 0.1316, 0.3088
@@ -132,19 +132,6 @@ def ort_top1(data: bytes, x, y) -> float:
     return float((preds == y.numpy()).mean()) * 100
 
 
-def ort_latency_ms(data: bytes, sample: np.ndarray, runs: int = 300) -> float:
-    session = ort_session(data)
-    feed = {session.get_inputs()[0].name: sample}
-    for _ in range(30):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return median(times) * 1e3
-
-
 def onnx_bytes(model, example) -> bytes:
     from edgekit.model import Model
 
@@ -196,12 +183,9 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
     before_ft = top1(pruned, xt, yt)
     train(pruned, x, y, FINETUNE_STRUCTURED, seed=1, lr=1e-3)
     after_ft = top1(pruned, xt, yt)
-    sample = example.numpy()
-    dense_onnx, pruned_onnx = onnx_bytes(dense, example), onnx_bytes(pruned, example)
-    lat_dense = ort_latency_ms(dense_onnx, sample)
-    lat_pruned = ort_latency_ms(pruned_onnx, sample)
-    lat_dense2 = ort_latency_ms(dense_onnx, sample)  # interleaved re-measure: drift check
-    lat_dense = min(lat_dense, lat_dense2)
+    latency = interleaved_latency_ms({"dense": onnx_bytes(dense, example), "pruned": onnx_bytes(pruned, example)},
+                                     example.numpy())  # fmt: skip
+    lat_dense, lat_pruned = latency["dense"], latency["pruned"]
     return [
         name, f"{ratio:.2f}", f"{dense_macs / 1e6:.2f}M", f"{pruned_macs / 1e6:.2f}M ({pruned_macs / dense_macs:.0%})",
         f"{result.report.params_before} -> {result.report.params_after}",
@@ -299,9 +283,7 @@ def qat_vs_ptq(name, dense, x, y, xt, yt, example, dense_top1):
 
     calib = x[:256]
     batches = [calib[i : i + 64] for i in range(0, 256, 64)]
-    sample = example.numpy()
-    fp32_ms = ort_latency_ms(onnx_bytes(dense, example), sample)
-    rows = [[name, "fp32", "-", fmt(dense_top1), "-", f"{fp32_ms:.3f}", "-", "torch / ORT"]]
+    fp32_bytes = onnx_bytes(dense, example)
     # INT8, x86 scheme
     cal = calibrate(Model.from_torch(copy.deepcopy(dense), example), calib.numpy(), weights="int7_per_channel",
                     batch=64, progress=False)  # fmt: skip
@@ -313,7 +295,9 @@ def qat_vs_ptq(name, dense, x, y, xt, yt, example, dense_top1):
         export_qat(qat, example, tmp, calib_batches=batches)
         qat_bytes = (Path(tmp) / "model.onnx").read_bytes()
     qat8 = ort_top1(qat_bytes, xt, yt)
-    ptq_ms, qat_ms = ort_latency_ms(ptq_bytes, sample), ort_latency_ms(qat_bytes, sample)
+    latency = interleaved_latency_ms({"fp32": fp32_bytes, "ptq": ptq_bytes, "qat": qat_bytes}, example.numpy())
+    fp32_ms, ptq_ms, qat_ms = latency["fp32"], latency["ptq"], latency["qat"]
+    rows = [[name, "fp32", "-", fmt(dense_top1), "-", f"{fp32_ms:.3f}", "-", "torch / ORT"]]
     rows.append([name, "INT8 (u8 act, int7/ch w)", fmt(ptq8), fmt(qat8), f"{qat8 - ptq8:+.2f}", f"{ptq_ms:.3f}",
                  f"{qat_ms:.3f}", "ORT QDQ (both)"])  # fmt: skip
     # 4-bit weights (qmax 7 per channel), uint8 activations, evaluated in torch

@@ -45,6 +45,8 @@ def _store(db: str | None) -> Any:
     return ResultsStore(db)
 
 
+LAST_GOOD = "last_good.pt"  # where prune/distill/qat keep the last good weights when the loss turns NaN
+
 _DB_OPTION = click.option(
     "--db", type=click.Path(dir_okay=False), default=None, help="Results database (default: $EDGEKIT_DB or "
     "~/.local/share/edgekit/results.db).",
@@ -699,7 +701,9 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
             for name, reason in result.report.skipped.items():
                 console.print(f"[yellow]{name} not pruned:[/yellow] {reason}")
             work = result.model
-            fitting.fit(work, setup["train"], epochs=epochs, lr=lr, description="fine-tuning")
+            fitting.fit(
+                work, setup["train"], epochs=epochs, lr=lr, description="fine-tuning", checkpoint=Path(out) / LAST_GOOD
+            )
         else:
             from edgekit.compress.pruning import CubicSchedule, MagnitudePruner, OneShotSchedule
 
@@ -710,7 +714,15 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
                 else OneShotSchedule(sparsity)
             )
             pruner = MagnitudePruner(work, chosen)
-            fitting.fit(work, setup["train"], epochs=epochs, lr=lr, on_step=pruner.step, description="pruning")
+            fitting.fit(
+                work,
+                setup["train"],
+                epochs=epochs,
+                lr=lr,
+                on_step=pruner.step,
+                description="pruning",
+                checkpoint=Path(out) / LAST_GOOD,
+            )
             pruner.apply(sparsity)  # the target, even when training was too short to reach it
             pruner.remove()
             with torch.no_grad():
@@ -780,7 +792,15 @@ def distill(model_path: str | None, demo: bool, demo_epochs: int, data: str | No
         distiller = Distiller(student, teacher_fn, temperature=temperature, alpha=alpha)
     except ValueError as exc:
         raise EdgekitError(str(exc)) from exc
-    fitting.fit(student, setup["train"], epochs=epochs, lr=lr, loss_fn=distiller.loss, description="distilling")
+    fitting.fit(
+        student,
+        setup["train"],
+        epochs=epochs,
+        lr=lr,
+        loss_fn=distiller.loss,
+        description="distilling",
+        checkpoint=Path(out) / LAST_GOOD,
+    )
     after = _export(student.eval(), setup)
     Path(out).mkdir(parents=True, exist_ok=True)
     after.save(Path(out) / "model.onnx")
@@ -836,7 +856,7 @@ def qat(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, 
                                calib_batches=None if init else calib, learnable=learnable)  # fmt: skip
     except ValueError as exc:
         raise EdgekitError(str(exc)) from exc
-    fitting.fit(prepared, setup["train"], epochs=epochs, lr=lr, description="QAT")
+    fitting.fit(prepared, setup["train"], epochs=epochs, lr=lr, description="QAT", checkpoint=Path(out) / LAST_GOOD)
     # the calibration batches also complete the learned spec (conv outputs, pooling, logits) for full-integer targets
     float_model, spec = export_qat(prepared.eval(), setup["example"], out, preprocess=setup["spec"],
                                    class_names=setup["classes"], calib_batches=calib)  # fmt: skip

@@ -234,13 +234,19 @@ def fit(
     progress: bool = True,
     extra_params: Sequence[nn.Parameter] = (),
     description: str = "training",
+    checkpoint: str | Path | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` with Adam for ``epochs`` passes; return ``{"loss": [mean per epoch]}``.
 
     ``loss_fn(inputs, targets)`` defaults to cross-entropy of ``model(inputs)``; pass e.g.
     ``Distiller.loss``. ``on_step(step)`` (global step, from 1) runs after each ``optimizer.step()``.
     ``extra_params`` join the optimizer (e.g. distillation adapters).
+
+    A NaN/inf loss stops training with `NonFiniteLossError`; the model is first put back to its state at the
+    end of the last complete epoch (or the start), which is also saved to ``checkpoint`` when given.
     """
+    from edgekit.compress.amp import NonFiniteLossError, _cpu_copy
+
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
 
@@ -254,15 +260,26 @@ def fit(
     total = epochs * len(train_loader)
     bar, task = _progress(progress, description, total)
     step = 0
+    last_good, good_epoch = _cpu_copy(model.state_dict()), 0
     model.train()
     try:
-        for _ in range(epochs):
+        for epoch in range(epochs):
             losses = []
             for inputs, targets in train_loader:
                 optimizer.zero_grad(set_to_none=True)
                 loss = compute(inputs, targets)
                 if not torch.isfinite(loss):
-                    raise EdgekitError(f"the training loss became {float(loss)} at step {step + 1}; lower --lr")
+                    model.load_state_dict(last_good)
+                    saved = ""
+                    if checkpoint is not None:
+                        Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+                        torch.save(last_good, checkpoint)
+                        saved = f", saved to {checkpoint}"
+                    raise NonFiniteLossError(
+                        f"the training loss became {float(loss.detach())} at step {step + 1} (epoch {epoch + 1}); "
+                        f"training stopped and the model is back at its last good state (after epoch {good_epoch})"
+                        f"{saved}. Lower --lr, or check the data for NaN/inf"
+                    )
                 loss.backward()
                 optimizer.step()
                 step += 1
@@ -272,6 +289,7 @@ def fit(
                 if bar is not None:
                     bar.update(task, advance=1, description=f"{description} (loss {losses[-1]:.3f})")
             history["loss"].append(float(np.mean(losses)) if losses else math.nan)
+            last_good, good_epoch = _cpu_copy(model.state_dict()), epoch + 1
     finally:
         if bar is not None:
             bar.stop()
