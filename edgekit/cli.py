@@ -640,6 +640,15 @@ def _library_errors() -> tuple[type[Exception], ...]:
     return (ValueError, ChannelPruneError)
 
 
+def _teacher_loss(student: Any, teacher: Any) -> Any:
+    """Knowledge distillation from `teacher` (a frozen copy) into `student`: the loss for `fit`."""
+    import copy
+
+    from edgekit.compress.distill import Distiller
+
+    return Distiller(student, copy.deepcopy(teacher).eval(), temperature=4.0, alpha=0.5).loss
+
+
 @main.command()
 @_model_options
 @click.option("--structured", is_flag=True, help="Remove whole conv channels (a smaller, faster network).")
@@ -653,10 +662,13 @@ def _library_errors() -> tuple[type[Exception], ...]:
 )
 @click.option("--schedule", type=click.Choice(["cubic", "oneshot"]), default="cubic", show_default=True,
               help="Unstructured: reach --sparsity gradually over the first half of training, or at once.")  # fmt: skip
+@click.option("--distill", is_flag=True,
+              help="Fine-tune with the unpruned model as the teacher (Hinton KD, T=4, alpha=0.5): recovers more "
+              "accuracy per epoch, at the cost of a teacher forward pass per step.")  # fmt: skip
 @_fail_cleanly
 def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, preprocess_json: str | None,
           epochs: int, lr: float, batch_size: int, out: str, structured: bool, ratio: float, criterion: str,
-          multiple_of: int, sparsity: float, schedule: str) -> None:  # fmt: skip
+          multiple_of: int, sparsity: float, schedule: str, distill: bool) -> None:  # fmt: skip
     """Prune a torch model, fine-tune it, export it and compare before/after.
 
     \b
@@ -665,7 +677,7 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
     sparse kernels). Writes OUT/model.onnx.
     \b
     Examples:
-      edgekit prune --demo --structured --ratio 0.5 -o pruned
+      edgekit prune --demo --structured --ratio 0.5 --distill -o pruned
       edgekit prune --demo --sparsity 0.8 --schedule cubic --epochs 5 -o sparse
       edgekit prune --model mypkg.nets:trained_net --data imgs/ --structured --criterion bn_gamma -o out
     """
@@ -702,8 +714,9 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
                 console.print(f"[yellow]{name} not pruned:[/yellow] {reason}")
             work = result.model
             fitting.fit(
-                work, setup["train"], epochs=epochs, lr=lr, description="fine-tuning", checkpoint=Path(out) / LAST_GOOD
-            )
+                work, setup["train"], epochs=epochs, lr=lr, description="fine-tuning", checkpoint=Path(out) / LAST_GOOD,
+                loss_fn=_teacher_loss(work, original) if distill else None,
+            )  # fmt: skip
         else:
             from edgekit.compress.pruning import CubicSchedule, MagnitudePruner, OneShotSchedule
 
@@ -722,6 +735,7 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
                 on_step=pruner.step,
                 description="pruning",
                 checkpoint=Path(out) / LAST_GOOD,
+                loss_fn=_teacher_loss(work, original) if distill else None,
             )
             pruner.apply(sparsity)  # the target, even when training was too short to reach it
             pruner.remove()
