@@ -464,6 +464,8 @@ def _print_run(run_id: str, store: Any, console: Any) -> None:
     console.print(line)
     for error in result.get("errors", []):
         console.print(f"[red]{error.get('stage', '?')} error:[/red] {error.get('message', '')}")
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"run [bold]{run_id}[/bold] ({result['status']}) stored in {store.path}")
 
 

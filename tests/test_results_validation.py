@@ -61,11 +61,20 @@ def test_good_result_passes_and_unknown_fields_are_dropped():
         ({"samples_ms": {"inference": ["1"]}}, "samples_ms.inference"),
         ({"latency_ms": {"inference": {"p50": True}}}, "latency_ms.inference.p50"),
         ({"errors": "oops"}, "errors"),
+        ({"warnings": "oops"}, "warnings"),
+        ({"warnings": [{"not": "text"}]}, r"warnings\[\]"),
     ],
 )
 def test_bad_fields_are_named(changes, message):
     with pytest.raises(RunError, match=message.replace(".", r"\.")):
         validate_result(good_result(**changes), run_id="r1")
+
+
+def test_warnings_come_through_as_short_text():
+    warned = ["delegate 'nnapi' did not load; ran on XNNPACK (CPU)", "y" * 10_000]
+    clean = validate_result(good_result(warnings=warned), run_id="r1")
+    assert clean["warnings"][0] == warned[0] and len(clean["warnings"][1]) == 4000
+    assert validate_result(good_result(), run_id="r1")["warnings"] == []
 
 
 def test_oversized_text_is_truncated():

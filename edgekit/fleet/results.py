@@ -151,6 +151,9 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
     errors = data.get("errors") or []
     if not isinstance(errors, list):
         raise RunError("device result field errors is not a list")
+    warnings = data.get("warnings") or []
+    if not isinstance(warnings, list):
+        raise RunError("device result field warnings is not a list")
     clean: dict[str, Any] = {
         "schema": SCHEMA,
         "version": data["version"],
@@ -170,6 +173,8 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "device": _facts(data.get("device", {}), "device"),
         "engine": _facts(data.get("engine", {}), "engine"),
         "errors": [_facts(e, "errors[]") for e in errors[:MAX_ERRORS]],
+        # what the agent noticed but ran through (a delegate that fell back to the CPU, a charging battery)
+        "warnings": [_text(w, "warnings[]") for w in warnings[:MAX_ERRORS]],
     }
     if data.get("layer_times_ms"):
         clean["layer_times_ms"] = _layer_times(data["layer_times_ms"])
