@@ -642,6 +642,50 @@ def _library_errors() -> tuple[type[Exception], ...]:
     return (ValueError, ChannelPruneError)
 
 
+def _prune_structured(work: Any, original: Any, setup: dict[str, Any], console: Any, *, out: str, ratio: float,
+                      criterion: str, multiple_of: int, target_macs: float | None, rounds: int,
+                      max_drop: float | None, epochs: int, lr: float, distill: bool) -> Any:  # fmt: skip
+    """Channel pruning for `edgekit prune --structured`: one cut by --ratio, or rounds toward --target-macs."""
+    from edgekit.compress import fit as fitting
+    from edgekit.compress.channel_schedule import prune_channels_iteratively
+    from edgekit.compress.structured import prune_channels
+
+    def fine_tune(model: Any) -> None:
+        fitting.fit(
+            model,
+            setup["train"],
+            epochs=epochs,
+            lr=lr,
+            description="fine-tuning",
+            checkpoint=Path(out) / LAST_GOOD,
+            loss_fn=_teacher_loss(model, original) if distill else None,
+        )
+
+    if target_macs is None:
+        result = prune_channels(work, setup["example"], ratio=ratio, criterion=criterion, multiple_of=multiple_of)
+        for name, reason in result.report.skipped.items():
+            console.print(f"[yellow]{name} not pruned:[/yellow] {reason}")
+        fine_tune(result.model)
+        return result.model
+
+    def top1(model: Any) -> float:
+        return fitting.evaluate(model, setup["eval"]) * 100
+
+    scheduled = prune_channels_iteratively(
+        work, setup["example"], fine_tune, top1, target_macs=target_macs, steps=rounds, max_drop=max_drop,
+        criterion=criterion, multiple_of=multiple_of,  # type: ignore[arg-type]
+    )  # fmt: skip
+    for step in scheduled.rounds:
+        verdict = "kept" if step.accepted else f"undone (more than {max_drop} pts below {scheduled.baseline:.2f}%)"
+        console.print(f"round {step.round}: {step.macs_fraction:.0%} of the MACs, top-1 {step.metric:.2f}%, {verdict}")
+    if all(step.accepted for step in scheduled.rounds) and not scheduled.reached_target:
+        console.print(
+            f"[yellow]{scheduled.macs_fraction:.0%} of the MACs is as far as channels in multiples of "
+            f"{multiple_of} go on this model (target {target_macs:.0%}): lower --multiple-of[/yellow]"
+        )
+    return scheduled.model
+
+
 def _teacher_loss(student: Any, teacher: Any) -> Any:
     """Knowledge distillation from `teacher` (a frozen copy) into `student`: the loss for `fit`."""
     import copy
@@ -664,13 +708,35 @@ def _teacher_loss(student: Any, teacher: Any) -> Any:
 )
 @click.option("--schedule", type=click.Choice(["cubic", "oneshot"]), default="cubic", show_default=True,
               help="Unstructured: reach --sparsity gradually over the first half of training, or at once.")  # fmt: skip
+@click.option(
+    "--target-macs",
+    type=float,
+    default=None,
+    metavar="F",
+    help="--structured: prune until this fraction of the MACs remains (instead of --ratio), e.g. 0.5.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="--structured --target-macs: reach it in N cut + fine-tune rounds of --epochs each.",
+)
+@click.option(
+    "--max-drop",
+    type=float,
+    default=None,
+    metavar="PTS",
+    help="--structured --target-macs: stop at the last round whose top-1 is within PTS points of the original's.",
+)
 @click.option("--distill", is_flag=True,
               help="Fine-tune with the unpruned model as the teacher (Hinton KD, T=4, alpha=0.5): recovers more "
               "accuracy per epoch, at the cost of a teacher forward pass per step.")  # fmt: skip
 @_fail_cleanly
 def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None, preprocess_json: str | None,
           epochs: int, lr: float, batch_size: int, out: str, structured: bool, ratio: float, criterion: str,
-          multiple_of: int, sparsity: float, schedule: str, distill: bool) -> None:  # fmt: skip
+          multiple_of: int, sparsity: float, schedule: str, target_macs: float | None, rounds: int,
+          max_drop: float | None, distill: bool) -> None:  # fmt: skip
     """Prune a torch model, fine-tune it, export it and compare before/after.
 
     \b
@@ -680,6 +746,7 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
     \b
     Examples:
       edgekit prune --demo --structured --ratio 0.5 --distill -o pruned
+      edgekit prune --demo --structured --target-macs 0.5 --rounds 3 --epochs 2 --distill -o pruned
       edgekit prune --demo --sparsity 0.8 --schedule cubic --epochs 5 -o sparse
       edgekit prune --model mypkg.nets:trained_net --data imgs/ --structured --criterion bn_gamma -o out
     """
@@ -690,6 +757,10 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
     from edgekit.compress import fit as fitting
     from edgekit.errors import EdgekitError
 
+    if target_macs is not None and not (structured and 0.0 < target_macs < 1.0):
+        raise click.BadParameter(f"{target_macs}: a fraction in (0, 1), with --structured", param_hint="--target-macs")
+    if (rounds > 1 or max_drop is not None) and target_macs is None:
+        raise click.UsageError("--rounds and --max-drop go with --structured --target-macs")
     if structured and not 0.0 < ratio < 1.0:
         raise click.BadParameter(
             f"{ratio} must be in (0, 1): a ratio of 1 would remove every channel", param_hint="--ratio"
@@ -703,22 +774,9 @@ def prune(model_path: str | None, demo: bool, demo_epochs: int, data: str | None
     work = copy.deepcopy(original)
     try:
         if structured:
-            from edgekit.compress.structured import prune_channels
-
-            result = prune_channels(
-                work,
-                setup["example"],
-                ratio=ratio,
-                criterion=criterion,
-                multiple_of=multiple_of,  # type: ignore[arg-type]
-            )
-            for name, reason in result.report.skipped.items():
-                console.print(f"[yellow]{name} not pruned:[/yellow] {reason}")
-            work = result.model
-            fitting.fit(
-                work, setup["train"], epochs=epochs, lr=lr, description="fine-tuning", checkpoint=Path(out) / LAST_GOOD,
-                loss_fn=_teacher_loss(work, original) if distill else None,
-            )  # fmt: skip
+            work = _prune_structured(work, original, setup, console, out=out, ratio=ratio, criterion=criterion,
+                                     multiple_of=multiple_of, target_macs=target_macs, rounds=rounds,
+                                     max_drop=max_drop, epochs=epochs, lr=lr, distill=distill)  # fmt: skip
         else:
             from edgekit.compress.pruning import CubicSchedule, MagnitudePruner, OneShotSchedule
 
