@@ -137,6 +137,34 @@ def test_nan_loss_stops_and_keeps_last_good_state() -> None:
     assert trainer.steps == 4
 
 
+def test_fp16_autocast_overflow_backs_off_until_a_step_goes_through() -> None:
+    """The CUDA recipe (float16 autocast + loss scaling) on the CPU's float16 autocast: a scale of 2**40 makes the
+    real fp16 backward overflow, so steps are skipped (weights untouched) and the scale halves each time until the
+    gradients fit; then the optimizer steps and training goes on."""
+    model = _model()
+    trainer = MixedPrecisionTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), dtype=torch.float16,
+                                    device="cpu", scaler=DynamicLossScaler(init_scale=2.0**40))  # fmt: skip
+    seen: list[torch.dtype] = []
+    model[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _batch()
+    results = []
+    while not results or results[-1]["skipped"]:
+        results.append(trainer.train_step(x, y, nn.functional.cross_entropy))
+        if results[-1]["skipped"]:
+            assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+        assert len(results) < 40
+    scales = [r["scale"] for r in results]
+    assert seen[0] == torch.float16 and len(results) > 1
+    assert scales == [2.0**40 / 2**i for i in range(len(results))]  # halved after every overflow
+    assert trainer.steps == 1 and not torch.equal(model[0].weight, before["0.weight"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    first = results[0]["loss"]
+    for _ in range(20):
+        last = trainer.train_step(x, y, nn.functional.cross_entropy)
+    assert last["loss"] < first
+
+
 def test_rejects_non_fp32_master_weights() -> None:
     model = _model().to(torch.bfloat16)
     with pytest.raises(ValueError, match="model.float"):
