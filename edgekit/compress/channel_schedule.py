@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -76,16 +76,13 @@ class IterativeChannelResult:
         return sum(r.accepted for r in self.rounds) == self.steps and self.macs_fraction <= self.target_macs + 0.05
 
 
-def _cut_to(
-    model: nn.Module, example_input: Any, macs_goal: int, *, criterion: Criterion, multiple_of: int, exclude: tuple
-) -> tuple[Any, float, int]:
+def _cut_to(model: nn.Module, example_input: Any, macs_goal: int, **options: Any) -> tuple[Any, float, int]:
     """The `prune_channels` result of `model` whose MACs come closest to `macs_goal` (bisection on the ratio)."""
     lo, hi = 0.0, 0.95
     best: tuple[int, Any, float, int] | None = None
     for _ in range(10):
         ratio = (lo + hi) / 2
-        result = prune_channels(model, example_input, ratio=ratio, criterion=criterion, multiple_of=multiple_of,
-                                exclude=exclude)  # fmt: skip
+        result = prune_channels(model, example_input, ratio=ratio, **options)
         macs = count_macs(result.model, example_input)
         if best is None or abs(macs - macs_goal) < best[0]:
             best = (abs(macs - macs_goal), result, ratio, macs)
@@ -109,13 +106,15 @@ def prune_channels_iteratively(
     criterion: Criterion = "l1",
     multiple_of: int = 8,
     exclude: Iterable[str] = (),
+    coupled: Literal["prune", "keep"] = "prune",
 ) -> IterativeChannelResult:
     """Prune `model` in `steps` rounds until it has `target_macs` (a fraction, e.g. 0.5) of its Conv2d/Linear MACs,
     running `train_fn(model)` (fine-tune in place) and `eval_fn(model)` (higher is better) after each cut.
 
     The input model is left untouched; each round works on a pruned copy (`prune_channels` semantics: residual
-    groups pruned together, kept counts a multiple of `multiple_of`). With `max_drop`, the first round whose metric
-    falls more than `max_drop` below the unpruned model's is discarded and pruning stops.
+    groups pruned together, or left whole with `coupled="keep"`; kept counts a multiple of `multiple_of`). With
+    `max_drop`, the first round whose metric falls more than `max_drop` below the unpruned model's is discarded
+    and pruning stops.
     """
     if not 0.0 < target_macs < 1.0:
         raise ValueError(f"target_macs must be a fraction in (0, 1) of the model's MACs, got {target_macs}")
@@ -123,15 +122,14 @@ def prune_channels_iteratively(
         raise ValueError(f"steps must be >= 1, got {steps}")
     if max_drop is not None and max_drop < 0:
         raise ValueError(f"max_drop must be >= 0 (the allowed metric drop), got {max_drop}")
-    exclude = tuple(exclude)
+    options = {"criterion": criterion, "multiple_of": multiple_of, "exclude": tuple(exclude), "coupled": coupled}
     original_macs = count_macs(model, example_input)
     baseline = float(eval_fn(model))
     result = IterativeChannelResult(model, baseline, target_macs, steps, 1.0, baseline)
     current = model
     for k in range(1, steps + 1):
         goal = round(original_macs * (1.0 - (1.0 - target_macs) * k / steps))
-        pruned, ratio, macs = _cut_to(current, example_input, goal, criterion=criterion, multiple_of=multiple_of,
-                                      exclude=exclude)  # fmt: skip
+        pruned, ratio, macs = _cut_to(current, example_input, goal, **options)
         candidate = pruned.model
         train_fn(candidate)
         metric = float(eval_fn(candidate))

@@ -36,7 +36,7 @@ def _table_rows(output: str) -> list[str]:
 def test_prune_structured_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "pruned"
     result = invoke("prune", "--demo", "--demo-epochs", 1, "--epochs", 1, "--structured", "--ratio", 0.5, "--distill",
-                    "-o", out)  # fmt: skip
+                    "--keep-residual", "-o", out)  # fmt: skip
     assert result.exit_code == 0, result.output
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
     rows = _table_rows(result.output)

@@ -263,6 +263,18 @@ def test_residual_group_is_pruned_jointly():
     assert run(pruned, x).shape == (2, 5)
 
 
+def test_coupled_keep_leaves_the_residual_stream_whole():
+    net, x = Residual(), example()
+    randomize_bn(net)
+    pruned, report = prune_channels(net, x, ratio=0.5, coupled="keep")
+    assert pruned.conv_b.out_channels == pruned.conv_s.out_channels == pruned.conv_c.out_channels == 16
+    assert pruned.stem.out_channels == 4 and pruned.conv_a.out_channels == 4  # inside the block: pruned
+    assert "element-wise" in report.skipped["conv_c"] and "conv_b" in report.skipped["conv_c"]
+    assert run(pruned, x).shape == (2, 5)
+    with pytest.raises(ValueError, match="coupled"):
+        prune_channels(net, x, ratio=0.5, coupled="drop")  # type: ignore[arg-type]
+
+
 def test_residual_zeroed_channels_prune_losslessly():
     net, x = Residual(), example()
     randomize_bn(net)
