@@ -46,13 +46,14 @@ def ort_session(data: bytes):
 
 def interleaved_latency_ms(models: dict[str, bytes], sample, *, rounds: int = 8, runs: int = 100) -> dict[str, float]:
     """Batch-1 latency of each ONNX model in ORT (one thread): rounds that visit every model in turn (so drift on a
-    shared machine hits them alike), `runs` timed runs after 20 warm-up runs per visit; median of all samples."""
+    shared machine hits them alike), each visit with a fresh session (one session's memory layout can run a model
+    1.5x slower than the next one's), `runs` timed runs after 20 warm-up runs; median of all samples."""
     import time
 
-    sessions = {key: ort_session(data) for key, data in models.items()}
-    samples: dict[str, list[float]] = {key: [] for key in sessions}
+    samples: dict[str, list[float]] = {key: [] for key in models}
     for _ in range(rounds):
-        for key, session in sessions.items():
+        for key, data in models.items():
+            session = ort_session(data)
             feed = {session.get_inputs()[0].name: sample}
             for _ in range(20):
                 session.run(None, feed)
