@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import tempfile
 import uuid
@@ -114,7 +115,7 @@ class CoreMLTarget(Target):
             warnings.simplefilter("ignore")
             traced = torch.jit.trace(module.eval(), torch.zeros(shape), check_trace=False)
             if shapes:
-                _check_traced_at(traced, make_module, shapes[1:])
+                _check_traced_at(traced, make_module, shapes[1:], replay=route.startswith("onnx-replay"))
             mlmodel = ct.convert(
                 traced,
                 inputs=[_input_type(ct, input_name, shape, image, shapes)],
@@ -319,12 +320,20 @@ def _enumerated(shape: tuple[int, ...], sizes: list[tuple[int, int]]) -> list[tu
     return list(dict.fromkeys(shapes))
 
 
-def _check_traced_at(traced: Any, make_module: Callable[[tuple[int, ...]], Any], shapes: list[tuple[int, ...]]) -> None:
+def _check_traced_at(
+    traced: Any, make_module: Callable[[tuple[int, ...]], Any], shapes: list[tuple[int, ...]], *, replay: bool
+) -> None:
     """The traced program (what Core ML converts) must compute, at each enumerated shape, what the model computes
     there: a trace that froze a size of the default shape (a flatten to a fixed width, an upsample to fixed
     sizes) is refused."""
     import torch
 
+    # the ONNX replay computes the graph's shape arithmetic (resize sizes, reshape targets) for one input size
+    fix = (
+        "build from the torch module (Model.from_torch), whose trace keeps that arithmetic, or drop this size"
+        if replay
+        else "drop this size or make the model size-independent (global pooling before the classifier)"
+    )
     for shape in shapes:
         probe = torch.from_numpy(np.random.default_rng(2).random(shape, dtype=np.float32))
         size = f"{shape[2]}x{shape[3]}"
@@ -337,8 +346,7 @@ def _check_traced_at(traced: Any, make_module: Callable[[tuple[int, ...]], Any],
         except Exception as exc:
             raise BuildError(
                 f"--shapes {size}: the traced program froze a size of the default input (it fails at {size}: "
-                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); drop this size or make the model "
-                "size-independent (global pooling before the classifier)"
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); {fix}"
             ) from exc
         expected = expected if isinstance(expected, tuple) else (expected,)
         got = got if isinstance(got, tuple) else (got,)
@@ -346,9 +354,10 @@ def _check_traced_at(traced: Any, make_module: Callable[[tuple[int, ...]], Any],
         error = max(float((e - g).abs().max()) if e.shape == g.shape else float("inf")
                     for e, g in zip(expected, got, strict=True))  # fmt: skip
         if not error <= REPLAY_TOLERANCE * peak:
+            what = "an output of another shape" if math.isinf(error) else f"other values (max abs error {error:.3g})"
             raise BuildError(
-                f"--shapes {size}: the traced program computes something else at this size (max abs error "
-                f"{error:.3g}); it froze a size of the default input: drop this size"
+                f"--shapes {size}: the traced program gives {what} at this size; it froze a size of the default "
+                f"input: {fix}"
             )
 
 
