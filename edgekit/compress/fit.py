@@ -317,9 +317,10 @@ def evaluate(model: nn.Module, loader: DataLoader) -> float:
     model.eval()
     correct = count = 0
     try:
-        for inputs, targets in loader:
-            correct += int((model(inputs).argmax(dim=1) == targets).sum())
-            count += len(targets)
+        with torch.no_grad():  # evaluation needs no autograd graph
+            for inputs, targets in loader:
+                correct += int((model(inputs).argmax(dim=1) == targets).sum())
+                count += len(targets)
     finally:
         model.train(was_training)
     return correct / count if count else math.nan
