@@ -44,24 +44,41 @@ def ort_session(data: bytes):
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def interleaved_latency_ms(models: dict[str, bytes], sample, *, rounds: int = 8, runs: int = 100) -> dict[str, float]:
+def interleaved_latency(models: dict[str, bytes], sample, *, rounds: int = 8, runs: int = 100) -> Interleaved:
     """Batch-1 latency of each ONNX model in ORT (one thread): rounds that visit every model in turn (so drift on a
-    shared machine hits them alike), each visit with a fresh session (one session's memory layout can run a model
-    1.5x slower than the next one's), `runs` timed runs after 20 warm-up runs; median of all samples."""
+    shared machine hits them alike), each visit with a fresh session (eight fresh sessions of one model measured
+    0.35-0.65 ms back to back), `runs` timed runs after 20 warm-up runs."""
     import time
 
-    samples: dict[str, list[float]] = {key: [] for key in models}
+    per_round: dict[str, list[float]] = {key: [] for key in models}
     for _ in range(rounds):
         for key, data in models.items():
             session = ort_session(data)
             feed = {session.get_inputs()[0].name: sample}
             for _ in range(20):
                 session.run(None, feed)
+            times = []
             for _ in range(runs):
                 start = time.perf_counter()
                 session.run(None, feed)
-                samples[key].append(time.perf_counter() - start)
-    return {key: median(values) * 1e3 for key, values in samples.items()}
+                times.append(time.perf_counter() - start)
+            per_round[key].append(median(times) * 1e3)
+    return Interleaved(per_round)
+
+
+class Interleaved:
+    """Per-model medians of every round's median (ms), and speed-ups paired round by round: a ratio of two models
+    measured seconds apart, then the median over rounds, is steadier than a ratio of two overall medians when
+    the machine's load drifts."""
+
+    def __init__(self, per_round: dict[str, list[float]]) -> None:
+        self.per_round = per_round
+
+    def ms(self, key: str) -> float:
+        return median(self.per_round[key])
+
+    def speedup(self, baseline: str, key: str) -> float:
+        return median([b / x for b, x in zip(self.per_round[baseline], self.per_round[key], strict=True)])
 
 
 def median(values: list[float]) -> float:

@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved_latency_ms, median, ort_session, print_table  # noqa: E402
+from _common import interleaved_latency, median, ort_session, print_table  # noqa: E402
 from mobilenet_v2 import mobilenet_v2  # noqa: E402
 
 MEAN, STD = 0.1316, 0.3088
@@ -175,7 +175,7 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
     }
     models = {"dense": onnx_bytes(dense, example)}
     models.update({label: onnx_bytes(result.model, example) for label, result in schedules.items()})
-    latency = interleaved_latency_ms(models, example.numpy())
+    latency = interleaved_latency(models, example.numpy())
     dense_macs = count_macs(dense, example)
     rows = []
     for label, result in schedules.items():
@@ -183,7 +183,7 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
         rows.append([
             name, label, f"{dense_macs / 1e6:.2f}M", f"{result.macs_fraction:.0%}",
             f"{sum(p.numel() for p in dense.parameters())} -> {params}",
-            f"{latency['dense']:.3f}", f"{latency[label]:.3f}", f"{latency['dense'] / latency[label]:.2f}x",
+            f"{latency.ms('dense'):.3f}", f"{latency.ms(label):.3f}", f"{latency.speedup('dense', label):.2f}x",
             fmt(dense_top1), " / ".join(fmt(r.metric, 1) for r in result.rounds), f"{result.metric - dense_top1:+.2f}",
         ])  # fmt: skip
     return rows
@@ -290,8 +290,8 @@ def qat_vs_ptq(name, dense, x, y, xt, yt, example, dense_top1):
         export_qat(qat, example, tmp, calib_batches=batches)
         qat_bytes = (Path(tmp) / "model.onnx").read_bytes()
     qat8 = ort_top1(qat_bytes, xt, yt)
-    latency = interleaved_latency_ms({"fp32": fp32_bytes, "ptq": ptq_bytes, "qat": qat_bytes}, example.numpy())
-    fp32_ms, ptq_ms, qat_ms = latency["fp32"], latency["ptq"], latency["qat"]
+    latency = interleaved_latency({"fp32": fp32_bytes, "ptq": ptq_bytes, "qat": qat_bytes}, example.numpy())
+    fp32_ms, ptq_ms, qat_ms = latency.ms("fp32"), latency.ms("ptq"), latency.ms("qat")
     rows = [[name, "fp32", "-", fmt(dense_top1), "-", f"{fp32_ms:.3f}", "-", "torch / ORT"]]
     rows.append([name, "INT8 (u8 act, int7/ch w)", fmt(ptq8), fmt(qat8), f"{qat8 - ptq8:+.2f}", f"{ptq_ms:.3f}",
                  f"{qat_ms:.3f}", "ORT QDQ (both)"])  # fmt: skip
@@ -378,7 +378,8 @@ def main() -> None:
         print_table(
             f"1. structured channel pruning to 50% of the MACs (channels kept in multiples of 8), "
             f"{FINETUNE_STRUCTURED} fine-tune epochs in all with the dense model as teacher (KD T=4, alpha 0.5); "
-            "goal >= 1.6x faster, top-1 within 1 pt; latency = ORT median ms, batch 1, 1 thread, interleaved rounds",
+            "goal >= 1.6x faster, top-1 within 1 pt; latency = ORT median ms, batch 1, 1 thread, 8 interleaved rounds "
+            "(speed-up: median of the per-round ratios)",
             ["model", "schedule", "MACs dense", "MACs kept", "params", "dense ms", "pruned ms", "speed-up",
              "dense top1", "top1 after each round", "delta"],
             [row for name, model, acc, _, _ in models for row in structured(name, model, x, y, xt, yt, example, acc)],
