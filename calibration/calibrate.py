@@ -24,6 +24,7 @@ from edgekit.calibration.graph import (
     fold_batchnorm,
     node_names,
     plan_quantization,
+    session_with_outputs,
 )
 from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
 from edgekit.calibration.schemes import (
@@ -68,23 +69,6 @@ class Calibration:
     spec: QuantSpec
     observers: dict[str, Any]
     samples: int
-
-
-def _observed_session(model: onnx.ModelProto, tensors: list[str], threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    observed = onnx.ModelProto()
-    observed.CopyFrom(model)
-    existing = {o.name for o in observed.graph.output} | {i.name for i in observed.graph.input}
-    for name in tensors:
-        if name not in existing:
-            observed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    # Basic optimisations only: fusing nodes would hide tensors the quantizers need to observe.
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(observed.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _progress(total: int | None, enabled: bool) -> Any:
@@ -133,7 +117,11 @@ def calibrate(
     input_name = model.inputs[0].name
     feeds = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=limit, batch=batch)
     observed = plan.activations + [o for o in plan.outputs if o not in plan.activations]
-    session = _observed_session(float_model, observed, threads)
+    # basic optimisations only: fusing nodes would hide tensors the quantizers need to observe
+    graph_inputs = {i.name for i in float_model.graph.input}
+    session = session_with_outputs(
+        float_model, [t for t in observed if t not in graph_inputs], optimization="basic", threads=threads
+    )
     output_names = [o.name for o in session.get_outputs()]
     input_names = {i.name for i in session.get_inputs()}
     # A model input keeps its whole observed range whatever the observer: clipping there throws away what no

@@ -122,7 +122,7 @@ def bias_corrections(
     here on a MobileNetV2-style network: -19 dB instead of a gain), because each layer's shift also
     moves every layer after it. `float_model` is corrected in place.
     """
-    from edgekit.calibration.error_report import session_with_outputs
+    from edgekit.calibration.graph import session_with_outputs
     from edgekit.calibration.qdq import write_qdq
 
     inits = {i.name: i for i in float_model.graph.initializer}

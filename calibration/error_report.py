@@ -7,12 +7,12 @@ tensor's own rounding and clipping.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import onnx
 
+from edgekit.calibration.graph import session_with_outputs
 from edgekit.runtime.compare import ErrorAccumulator
 
 
@@ -27,22 +27,6 @@ class TensorError:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "sqnr_db": self.sqnr_db, "cosine": self.cosine,
                 "max_abs_error": self.max_abs_error, "count": self.count}  # fmt: skip
-
-
-def session_with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> Any:
-    """An ORT session of `model` that also returns the named intermediate tensors."""
-    import onnxruntime as ort
-
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {o.name for o in exposed.graph.output}
-    for name in names:
-        if name not in present:
-            exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-            present.add(name)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def tensor_errors(

@@ -7,7 +7,9 @@ the QDQ writer (which inserts the quantizers) always agree on the same tensors.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -240,3 +242,29 @@ def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
             types[value.name] = value.type.tensor_type.elem_type
     return types
+
+
+_LEVELS = {"all": "ORT_ENABLE_ALL", "basic": "ORT_ENABLE_BASIC", "none": "ORT_DISABLE_ALL"}
+
+
+def session_with_outputs(
+    model: onnx.ModelProto, names: Iterable[str], *, optimization: str = "all", threads: int | None = None
+) -> Any:
+    """An ONNX Runtime CPU session of `model` that also returns the named intermediate tensors (graph outputs are
+    not added again). `optimization` is ORT's graph optimization: `all`, `basic` (no fusion that
+    would hide a tensor someone wants to read) or `none` (every node runs as written)."""
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {o.name for o in exposed.graph.output}
+    for name in names:
+        if name not in present:
+            exposed.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            present.add(name)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[optimization])
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(exposed.SerializeToString(), options, providers=["CPUExecutionProvider"])

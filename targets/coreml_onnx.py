@@ -76,22 +76,14 @@ def fixed_input_shape(proto: onnx.ModelProto, resize: list[int] | None) -> tuple
 
 def _integer_tensors(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np.ndarray]:
     """Values of every integer tensor for this input shape (shapes, indices): constants of the replay."""
-    import onnxruntime as ort
+    from edgekit.calibration.graph import session_with_outputs
 
     inferred = onnx.shape_inference.infer_shapes(proto)
     types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
     wanted = [out for node in proto.graph.node for out in node.output if types.get(out) in _INT_TYPES]
     if not wanted:
         return {}
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    existing = {o.name for o in model.graph.output}
-    for name in wanted:
-        if name not in existing:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = session_with_outputs(proto, wanted, optimization="none")
     values = session.run(wanted, {session.get_inputs()[0].name: probe})
     return dict(zip(wanted, values, strict=True))
 

@@ -71,15 +71,13 @@ def _interpreter(data: bytes, preserve: bool = False) -> Any:
 
 
 def _onnx_activations(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+    from edgekit.calibration.graph import session_with_outputs
 
     inferred = onnx.shape_inference.infer_shapes(proto)
     produced = {name for node in inferred.graph.node for name in node.output}  # not initializers or inputs
-    graph_outputs = {o.name for o in inferred.graph.output}
-    for info in inferred.graph.value_info:
-        if info.name in produced and info.name not in graph_outputs and info.type.tensor_type.elem_type == 1:
-            inferred.graph.output.append(info)
-    session = ort.InferenceSession(inferred.SerializeToString(), providers=["CPUExecutionProvider"])
+    floats = [info.name for info in inferred.graph.value_info
+              if info.name in produced and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]  # fmt: skip
+    session = session_with_outputs(proto, floats)
     name = session.get_inputs()[0].name
     values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {name: probe}), strict=True))
     values[name] = probe
