@@ -169,7 +169,7 @@ class CoreMLTarget(Target):
             from edgekit.calibration.calibrate import prepare_float_model
 
             float_proto = prepare_float_model(model.proto, quant_spec)
-            error = _checked_replay(float_proto, shape)
+            _, error = _checked_replay(float_proto, shape)  # the float replay, checked; quantized below
             activations, weights, notes = _quantizers(quant_spec, float_proto)
 
             def quantized(at: tuple[int, ...]) -> Any:
@@ -178,8 +178,8 @@ class CoreMLTarget(Target):
             return quantized, "onnx-replay (prepared float graph of the QuantSpec)", error, notes
         if model.torch_module is not None:
             return lambda at: model.torch_module, "torch module", None, []
-        error = _checked_replay(model.proto, shape)
-        return lambda at: build_module(model.proto, at), "onnx-replay", error, []
+        checked, error = _checked_replay(model.proto, shape)
+        return lambda at: checked if at == shape else build_module(model.proto, at), "onnx-replay", error, []
 
 
 # -- tools ----------------------------------------------------------------------------------------------
@@ -202,24 +202,18 @@ def _import_tools() -> tuple[Any, Any]:
     return ct, torch
 
 
-def _checked_replay(proto: onnx.ModelProto, shape: tuple[int, ...]) -> float:
-    from edgekit.targets.coreml_onnx import build_module, verify_against_ort
+def _checked_replay(proto: onnx.ModelProto, shape: tuple[int, ...]) -> tuple[Any, float]:
+    """The replay of `proto` at `shape` and its max abs error against ONNX Runtime; BuildError when too far off."""
+    from edgekit.targets.coreml_onnx import build_module, replay_error
 
-    error = verify_against_ort(proto, build_module(proto, shape), shape)
-    if not error <= REPLAY_TOLERANCE * max(1.0, _reference_peak(proto, shape)):
+    module = build_module(proto, shape)
+    error, peak = replay_error(proto, module, shape)
+    if not error <= REPLAY_TOLERANCE * max(1.0, peak):
         raise BuildError(
             f"the ONNX-to-torch replay of this model differs from ONNX Runtime by {error:.3g} (max abs); "
             "it cannot be converted faithfully: build from the torch module (Model.from_torch) instead"
         )
-    return float(error)
-
-
-def _reference_peak(proto: onnx.ModelProto, shape: tuple[int, ...]) -> float:
-    import onnxruntime as ort
-
-    probe = np.random.default_rng(1).random(shape, dtype=np.float32)
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    return max(float(np.max(np.abs(o))) for o in session.run(None, {session.get_inputs()[0].name: probe}))
+    return module, float(error)
 
 
 def _compress(ct: Any, mlmodel: Any, precision: str) -> Any:

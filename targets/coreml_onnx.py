@@ -486,13 +486,20 @@ def _constant_value(node: onnx.NodeProto) -> np.ndarray:
 
 def verify_against_ort(proto: onnx.ModelProto, module: Any, input_shape: tuple[int, ...]) -> float:
     """Max abs difference between the replay and ONNX Runtime on one seeded input (all outputs)."""
+    return replay_error(proto, module, input_shape)[0]
+
+
+def replay_error(proto: onnx.ModelProto, module: Any, input_shape: tuple[int, ...]) -> tuple[float, float]:
+    """(max abs difference between the replay and ONNX Runtime, largest abs value ONNX Runtime gave) on one seeded
+    input, over all outputs: the error and the scale to judge it against, from one run of each."""
     import onnxruntime as ort
     import torch
 
     probe = np.random.default_rng(1).random(input_shape, dtype=np.float32)
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    expected = session.run(None, {session.get_inputs()[0].name: probe})
+    expected = [np.asarray(e, np.float32) for e in session.run(None, {session.get_inputs()[0].name: probe})]
     with torch.no_grad():
         got = module(torch.from_numpy(probe))
     got = got if isinstance(got, tuple) else (got,)
-    return max(float(np.max(np.abs(np.asarray(e, np.float32) - g.numpy()))) for e, g in zip(expected, got, strict=True))
+    error = max(float(np.max(np.abs(e - g.numpy()))) for e, g in zip(expected, got, strict=True))
+    return error, max(float(np.max(np.abs(e))) for e in expected)
