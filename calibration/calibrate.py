@@ -35,6 +35,7 @@ from edgekit.calibration.schemes import (
     weight_per_channel,
 )
 from edgekit.errors import EdgekitError
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS
 
 if TYPE_CHECKING:
     from edgekit.model import Model
@@ -49,7 +50,7 @@ class CalibrationError(EdgekitError):
 def prepare_float_model(proto: onnx.ModelProto, spec: QuantSpec | None = None) -> onnx.ModelProto:
     """The float graph quantization works on: opset >= 13, constants as initializers, BatchNorm folded,
     every node named, and the spec's recorded weight transforms (equalization, bias correction) replayed."""
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), 0)
     if opset < MIN_OPSET:
         proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
     copy = onnx.ModelProto()

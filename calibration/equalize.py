@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.calibration.graph import _consumers
+from edgekit.onnx_toolbox import consumers
 
 HOMOGENEOUS = {"Relu"}  # activations f with f(x / s) = f(x) / s for s > 0
 
@@ -34,7 +34,7 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
     """(first, second) Conv pairs joined by one ReLU (or nothing), each tensor read only by the next."""
     graph = model.graph
     inits = {i.name for i in graph.initializer}
-    consumers = _consumers(graph)
+    consumers_of = consumers(graph)
     outputs = {o.name for o in graph.output}
     pairs = []
     for first in graph.node:
@@ -42,7 +42,7 @@ def equalization_pairs(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, onn
             continue
         tensor, chain = first.output[0], []
         while True:
-            readers = consumers.get(tensor, [])
+            readers = consumers_of.get(tensor, [])
             if tensor in outputs or len(readers) != 1:
                 break
             reader = readers[0]

@@ -6,7 +6,6 @@ the QDQ writer (which inserts the quantizers) always agree on the same tensors.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
 
 # Ops with weights that become integer kernels (QLinearConv, QGemm, MatMulInteger, ...).
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
@@ -30,7 +31,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
     model_copy.CopyFrom(model)
     graph = model_copy.graph
     inits = {init.name: init for init in graph.initializer}
-    consumers = _consumers(graph)
+    consumers_of = consumers(graph)
     producers = {out: node for node in graph.node for out in node.output}
     graph_outputs = {o.name for o in graph.output}
     removed = set()
@@ -42,11 +43,11 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
         if (
             conv is None
             or conv.op_type != "Conv"
-            or len(consumers[conv.output[0]]) != 1
+            or len(consumers_of[conv.output[0]]) != 1
             or conv.output[0] in graph_outputs
             or any(p is None for p in params)
             or conv.input[1] not in inits
-            or len(consumers[conv.input[1]]) != 1
+            or len(consumers_of[conv.input[1]]) != 1
         ):
             continue
         epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
@@ -55,7 +56,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
         weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
         bias_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
         bias = numpy_helper.to_array(inits[bias_name]).astype(np.float64) if bias_name else np.zeros(len(factor))
-        if bias_name and len(consumers[bias_name]) != 1:
+        if bias_name and len(consumers_of[bias_name]) != 1:
             continue
         new_weight = (weight * factor.reshape(-1, *([1] * (weight.ndim - 1)))).astype(np.float32)
         new_bias = ((bias - mean) * factor + beta).astype(np.float32)
@@ -75,24 +76,8 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
         kept = [node for node in graph.node if id(node) not in removed]
         del graph.node[:]
         graph.node.extend(kept)
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
     return model_copy
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
-    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for node in graph.node:
-        for name in node.input:
-            if name:
-                consumers[name].append(node)
-    return consumers
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -103,7 +88,7 @@ def constants_to_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
         value = next((a for a in node.attribute if a.name == "value"), None)
         if (
             node.op_type == "Constant"
-            and node.domain in ("", "ai.onnx")
+            and node.domain in DEFAULT_DOMAINS
             and value is not None
             and len(node.attribute) == 1
         ):
@@ -174,7 +159,7 @@ def plan_quantization(
     """Decide the quantizers: inputs of quantized nodes, their outputs (after a fused Relu/Clip), weights, biases."""
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
-    consumers = _consumers(graph)
+    consumers_of = consumers(graph)
     graph_outputs = {o.name for o in graph.output}
     plan = QuantPlan()
     activations: dict[str, None] = {}  # ordered set
@@ -211,7 +196,7 @@ def plan_quantization(
             if is_activation(name):
                 activations[name] = None
         for name in node.output:
-            followers = consumers.get(name, [])
+            followers = consumers_of.get(name, [])
             if len(followers) == 1 and followers[0].op_type in FUSED_ACTIVATIONS and name not in graph_outputs:
                 name = followers[0].output[0]
             if name not in graph_outputs:

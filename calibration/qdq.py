@@ -12,8 +12,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.calibration.graph import QUANTIZABLE_OPS, _consumers
+from edgekit.calibration.graph import QUANTIZABLE_OPS
 from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 
@@ -50,7 +51,7 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
     qdq.CopyFrom(model)
     graph = qdq.graph
     inits = {init.name: init for init in graph.initializer}
-    consumers = _consumers(graph)
+    consumers_of = consumers(graph)
     float_nodes = spec.float_nodes
     new_inits: list[onnx.TensorProto] = []
     dq_nodes: list[onnx.NodeProto] = []
@@ -67,7 +68,7 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
             continue
         if name not in inits:
             raise QuantSpecError(f"QuantSpec lists {entry.kind} {name!r}, which the model does not have")
-        readers = [n for n in consumers.get(name, []) if n.name not in float_nodes]
+        readers = [n for n in consumers_of.get(name, []) if n.name not in float_nodes]
         if not readers:
             continue
         values = numpy_helper.to_array(inits[name])
@@ -101,7 +102,7 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
     for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
         if entry.kind != "activation":
             continue
-        readers = [n for n in consumers.get(name, []) if reads_quantized(n, name)]
+        readers = [n for n in consumers_of.get(name, []) if reads_quantized(n, name)]
         if not readers:
             continue
         scale_name, zp_name = add_qparams(name, entry)
@@ -130,6 +131,6 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     for opset in qdq.opset_import:
-        if opset.domain in ("", "ai.onnx") and opset.version < QDQ_OPSET:
+        if opset.domain in DEFAULT_DOMAINS and opset.version < QDQ_OPSET:
             opset.version = QDQ_OPSET
     return qdq

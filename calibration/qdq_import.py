@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.calibration.graph import WEIGHT_OPS, _consumers, _drop_unused_initializers, constants_to_initializers
+from edgekit.calibration.graph import WEIGHT_OPS, constants_to_initializers
 from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
 
 
 def _constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
@@ -67,7 +68,7 @@ def split_qdq(qdq_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, di
     values = _constant_values(graph)
     inits = {init.name: init for init in graph.initializer}
     producers = {out: node for node in graph.node for out in node.output}
-    consumers = _consumers(graph)
+    consumers_of = consumers(graph)
     graph_outputs = {o.name for o in graph.output}
     found: dict[str, dict[str, Any]] = {}
     removed: set[int] = set()
@@ -95,7 +96,7 @@ def split_qdq(qdq_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, di
         found[name] = entry
 
     for dq in graph.node:
-        if dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
+        if dq.op_type != "DequantizeLinear" or dq.domain not in DEFAULT_DOMAINS:
             continue
         scale, zero_point, axis = qparams(dq)
         if axis is not None and axis < 0:
@@ -115,7 +116,7 @@ def split_qdq(qdq_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, di
             else:
                 record(float_name, "activation", scale, zero_point, axis)
             removed.add(id(dq))
-            if all(c.op_type == "DequantizeLinear" for c in consumers.get(source, [])):
+            if all(c.op_type == "DequantizeLinear" for c in consumers_of.get(source, [])):
                 removed.add(id(q))
             rename[dq.output[0]] = float_name
         elif source in inits:  # an integer weight stored with its DequantizeLinear
@@ -145,7 +146,7 @@ def split_qdq(qdq_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, di
     live = [n for n in graph.node if n.op_type != "Cast" or any(o in used for o in n.output)]
     del graph.node[:]
     graph.node.extend(live)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     del graph.value_info[:]  # shapes of removed tensors
     return model, found
 

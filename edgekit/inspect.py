@@ -45,6 +45,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from edgekit.errors import ModelError
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, constant_value
+from edgekit.onnx_toolbox import attrs as node_attrs
 
 if TYPE_CHECKING:
     from edgekit.model import Model
@@ -53,7 +55,6 @@ Dim = int | str
 Shape = list[Dim] | None  # None: the rank is unknown
 
 UNKNOWN_DYNAMIC = "unknown: dynamic shape"
-_DEFAULT_DOMAINS = ("", "ai.onnx")
 # Constant tensors up to this many elements stay in the light graph (shape arithmetic needs their values);
 # larger ones become typed inputs, so inference never copies or serialises the weights.
 _SMALL = 4096
@@ -238,7 +239,7 @@ def inspect_model(
                 index=index,
                 name=node.name or f"{node.op_type}_{index}",
                 op_type=node.op_type,
-                domain=node.domain if node.domain not in _DEFAULT_DOMAINS else "",
+                domain=node.domain if node.domain not in DEFAULT_DOMAINS else "",
                 output_shapes=[shapes.get(out) for out in node.output if out],
                 params=sum(constants[n][0] for n in names),
                 macs=macs,
@@ -309,7 +310,7 @@ def _unsupported_by_target(proto: onnx.ModelProto, names: list[str] | None) -> t
 
 
 def _op_label(node: onnx.NodeProto) -> str:
-    return node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
+    return node.op_type if node.domain in DEFAULT_DOMAINS else f"{node.domain}::{node.op_type}"
 
 
 # -- inputs and shapes ---------------------------------------------------------------------------
@@ -423,7 +424,7 @@ def _light_copy(proto: onnx.ModelProto, fixed: dict[str, list[int | None]]) -> o
     work.functions.extend(proto.functions)
     source, graph = proto.graph, work.graph
     graph.name = source.name
-    standard_outputs = {out for node in source.node if node.domain in _DEFAULT_DOMAINS for out in node.output}
+    standard_outputs = {out for node in source.node if node.domain in DEFAULT_DOMAINS for out in node.output}
 
     graph.input.extend(source.input)
     for value in graph.input:
@@ -474,24 +475,11 @@ def _light_copy(proto: onnx.ModelProto, fixed: dict[str, list[int | None]]) -> o
 
 
 def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:
-    """The tensor a dense Constant node produces, named after its output; None for any other node."""
-    if node.op_type != "Constant" or node.domain not in _DEFAULT_DOMAINS or not node.output or not node.attribute:
-        return None
-    attribute = node.attribute[0]
-    if attribute.name == "value":
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(attribute.t)
-        tensor.name = node.output[0]
-        return tensor
-    values = {
-        "value_float": lambda: np.array(attribute.f, dtype=np.float32),
-        "value_floats": lambda: np.array(list(attribute.floats), dtype=np.float32),
-        "value_int": lambda: np.array(attribute.i, dtype=np.int64),
-        "value_ints": lambda: np.array(list(attribute.ints), dtype=np.int64),
-    }
-    if attribute.name not in values:
+    """The tensor a numeric Constant node produces, named after its output; None for any other node."""
+    value = constant_value(node) if node.output else None
+    if value is None or value.dtype == object:
         return None  # strings and sparse values: inference reads the node itself
-    return numpy_helper.from_array(values[attribute.name](), node.output[0])
+    return numpy_helper.from_array(value, node.output[0])
 
 
 def _fold_shape_tensors(work: onnx.ModelProto, shapes: dict[str, Shape]) -> bool:
@@ -504,7 +492,7 @@ def _fold_shape_tensors(work: onnx.ModelProto, shapes: dict[str, Shape]) -> bool
             continue
     folded: list[tuple[onnx.NodeProto, list[np.ndarray]]] = []
     for node in work.graph.node:
-        if node.domain not in _DEFAULT_DOMAINS:
+        if node.domain not in DEFAULT_DOMAINS:
             continue
         values: list[np.ndarray] | None = None
         if node.op_type in ("Shape", "Size"):
@@ -585,7 +573,7 @@ def _constant_sizes(graph: onnx.GraphProto) -> dict[str, tuple[int, int]]:
     for init in graph.initializer:
         sizes[init.name] = _tensor_size(init.dims, init.data_type)
     for node in graph.node:
-        if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS and node.output:
+        if node.op_type == "Constant" and node.domain in DEFAULT_DOMAINS and node.output:
             size = _constant_node_size(node)
             if size is not None:
                 sizes[node.output[0]] = size
@@ -643,8 +631,8 @@ def _ints(shape: Shape) -> list[int] | None:
 
 def _node_macs(node: onnx.NodeProto, shapes: dict[str, Shape]) -> tuple[int | None, str | None]:
     """(MACs, note) of one node; MACs None with the reason in the note when they cannot be counted."""
-    op, custom = node.op_type, node.domain not in _DEFAULT_DOMAINS
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    op, custom = node.op_type, node.domain not in DEFAULT_DOMAINS
+    attrs = node_attrs(node)
 
     def shape(position: int) -> list[int] | None:
         if position >= len(node.input) or not node.input[position]:

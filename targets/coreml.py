@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.errors import ModelError
+from edgekit.onnx_toolbox import fixed_input_shape
 from edgekit.targets import register_target
 from edgekit.targets.base import BuildError, Target
 from edgekit.targets.coreml_onnx import SUPPORTED_OPS
@@ -98,10 +100,11 @@ class CoreMLTarget(Target):
 
     def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
         ct, torch = _import_tools()
-        from edgekit.targets.coreml_onnx import fixed_input_shape
-
         resize = _spatial(model.preprocess) if model.preprocess else None
-        shape = fixed_input_shape(model.proto, resize)
+        try:
+            shape = fixed_input_shape(model.proto, resize, layout=model.preprocess.layout if model.preprocess else None)
+        except ModelError as exc:
+            raise BuildError(f"ios-coreml: {exc}") from exc
         make_module, route, replay_error, quant_notes = self._torch_module(model, precision, quant_spec, shape)
         input_name = _coreml_name(model.inputs[0].name)
         output_names = [_coreml_name(t.name) for t in model.outputs]

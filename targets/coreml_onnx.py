@@ -18,6 +18,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgekit.onnx_toolbox import attrs as node_attrs
+from edgekit.onnx_toolbox import constant_value
 from edgekit.targets.base import BuildError
 
 # Ops the replay implements (ai.onnx domain). Anything else is refused before a build starts.
@@ -49,31 +51,6 @@ class WeightQuant:
     axis: int | None
 
 
-def fixed_input_shape(proto: onnx.ModelProto, resize: list[int] | None) -> tuple[int, ...]:
-    """The one input's shape with batch 1 and symbolic height/width taken from the preprocess resize."""
-    inits = {i.name for i in proto.graph.initializer}
-    inputs = [v for v in proto.graph.input if v.name not in inits]
-    if len(inputs) != 1:
-        raise BuildError(f"ios-coreml builds models with exactly one input; this one has {len(inputs)}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape: list[int | None] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims]
-    if shape and shape[0] is None:
-        shape[0] = 1
-    if len(shape) == 4 and None in shape[1:]:
-        if resize is None:
-            raise BuildError(
-                f"input {inputs[0].name} has free dimensions {list(shape)}; Core ML needs fixed shapes: set the "
-                "model's preprocess resize [height, width] (e.g. --preprocess '{\"resize\": [48, 192]}')"
-            )
-        channel_last = shape[3] in (1, 3) and shape[1] not in (1, 3)
-        h_axis, w_axis = (1, 2) if channel_last else (2, 3)
-        shape[h_axis] = shape[h_axis] or resize[0]
-        shape[w_axis] = shape[w_axis] or resize[1]
-    if any(d is None for d in shape):
-        raise BuildError(f"input {inputs[0].name} has a free dimension Core ML cannot fix: {shape}")
-    return tuple(int(d) for d in shape)
-
-
 def _integer_tensors(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np.ndarray]:
     """Values of every integer tensor for this input shape (shapes, indices): constants of the replay."""
     from edgekit.calibration.graph import session_with_outputs
@@ -86,10 +63,6 @@ def _integer_tensors(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np.
     session = session_with_outputs(proto, wanted, optimization="none")
     values = session.run(wanted, {session.get_inputs()[0].name: probe})
     return dict(zip(wanted, values, strict=True))
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def build_module(
@@ -123,11 +96,11 @@ def _replay_class() -> type:
         def __init__(self, proto, integers, activation_quant, weight_quant):  # type: ignore[no-untyped-def]
             super().__init__()
             graph = proto.graph
-            self.nodes = [(n.op_type, list(n.input), list(n.output), _attrs(n)) for n in graph.node]
+            self.nodes = [(n.op_type, list(n.input), list(n.output), node_attrs(n)) for n in graph.node]
             inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
             for node in graph.node:
                 if node.op_type == "Constant":
-                    inits[node.output[0]] = _constant_value(node)
+                    inits[node.output[0]] = _constant_of(node)
             self.consts: dict[str, Any] = dict(integers)
             self.slots: dict[str, str] = {}
             for index, (name, value) in enumerate(sorted(inits.items())):
@@ -473,15 +446,11 @@ def _replay_class() -> type:
     return OnnxReplay
 
 
-def _constant_value(node: onnx.NodeProto) -> np.ndarray:
-    for attribute in node.attribute:
-        if attribute.name == "value":
-            return numpy_helper.to_array(attribute.t)
-        if attribute.name in ("value_float", "value_int"):
-            return np.asarray(onnx.helper.get_attribute_value(attribute))
-        if attribute.name in ("value_floats", "value_ints"):
-            return np.asarray(list(onnx.helper.get_attribute_value(attribute)))
-    raise BuildError(f"Constant node {node.name or node.output[0]} has no value the replay can read")
+def _constant_of(node: onnx.NodeProto) -> np.ndarray:
+    value = constant_value(node)
+    if value is None:
+        raise BuildError(f"Constant node {node.name or node.output[0]} has no value the replay can read")
+    return value
 
 
 def verify_against_ort(proto: onnx.ModelProto, module: Any, input_shape: tuple[int, ...]) -> float:

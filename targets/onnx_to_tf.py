@@ -20,7 +20,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import EdgekitError, ModelError
+from edgekit.onnx_toolbox import attrs as node_attrs
+from edgekit.onnx_toolbox import fixed_input_shape, graph_inputs, image_layout
 
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -65,10 +67,6 @@ SUPPORTED_OPS = frozenset(TFLITE_OPS)
 
 class ConversionError(EdgekitError):
     """An ONNX model this converter cannot translate; names the op and node and what to do."""
-
-
-def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
 def _decoded(value: Any) -> Any:
@@ -145,7 +143,7 @@ class _Translator:
         return outputs
 
     def visit(self, node: onnx.NodeProto) -> None:
-        attrs = _attrs(node)
+        attrs = node_attrs(node)
         if node.op_type == "Constant":
             self.consts[node.output[0]] = numpy_helper.to_array(attrs["value"])
             return
@@ -413,29 +411,20 @@ def _fold(op: str, values: list[np.ndarray | None], attrs: dict[str, Any]) -> np
 
 def static_input_shape(proto: onnx.ModelProto, size: tuple[int, int] | None = None) -> tuple[int, ...]:
     """The single input's NCHW shape: a dynamic batch becomes 1, dynamic height/width come from `size` (the
-    preprocess resize); any other dynamic axis is an error."""
-    initializers = {i.name for i in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in initializers]
-    if len(inputs) != 1:
-        raise ConversionError(f"the TFLite target takes models with one input; this one has {len(inputs)}")
-    dims = inputs[0].type.tensor_type.shape.dim
-    shape = []
-    for axis, dim in enumerate(dims):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            shape.append(int(dim.dim_value))
-        elif axis == 0:
-            shape.append(1)
-        elif axis in (2, 3) and size is not None:
-            shape.append(int(size[axis - 2]))
-        else:
-            raise ConversionError(
-                f"input {inputs[0].name!r} has a dynamic axis {axis} ({dim.dim_param or '?'}); TFLite needs fixed "
-                "sizes: give the model a preprocess spec with `resize` (edgekit build --preprocess) or export it "
-                "with fixed sizes"
-            )
+    preprocess resize); any other dynamic axis, or an input that is not an NCHW image, is a ConversionError."""
+    try:
+        shape = fixed_input_shape(proto, size, layout="NCHW")
+    except ModelError as exc:
+        raise ConversionError(f"the TFLite target: {exc}") from exc
+    name = graph_inputs(proto)[0].name
     if len(shape) != 4:
-        raise ConversionError(f"the TFLite target takes one NCHW image input; input {inputs[0].name!r} is {shape}")
-    return tuple(shape)
+        raise ConversionError(f"the TFLite target takes one NCHW image input; input {name!r} is {list(shape)}")
+    if image_layout(shape) == "NHWC":
+        raise ConversionError(
+            f"input {name!r} is channel-last {list(shape)}; the TFLite translator takes NCHW (channel-first) inputs "
+            "and makes the .tflite input NHWC itself: export the model channel-first"
+        )
+    return shape
 
 
 def to_tflite(

@@ -22,8 +22,9 @@ torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")
 
 from edgekit.calibration.calibrate import calibrate  # noqa: E402
+from edgekit.onnx_toolbox import fixed_input_shape  # noqa: E402
 from edgekit.targets.coreml import PACKAGE, program_ops, unzip_package  # noqa: E402
-from edgekit.targets.coreml_onnx import build_module, fixed_input_shape, verify_against_ort  # noqa: E402
+from edgekit.targets.coreml_onnx import build_module, verify_against_ort  # noqa: E402
 
 DIGITS = Path(__file__).resolve().parents[1] / "edgekit" / "assets" / "digits_cnn.onnx"
 PRECISIONS = ("fp32", "fp16", "w8", "w4", "w8a8")

@@ -1,0 +1,89 @@
+"""The shared ONNX toolbox: attributes, consumers, Constant values and the fixed, layout-aware input shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekit.errors import ModelError
+from edgekit.onnx_toolbox import (
+    attrs,
+    constant_value,
+    consumers,
+    drop_unused_initializers,
+    fixed_input_shape,
+    image_layout,
+)
+
+
+def _model(input_shape, nodes=(), inits=()):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, input_shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = list(nodes) or [helper.make_node("Relu", ["x"], ["y"])]
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y], list(inits)))
+
+
+def test_attrs_and_consumers():
+    relu = helper.make_node("Relu", ["x"], ["r"])
+    conv = helper.make_node("Conv", ["r", "w"], ["y"], kernel_shape=[3, 3], group=2)
+    graph = _model([1, 3, 8, 8], [relu, conv]).graph
+    assert attrs(conv) == {"kernel_shape": [3, 3], "group": 2}
+    readers = consumers(graph)
+    assert [n.op_type for n in readers["r"]] == ["Conv"] and [n.op_type for n in readers["x"]] == ["Relu"]
+    assert "y" not in readers
+
+
+def test_drop_unused_initializers_keeps_what_nodes_read():
+    used = numpy_helper.from_array(np.zeros(3, np.float32), "w")
+    unused = numpy_helper.from_array(np.zeros(3, np.float32), "stale")
+    graph = _model([1, 3], [helper.make_node("Add", ["x", "w"], ["y"])], [used, unused]).graph
+    drop_unused_initializers(graph)
+    assert [i.name for i in graph.initializer] == ["w"]
+
+
+def test_constant_value_reads_every_numeric_form():
+    tensor = helper.make_node("Constant", [], ["a"], value=numpy_helper.from_array(np.arange(4, dtype=np.int64)))
+    floats = helper.make_node("Constant", [], ["b"], value_floats=[1.5, 2.5])
+    one_int = helper.make_node("Constant", [], ["c"], value_int=7)
+    text = helper.make_node("Constant", [], ["d"], value_string="hello")
+    assert constant_value(tensor).tolist() == [0, 1, 2, 3]
+    assert constant_value(floats).dtype == np.float32 and constant_value(floats).tolist() == [1.5, 2.5]
+    assert constant_value(one_int).tolist() == 7 and constant_value(one_int).dtype == np.int64
+    assert constant_value(text) is None
+    assert constant_value(helper.make_node("Relu", ["x"], ["y"])) is None
+
+
+@pytest.mark.parametrize(
+    ("shape", "resize", "expected"),
+    [
+        ([1, 3, 224, 224], None, (1, 3, 224, 224)),
+        (["batch", 3, "h", "w"], [48, 192], (1, 3, 48, 192)),
+        (["batch", "h", "w", 3], [48, 192], (1, 48, 192, 3)),  # channel-last: height and width at axes 1 and 2
+        (["batch", 10], None, (1, 10)),
+    ],
+)
+def test_fixed_input_shape_places_resize_by_layout(shape, resize, expected):
+    assert fixed_input_shape(_model(shape), resize) == expected
+
+
+def test_fixed_input_shape_says_what_to_do():
+    with pytest.raises(ModelError, match="resize"):
+        fixed_input_shape(_model(["batch", 3, "h", "w"]), None)
+    with pytest.raises(ModelError, match="export the model with fixed sizes"):
+        fixed_input_shape(_model(["batch", "n", 4]), None)
+
+
+def test_image_layout():
+    assert image_layout([1, 3, 224, 224]) == "NCHW"
+    assert image_layout([1, 224, 224, 3]) == "NHWC"
+    assert image_layout([1, 3, 5, 3], "nhwc") == "NHWC"  # ambiguous: the hint decides
+    assert image_layout([1, 10]) is None
+
+
+def test_tflite_refuses_a_channel_last_input_instead_of_transposing_it_twice():
+    from edgekit.targets.onnx_to_tf import ConversionError, static_input_shape
+
+    assert static_input_shape(_model(["b", 3, "h", "w"]), (32, 48)) == (1, 3, 32, 48)
+    with pytest.raises(ConversionError, match="channel-last"):
+        static_input_shape(_model([1, 224, 224, 3]))
