@@ -34,16 +34,12 @@ from edgekit.calibration.schemes import (
     quantize_weight,
     weight_per_channel,
 )
-from edgekit.errors import EdgekitError
+from edgekit.errors import CalibrationError
 
 if TYPE_CHECKING:
     from edgekit.model import Model
 
 MIN_OPSET = 13
-
-
-class CalibrationError(EdgekitError):
-    """Calibration that cannot produce trustworthy ranges."""
 
 
 def prepare_float_model(proto: onnx.ModelProto, spec: QuantSpec | None = None) -> onnx.ModelProto:
