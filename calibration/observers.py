@@ -324,9 +324,13 @@ class PercentileObserver(HistogramObserver):
 
     def __init__(self, *, percentile: float = 99.99, bins: int = 2048, name: str | None = None) -> None:
         super().__init__(bins=bins, name=name)
-        if not 50.0 < float(percentile) <= 100.0:
+        try:
+            value = float(percentile)
+        except (TypeError, ValueError):
+            value = math.nan  # not a number: refused below like one out of range
+        if not 50.0 < value <= 100.0:
             raise CalibrationError(f"percentile must be within (50, 100], got {percentile!r}")
-        self._percentile = float(percentile)
+        self._percentile = value
 
     def settings(self) -> dict[str, Any]:
         return {"percentile": self._percentile, "bins": self._bins}
