@@ -168,6 +168,7 @@ def build(
 
 
 @click.command()
+@fail_cleanly
 def observers() -> None:
     """List the calibration observers and their settings."""
     from rich.table import Table
