@@ -3,8 +3,7 @@ does the work and returns what to print)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 
@@ -167,10 +166,10 @@ def prune(
     out: str,
     structured: bool,
     ratio: float,
-    criterion: str,
+    criterion: Literal["l1", "l2", "bn_gamma"],
     multiple_of: int,
     sparsity: float,
-    schedule: str,
+    schedule: Literal["cubic", "oneshot"],
     target_macs: float | None,
     rounds: int,
     max_drop: float | None,
@@ -206,7 +205,7 @@ def prune(
             out,
             ratio=ratio,
             criterion=criterion,
-            multiple_of=multiple_of,  # type: ignore[arg-type]
+            multiple_of=multiple_of,
             coupled="keep" if keep_residual else "prune",
             target_macs=target_macs,
             rounds=rounds,
@@ -221,7 +220,7 @@ def prune(
             data_set,
             out,
             sparsity=sparsity,
-            schedule=schedule,  # type: ignore[arg-type]
+            schedule=schedule,
             training=training,
             distill=distill,
         )
@@ -336,7 +335,7 @@ def distill(
         training=Training(epochs=epochs, lr=lr),
     )
     _print_table(result.teacher, result.student, data_set, ("teacher", "student"), console)
-    console.print(f"student written to {Path(out) / 'model.onnx'}")
+    console.print(f"student written to {result.path}")
 
 
 @click.command()
