@@ -34,17 +34,13 @@ from edgekit.calibration.schemes import (
     quantize_weight,
     weight_per_channel,
 )
-from edgekit.errors import EdgekitError
+from edgekit.errors import CalibrationError
 from edgekit.onnx_toolbox import DEFAULT_DOMAINS
 
 if TYPE_CHECKING:
     from edgekit.model import Model
 
 MIN_OPSET = 13
-
-
-class CalibrationError(EdgekitError):
-    """Calibration that cannot produce trustworthy ranges."""
 
 
 def prepare_float_model(proto: onnx.ModelProto, spec: QuantSpec | None = None) -> onnx.ModelProto:

@@ -14,15 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import CalibrationDataError
 from edgekit.runtime.preprocess import PreprocessSpec, preprocess
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mjpeg", ".mjpg"}
-
-
-class CalibrationDataError(EdgekitError):
-    """Calibration data that is missing, empty or unusable."""
 
 
 @dataclass

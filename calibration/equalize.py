@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgekit.errors import QuantSpecError
 from edgekit.onnx_toolbox import consumers
 
 HOMOGENEOUS = {"Relu"}  # activations f with f(x / s) = f(x) / s for s > 0
@@ -108,7 +109,7 @@ def apply_transforms(model: onnx.ModelProto, transforms: list[dict[str, Any]]) -
                 values = numpy_helper.to_array(inits[name]) + np.asarray(delta, np.float32)
                 inits[name].CopyFrom(numpy_helper.from_array(values.astype(np.float32), name))
         else:
-            raise ValueError(f"unknown transform {transform['kind']!r} in the QuantSpec; upgrade edgekit")
+            raise QuantSpecError(f"unknown transform {transform['kind']!r} in the QuantSpec; upgrade edgekit")
     return model
 
 

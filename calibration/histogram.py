@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from edgekit.errors import CalibrationError
+
 __all__ = ["StreamingHistogram"]
 
 # Range used when everything seen so far is zero: small enough that any real value re-bins it away,
@@ -70,7 +72,7 @@ class StreamingHistogram:
 
     def __init__(self, bins: int = 4096, *, initial_range: float | None = None) -> None:
         if not isinstance(bins, (int, np.integer)) or bins < 2 or bins % 2:
-            raise ValueError(f"bins must be an even integer >= 2, got {bins!r}")
+            raise CalibrationError(f"bins must be an even integer >= 2, got {bins!r}")
         self._bins = int(bins)
         # One slot past the last bin holds the values exactly at +R: bins are [a, b), and keeping +R apart
         # lets it re-bin exactly when R grows (it lands on an edge of the wider bins).
@@ -78,7 +80,7 @@ class StreamingHistogram:
         self._range = 0.0  # 0 until the first finite value (or initial_range) fixes it
         if initial_range is not None:
             if not (math.isfinite(initial_range) and initial_range > 0):
-                raise ValueError(f"initial_range must be a positive finite number, got {initial_range!r}")
+                raise CalibrationError(f"initial_range must be a positive finite number, got {initial_range!r}")
             self._range = float(initial_range)
         self._min = math.inf
         self._max = -math.inf
@@ -190,7 +192,7 @@ class StreamingHistogram:
         if not isinstance(other, StreamingHistogram):
             raise TypeError(f"can only merge another StreamingHistogram, got {type(other).__name__}")
         if other._bins != self._bins:
-            raise ValueError(f"cannot merge histograms with {self._bins} and {other._bins} bins")
+            raise CalibrationError(f"cannot merge histograms with {self._bins} and {other._bins} bins")
         self._nonfinite += other._nonfinite
         if other._count == 0:
             return
@@ -255,9 +257,9 @@ class StreamingHistogram:
 
     def _check_readable(self, q: float) -> None:
         if not 0.0 <= q <= 100.0:
-            raise ValueError(f"percentile must be within [0, 100], got {q!r}")
+            raise CalibrationError(f"percentile must be within [0, 100], got {q!r}")
         if self._count == 0:
-            raise ValueError("the histogram has seen no finite values")
+            raise CalibrationError("the histogram has seen no finite values")
 
     def __repr__(self) -> str:
         return (

@@ -17,6 +17,7 @@ import onnx
 
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
+from edgekit.errors import CalibrationDataError
 from edgekit.runtime.compare import ErrorAccumulator
 
 
@@ -49,7 +50,7 @@ class Evaluator:
     @classmethod
     def for_top1(cls, feeds: list[dict[str, np.ndarray]], labels: list[int]) -> Evaluator:
         if len(feeds) != len(labels):
-            raise ValueError(f"{len(feeds)} labelled samples but {len(labels)} labels")
+            raise CalibrationDataError(f"{len(feeds)} labelled samples but {len(labels)} labels")
         return cls("top1", feeds, labels=list(labels))
 
     def __call__(self, model: onnx.ModelProto) -> float:

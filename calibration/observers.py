@@ -24,6 +24,7 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 
 from edgekit.calibration.histogram import StreamingHistogram, as_flat_float, split_finite
+from edgekit.errors import CalibrationError
 
 __all__ = [
     "EntropyObserver",
@@ -64,13 +65,13 @@ def register_observer(name: str) -> Callable[[_ObserverClass], _ObserverClass]:
     `list_observers` shows); its docstring's first line is its description.
     """
     if not name or not name.replace("_", "").isalnum() or name != name.lower():
-        raise ValueError(f"observer names are lowercase words like 'minmax', got {name!r}")
+        raise CalibrationError(f"observer names are lowercase words like 'minmax', got {name!r}")
 
     def decorate(cls: _ObserverClass) -> _ObserverClass:
         if not (isinstance(cls, type) and issubclass(cls, Observer)):
             raise TypeError(f"@register_observer({name!r}) decorates Observer subclasses, not {cls!r}")
         if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"observer name {name!r} is already taken by {_REGISTRY[name].__qualname__}")
+            raise CalibrationError(f"observer name {name!r} is already taken by {_REGISTRY[name].__qualname__}")
         cls.kind = name
         _REGISTRY[name] = cls
         return cls
@@ -94,11 +95,11 @@ def get_observer(name: str, /, **settings: Any) -> Observer:
     cls = _REGISTRY.get(name)
     if cls is None:
         known = ", ".join(_REGISTRY) or "none"
-        raise ValueError(f"unknown observer {name!r}; registered observers: {known}")
+        raise CalibrationError(f"unknown observer {name!r}; registered observers: {known}")
     allowed = set(cls().settings())
     unknown = sorted(set(settings) - allowed - {"name"})
     if unknown:
-        raise ValueError(
+        raise CalibrationError(
             f"observer {name!r} has no setting {', '.join(map(repr, unknown))}; "
             f"its settings are: {', '.join(sorted(allowed)) or 'none'}"
         )
@@ -139,7 +140,7 @@ class Observer:
         if type(other) is not type(self):
             raise TypeError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
         if other.settings() != self.settings():
-            raise ValueError(
+            raise CalibrationError(
                 f"cannot merge observers of {self._label()} with different settings: "
                 f"{self.settings()} vs {other.settings()}"
             )
@@ -154,7 +155,7 @@ class Observer:
         observers that model them; the range of an asymmetric quantizer does not depend on it).
         """
         if not isinstance(num_bits, (int, np.integer)) or not 2 <= num_bits <= 16:
-            raise ValueError(f"num_bits must be an integer within [2, 16], got {num_bits!r}")
+            raise CalibrationError(f"num_bits must be an integer within [2, 16], got {num_bits!r}")
         self._require_finite()
         lo, hi = self._compute_range_impl(bool(symmetric), int(num_bits), bool(unsigned))
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
@@ -179,7 +180,7 @@ class Observer:
 
     def _require_finite(self) -> None:
         if self.count == 0:
-            raise ValueError(
+            raise CalibrationError(
                 f"{self._label()} never received finite values ({self.batches} batches, {self.nonfinite} NaN/Inf "
                 f"values) so no range can be computed; check the calibration inputs and preprocessing, or keep "
                 f"this tensor in float"
@@ -278,7 +279,7 @@ class HistogramObserver(Observer):
     def __init__(self, *, bins: int = 2048, name: str | None = None) -> None:
         super().__init__(name=name)
         if not isinstance(bins, (int, np.integer)) or bins < 16:
-            raise ValueError(f"bins (of |x|) must be an integer >= 16, got {bins!r}")
+            raise CalibrationError(f"bins (of |x|) must be an integer >= 16, got {bins!r}")
         self._bins = int(bins)
         self._hist = StreamingHistogram(2 * self._bins)
 
@@ -323,9 +324,13 @@ class PercentileObserver(HistogramObserver):
 
     def __init__(self, *, percentile: float = 99.99, bins: int = 2048, name: str | None = None) -> None:
         super().__init__(bins=bins, name=name)
-        if not 50.0 < float(percentile) <= 100.0:
-            raise ValueError(f"percentile must be within (50, 100], got {percentile!r}")
-        self._percentile = float(percentile)
+        try:
+            value = float(percentile)
+        except (TypeError, ValueError):
+            value = math.nan  # not a number: refused below like one out of range
+        if not 50.0 < value <= 100.0:
+            raise CalibrationError(f"percentile must be within (50, 100], got {percentile!r}")
+        self._percentile = value
 
     def settings(self) -> dict[str, Any]:
         return {"percentile": self._percentile, "bins": self._bins}
@@ -361,12 +366,12 @@ class EntropyObserver(HistogramObserver):
     ) -> None:
         super().__init__(bins=bins, name=name)
         if zero_bin not in self.ZERO_BIN_MODES:
-            raise ValueError(f"zero_bin must be one of {self.ZERO_BIN_MODES}, got {zero_bin!r}")
+            raise CalibrationError(f"zero_bin must be one of {self.ZERO_BIN_MODES}, got {zero_bin!r}")
         self._zero_bin = zero_bin
         if num_quantized_bins is not None and not (
             isinstance(num_quantized_bins, (int, np.integer)) and 2 <= num_quantized_bins < self._bins
         ):
-            raise ValueError(
+            raise CalibrationError(
                 f"num_quantized_bins must be None or an integer within [2, bins - 1], got {num_quantized_bins!r}"
             )
         self._num_quantized_bins = None if num_quantized_bins is None else int(num_quantized_bins)
@@ -487,7 +492,7 @@ def kl_divergence_curve(abs_counts: np.ndarray, num_quantized_bins: int = 128) -
     b = np.asarray(abs_counts, dtype=np.float64)
     n, levels = b.size, int(num_quantized_bins)
     if not 1 <= levels < n:
-        raise ValueError(f"num_quantized_bins must be within [1, {n - 1}], got {num_quantized_bins!r}")
+        raise CalibrationError(f"num_quantized_bins must be within [1, {n - 1}], got {num_quantized_bins!r}")
     i = np.arange(levels, n)
     total = b.sum()
     if total <= 0:
@@ -610,7 +615,7 @@ def quantization_mse(
     step = np.asarray(step, dtype=np.float64).reshape(-1)
     lo, hi = np.broadcast_arrays(np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64))
     if lo.shape[:1] != step.shape:
-        raise ValueError(f"lo/hi must have one row per step: shapes {lo.shape} and {step.shape}")
+        raise CalibrationError(f"lo/hi must have one row per step: shapes {lo.shape} and {step.shape}")
     lo2, hi2 = lo.reshape(step.size, -1), hi.reshape(step.size, -1)
     error = np.empty(lo2.shape)
     for start in range(0, step.size, chunk):

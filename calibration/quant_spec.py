@@ -12,15 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import QuantSpecError
 from edgekit.hashing import canonical_json, sha256_json
 
 SCHEMA = "edgekit.quant_spec"
 VERSION = 1
-
-
-class QuantSpecError(EdgekitError):
-    """A QuantSpec that is unreadable, inconsistent, or made for another model."""
 
 
 @dataclass

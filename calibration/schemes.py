@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgekit.errors import CalibrationError
+
 
 @dataclass(frozen=True)
 class ActivationScheme:
@@ -56,14 +58,15 @@ def per_tensor_variant(scheme: str) -> str:
 
 def _check_weight_scheme(scheme: str) -> None:
     if scheme not in WEIGHT_SCHEMES:
-        raise ValueError(f"unknown weight scheme {scheme!r}; use one of {', '.join(WEIGHT_SCHEMES)}")
+        raise CalibrationError(f"unknown weight scheme {scheme!r}; use one of {', '.join(WEIGHT_SCHEMES)}")
 
 
 def activation_scheme(name: str) -> ActivationScheme:
     try:
         return ACTIVATION_SCHEMES[name]
     except KeyError:
-        raise ValueError(f"unknown activation scheme {name!r}; use one of {', '.join(ACTIVATION_SCHEMES)}") from None
+        known = ", ".join(ACTIVATION_SCHEMES)
+        raise CalibrationError(f"unknown activation scheme {name!r}; use one of {known}") from None
 
 
 def activation_qparams(lo: float, hi: float, scheme: ActivationScheme) -> tuple[float, int]:

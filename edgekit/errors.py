@@ -1,4 +1,8 @@
-"""The exceptions edgekit raises on the host; each message names the bad input and what to do."""
+"""The exceptions edgekit raises on the host; each message names the bad input and what to do.
+
+Every error a user can cause is an `EdgekitError`, which the CLI shows as one `error:` line (exit code 2).
+Errors that replaced a built-in exception keep it as a second base, so `except ValueError` still works.
+"""
 
 from __future__ import annotations
 
@@ -17,3 +21,34 @@ class ArtifactError(EdgekitError):
 
 class RunError(EdgekitError):
     """A run that could not be started or whose result cannot be trusted."""
+
+
+# -- calibration ----------------------------------------------------------------------------------------
+
+
+class CalibrationError(EdgekitError, ValueError):
+    """Calibration that cannot produce trustworthy ranges: an unknown observer, scheme or setting, or a
+    tensor that never saw a finite value."""
+
+
+class CalibrationDataError(EdgekitError):
+    """Calibration data that is missing, empty or unusable."""
+
+
+class QuantSpecError(EdgekitError):
+    """A QuantSpec that is unreadable, inconsistent, or made for another model."""
+
+
+# -- compression (torch) --------------------------------------------------------------------------------
+
+
+class CompressError(EdgekitError, ValueError):
+    """Pruning, distillation, QAT or training given a setting or model it cannot work with."""
+
+
+class CompressStateError(EdgekitError, RuntimeError):
+    """A compression helper used out of order (a removed pruner, a loss asked for before the forward pass)."""
+
+
+class NonFiniteLossError(RunError):
+    """The loss was NaN or inf: training stopped; the trainer keeps its last good state."""

@@ -22,13 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from edgekit.errors import RunError
+from edgekit.errors import CompressError, NonFiniteLossError, RunError
 
 __all__ = ["DynamicLossScaler", "MixedPrecisionTrainer", "NonFiniteLossError"]
-
-
-class NonFiniteLossError(RunError):
-    """The loss was NaN or inf: training stopped; the trainer keeps its last good state."""
 
 
 def _grads(optimizer: torch.optim.Optimizer) -> list[Tensor]:
@@ -53,13 +49,13 @@ class DynamicLossScaler:
         growth_interval: int = 2000,
     ):
         if not (init_scale > 0 and math.isfinite(init_scale)):
-            raise ValueError(f"init_scale must be a finite number > 0, got {init_scale}")
+            raise CompressError(f"init_scale must be a finite number > 0, got {init_scale}")
         if growth_factor <= 1.0:
-            raise ValueError(f"growth_factor must be > 1, got {growth_factor}")
+            raise CompressError(f"growth_factor must be > 1, got {growth_factor}")
         if not 0.0 < backoff_factor < 1.0:
-            raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor}")
+            raise CompressError(f"backoff_factor must be in (0, 1), got {backoff_factor}")
         if int(growth_interval) != growth_interval or growth_interval < 1:
-            raise ValueError(f"growth_interval must be a whole number >= 1, got {growth_interval}")
+            raise CompressError(f"growth_interval must be a whole number >= 1, got {growth_interval}")
         self._scale = float(init_scale)
         self.growth_factor = float(growth_factor)
         self.backoff_factor = float(backoff_factor)
@@ -131,7 +127,9 @@ class DynamicLossScaler:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         missing = {"scale", "growth_factor", "backoff_factor", "growth_interval", "good_steps"} - set(state)
         if missing:
-            raise ValueError(f"loss scaler state is missing {sorted(missing)}; pass a DynamicLossScaler.state_dict()")
+            raise CompressError(
+                f"loss scaler state is missing {sorted(missing)}; pass a DynamicLossScaler.state_dict()"
+            )
         self._scale = float(state["scale"])
         self.growth_factor = float(state["growth_factor"])
         self.backoff_factor = float(state["backoff_factor"])
@@ -179,15 +177,15 @@ class MixedPrecisionTrainer:
         if dtype is None:
             dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-            raise ValueError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
+            raise CompressError(f"dtype must be torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
         wrong = [name for name, p in model.named_parameters() if p.is_floating_point() and p.dtype != torch.float32]
         if wrong:
-            raise ValueError(
+            raise CompressError(
                 f"parameters {wrong[:5]} are not float32; mixed precision keeps FP32 master weights and lets "
                 "autocast cast per op, so call model.float() first"
             )
         if snapshot_every < 1:
-            raise ValueError(f"snapshot_every must be >= 1, got {snapshot_every}")
+            raise CompressError(f"snapshot_every must be >= 1, got {snapshot_every}")
         self.model = model
         self.optimizer = optimizer
         self.dtype = dtype
@@ -234,7 +232,7 @@ class MixedPrecisionTrainer:
             outputs = self.model(*args)
             loss = loss_fn(outputs, targets)
         if loss.dim() != 0 and loss.numel() != 1:
-            raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+            raise CompressError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
         loss_value = float(loss.detach().float())
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from edgekit.compress.structured import ChannelPruneReport, Criterion, prune_channels
+from edgekit.errors import CompressError
 
 __all__ = ["ChannelRound", "IterativeChannelResult", "count_macs", "prune_channels_iteratively"]
 
@@ -117,11 +118,11 @@ def prune_channels_iteratively(
     and pruning stops.
     """
     if not 0.0 < target_macs < 1.0:
-        raise ValueError(f"target_macs must be a fraction in (0, 1) of the model's MACs, got {target_macs}")
+        raise CompressError(f"target_macs must be a fraction in (0, 1) of the model's MACs, got {target_macs}")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise CompressError(f"steps must be >= 1, got {steps}")
     if max_drop is not None and max_drop < 0:
-        raise ValueError(f"max_drop must be >= 0 (the allowed metric drop), got {max_drop}")
+        raise CompressError(f"max_drop must be >= 0 (the allowed metric drop), got {max_drop}")
     options = {"criterion": criterion, "multiple_of": multiple_of, "exclude": tuple(exclude), "coupled": coupled}
     original_macs = count_macs(model, example_input)
     baseline = float(eval_fn(model))

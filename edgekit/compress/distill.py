@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from edgekit.errors import ModelError
+from edgekit.errors import CompressError, CompressStateError, ModelError
 
 __all__ = ["Distiller", "FeatureDistiller", "OnnxTeacher", "kd_loss"]
 
@@ -44,18 +44,18 @@ def kd_loss(
     on the same scale as the hard term's whatever the temperature.
     """
     if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise CompressError(f"temperature must be > 0, got {temperature}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1] (the weight of the hard-label term), got {alpha}")
+        raise CompressError(f"alpha must be in [0, 1] (the weight of the hard-label term), got {alpha}")
     if student_logits.dim() != 2:
-        raise ValueError(f"student logits must be (batch, classes), got shape {tuple(student_logits.shape)}")
+        raise CompressError(f"student logits must be (batch, classes), got shape {tuple(student_logits.shape)}")
     if teacher_logits.shape != student_logits.shape:
-        raise ValueError(
+        raise CompressError(
             f"teacher logits {tuple(teacher_logits.shape)} and student logits {tuple(student_logits.shape)} "
             "differ in shape; both must be (batch, classes) over the same classes in the same order"
         )
     if targets.shape != student_logits.shape[:1]:
-        raise ValueError(
+        raise CompressError(
             f"targets {tuple(targets.shape)} must be class indices of shape ({student_logits.shape[0]},) "
             f"for logits {tuple(student_logits.shape)}"
         )
@@ -74,7 +74,7 @@ def _module_by_name(model: nn.Module, name: str, role: str) -> nn.Module:
     if name not in modules:
         known = [n for n in modules if n]
         shown = ", ".join(known[:20]) + (", ..." if len(known) > 20 else "")
-        raise ValueError(f"{role} has no module named {name!r}; its modules are: {shown}")
+        raise CompressError(f"{role} has no module named {name!r}; its modules are: {shown}")
     return modules[name]
 
 
@@ -89,7 +89,7 @@ def _make_adapter(student_feature: Tensor, teacher_feature: Tensor) -> nn.Module
     elif rank == 2:
         adapter = nn.Linear(s, t, bias=False)
     else:
-        raise ValueError(
+        raise CompressError(
             f"cannot adapt a student feature of shape {tuple(student_feature.shape)} to "
             f"{tuple(teacher_feature.shape)}; features must be (N, C), (N, C, L) or (N, C, H, W)"
         )
@@ -117,7 +117,7 @@ class FeatureDistiller(nn.Module):
                 "an ONNX teacher can only be distilled through its logits"
             )
         if not pairs:
-            raise ValueError("pairs is empty; map at least one student module name to a teacher module name")
+            raise CompressError("pairs is empty; map at least one student module name to a teacher module name")
         self._models = (student, teacher)  # a tuple, so nn.Module does not register them as submodules
         self.pairs = dict(pairs)
         self.use_adapters = adapters
@@ -145,7 +145,7 @@ class FeatureDistiller(nn.Module):
 
     def _match(self, s_name: str, s_feat: Tensor, t_feat: Tensor) -> Tensor:
         if s_feat.dim() != t_feat.dim():
-            raise ValueError(
+            raise CompressError(
                 f"student feature {s_name!r} {tuple(s_feat.shape)} and teacher feature {self.pairs[s_name]!r} "
                 f"{tuple(t_feat.shape)} differ in rank; pair modules whose outputs have the same layout"
             )
@@ -153,7 +153,7 @@ class FeatureDistiller(nn.Module):
         if s_feat.shape[1] != t_feat.shape[1] or key in self.adapters:
             if key not in self.adapters:
                 if not self.use_adapters:
-                    raise ValueError(
+                    raise CompressError(
                         f"student feature {s_name!r} has {s_feat.shape[1]} channels and teacher feature "
                         f"{self.pairs[s_name]!r} has {t_feat.shape[1]}; pass adapters=True to learn a mapping"
                     )
@@ -162,7 +162,7 @@ class FeatureDistiller(nn.Module):
         if s_feat.shape[2:] != t_feat.shape[2:]:
             mode = {3: "linear", 4: "bilinear"}.get(s_feat.dim())
             if mode is None:
-                raise ValueError(
+                raise CompressError(
                     f"cannot resize student feature {s_name!r} {tuple(s_feat.shape)} to {tuple(t_feat.shape)}"
                 )
             s_feat = F.interpolate(s_feat, size=t_feat.shape[2:], mode=mode, align_corners=False)
@@ -174,7 +174,7 @@ class FeatureDistiller(nn.Module):
             t for t in self.pairs.values() if t not in self._teacher_features
         ]
         if missing:
-            raise RuntimeError(
+            raise CompressStateError(
                 f"no captured features for {missing}; run the student and the teacher forward before loss() "
                 "(features are consumed by each loss() call)"
             )
@@ -257,12 +257,12 @@ class OnnxTeacher:
         self.inputs = self.session.get_inputs()
         names = [o.name for o in self.session.get_outputs()]
         if output is not None and output not in names:
-            raise ValueError(f"teacher has no output {output!r}; its outputs are {names}")
+            raise CompressError(f"teacher has no output {output!r}; its outputs are {names}")
         self.output = output or names[0]
 
     def __call__(self, *inputs: Tensor) -> Tensor:
         if len(inputs) != len(self.inputs):
-            raise ValueError(
+            raise CompressError(
                 f"ONNX teacher takes {len(self.inputs)} input(s) {[i.name for i in self.inputs]}, got {len(inputs)}"
             )
         feed = {}
@@ -299,9 +299,9 @@ class Distiller:
         feature_weight: float = 1.0,
     ):
         if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+            raise CompressError(f"temperature must be > 0, got {temperature}")
         if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+            raise CompressError(f"alpha must be in [0, 1], got {alpha}")
         self.student = student
         self.teacher = teacher
         self.temperature = temperature

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from edgekit.errors import EdgekitError
+from edgekit.errors import CompressError, EdgekitError
 
 __all__ = [
     "DIGITS_PREPROCESS",
@@ -248,7 +248,7 @@ def fit(
     from edgekit.compress.amp import NonFiniteLossError, _cpu_copy
 
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise CompressError(f"epochs must be >= 0, got {epochs}")
 
     def default_loss(inputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(model(inputs), targets)

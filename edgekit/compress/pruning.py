@@ -28,6 +28,8 @@ from typing import Any, Literal, NamedTuple, Protocol
 import torch
 from torch import nn
 
+from edgekit.errors import CompressError, CompressStateError
+
 MASK_NAME = "weight_mask"
 
 __all__ = [
@@ -58,7 +60,7 @@ class Schedule(Protocol):
 def _check_sparsity(value: float, label: str) -> float:
     value = float(value)
     if not 0.0 <= value < 1.0 or math.isnan(value):
-        raise ValueError(f"{label} must be in [0, 1), got {value}; a sparsity of 1 would remove every weight")
+        raise CompressError(f"{label} must be in [0, 1), got {value}; a sparsity of 1 would remove every weight")
     return value
 
 
@@ -80,11 +82,11 @@ class CubicSchedule:
         _check_sparsity(self.initial, "CubicSchedule initial")
         _check_sparsity(self.final, "CubicSchedule final")
         if self.n_steps < 1 or self.frequency < 1:
-            raise ValueError(
+            raise CompressError(
                 f"CubicSchedule needs n_steps >= 1 and frequency >= 1, got {self.n_steps} and {self.frequency}"
             )
         if self.start_step < 0:
-            raise ValueError(f"CubicSchedule start_step must be >= 0, got {self.start_step}")
+            raise CompressError(f"CubicSchedule start_step must be >= 0, got {self.start_step}")
 
     @property
     def end_step(self) -> int:
@@ -116,7 +118,7 @@ class OneShotSchedule:
 
 def _check_n_m(n: int, m: int) -> None:
     if not (isinstance(n, int) and isinstance(m, int) and 0 < n < m):
-        raise ValueError(f"N:M sparsity needs integers 0 < n < m (e.g. (2, 4) for sparse tensor cores), got {n}:{m}")
+        raise CompressError(f"N:M sparsity needs integers 0 < n < m (e.g. (2, 4) for sparse tensor cores), got {n}:{m}")
 
 
 def _groups(weight: torch.Tensor, m: int) -> torch.Tensor:
@@ -128,7 +130,7 @@ def n_m_mask(weight: torch.Tensor, n: int, m: int, *, name: str = "weight") -> t
     """Boolean mask keeping the ``n`` largest-magnitude weights in every ``m`` consecutive input entries."""
     _check_n_m(n, m)
     if weight.dim() < 2 or weight.shape[1] % m:
-        raise ValueError(
+        raise CompressError(
             f"{name}: N:M sparsity groups the input dimension (dim 1) in blocks of {m}, but the weight has shape "
             f"{tuple(weight.shape)}; leave this layer out with exclude=[...]"
         )
@@ -200,11 +202,11 @@ class MagnitudePruner:
         exclude: Iterable[str] = (),
     ) -> None:
         if scope not in ("layer", "global"):
-            raise ValueError(f"scope must be 'layer' or 'global', got {scope!r}")
+            raise CompressError(f"scope must be 'layer' or 'global', got {scope!r}")
         if n_m is not None:
             _check_n_m(*n_m)
             if sparsity is not None:
-                raise ValueError(f"give either sparsity or n_m={n_m}, not both: N:M fixes the sparsity at 1 - n/m")
+                raise CompressError(f"give either sparsity or n_m={n_m}, not both: N:M fixes the sparsity at 1 - n/m")
         self.model = model
         self.scope = scope
         self.n_m = n_m
@@ -218,10 +220,10 @@ class MagnitudePruner:
         }
         if not self.layers:
             kinds = ", ".join(t.__name__ for t in modules)
-            raise ValueError(f"{type(model).__name__} has no prunable layers of type {kinds} (after exclude)")
+            raise CompressError(f"{type(model).__name__} has no prunable layers of type {kinds} (after exclude)")
         for name, module in self.layers.items():
             if hasattr(module, "weight_orig") or hasattr(module, MASK_NAME):
-                raise ValueError(
+                raise CompressError(
                     f"layer {name!r} is already pruned (torch.nn.utils.prune or another MagnitudePruner); "
                     "call remove() on that pruning first"
                 )
@@ -245,7 +247,7 @@ class MagnitudePruner:
 
     def _check_alive(self) -> None:
         if self._removed:
-            raise RuntimeError("this MagnitudePruner was removed; create a new one to prune again")
+            raise CompressStateError("this MagnitudePruner was removed; create a new one to prune again")
 
     @property
     def masks(self) -> dict[str, torch.Tensor]:
@@ -276,7 +278,7 @@ class MagnitudePruner:
         self.apply_masks()
         if self.n_m is not None:
             if sparsity is not None:
-                raise ValueError(f"this pruner uses N:M {self.n_m}; call apply() without a sparsity")
+                raise CompressError(f"this pruner uses N:M {self.n_m}; call apply() without a sparsity")
             n, m = self.n_m
             for name, module in self.layers.items():
                 getattr(module, MASK_NAME).copy_(n_m_mask(module.weight, n, m, name=f"layer {name!r}"))
@@ -296,7 +298,7 @@ class MagnitudePruner:
             weight = module.weight.detach()
             k = round(sparsity * weight.numel())
             if k >= weight.numel():
-                raise ValueError(
+                raise CompressError(
                     f"sparsity {sparsity} would remove all {weight.numel()} weights of layer {name!r}; "
                     "lower the sparsity or leave the layer out with exclude=[...]"
                 )
@@ -313,7 +315,7 @@ class MagnitudePruner:
             mask = keep[offset : offset + weight.numel()]
             offset += weight.numel()
             if not mask.any():
-                raise ValueError(
+                raise CompressError(
                     f"global sparsity {sparsity} would remove every weight of layer {name!r}; lower the "
                     "sparsity, use scope='layer', or leave the layer out with exclude=[...]"
                 )
@@ -468,9 +470,9 @@ def iterative_prune(
     """
     target_sparsity = _check_sparsity(target_sparsity, "target_sparsity")
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise CompressError(f"steps must be >= 1, got {steps}")
     if max_drop is not None and max_drop < 0:
-        raise ValueError(f"max_drop must be >= 0 (the allowed metric drop), got {max_drop}")
+        raise CompressError(f"max_drop must be >= 0 (the allowed metric drop), got {max_drop}")
     baseline = float(eval_fn(model))
     pruner = MagnitudePruner(model, 0.0, scope=scope, modules=modules, exclude=exclude)
     schedule = CubicSchedule(0.0, target_sparsity, 0, steps, 1)

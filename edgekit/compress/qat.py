@@ -41,6 +41,7 @@ from torch.nn import functional as F
 
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.calibration.schemes import activation_qparams, activation_scheme, weight_per_channel, weight_qmax
+from edgekit.errors import CompressError
 
 DEFAULT_WEIGHT_SCHEME = "int7_per_channel"  # x86-ort's scheme
 DEFAULT_ACTIVATION_SCHEME = "uint8_asym"
@@ -277,7 +278,7 @@ def prepare_qat(
             model.train(was_training)
         got = folded(*_examples(example_input))
     if torch.is_tensor(reference) and not torch.allclose(reference, got, rtol=1e-3, atol=1e-4):
-        raise ValueError(
+        raise CompressError(
             "folding BatchNorm into the preceding Conv2d changed the model's output: a BatchNorm2d is registered "
             "after a Conv2d it does not follow; fuse Conv+BN yourself (torch.nn.utils.fusion.fuse_conv_bn_eval)"
         )
@@ -346,7 +347,7 @@ def _complete_spec(spec: QuantSpec, float_model: Any, calib_batches: Iterable[An
     """Add calibrated (min-max) entries for the activations a PTQ plan quantizes and QAT did not learn."""
     batches = list(calib_batches)
     if not batches:
-        raise ValueError("calib_batches is empty: pass the batches used for calibration, or None")
+        raise CompressError("calib_batches is empty: pass the batches used for calibration, or None")
     calibrated = _calibrate_batches(float_model, batches, spec.scheme["activations"], spec.scheme["weights"])
     added = sorted(
         name

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
+from edgekit.errors import EdgekitError
+
 __all__ = [
     "ChannelPruneError",
     "ChannelPruneReport",
@@ -44,7 +46,7 @@ __all__ = [
 Criterion = Literal["l1", "l2", "bn_gamma"]
 
 
-class ChannelPruneError(RuntimeError):
+class ChannelPruneError(EdgekitError, RuntimeError):
     """The model cannot be analysed or the pruned model does not run."""
 
 

@@ -1,0 +1,88 @@
+"""What the command modules share: the console, the one-line error handler, the results store, KEY=VALUE
+and JSON option parsing, and options several commands take.
+
+Only click is imported at module level: `edgekit --help` must not load rich, numpy or an engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail_cleanly(func: F) -> F:
+    """Show an EdgekitError as one clear line (exit 2) instead of a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from edgekit.errors import EdgekitError
+        from edgekit.runtime.preprocess import PreprocessError
+
+        try:
+            return func(*args, **kwargs)
+        except (EdgekitError, PreprocessError) as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def make_console() -> Any:
+    """A rich Console; piped output gets $COLUMNS (default 140) instead of rich's 80-column default."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=int(os.environ.get("COLUMNS", 0)) or 140)
+
+
+def open_store(db: str | None) -> Any:
+    """The results store at `db` (None: $EDGEKIT_DB or the default path)."""
+    from edgekit.store import ResultsStore
+
+    return ResultsStore(db)
+
+
+def parse_key_values(items: Iterable[str], *, option_name: str, example: str) -> dict[str, Any]:
+    """KEY=VALUE items of a repeatable option as a dict (a later key wins). A value that reads as JSON (a
+    number, true/false, null, a list) becomes that, any other value stays text. A missing '=' or an empty
+    key is an EdgekitError naming `option_name` and showing `example`."""
+    from edgekit.errors import EdgekitError
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EdgekitError(f"{option_name} {item!r}: write KEY=VALUE, e.g. {example}")
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+def parse_json_object(text: str, *, option_name: str) -> dict[str, Any]:
+    """An option's JSON object (e.g. --preprocess); anything else is an EdgekitError naming the option."""
+    from edgekit.errors import EdgekitError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EdgekitError(f"{option_name} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise EdgekitError(f"{option_name} must be a JSON object such as '{{\"resize\": [224, 224]}}', got {text!r}")
+    return value
+
+
+db_option = click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Results database (default: $EDGEKIT_DB or ~/.local/share/edgekit/results.db).",
+)

@@ -1,0 +1,67 @@
+"""The `edgekit devices` group: commands on the devices of a fleet file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from edgekit.cli.common import fail_cleanly, make_console
+
+
+@click.group()
+def devices() -> None:
+    """Devices of a fleet file."""
+
+
+@devices.command("check")
+@click.option("--fleet", type=click.Path(dir_okay=False, exists=True), required=True, help="The fleet file (TOML).")
+@click.option("--tags", multiple=True, help="Only devices carrying this tag (repeatable).")
+@click.option("--device", "names", multiple=True, help="Only this device (repeatable).")
+@click.option("--trust-on-first-use", is_flag=True, help="Accept and save unknown SSH host keys (never changed ones).")
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as JSON.")
+@fail_cleanly
+def devices_check(
+    fleet: str, tags: tuple[str, ...], names: tuple[str, ...], trust_on_first_use: bool, as_json: bool
+) -> None:
+    """Connect to each device and report: reachable, Python, engines, CPU, GPU, free disk, power probe."""
+    from edgekit.api import check_devices
+
+    console = make_console()
+    with console.status(f"checking the devices of {fleet}"):
+        facts = check_devices(fleet, tags=list(tags), names=list(names), trust_on_first_use=trust_on_first_use)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+    else:
+        _print_facts(facts, fleet, console)
+    if not all(f["reachable"] and not f.get("error") for f in facts):
+        sys.exit(1)
+
+
+def _print_facts(facts: list[dict[str, Any]], fleet: str, console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"devices in {fleet}", title_justify="left")
+    for column in ("device", "reachable", "python", "engines", "cpu", "gpu", "free disk", "power probe"):
+        table.add_column(column)
+    for f in facts:
+        free = f.get("disk.free_bytes")
+        table.add_row(
+            f["name"],
+            _reachability(f),
+            str(f.get("python", "-")),
+            ", ".join(f.get("engines") or []) or "-",
+            str(f.get("cpu", "-")),
+            ", ".join(f.get("gpu.names") or []) or "-",
+            f"{free / 1e9:.1f} GB" if isinstance(free, (int, float)) else "-",
+            str(f.get("power_probe") or "-"),
+        )
+    console.print(table)
+
+
+def _reachability(facts: dict[str, Any]) -> str:
+    if not facts["reachable"]:
+        return f"[red]no[/]: {facts.get('error', '')}"
+    return f"[yellow]yes, but[/]: {facts['error']}" if facts.get("error") else "yes"

@@ -1,0 +1,319 @@
+"""Commands on a model: inspect, targets, observers, quantize, build."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from edgekit.cli.common import fail_cleanly, make_console, parse_json_object, parse_key_values
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    metavar="NAME=D0,D1,..",
+    help="Fix a dynamic input's shape for MAC counts, e.g. --shape x=1,3,640,640 (repeatable).",
+)
+@click.option("--max-rows", type=int, default=None, help="Show at most this many layers in the table.")
+@click.option(
+    "-t",
+    "--target",
+    "targets",
+    multiple=True,
+    metavar="NAME",
+    help="Check only this target (repeatable) and show its accelerator report, e.g. -t ios-coreml for "
+    "the ops and shapes known to leave the Neural Engine, each with its source.",
+)
+@fail_cleanly
+def inspect(model: str, as_json: bool, shapes: tuple[str, ...], max_rows: int | None, targets: tuple[str, ...]) -> None:
+    """Per-layer table of MODEL (op, output shape, parameters, MACs), totals, size, opset, the ops each
+    registered target cannot run and the ops an accelerator (NNAPI, Neural Engine) hands back.
+
+    \b
+    Examples:
+      edgekit inspect model.onnx --shape images=1,3,640,640
+      edgekit inspect model.onnx -t ios-coreml          Neural Engine readiness, rule by rule"""
+    from edgekit.inspect import inspect_model, render_table
+    from edgekit.model import Model
+
+    input_shapes = _input_shapes(shapes)
+    report = inspect_model(Model.load(model), input_shapes=input_shapes or None, targets=list(targets) or None)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        render_table(report, make_console(), max_rows=max_rows)
+
+
+def _input_shapes(items: tuple[str, ...]) -> dict[str, list[int]]:
+    """--shape NAME=D0,D1,.. items as {input name: dims}."""
+    from edgekit.errors import EdgekitError
+
+    shapes = {}
+    for name, dims in parse_key_values(items, option_name="--shape", example="--shape x=1,3,640,640").items():
+        try:
+            shapes[name] = [int(d) for d in str(dims).split(",")]
+        except ValueError as exc:
+            raise EdgekitError(f"--shape {name}={dims}: write NAME=D0,D1,... with integer dims") from exc
+    return shapes
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@fail_cleanly
+def targets(as_json: bool) -> None:
+    """List the registered targets and what each supports."""
+    from edgekit.targets import list_targets
+
+    described = [t.describe() for t in list_targets()]
+    if as_json:
+        click.echo(json.dumps(described, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title="targets", title_justify="left")
+    for column in ("name", "device", "engine", "precisions", "description"):
+        table.add_column(column)
+    for t in described:
+        table.add_row(t["name"], t["device"], t["engine"], ", ".join(t["precisions"]), t["description"])
+    make_console().print(table)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", default="x86-ort", show_default=True, help="Target name (see `edgekit targets`).")
+@click.option(
+    "-p", "--precision", default="fp32", show_default=True, help="fp32, fp16, int8, ... as the target allows."
+)
+@click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Artifact folder to write.")
+@click.option(
+    "--preprocess",
+    "preprocess_json",
+    default=None,
+    metavar="JSON",
+    help='Override the preprocessing spec, e.g. \'{"resize": [224, 224], "color": "RGB", "mean": [0.485, 0.456, '
+    '0.406], "std": [0.229, 0.224, 0.225]}\'. Keys left out take their defaults.',
+)
+@click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
+@click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
+@click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
+@click.option("--dla", "dla_core", type=int, default=None, help="jetson-trt: run on DLA core N (0 or 1), GPU fallback.")
+@click.option("--sparsity", default=None, metavar="2:4", help="jetson-trt: let TensorRT use 2:4 sparse kernels.")
+@click.option("--max-batch", type=int, default=None, help="jetson-trt: largest batch of the optimization profile.")
+@click.option("--int8-io", is_flag=True, default=None, help="android-tflite int8: int8 input/output tensors.")
+@click.option(
+    "--shapes",
+    default=None,
+    metavar="HxW,..",
+    help="ios-coreml: enumerated input sizes besides the preprocess size, e.g. --shapes 256x256,320x320.",
+)
+@fail_cleanly
+def build(
+    model: str,
+    target: str,
+    precision: str,
+    out: str,
+    preprocess_json: str | None,
+    calib: str | None,
+    spec_path: str | None,
+    observer: str,
+    dla_core: int | None,
+    sparsity: str | None,
+    max_batch: int | None,
+    int8_io: bool | None,
+    shapes: str | None,
+) -> None:
+    """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
+    artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
+    quantize`) or calibrates on --calib. --dla, --sparsity and --max-batch are jetson-trt options,
+    --int8-io an android-tflite one, --shapes an ios-coreml one; other targets refuse them.
+
+    \b
+    Examples:
+      edgekit build model.onnx --target android-tflite -p int8 --calib imgs/ --observer percentile -o art
+      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ --dla 0 -o art
+      edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ --shapes 320x320 -o art"""
+    from edgekit.api import build as build_artifact
+    from edgekit.model import Model
+
+    loaded = Model.load(model)
+    if preprocess_json:
+        loaded.preprocess = parse_json_object(preprocess_json, option_name="--preprocess")
+    console = make_console()
+    artifact = build_artifact(
+        loaded,
+        target,
+        out,
+        precision=precision,
+        quant_spec=spec_path,
+        calib=calib,
+        observer=observer,
+        progress=True,
+        options={
+            "dla_core": dla_core,
+            "sparsity": sparsity,
+            "max_batch": max_batch,
+            "int8_io": int8_io or None,
+            "shapes": shapes,
+        },
+    )
+    console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
+    for note in artifact.manifest.get("not_honoured", []):
+        console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
+
+
+@click.command()
+@fail_cleanly
+def observers() -> None:
+    """List the calibration observers and their settings."""
+    from rich.table import Table
+
+    from edgekit.calibration.observers import list_observers
+
+    table = Table(title="observers (edgekit quantize --observer NAME)", title_justify="left")
+    for column in ("name", "what it does", "settings"):
+        table.add_column(column)
+    for info in list_observers():
+        table.add_row(info.name, info.description, json.dumps(info.settings))
+    make_console().print(table)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option(
+    "--calib",
+    required=True,
+    type=click.Path(exists=True),
+    help="Calibration data: image folder (searched recursively), video file, .npy or .npz.",
+)
+@click.option("--observer", default="minmax", show_default=True, help="minmax, percentile, entropy or mse.")
+@click.option(
+    "--setting",
+    "settings",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Observer setting, e.g. --setting percentile=99.9 (repeatable).",
+)
+@click.option(
+    "-t",
+    "--target",
+    default="x86-ort",
+    show_default=True,
+    help="Target whose quantization scheme to use (x86-ort: uint8 activations).",
+)
+@click.option("--activations", default=None, help="Override the scheme: uint8_asym, int8_sym or int8_asym.")
+@click.option(
+    "--weights",
+    default=None,
+    help="Override the weight scheme: int8_per_channel, int7_per_channel "
+    "(x86 without VNNI), int8_per_tensor, int7_per_tensor.",
+)
+@click.option("--limit", type=int, default=None, help="Use at most this many calibration samples.")
+@click.option(
+    "--eval",
+    "eval_data",
+    type=click.Path(exists=True),
+    help="Labelled data: image folder with class sub-folders, or a video with --labels.",
+)
+@click.option("--labels", type=click.Path(dir_okay=False, exists=True), help="Per-frame labels of an --eval video.")
+@click.option("--max-drop", type=float, default=None, help="Accuracy budget: top-1 may fall at most this many points.")
+@click.option("--min-sqnr", type=float, default=None, help="Accuracy budget: output SQNR at least this many dB.")
+@click.option("--keep-float", multiple=True, metavar="NODE", help="Keep this node in float (repeatable).")
+@click.option("--equalize", is_flag=True, help="Cross-layer equalization first (Conv-ReLU-Conv chains, depthwise too).")
+@click.option("--bias-correction", is_flag=True, help="Correct each quantized Conv/Gemm bias by its mean output shift.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write the report as an HTML page.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Folder for model.onnx (QDQ), quant_spec.json and report.json.",
+)
+@fail_cleanly
+def quantize(
+    model: str,
+    calib: str,
+    observer: str,
+    settings: tuple[str, ...],
+    target: str,
+    activations: str | None,
+    weights: str | None,
+    limit: int | None,
+    eval_data: str | None,
+    labels: str | None,
+    max_drop: float | None,
+    min_sqnr: float | None,
+    keep_float: tuple[str, ...],
+    equalize: bool,
+    bias_correction: bool,
+    html_file: str | None,
+    out: str,
+) -> None:
+    """Post-training quantization of MODEL: one streaming calibration pass, a QuantSpec, a QDQ model, and
+    a per-tensor error report. With --max-drop or --min-sqnr the most sensitive layers stay float until
+    the budget is met.
+
+    \b
+    Examples:
+      edgekit quantize m.onnx --calib images/ -o q
+      edgekit quantize m.onnx --calib images/ --observer percentile --setting percentile=99.9 -o q
+      edgekit quantize m.onnx --calib images/ --eval labelled/ --max-drop 0.5 -o q
+    """
+    from edgekit.calibration.data import load_labelled
+    from edgekit.calibration.error_report import print_error_table
+    from edgekit.calibration.quantize import quantize as run_quantize
+    from edgekit.calibration.quantize import save_quantized
+    from edgekit.fleet.plan import read_labels
+    from edgekit.model import Model
+    from edgekit.targets import get_target
+
+    loaded = Model.load(model)
+    observer_settings = parse_key_values(settings, option_name="--setting", example="--setting percentile=99.9")
+    eval_feeds = eval_labels = None
+    if eval_data:
+        eval_feeds, eval_labels = load_labelled(
+            eval_data,
+            spec=loaded.preprocess,
+            input_name=loaded.inputs[0].name,
+            labels=read_labels(labels) if labels else None,
+            class_names=loaded.class_names,
+        )
+    result = run_quantize(
+        loaded,
+        calib,
+        observer=observer,
+        observer_settings=observer_settings,
+        activations=activations or get_target(target).activation_scheme,
+        weights=weights or get_target(target).weight_scheme,
+        float_nodes=keep_float,
+        limit=limit,
+        eval_feeds=eval_feeds,
+        eval_labels=eval_labels,
+        max_drop=max_drop,
+        min_sqnr=min_sqnr,
+        equalize=equalize,
+        bias_correction=bias_correction,
+    )
+    folder = save_quantized(result, out)
+    if html_file:
+        from edgekit.calibration.error_report import report_html
+
+        Path(html_file).write_text(report_html(result.report()))
+    console = make_console()
+    console.print(result.spec.summary())
+    print_error_table(result.errors, console)
+    if result.accuracy:
+        console.print("top-1: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in result.accuracy.items()))
+    if result.budget is not None:
+        console.print(
+            f"budget met with {len(result.budget.float_nodes)} node(s) kept float: "
+            f"{', '.join(result.budget.float_nodes) or 'none'}"
+        )
+    console.print(
+        f"calibration {result.timings_s['calibration']:.2f} s; wrote {folder}/model.onnx, quant_spec.json, report.json"
+    )

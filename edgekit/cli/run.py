@@ -1,0 +1,239 @@
+"""Commands that run artifacts and show the stored runs: run, report, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.cli.common import db_option, fail_cleanly, make_console, open_store, parse_key_values
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option(
+    "-s",
+    "--source",
+    required=True,
+    help="Video file, image folder (class sub-folders give labels), camera index, rtsp:// URL or GStreamer pipeline.",
+)
+@click.option("--labels", type=click.Path(dir_okay=False), help="Per-frame class indices: JSON list or one per line.")
+@click.option("--frames", type=int, default=None, help="Frames to time after warm-up (default: the whole file).")
+@click.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames run first.")
+@click.option("--pipelined", is_flag=True, help="Run capture, preprocess, inference, postprocess in threads.")
+@click.option("--threads", type=int, default=None, help="Engine threads (default: the engine's own choice).")
+@click.option(
+    "-e",
+    "--engine-option",
+    "engine_option_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Engine option (repeatable): compute_units=CPU_AND_NE (coreml: ALL, CPU_ONLY, CPU_AND_GPU, "
+    "CPU_AND_NE), delegate=nnapi (tflite: xnnpack, none, gpu, nnapi), ...",
+)
+@click.option("--loop", is_flag=True, help="Restart a file source at its end until --frames are done.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds before the run is stopped.")
+@click.option("--fleet", type=click.Path(dir_okay=False, exists=True), help="Run on the devices of this fleet file.")
+@click.option("--tags", multiple=True, help="With --fleet: only devices carrying this tag (repeatable).")
+@click.option("--device", "names", multiple=True, help="With --fleet: only this device (repeatable).")
+@click.option(
+    "--source-on-device", is_flag=True, help="The source is on the devices (camera, file); nothing is pushed."
+)
+@click.option(
+    "--power", "power_probe", default=None, help="Power probe on the device: auto, jetson-ina3221, x86-rapl, ..."
+)
+@click.option("--trust-on-first-use", is_flag=True, help="Accept and save unknown SSH host keys (never changed ones).")
+@db_option
+@fail_cleanly
+def run(
+    artifact: str,
+    source: str,
+    labels: str | None,
+    frames: int | None,
+    warmup: int,
+    pipelined: bool,
+    threads: int | None,
+    engine_option_items: tuple[str, ...],
+    loop: bool,
+    timeout: float,
+    fleet: str | None,
+    tags: tuple[str, ...],
+    names: tuple[str, ...],
+    source_on_device: bool,
+    power_probe: str | None,
+    trust_on_first_use: bool,
+    db: str | None,
+) -> None:
+    """Run ARTIFACT on this machine as the device (the agent in a subprocess), or with --fleet on every
+    device of a fleet file in parallel over SSH; print latency per stage, throughput, accuracy and power,
+    and store every run.
+
+    \b
+    Examples:
+      edgekit run art --source clip.mp4 --labels clip.labels.json
+      edgekit run art --fleet lab.toml --tags jetson --source clip.mp4 --power auto
+      edgekit run art --fleet lab.toml --source 0 --source-on-device --frames 300
+      edgekit run art --fleet lab.toml --tags mac --source clip.mp4 -e compute_units=CPU_AND_NE
+    """
+    from edgekit.api import run as run_artifact
+
+    engine_options = parse_key_values(
+        engine_option_items, option_name="--engine-option", example="-e compute_units=CPU_AND_NE"
+    )
+    store = open_store(db)
+    console = make_console()
+    if fleet:
+        _run_fleet(
+            artifact,
+            fleet,
+            source,
+            store,
+            console,
+            tags=list(tags),
+            names=list(names),
+            source_on_device=source_on_device,
+            labels=labels,
+            frames=frames,
+            warmup=warmup,
+            pipelined=pipelined,
+            threads=threads,
+            engine_options=engine_options,
+            loop=loop,
+            power_probe=power_probe,
+            timeout_s=timeout,
+            trust_on_first_use=trust_on_first_use,
+        )
+        return
+    with console.status(f"running {artifact} on this machine"):
+        record = run_artifact(
+            artifact,
+            source,
+            labels=labels,
+            frames=frames,
+            warmup=warmup,
+            pipelined=pipelined,
+            threads=threads,
+            engine_options=engine_options,
+            loop=loop,
+            timeout_s=timeout,
+            store=store,
+        )
+    _print_run(record.run_id, store, console)
+    if record.result["status"] != "ok":
+        sys.exit(1)
+
+
+def _run_fleet(artifact: str, fleet: str, source: str, store: Any, console: Any, **options: Any) -> None:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from edgekit.api import run_fleet
+    from edgekit.report import print_runs_table
+
+    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True)
+    tasks: dict[str, Any] = {}
+
+    def progress_for(device: Any) -> Any:
+        tasks[device.name] = bars.add_task(f"{device.name}: push", total=None)
+
+        def update(sent: int, total: int) -> None:
+            bars.update(tasks[device.name], completed=sent, total=total, description=f"{device.name}: push")
+
+        return update
+
+    def on_done(record: Any) -> None:
+        if record.device in tasks:
+            bars.update(tasks[record.device], description=f"{record.device}: {record.result['status']}")
+        colour = "green" if record.ok else "red"
+        console.print(f"[{colour}]{record.device}: {record.result['status']}[/] (run {record.run_id})")
+
+    with bars:
+        records = run_fleet(artifact, fleet, source, store=store, on_done=on_done, progress_for=progress_for, **options)
+    stored = store.get([r.run_id for r in records])
+    print_runs_table(stored, console)
+    if not all(r.ok for r in records):
+        sys.exit(1)
+
+
+def _print_run(run_id: str, store: Any, console: Any) -> None:
+    from edgekit.report import print_stage_table
+
+    stored = store.get([run_id])[0]
+    result = stored.result
+    print_stage_table(stored, console)
+    frames = result.get("frames", {})
+    line = f"{frames.get('timed', 0)} frames timed ({frames.get('dropped', 0)} dropped)"
+    if result.get("throughput_fps") is not None:
+        line += f", throughput {result['throughput_fps']:.1f} frames/s"
+    accuracy = result.get("accuracy") or {}
+    if accuracy.get("top1") is not None:
+        line += f", top-1 accuracy {accuracy['top1'] * 100:.2f}% on {accuracy.get('count')} labelled frames"
+    if accuracy.get("sqnr_db") is not None:
+        line += f", SQNR {accuracy['sqnr_db']:.1f} dB vs reference"
+    console.print(line)
+    for error in result.get("errors", []):
+        console.print(f"[red]{error.get('stage', '?')} error:[/red] {error.get('message', '')}")
+    for warning in result.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    console.print(f"run [bold]{run_id}[/bold] ({result['status']}) stored in {store.path}")
+
+
+@click.command()
+@click.argument("runs", nargs=-1)
+@click.option("--last", type=int, default=20, show_default=True, help="With no RUN ids: the latest N runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print plans, results and manifests as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per run.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write an HTML report with histograms.")
+@db_option
+@fail_cleanly
+def report(
+    runs: tuple[str, ...], last: int, as_json: bool, as_csv: bool, html_file: str | None, db: str | None
+) -> None:
+    """Show stored runs (by id or id prefix; default the latest) as a table, JSON, CSV or HTML."""
+    from edgekit import report as reports
+
+    store = open_store(db)
+    stored = store.get(list(runs) or None, last=last)
+    if as_json:
+        click.echo(reports.to_json(stored))
+    elif as_csv:
+        click.echo(reports.to_csv(stored), nl=False)
+    else:
+        if not stored:
+            click.echo(f"no runs stored in {store.path} yet; try `edgekit demo`")
+            return
+        console = make_console()
+        reports.print_runs_table(stored, console)
+        if len(runs) == 1:
+            reports.print_stage_table(stored[0], console)
+    if html_file:
+        Path(html_file).write_text(reports.to_html(stored))
+        click.echo(f"HTML report written to {html_file}", err=True)
+
+
+@click.command()
+@click.option(
+    "--workdir", type=click.Path(file_okay=False), default=None, help="Where to write the video and artifact."
+)
+@click.option("--frames", type=int, default=None, help="Frames to time (default: all held-out digits).")
+@click.option("--pipelined", is_flag=True, help="Run the pipeline with a thread per stage.")
+@click.option("--int8", is_flag=True, help="Also quantize (calibrating on the video) and run INT8 beside FP32.")
+@db_option
+@fail_cleanly
+def demo(workdir: str | None, frames: int | None, pipelined: bool, int8: bool, db: str | None) -> None:
+    """The main job end to end on real data: a CNN trained on real handwritten digits, held-out digits
+    rendered into a video, an x86-ort artifact, the camera pipeline run on this machine."""
+    from edgekit.demo import run_demo
+
+    store = open_store(db)
+    console = make_console()
+    records = run_demo(workdir=workdir, frames=frames, pipelined=pipelined, store=store, console=console, int8=int8)
+    for record in records:
+        _print_run(record.run_id, store, console)
+    if len(records) > 1:
+        from edgekit.report import print_runs_table
+
+        print_runs_table(store.get([r.run_id for r in records]), console)
+    if any(r.result["status"] != "ok" for r in records):
+        sys.exit(1)
