@@ -41,9 +41,9 @@ from netns import NsSpec, loopback_sshd, netns_fleet, unavailable_reason  # noqa
 
 from edgekit.api import build  # noqa: E402
 from edgekit.demo_data import digits_model_path  # noqa: E402
-from edgekit.fleet.plan import Source, make_plan  # noqa: E402
+from edgekit.device.plan import Source, make_plan  # noqa: E402
 from edgekit.fleet.runner import run_fleet  # noqa: E402
-from edgekit.fleet.ssh import SshTransport  # noqa: E402
+from edgekit.device.ssh.transport import SshTransport  # noqa: E402
 from edgekit.model import Model  # noqa: E402
 from edgekit.store import ResultsStore  # noqa: E402
 
@@ -135,7 +135,7 @@ class TimedSsh(SshTransport):
 
 def agent_alone_s(artifact, plan: dict) -> float:
     """The agent's own time: the same zipapp, plan and Python in a subprocess here, no SSH."""
-    from edgekit.fleet.local import local_agent
+    from edgekit.device.local import local_agent
 
     agent = local_agent()
     with tempfile.TemporaryDirectory(prefix="edgekit-agent-alone-") as tmp:

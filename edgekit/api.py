@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.artifact import Artifact
-from edgekit.fleet.plan import Source, check_labels, make_plan, read_labels
+from edgekit.device.plan import Source, check_labels, make_plan, read_labels
 from edgekit.fleet.runner import FleetRecord as RunRecord
 from edgekit.model import Model
 from edgekit.store import ResultsStore
@@ -94,7 +94,7 @@ def run_fleet(
     """
     from edgekit.fleet.inventory import load_fleet, select
     from edgekit.fleet.runner import run_fleet as fan_out
-    from edgekit.fleet.ssh import SshTransport
+    from edgekit.device.ssh.transport import SshTransport
 
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
@@ -123,7 +123,7 @@ def check_devices(
     from concurrent.futures import ThreadPoolExecutor
 
     from edgekit.fleet.inventory import load_fleet, select
-    from edgekit.fleet.ssh import SshTransport
+    from edgekit.device.ssh.transport import SshTransport
 
     devices = select(load_fleet(fleet), tags=tags, names=names)
 
@@ -157,7 +157,7 @@ def run(
 ) -> RunRecord:
     """Run an artifact on this machine as the device, through the agent, and store the result. `engine_options`
     go to the engine (see `run_fleet`)."""
-    from edgekit.fleet.local import LocalTransport
+    from edgekit.device.local import LocalTransport
 
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 
 from edgekit.api import build
-from edgekit.fleet.local import LocalTransport
-from edgekit.fleet.plan import Source, make_plan
+from edgekit.device.local import LocalTransport
+from edgekit.device.plan import Source, make_plan
 from edgekit.fleet.runner import run_fleet
 from edgekit.model import Model
 from edgekit.store import ResultsStore

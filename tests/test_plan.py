@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgekit.errors import RunError
-from edgekit.fleet.plan import Source, check_labels, make_plan, read_labels
+from edgekit.device.plan import Source, check_labels, make_plan, read_labels
 
 
 def test_source_kinds_are_inferred(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgekit.errors import RunError
-from edgekit.fleet.results import validate_result
+from edgekit.device.results import validate_result
 
 
 def good_result(**changes):

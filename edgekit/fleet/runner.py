@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgekit.artifact import Artifact
-from edgekit.fleet.local import failed_result
-from edgekit.fleet.plan import new_run_id
+from edgekit.device.local import failed_result
+from edgekit.device.plan import new_run_id
 from edgekit.store import ResultsStore
 
 

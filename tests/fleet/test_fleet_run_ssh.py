@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
-from edgekit.fleet.plan import Source, make_plan
-from edgekit.fleet.ssh import SshTransport
+from edgekit.device.plan import Source, make_plan
+from edgekit.device.ssh.transport import SshTransport
 
 
 def digits_plan(video: Path, labels: list[int] | None, **options):
@@ -122,7 +122,7 @@ CTRL_C_SCRIPT = """
 import json, sys
 from edgekit.artifact import Artifact
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.ssh import SshTransport
+from edgekit.device.ssh.transport import SshTransport
 settings, artifact, plan = json.loads(sys.argv[1])
 device = Device(**{**settings, "key": Path(settings["key"]), "known_hosts": Path(settings["known_hosts"])})
 try:

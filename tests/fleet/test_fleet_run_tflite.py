@@ -7,8 +7,8 @@ import pytest
 pytest.importorskip("tensorflow", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 
-from edgekit.fleet.plan import Source, make_plan  # noqa: E402
-from edgekit.fleet.ssh import SshTransport  # noqa: E402
+from edgekit.device.plan import Source, make_plan  # noqa: E402
+from edgekit.device.ssh.transport import SshTransport  # noqa: E402
 
 
 @pytest.fixture(scope="module")

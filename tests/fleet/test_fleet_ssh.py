@@ -13,7 +13,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from edgekit.fleet.ssh import DeviceError, DeviceTimeout, HostKeyError, SshTransport, clean_facts
+from edgekit.device.ssh.transport import DeviceError, DeviceTimeout, HostKeyError, SshTransport, clean_facts
 
 
 def test_connect_with_known_hosts(device):

@@ -36,7 +36,7 @@ from edgekit.fleet.inventory import Device
 
 if TYPE_CHECKING:
     from edgekit.artifact import Artifact
-    from edgekit.fleet.push import PushResult
+    from edgekit.device.push import PushResult
 
 log = logging.getLogger(__name__)
 
@@ -411,13 +411,13 @@ class SshTransport:
 
     def push_agent(self, *, progress: ProgressFn | None = None) -> PushResult:
         """Push the agent zipapp by content; `remote_path` is the file to run."""
-        from edgekit.fleet.push import push_agent
+        from edgekit.device.push import push_agent
 
         return push_agent(self, progress=progress)
 
     def push_artifact(self, artifact: Artifact, *, progress: ProgressFn | None = None) -> PushResult:
         """Push an artifact by content; `remote_path` is its folder on the device."""
-        from edgekit.fleet.push import push_artifact
+        from edgekit.device.push import push_artifact
 
         return push_artifact(self, artifact, progress=progress)
 
@@ -441,7 +441,7 @@ class SshTransport:
         On a timeout the agent is stopped (it keeps what it measured: `partial` if any frame was timed).
         On Ctrl-C the agent is stopped and KeyboardInterrupt goes on.
         """
-        from edgekit.fleet.local import failed_result
+        from edgekit.device.local import failed_result
 
         run_id = plan.get("run_id")
         if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
@@ -464,8 +464,8 @@ class SshTransport:
         push_inputs: bool,
         progress: ProgressFn | None,
     ) -> dict[str, Any]:
-        from edgekit.fleet.local import failed_result
-        from edgekit.fleet.push import push_plan_inputs
+        from edgekit.device.local import failed_result
+        from edgekit.device.push import push_plan_inputs
 
         agent = self.push_agent(progress=progress).remote_path
         device_plan = {**plan, "artifact_dir": self.push_artifact(artifact, progress=progress).remote_path}
@@ -541,7 +541,7 @@ class SshTransport:
 
     def _fetch_result(self, plan: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
         """The validated result.json of a run, None when there is none; DeviceError when it is unusable."""
-        from edgekit.fleet.results import validate_result
+        from edgekit.device.results import validate_result
 
         path = f"{run_dir}/result.json"
         try:

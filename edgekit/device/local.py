@@ -15,7 +15,7 @@ from typing import Any
 
 from edgekit.artifact import Artifact
 from edgekit.errors import RunError
-from edgekit.fleet.results import validate_result
+from edgekit.device.results import validate_result
 
 
 def agent_cache_dir() -> Path:
@@ -24,7 +24,7 @@ def agent_cache_dir() -> Path:
 
 def local_agent() -> Path:
     """The agent zipapp for this edgekit, built once and reused (its name is its content hash)."""
-    from edgekit.fleet.agent_bundle import build_agent_zipapp
+    from edgekit.device.bundle import build_agent_zipapp
     from edgekit.hashing import sha256_file
 
     cache = agent_cache_dir()

@@ -28,7 +28,7 @@ from edgekit.hashing import canonical_json, sha256_file
 
 if TYPE_CHECKING:
     from edgekit.artifact import Artifact
-    from edgekit.fleet.ssh import SshTransport
+    from edgekit.device.ssh.transport import SshTransport
 
 ProgressFn = Callable[[int, int], None]
 _BATCH = 200  # files per device command (keeps command lines short)
@@ -140,7 +140,7 @@ def prepare_workdir(transport: SshTransport) -> int | None:
 
     Raises DeviceError naming the device and the folder when it cannot be written.
     """
-    from edgekit.fleet.ssh import DeviceError
+    from edgekit.device.ssh.transport import DeviceError
 
     workdir = transport.workdir
     script = (
@@ -177,7 +177,7 @@ def push_blobs(
     `progress(sent, total)` follows the bytes of this push. With `check_space`, a push that cannot fit
     in the device's free space is refused before anything is sent.
     """
-    from edgekit.fleet.ssh import DeviceError
+    from edgekit.device.ssh.transport import DeviceError
 
     if not transport._prepared:  # once per connection
         prepare_workdir(transport)
@@ -238,7 +238,7 @@ def push_blobs(
 def materialize(transport: SshTransport, kind: str, folder_id: str, files: dict[str, str]) -> str:
     """Lay out store files (relative path -> sha256) as `<workdir>/<kind>/<folder_id>/`, built beside it
     and renamed into place, so the folder either is complete or does not exist. Returns its path."""
-    from edgekit.fleet.ssh import DeviceError
+    from edgekit.device.ssh.transport import DeviceError
 
     if "/" in kind or "/" in folder_id or folder_id in ("", ".", ".."):
         raise ValueError(f"bad folder {kind}/{folder_id}")
@@ -288,7 +288,7 @@ def materialize(transport: SshTransport, kind: str, folder_id: str, files: dict[
 
 def _verify_and_commit(transport: SshTransport, temps: dict[str, Blob]) -> None:
     """Hash each upload on the device; rename a match to its hash, delete a mismatch."""
-    from edgekit.fleet.ssh import DeviceError
+    from edgekit.device.ssh.transport import DeviceError
 
     script = (
         "py=$1; shift\n"
@@ -344,7 +344,7 @@ def _free_bytes(transport: SshTransport) -> int | None:
 
 
 def _check_relative(name: str, device: str) -> None:
-    from edgekit.fleet.ssh import DeviceError
+    from edgekit.device.ssh.transport import DeviceError
 
     path = PurePosixPath(name)
     if (
@@ -370,6 +370,6 @@ def _size(count: int) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _agent_blob() -> Blob:
-    from edgekit.fleet.agent_bundle import agent_zipapp_bytes
+    from edgekit.device.bundle import agent_zipapp_bytes
 
     return Blob.from_bytes(agent_zipapp_bytes())
