@@ -17,3 +17,15 @@ class ArtifactError(EdgekitError):
 
 class RunError(EdgekitError):
     """A run that could not be started or whose result cannot be trusted."""
+
+
+class DeviceError(RunError):
+    """A device that cannot be reached or used; the message names the device and what to do."""
+
+
+class HostKeyError(DeviceError):
+    """A host key that is unknown (and not trusted on first use) or that changed."""
+
+
+class DeviceTimeout(DeviceError):
+    """A command on the device that did not finish in time."""

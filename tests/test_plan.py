@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.errors import RunError
 from edgekit.device.plan import Source, check_labels, make_plan, read_labels
+from edgekit.device.settings import RunSettings
+from edgekit.errors import RunError
 
 
 def test_source_kinds_are_inferred(tmp_path):
@@ -27,7 +28,7 @@ def test_missing_source_is_named(tmp_path):
 def test_live_source_needs_a_frame_count():
     with pytest.raises(RunError, match="--frames"):
         make_plan("/a", Source("camera", 0))
-    plan = make_plan("/a", Source("camera", 0), frames=100, pipelined=True)
+    plan = make_plan("/a", Source("camera", 0), RunSettings(frames=100, pipelined=True))
     assert plan["mode"] == "pipelined" and plan["frames"] == 100 and plan["schema"] == "edgekit.plan"
 
 
@@ -50,4 +51,4 @@ def test_labels_outside_the_model_classes_are_refused():
 
 def test_loop_on_a_live_source_is_refused():
     with pytest.raises(RunError, match="--loop"):
-        make_plan("/a", Source("camera", 0, loop=True), frames=10)
+        make_plan("/a", Source("camera", 0, loop=True), RunSettings(frames=10))

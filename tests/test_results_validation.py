@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgekit.errors import RunError
 from edgekit.device.results import validate_result
+from edgekit.errors import RunError
 
 
 def good_result(**changes):

@@ -15,7 +15,8 @@ import pytest
 from edgekit.artifact import Artifact, write_artifact
 from edgekit.device.plan import Source, make_plan
 from edgekit.device.push import Blob, push_blobs
-from edgekit.device.ssh.transport import DeviceError, SshTransport
+from edgekit.device.ssh import SshTransport
+from edgekit.errors import DeviceError
 
 
 def store_listing(workdir: str | Path) -> list[str]:
