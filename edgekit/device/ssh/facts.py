@@ -11,9 +11,8 @@ import json
 import math
 from typing import Any
 
+from edgekit.device.results import MAX_FACTS
 from edgekit.runtime.facts import FACTS_SCHEMA, FACTS_VERSION
-
-MAX_FACTS = 64
 
 
 def json_object(text: str) -> dict[str, Any] | None:
