@@ -97,14 +97,23 @@ def run_fleet(
     settings = _checked(settings, artifact)
 
     def plan_for(device: Any, run_id: str) -> dict[str, Any]:
-        return make_plan(str(artifact.path.resolve()), parsed, settings, run_id=run_id,
-                         engine=artifact.manifest["engine"])  # fmt: skip
+        return make_plan(
+            str(artifact.path.resolve()), parsed, settings, run_id=run_id, engine=artifact.manifest["engine"]
+        )
 
     def transport_for(device: Any) -> SshTransport:
         return SshTransport(device, trust_on_first_use=trust_on_first_use)
 
-    return fan_out(artifact, devices, plan_for, transport_for, timeout_s=settings.timeout_s,
-                   store=store or ResultsStore(), on_done=on_done, progress_for=progress_for)  # fmt: skip
+    return fan_out(
+        artifact,
+        devices,
+        plan_for,
+        transport_for,
+        timeout_s=settings.timeout_s,
+        store=store or ResultsStore(),
+        on_done=on_done,
+        progress_for=progress_for,
+    )
 
 
 def check_devices(
