@@ -41,9 +41,10 @@ from netns import NsSpec, loopback_sshd, netns_fleet, unavailable_reason  # noqa
 
 from edgekit.api import build  # noqa: E402
 from edgekit.demo_data import digits_model_path  # noqa: E402
-from edgekit.fleet.plan import Source, make_plan  # noqa: E402
+from edgekit.device.plan import Source, make_plan  # noqa: E402
+from edgekit.device.settings import RunSettings  # noqa: E402
+from edgekit.device.ssh import SshTransport  # noqa: E402
 from edgekit.fleet.runner import run_fleet  # noqa: E402
-from edgekit.fleet.ssh import SshTransport  # noqa: E402
 from edgekit.model import Model  # noqa: E402
 from edgekit.store import ResultsStore  # noqa: E402
 
@@ -129,13 +130,13 @@ class TimedSsh(SshTransport):
     def _fetch_result(self, plan, run_dir):
         return self._timed("fetch result", super()._fetch_result, plan, run_dir)
 
-    def _cleanup(self, run_dir):
-        return self._timed("clean up", super()._cleanup, run_dir)
+    def _cleanup(self, run_dir, **kwargs):
+        return self._timed("clean up", super()._cleanup, run_dir, **kwargs)
 
 
 def agent_alone_s(artifact, plan: dict) -> float:
     """The agent's own time: the same zipapp, plan and Python in a subprocess here, no SSH."""
-    from edgekit.fleet.local import local_agent
+    from edgekit.device.local import local_agent
 
     agent = local_agent()
     with tempfile.TemporaryDirectory(prefix="edgekit-agent-alone-") as tmp:
@@ -215,11 +216,13 @@ def main() -> None:
     artifact = build(Model.load(digits_model_path()), "x86-ort", WORK / "fleet-digits-x86-ort")
     plans = {
         f"full ({args.frames} frames)": dict(
-            source=Source.parse(video), frames=args.frames, warmup=10, threads=args.threads, labels=labels
+            source=Source.parse(video),
+            settings=RunSettings(frames=args.frames, warmup=10, threads=args.threads, labels=labels),
         ),
         f"light ({args.light_frames} frames)": dict(
-            source=Source.parse(video), frames=args.light_frames, warmup=2, threads=args.threads,
-            labels=labels[: args.light_frames],
+            source=Source.parse(video),
+            settings=RunSettings(frames=args.light_frames, warmup=2, threads=args.threads,
+                                 labels=labels[: args.light_frames]),
         ),
     }  # fmt: skip
 

@@ -18,12 +18,14 @@ _LAZY = {
     "list_targets": "edgekit.targets",
     "build": "edgekit.api",
     "run": "edgekit.api",
+    "RunSettings": "edgekit.device.settings",
     "EdgekitError": "edgekit.errors",
 }
 
 if TYPE_CHECKING:
     from edgekit.api import build, run
     from edgekit.artifact import Artifact
+    from edgekit.device.settings import RunSettings
     from edgekit.errors import EdgekitError
     from edgekit.model import Model
     from edgekit.runtime.preprocess import PreprocessSpec
@@ -45,6 +47,7 @@ __all__ = [
     "EdgekitError",
     "Model",
     "PreprocessSpec",
+    "RunSettings",
     "__version__",
     "build",
     "get_target",

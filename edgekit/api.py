@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from edgekit.artifact import Artifact
-from edgekit.fleet.plan import Source, check_labels, make_plan, read_labels
+from edgekit.device.plan import Source, make_plan, resolve_labels
+from edgekit.device.settings import RunSettings
 from edgekit.fleet.runner import FleetRecord as RunRecord
 from edgekit.model import Model
 from edgekit.store import ResultsStore
@@ -54,66 +56,64 @@ def build(
     return chosen.build(model, out, precision=precision, quant_spec=quant_spec, options=options)
 
 
-def _labels(labels: list[int] | str | Path | None, artifact: Artifact) -> list[int] | None:
-    if isinstance(labels, (str, Path)):
-        path = labels
-        labels = read_labels(labels)
-        check_labels(labels, artifact.manifest, path)
-    elif labels is not None:
-        check_labels(labels, artifact.manifest)
-    return labels
+def _checked(settings: RunSettings, artifact: Artifact) -> RunSettings:
+    """The settings with their labels read (when a file) and checked against the model's classes."""
+    return dataclasses.replace(settings, labels=resolve_labels(settings.labels, artifact.manifest))
 
 
 def run_fleet(
     artifact: Artifact | str | Path,
     fleet: str | Path,
     source: str,
+    settings: RunSettings | None = None,
     *,
     tags: list[str] = (),
     names: list[str] = (),
     source_on_device: bool = False,
-    labels: list[int] | str | Path | None = None,
-    frames: int | None = None,
-    warmup: int = 10,
-    pipelined: bool = False,
-    threads: int | None = None,
-    engine_options: dict[str, Any] | None = None,
-    loop: bool = False,
-    power_probe: str | None = None,
-    timeout_s: float = 3600.0,
     trust_on_first_use: bool = False,
     store: ResultsStore | None = None,
     on_done: Any = None,
     progress_for: Any = None,
-) -> list[Any]:
+    **fields: Any,
+) -> list[RunRecord]:
     """Run an artifact on every device of a fleet file (filtered by tags/names) in parallel over SSH.
 
-    A host file source is pushed to each device by content; `source_on_device` names a camera or a
-    file that is already on the devices. `engine_options` go to the device's engine (e.g. {"compute_units":
-    "CPU_AND_NE"} for Core ML, {"delegate": "nnapi"} for TFLite). Each device's result is stored as it arrives.
+    `settings` (or `RunSettings` field names as keywords, e.g. `frames=300, power_probe="auto"`) say how
+    to run. A host file source is pushed to each device by content; `source_on_device` names a camera or
+    a file that is already on the devices. `engine_options` go to the device's engine (e.g.
+    {"compute_units": "CPU_AND_NE"} for Core ML, {"delegate": "nnapi"} for TFLite). Each device's result
+    is stored as it arrives.
     """
+    from edgekit.device.ssh import SshTransport
     from edgekit.fleet.inventory import load_fleet, select
     from edgekit.fleet.runner import run_fleet as fan_out
-    from edgekit.fleet.ssh import SshTransport
 
+    settings = RunSettings.merged(settings, fields, caller="run_fleet")
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     devices = select(load_fleet(fleet), tags=tags, names=names)
+    loop = settings.loop
     parsed = Source.on_device(source, loop=loop) if source_on_device else Source.parse(source, loop=loop)
-    labels = _labels(labels, artifact)
+    settings = _checked(settings, artifact)
 
     def plan_for(device: Any, run_id: str) -> dict[str, Any]:
         return make_plan(
-            str(artifact.path.resolve()), parsed, run_id=run_id, frames=frames, warmup=warmup, pipelined=pipelined,
-            engine=artifact.manifest["engine"], threads=threads, engine_options=engine_options, labels=labels,
-            power_probe=power_probe,
-        )  # fmt: skip
+            str(artifact.path.resolve()), parsed, settings, run_id=run_id, engine=artifact.manifest["engine"]
+        )
 
     def transport_for(device: Any) -> SshTransport:
         return SshTransport(device, trust_on_first_use=trust_on_first_use)
 
-    return fan_out(artifact, devices, plan_for, transport_for, timeout_s=timeout_s, store=store or ResultsStore(),
-                   on_done=on_done, progress_for=progress_for)  # fmt: skip
+    return fan_out(
+        artifact,
+        devices,
+        plan_for,
+        transport_for,
+        timeout_s=settings.timeout_s,
+        store=store or ResultsStore(),
+        on_done=on_done,
+        progress_for=progress_for,
+    )
 
 
 def check_devices(
@@ -122,8 +122,8 @@ def check_devices(
     """Connect to each device (in parallel) and gather its facts; an unreachable device says why."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from edgekit.device.ssh import SshTransport
     from edgekit.fleet.inventory import load_fleet, select
-    from edgekit.fleet.ssh import SshTransport
 
     devices = select(load_fleet(fleet), tags=tags, names=names)
 
@@ -143,38 +143,32 @@ def check_devices(
 def run(
     artifact: Artifact | str | Path,
     source: str | Path | int,
+    settings: RunSettings | None = None,
     *,
-    labels: list[int] | str | Path | None = None,
-    frames: int | None = None,
-    warmup: int = 10,
-    pipelined: bool = False,
-    threads: int | None = None,
-    engine_options: dict[str, Any] | None = None,
-    loop: bool = False,
-    timeout_s: float = 3600.0,
     store: ResultsStore | None = None,
     save: bool = True,
+    **fields: Any,
 ) -> RunRecord:
-    """Run an artifact on this machine as the device, through the agent, and store the result. `engine_options`
-    go to the engine (see `run_fleet`)."""
-    from edgekit.fleet.local import LocalTransport
+    """Run an artifact on this machine as the device, through the agent, and store the result.
 
+    `settings`, or `RunSettings` field names as keywords (`edgekit.run(artifact, "video.mp4",
+    pipelined=True)`), say how; a keyword that is no setting is a TypeError listing those that are.
+    `engine_options` go to the engine (see `run_fleet`).
+    """
+    from edgekit.device.local import LocalTransport
+
+    settings = RunSettings.merged(settings, fields, caller="run")
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
-    labels = _labels(labels, artifact)
+    settings = _checked(settings, artifact)
     plan = make_plan(
         str(artifact.path.resolve()),
-        Source.parse(source, loop=loop),
-        frames=frames,
-        warmup=warmup,
-        pipelined=pipelined,
+        Source.parse(source, loop=settings.loop),
+        settings,
         engine=artifact.manifest["engine"],
-        threads=threads,
-        engine_options=engine_options,
-        labels=labels,
     )
     transport = LocalTransport()
-    result = transport.run(artifact, plan, timeout_s=timeout_s)
+    result = transport.run(artifact, plan, timeout_s=settings.timeout_s)
     if save:
         (store or ResultsStore()).add(
             device=transport.name, plan=plan, result=result, manifest=artifact.manifest, artifact_id=artifact.id

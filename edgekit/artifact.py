@@ -14,11 +14,11 @@ from typing import Any
 
 from edgekit.errors import ArtifactError
 from edgekit.hashing import canonical_json, sha256_file, sha256_json
+from edgekit.runtime.manifest import MANIFEST_SCHEMA as SCHEMA
+from edgekit.runtime.manifest import MANIFEST_VERSION as VERSION
 from edgekit.staging import staged_folder
 
 MANIFEST = "manifest.json"
-SCHEMA = "edgekit.artifact"
-VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -52,3 +52,15 @@ class CompressStateError(EdgekitError, RuntimeError):
 
 class NonFiniteLossError(RunError):
     """The loss was NaN or inf: training stopped; the trainer keeps its last good state."""
+
+
+class DeviceError(RunError):
+    """A device that cannot be reached or used; the message names the device and what to do."""
+
+
+class HostKeyError(DeviceError):
+    """A host key that is unknown (and not trusted on first use) or that changed."""
+
+
+class DeviceTimeout(DeviceError):
+    """A command on the device that did not finish in time."""

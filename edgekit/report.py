@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.device.results import STAGES
 from edgekit.store import StoredRun
-
-STAGES = ("capture", "preprocess", "inference", "postprocess", "end_to_end")
 
 
 def run_row(run: StoredRun) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from .stats import summarize
 
 RESULT_SCHEMA = "edgekit.result"
 RESULT_VERSION = 1
+RESULT_STATUSES = ("ok", "partial", "error")  # partial: frames were timed but something went wrong; error: none
 _SAMPLE_DECIMALS = 4  # 0.1 microsecond: far below perf_counter jitter, and keeps the file small
 
 

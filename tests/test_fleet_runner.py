@@ -8,8 +8,9 @@ import cv2
 import numpy as np
 
 from edgekit.api import build
-from edgekit.fleet.local import LocalTransport
-from edgekit.fleet.plan import Source, make_plan
+from edgekit.device.local import LocalTransport
+from edgekit.device.plan import Source, make_plan
+from edgekit.device.settings import RunSettings
 from edgekit.fleet.runner import run_fleet
 from edgekit.model import Model
 from edgekit.store import ResultsStore
@@ -29,7 +30,7 @@ def test_healthy_devices_finish_while_a_broken_one_fails_alone(classifier_path, 
         return LocalTransport(device.python) if device.python else LocalTransport()
 
     def plan_for(device, run_id):
-        return make_plan(str(artifact.path), Source.parse(str(video)), run_id=run_id, warmup=1)
+        return make_plan(str(artifact.path), Source.parse(str(video)), RunSettings(warmup=1), run_id=run_id)
 
     done = []
     records = run_fleet(artifact, devices, plan_for, transport_for, timeout_s=60, store=ResultsStore(isolated_store),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from edgekit.device.plan import Source, check_labels, make_plan, read_labels
+from edgekit.device.settings import RunSettings
 from edgekit.errors import RunError
-from edgekit.fleet.plan import Source, check_labels, make_plan, read_labels
 
 
 def test_source_kinds_are_inferred(tmp_path):
@@ -27,7 +28,7 @@ def test_missing_source_is_named(tmp_path):
 def test_live_source_needs_a_frame_count():
     with pytest.raises(RunError, match="--frames"):
         make_plan("/a", Source("camera", 0))
-    plan = make_plan("/a", Source("camera", 0), frames=100, pipelined=True)
+    plan = make_plan("/a", Source("camera", 0), RunSettings(frames=100, pipelined=True))
     assert plan["mode"] == "pipelined" and plan["frames"] == 100 and plan["schema"] == "edgekit.plan"
 
 
@@ -50,4 +51,47 @@ def test_labels_outside_the_model_classes_are_refused():
 
 def test_loop_on_a_live_source_is_refused():
     with pytest.raises(RunError, match="--loop"):
-        make_plan("/a", Source("camera", 0, loop=True), frames=10)
+        make_plan("/a", Source("camera", 0, loop=True), RunSettings(frames=10))
+
+
+def test_loop_from_the_settings_counts_like_the_source_loop(tmp_path):
+    with pytest.raises(RunError, match="--loop"):
+        make_plan("/a", Source("camera", 0), RunSettings(frames=10, loop=True))
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    plan = make_plan("/a", Source.parse(video), RunSettings(frames=10, loop=True))
+    assert plan["source"]["loop"] is True
+
+
+def test_every_run_setting_reaches_a_plan_the_agent_accepts(tmp_path):
+    from edgekit.runtime.plan import Plan
+
+    (tmp_path / "labels.txt").write_text("1\n2\n")
+    settings = RunSettings(
+        frames=7, duration_s=2.5, warmup=0, pipelined=True, queue_size=2, threads=3,
+        engine_options={"delegate": "xnnpack"}, loop=True, labels=tmp_path / "labels.txt", power_probe="auto",
+        keep_samples=False, top_k=2,
+    )  # fmt: skip
+    data = make_plan("/a", Source("images", "/frames"), settings, run_id="r1", engine="tflite")
+    plan = Plan.from_dict(data)  # the device's own validator
+    assert (plan.frames, plan.duration_s, plan.warmup, plan.mode, plan.queue_size) == (7, 2.5, 0, "pipelined", 2)
+    assert (plan.engine_name, plan.engine_threads, plan.engine_options) == ("tflite", 3, {"delegate": "xnnpack"})
+    assert plan.source.loop and plan.labels == [1, 2] and plan.power_probe == "auto"
+    assert not plan.keep_samples and plan.top_k == 2 and plan.run_id == "r1"
+
+
+def test_an_unknown_run_setting_is_a_type_error_naming_the_known_ones(tmp_path):
+    import edgekit
+    from edgekit.api import run_fleet
+
+    assert edgekit.RunSettings is RunSettings
+    # refused before anything is loaded: the artifact and fleet paths do not exist
+    with pytest.raises(TypeError, match=r"run\(\) got an unexpected keyword argument 'frame'.*frames, duration_s"):
+        edgekit.run(tmp_path / "none", "clip.mp4", frame=3)
+    with pytest.raises(TypeError, match=r"run_fleet\(\) got an unexpected keyword argument 'power'.*power_probe"):
+        run_fleet(tmp_path / "none", tmp_path / "fleet.toml", "clip.mp4", power="auto")
+    with pytest.raises(TypeError):
+        RunSettings.merged(RunSettings(), {"pipelined": True, "bogus": 1}, caller="run")
+    assert RunSettings.merged(RunSettings(frames=5), {"pipelined": True}, caller="run") == RunSettings(
+        frames=5, pipelined=True
+    )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from edgekit.device.results import validate_result
 from edgekit.errors import RunError
-from edgekit.fleet.results import validate_result
 
 
 def good_result(**changes):

@@ -268,7 +268,7 @@ def quantize(
     from edgekit.calibration.error_report import print_error_table
     from edgekit.calibration.quantize import quantize as run_quantize
     from edgekit.calibration.quantize import save_quantized
-    from edgekit.fleet.plan import read_labels
+    from edgekit.device.plan import read_labels
     from edgekit.model import Model
     from edgekit.targets import get_target
 

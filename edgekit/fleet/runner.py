@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgekit.artifact import Artifact
-from edgekit.fleet.local import failed_result
-from edgekit.fleet.plan import new_run_id
+from edgekit.device.plan import new_run_id
+from edgekit.device.results import failed_result
+from edgekit.device.transport import Cancellable, ProgressFn, Transport
 from edgekit.store import ResultsStore
 
 
@@ -37,23 +38,23 @@ def run_fleet(
     artifact: Artifact,
     devices: Iterable[Any],
     plan_for: Callable[[Any, str], dict[str, Any]],
-    transport_for: Callable[[Any], Any],
+    transport_for: Callable[[Any], Transport],
     *,
     timeout_s: float = 3600.0,
     store: ResultsStore | None = None,
     on_done: Callable[[FleetRecord], None] | None = None,
-    progress_for: Callable[[Any], Callable[[int, int], None]] | None = None,
+    progress_for: Callable[[Any], ProgressFn] | None = None,
 ) -> list[FleetRecord]:
     """Run `artifact` on every device in parallel; return one record per device, in device order.
 
-    `plan_for(device, run_id)` builds the device's plan; `transport_for(device)` opens its transport
-    (a context manager with `run(artifact, plan, timeout_s=...)`). Ctrl-C cancels: transports that
-    support `cancel()` stop their remote agents, and every device still gets a record.
+    `plan_for(device, run_id)` builds the device's plan; `transport_for(device)` gives its `Transport`
+    (local or SSH). Ctrl-C cancels: transports that can (`Cancellable`) stop their remote agents, and
+    every device still gets a record.
     `progress_for(device)` gives a `(sent, total)` callback for the device's pushes.
     """
     devices = list(devices)
     records: dict[str, FleetRecord] = {}
-    open_transports: dict[str, Any] = {}
+    open_transports: dict[str, Transport] = {}
     lock = threading.Lock()
 
     def one(device: Any) -> FleetRecord:
@@ -63,8 +64,8 @@ def run_fleet(
             with transport_for(device) as transport:
                 with lock:
                     open_transports[device.name] = transport
-                extra = {"progress": progress_for(device)} if progress_for else {}
-                result = transport.run(artifact, plan, timeout_s=timeout_s, **extra)
+                progress = progress_for(device) if progress_for else None
+                result = transport.run(artifact, plan, timeout_s=timeout_s, progress=progress)
         except Exception as exc:  # a transport that could not even start: the device fails alone
             message = str(exc) if device.name in str(exc) else f"{device.name}: {exc}"
             result = failed_result(plan, message)
@@ -87,9 +88,8 @@ def run_fleet(
     except KeyboardInterrupt:
         with lock:
             for transport in open_transports.values():
-                cancel = getattr(transport, "cancel", None)
-                if cancel:
-                    cancel()
+                if isinstance(transport, Cancellable):
+                    transport.cancel()
         for future, device in futures.items():
             if future.done() and not future.cancelled() and future.exception() is None:
                 records[device.name] = future.result()

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from netns import KillWhen, NsSpec, cleanup_stale, netns_fleet, unavailable_reason
 
 from edgekit.cli import main
-from edgekit.fleet.ssh import SshTransport
+from edgekit.device.ssh import SshTransport
 from edgekit.store import ResultsStore
 
 _REASON = unavailable_reason()

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from edgekit.artifact import Artifact, write_artifact
-from edgekit.fleet.plan import Source, make_plan
-from edgekit.fleet.push import Blob, push_blobs
-from edgekit.fleet.ssh import DeviceError, SshTransport
+from edgekit.device.plan import Source, make_plan
+from edgekit.device.push import Blob, push_blobs
+from edgekit.device.ssh import SshTransport
+from edgekit.errors import DeviceError
 
 
 def store_listing(workdir: str | Path) -> list[str]:

@@ -12,12 +12,13 @@ import threading
 import time
 from pathlib import Path
 
-from edgekit.fleet.plan import Source, make_plan
-from edgekit.fleet.ssh import SshTransport
+from edgekit.device.plan import Source, make_plan
+from edgekit.device.settings import RunSettings
+from edgekit.device.ssh import SshTransport
 
 
 def digits_plan(video: Path, labels: list[int] | None, **options):
-    return make_plan("set by the transport", Source.parse(video), labels=labels, **options)
+    return make_plan("set by the transport", Source.parse(video), RunSettings(labels=labels, **options))
 
 
 def test_demo_artifact_end_to_end(device, digits_artifact, digits_video):
@@ -111,7 +112,7 @@ def test_unreachable_device_is_an_error_result(sshd, tmp_path: Path, digits_arti
 
 def test_timeout_during_timed_frames_keeps_them(device, digits_artifact, digits_video):
     video, _ = digits_video
-    plan = make_plan("unused", Source.parse(video, loop=True), frames=10**8, warmup=0, keep_samples=False)
+    plan = make_plan("unused", Source.parse(video, loop=True), RunSettings(frames=10**8, warmup=0, keep_samples=False))
     result = SshTransport(device).run(digits_artifact, plan, timeout_s=2.5)
     assert result["status"] == "partial" and result["frames"]["timed"] > 0
     assert result["latency_ms"]["inference"]["count"] == result["frames"]["timed"]
@@ -122,7 +123,7 @@ CTRL_C_SCRIPT = """
 import json, sys
 from edgekit.artifact import Artifact
 from edgekit.fleet.inventory import Device
-from edgekit.fleet.ssh import SshTransport
+from edgekit.device.ssh import SshTransport
 settings, artifact, plan = json.loads(sys.argv[1])
 device = Device(**{**settings, "key": Path(settings["key"]), "known_hosts": Path(settings["known_hosts"])})
 try:

@@ -7,8 +7,9 @@ import pytest
 pytest.importorskip("tensorflow", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 
-from edgekit.fleet.plan import Source, make_plan  # noqa: E402
-from edgekit.fleet.ssh import SshTransport  # noqa: E402
+from edgekit.device.plan import Source, make_plan  # noqa: E402
+from edgekit.device.settings import RunSettings  # noqa: E402
+from edgekit.device.ssh import SshTransport  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def test_tflite_artifact_runs_over_ssh(sshd, tmp_path, tflite_artifacts, digits_
     video, labels = digits_video
     device = sshd.device(tmp_path, target="android-tflite", tags=("android",))
     with SshTransport(device) as ssh:
-        plan = make_plan("set by the transport", Source.parse(video), labels=labels, warmup=2, engine="tflite",
-                         threads=1, engine_options={"delegate": "xnnpack"})  # fmt: skip
+        settings = RunSettings(labels=labels, warmup=2, threads=1, engine_options={"delegate": "xnnpack"})
+        plan = make_plan("set by the transport", Source.parse(video), settings, engine="tflite")
         result = ssh.run(tflite_artifacts[precision], plan, timeout_s=120)
     assert result["status"] == "ok", result["errors"]
     assert result["engine"]["name"] == "tflite"

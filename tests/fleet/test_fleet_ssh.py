@@ -13,7 +13,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from edgekit.fleet.ssh import DeviceError, DeviceTimeout, HostKeyError, SshTransport, clean_facts
+from edgekit.device.ssh import SshTransport
+from edgekit.device.ssh.facts import clean_facts
+from edgekit.errors import DeviceError, DeviceTimeout, HostKeyError
 
 
 def test_connect_with_known_hosts(device):

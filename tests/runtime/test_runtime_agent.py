@@ -324,9 +324,9 @@ def _agent_is_timing():
 
 
 def test_every_kind_of_result_passes_the_host_validator(tmp_path, artifact, colour_video):
-    """The host rebuilds each device result field by field (edgekit.fleet.results); ok, partial and every
+    """The host rebuilds each device result field by field (edgekit.device.results); ok, partial and every
     kind of error result must survive it with its message intact."""
-    from edgekit.fleet.results import validate_result
+    from edgekit.device.results import validate_result
 
     path, labels = colour_video
     bad_labels = list(labels)

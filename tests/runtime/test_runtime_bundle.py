@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from runtime_testkit import make_artifact, make_plan
 
-from edgekit.fleet.agent_bundle import agent_zipapp_sha256, build_agent_zipapp, runtime_dir
+from edgekit.device.bundle import agent_zipapp_sha256, build_agent_zipapp, runtime_dir
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from runtime_testkit import make_artifact, make_plan, run_agent
 
-from edgekit.fleet.results import validate_result
+from edgekit.device.results import validate_result
 from edgekit.runtime import engines
 from edgekit.runtime.engines import register_engine
 from edgekit.runtime.engines.onnxruntime import OnnxRuntimeEngine

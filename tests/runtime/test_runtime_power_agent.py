@@ -13,7 +13,7 @@ import pytest
 from power_testkit import RAPL_RANGE_UJ, jetpack5_ina3221, put, rapl
 from runtime_testkit import make_plan, run_agent
 
-from edgekit.fleet.agent_bundle import build_agent_zipapp
+from edgekit.device.bundle import build_agent_zipapp
 from edgekit.runtime.facts import parse_nvidia_smi_list
 from edgekit.runtime.plan import Plan, PlanError
 

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from edgekit.artifact import Artifact
+from edgekit.device.bundle import build_agent_zipapp
+from edgekit.device.results import failed_result, validate_result
+from edgekit.device.transport import ProgressFn
 from edgekit.errors import RunError
-from edgekit.fleet.results import validate_result
+from edgekit.hashing import sha256_file
 
 
 def agent_cache_dir() -> Path:
@@ -24,9 +27,6 @@ def agent_cache_dir() -> Path:
 
 def local_agent() -> Path:
     """The agent zipapp for this edgekit, built once and reused (its name is its content hash)."""
-    from edgekit.fleet.agent_bundle import build_agent_zipapp
-    from edgekit.hashing import sha256_file
-
     cache = agent_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkstemp(prefix="agent-", suffix=".pyz", dir=cache)[1])
@@ -37,7 +37,7 @@ def local_agent() -> Path:
 
 
 class LocalTransport:
-    """Runs plans on this machine."""
+    """Runs plans on this machine (a `Transport`); `python` is the interpreter that runs the agent."""
 
     name = "local"
 
@@ -50,9 +50,17 @@ class LocalTransport:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def run(self, artifact: Artifact, plan: dict[str, Any], *, timeout_s: float = 3600.0) -> dict[str, Any]:
+    def run(
+        self,
+        artifact: Artifact,
+        plan: dict[str, Any],
+        *,
+        timeout_s: float = 3600.0,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
         """Run the plan with the agent; return the validated result (never raises for a device failure:
-        a crash or a timeout comes back as a result with status `error` and the reason)."""
+        a crash or a timeout comes back as a result with status `error` and the reason). Nothing is
+        pushed, so `progress` is never called."""
         plan = {**plan, "artifact_dir": str(artifact.path.resolve())}
         with tempfile.TemporaryDirectory(prefix="edgekit-run-") as workdir:
             plan_path = Path(workdir) / "plan.json"
@@ -72,18 +80,3 @@ class LocalTransport:
                 return validate_result(json.loads(result_path.read_text()), run_id=plan["run_id"])
             except (json.JSONDecodeError, RunError) as exc:
                 return failed_result(plan, f"the agent's result could not be used: {exc}")
-
-
-def failed_result(plan: dict[str, Any], message: str) -> dict[str, Any]:
-    """A result for a run that produced none, so the failure is stored and reported like any run."""
-    return validate_result(
-        {
-            "schema": "edgekit.result",
-            "version": 1,
-            "run_id": plan["run_id"],
-            "status": "error",
-            "mode": plan.get("mode", ""),
-            "errors": [{"stage": "transport", "message": message}],
-        },
-        run_id=plan["run_id"],
-    )

@@ -1,4 +1,8 @@
-"""Build the plan the device agent runs (docs/contracts.md), from what the user asked on the host."""
+"""Build the plan the device agent runs (docs/contracts.md), from what the user asked on the host.
+
+The plan's schema, version and source kinds are the agent's own (`edgekit.runtime.plan`), which
+validates the plan on the device; here the host refuses early, in CLI words, what can never run.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.device.settings import RunSettings
 from edgekit.errors import RunError
-
-PLAN_SCHEMA = "edgekit.plan"
-PLAN_VERSION = 1
-LIVE_KINDS = ("camera", "gstreamer", "rtsp")
+from edgekit.runtime.plan import LIVE_SOURCE_KINDS, PLAN_SCHEMA, PLAN_VERSION
 
 
 def new_run_id() -> str:
@@ -60,7 +62,7 @@ class Source:
 
     @property
     def live(self) -> bool:
-        return self.kind in LIVE_KINDS
+        return self.kind in LIVE_SOURCE_KINDS
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "uri": self.uri, "loop": self.loop}
@@ -99,49 +101,54 @@ def check_labels(labels: list[int], manifest: dict[str, Any], labels_path: str |
             )
 
 
+def resolve_labels(labels: list[int] | str | Path | None, manifest: dict[str, Any]) -> list[int] | None:
+    """Labels as a list: read from a file when given a path, and checked against the model's classes."""
+    if isinstance(labels, (str, Path)):
+        path = labels
+        labels = read_labels(path)
+        check_labels(labels, manifest, path)
+    elif labels is not None:
+        check_labels(labels, manifest)
+    return labels
+
+
 def make_plan(
     artifact_dir: str,
     source: Source,
+    settings: RunSettings | None = None,
     *,
     run_id: str | None = None,
-    frames: int | None = None,
-    duration_s: float | None = None,
-    warmup: int = 10,
-    pipelined: bool = False,
-    queue_size: int = 4,
     engine: str = "onnxruntime",
-    threads: int | None = None,
-    engine_options: dict[str, Any] | None = None,
-    postprocess: str = "classification",
-    top_k: int = 5,
-    labels: list[int] | None = None,
-    reference: str | None = None,
-    power_probe: str | None = None,
-    keep_samples: bool = True,
 ) -> dict[str, Any]:
-    if source.live and frames is None and duration_s is None:
+    """The plan for one run of the artifact in `artifact_dir` (a device path: transports replace it) on
+    `source`, by `engine`. `settings.loop` or `source.loop` restarts a file source; labels given as a path
+    are read here (use `resolve_labels` to check them against the model first)."""
+    settings = settings or RunSettings()
+    loop = source.loop or settings.loop
+    if source.live and settings.frames is None and settings.duration_s is None:
         raise RunError(f"a live {source.kind} source never ends: pass --frames N or --duration S")
-    if source.live and source.loop:
+    if source.live and loop:
         raise RunError(f"--loop restarts a file at its end; a live {source.kind} source has no end to restart")
-    if frames is not None and frames <= 0:
-        raise RunError(f"--frames must be positive, got {frames}")
-    if warmup < 0:
-        raise RunError(f"--warmup must be zero or more, got {warmup}")
+    if settings.frames is not None and settings.frames <= 0:
+        raise RunError(f"--frames must be positive, got {settings.frames}")
+    if settings.warmup < 0:
+        raise RunError(f"--warmup must be zero or more, got {settings.warmup}")
+    labels = read_labels(settings.labels) if isinstance(settings.labels, (str, Path)) else settings.labels
     return {
         "schema": PLAN_SCHEMA,
         "version": PLAN_VERSION,
         "run_id": run_id or new_run_id(),
         "artifact_dir": artifact_dir,
-        "source": source.to_dict(),
-        "frames": frames,
-        "duration_s": duration_s,
-        "warmup": warmup,
-        "mode": "pipelined" if pipelined else "sequential",
-        "queue_size": queue_size,
-        "engine": {"name": engine, "threads": threads, "options": engine_options or {}},
-        "postprocess": {"kind": postprocess, "top_k": top_k},
+        "source": {**source.to_dict(), "loop": loop},
+        "frames": settings.frames,
+        "duration_s": settings.duration_s,
+        "warmup": settings.warmup,
+        "mode": "pipelined" if settings.pipelined else "sequential",
+        "queue_size": settings.queue_size,
+        "engine": {"name": engine, "threads": settings.threads, "options": dict(settings.engine_options or {})},
+        "postprocess": {"kind": settings.postprocess, "top_k": settings.top_k},
         "labels": labels,
-        "reference": reference,
-        "power": {"probe": power_probe},
-        "keep_samples": keep_samples,
+        "reference": settings.reference,
+        "power": {"probe": settings.power_probe},
+        "keep_samples": settings.keep_samples,
     }

@@ -11,6 +11,9 @@ The device keeps a content-addressed store under its work folder:
 A file goes up over SFTP to a temporary name, its sha256 is computed on the device, and only a match is
 renamed (atomically) to its hash; a mismatch or a failed upload is deleted. A store file whose name is
 present with the right size counts as there: its name was verified when it arrived.
+
+Pushing needs only a `Remote`: commands and SFTP on a connected device (`SshTransport` is one), so this
+module knows nothing of how the connection was made.
 """
 
 from __future__ import annotations
@@ -19,21 +22,58 @@ import functools
 import hashlib
 import io
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from edgekit.device.bundle import agent_zipapp_bytes
+from edgekit.device.scripts import device_script
+from edgekit.device.transport import ProgressFn
+from edgekit.errors import DeviceError
 from edgekit.hashing import canonical_json, sha256_file
 
 if TYPE_CHECKING:
-    from edgekit.artifact import Artifact
-    from edgekit.fleet.ssh import SshTransport
+    import paramiko
 
-ProgressFn = Callable[[int, int], None]
+    from edgekit.artifact import Artifact
+
 _BATCH = 200  # files per device command (keeps command lines short)
 _SPACE_MARGIN = 1 << 20  # bytes kept free beyond what a push needs
 TEMP_PREFIX = ".tmp-"
+
+
+class Remote(Protocol):
+    """What a push needs from a connected device."""
+
+    name: str
+    """The device's name, for messages."""
+    bytes_sent: int
+    """Bytes uploaded over this connection so far; a push adds to it."""
+    workdir_ready: bool
+    """The work folder's layout was made and proven writable on this connection (see `prepare_workdir`)."""
+
+    @property
+    def workdir(self) -> str:
+        """The device's work folder, an absolute path."""
+        ...
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    @property
+    def python(self) -> str:
+        """The device's Python as the fleet file says it (`python3`, `/usr/bin/env python3`); a shell splits it."""
+        ...
+
+    def exec(
+        self, argv: Sequence[str], *, timeout: float = 60.0, stdin: bytes | str | None = None
+    ) -> tuple[int, str, str]:
+        """Run `argv` (each argument quoted) and return (exit code, stdout, stderr)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -67,21 +107,21 @@ class PushResult:
     files_skipped: int
 
 
-def push_agent(transport: SshTransport, *, progress: ProgressFn | None = None) -> PushResult:
+def push_agent(transport: Remote, *, progress: ProgressFn | None = None) -> PushResult:
     """Push the agent zipapp; `remote_path` is the store file to run with the device's Python."""
     blob = _agent_blob()
     sent, files_sent, skipped = push_blobs(transport, [blob], progress=progress)
     return PushResult(f"{transport.workdir}/store/{blob.sha256}", sent, files_sent, skipped)
 
 
-def push_artifact(transport: SshTransport, artifact: Artifact, *, progress: ProgressFn | None = None) -> PushResult:
+def push_artifact(transport: Remote, artifact: Artifact, *, progress: ProgressFn | None = None) -> PushResult:
     """Push an artifact's files and lay them out as `<workdir>/artifacts/<id>/`; `remote_path` is that folder."""
     files = {path.relative_to(artifact.path).as_posix(): Blob.from_file(path) for path in artifact.files()}
     return push_tree(transport, "artifacts", artifact.id, files, progress=progress)
 
 
 def push_tree(
-    transport: SshTransport,
+    transport: Remote,
     kind: str,
     folder_id: str,
     files: dict[str, Blob],
@@ -96,9 +136,7 @@ def push_tree(
     return PushResult(folder, sent, files_sent, skipped)
 
 
-def push_plan_inputs(
-    transport: SshTransport, plan: dict[str, Any], *, progress: ProgressFn | None = None
-) -> dict[str, Any]:
+def push_plan_inputs(transport: Remote, plan: dict[str, Any], *, progress: ProgressFn | None = None) -> dict[str, Any]:
     """The plan with its file source (video or image folder) and `reference` pushed, when they exist on
     this machine, and their paths replaced by the device's copies. Other paths are left as they are."""
     plan = dict(plan)
@@ -117,7 +155,7 @@ def push_plan_inputs(
     return plan
 
 
-def _push_local_path(transport: SshTransport, path: Path, progress: ProgressFn | None) -> str | None:
+def _push_local_path(transport: Remote, path: Path, progress: ProgressFn | None) -> str | None:
     if path.is_file():
         files = {path.name: Blob.from_file(path)}
         listing = canonical_json({name: blob.sha256 for name, blob in files.items()})
@@ -135,13 +173,11 @@ def _push_local_path(transport: SshTransport, path: Path, progress: ProgressFn |
     return None
 
 
-def prepare_workdir(transport: SshTransport) -> int | None:
+def prepare_workdir(transport: Remote) -> int | None:
     """Create the work folder's layout, prove it is writable, and return its free bytes (None: unknown).
 
     Raises DeviceError naming the device and the folder when it cannot be written.
     """
-    from edgekit.fleet.ssh import DeviceError
-
     workdir = transport.workdir
     script = (
         'wd=$1; mkdir -p "$wd/store" "$wd/artifacts" "$wd/inputs" "$wd/runs" || exit 3\n'
@@ -166,7 +202,7 @@ def prepare_workdir(transport: SshTransport) -> int | None:
 
 
 def push_blobs(
-    transport: SshTransport,
+    transport: Remote,
     blobs: Iterable[Blob],
     *,
     progress: ProgressFn | None = None,
@@ -177,11 +213,9 @@ def push_blobs(
     `progress(sent, total)` follows the bytes of this push. With `check_space`, a push that cannot fit
     in the device's free space is refused before anything is sent.
     """
-    from edgekit.fleet.ssh import DeviceError
-
-    if not transport._prepared:  # once per connection
+    if not transport.workdir_ready:  # once per connection
         prepare_workdir(transport)
-        transport._prepared = True
+        transport.workdir_ready = True
     store = f"{transport.workdir}/store"
     unique = list({blob.sha256: blob for blob in blobs}.values())
     try:
@@ -235,11 +269,9 @@ def push_blobs(
     return sent, len(needed), len(unique) - len(needed)
 
 
-def materialize(transport: SshTransport, kind: str, folder_id: str, files: dict[str, str]) -> str:
+def materialize(transport: Remote, kind: str, folder_id: str, files: dict[str, str]) -> str:
     """Lay out store files (relative path -> sha256) as `<workdir>/<kind>/<folder_id>/`, built beside it
     and renamed into place, so the folder either is complete or does not exist. Returns its path."""
-    from edgekit.fleet.ssh import DeviceError
-
     if "/" in kind or "/" in folder_id or folder_id in ("", ".", ".."):
         raise ValueError(f"bad folder {kind}/{folder_id}")
     workdir = transport.workdir
@@ -286,21 +318,14 @@ def materialize(transport: SshTransport, kind: str, folder_id: str, files: dict[
     return final
 
 
-def _verify_and_commit(transport: SshTransport, temps: dict[str, Blob]) -> None:
+def _verify_and_commit(transport: Remote, temps: dict[str, Blob]) -> None:
     """Hash each upload on the device; rename a match to its hash, delete a mismatch."""
-    from edgekit.fleet.ssh import DeviceError
-
     script = (
-        "py=$1; shift\n"
+        "py=$1; sha256_py=$2; shift 2\n"
         "sum_of() {\n"
         '  if command -v sha256sum >/dev/null 2>&1; then set -- $(sha256sum < "$1"); echo "$1"\n'
         '  elif command -v shasum >/dev/null 2>&1; then set -- $(shasum -a 256 < "$1"); echo "$1"\n'
-        "  else $py -c 'import hashlib, sys\n"
-        "h = hashlib.sha256()\n"
-        'with open(sys.argv[1], "rb") as f:\n'
-        '    for b in iter(lambda: f.read(1 << 20), b""):\n'
-        "        h.update(b)\n"
-        'print(h.hexdigest())\' "$1"\n'
+        '  else $py -c "$sha256_py" "$1"\n'
         "  fi\n"
         "}\n"
         "bad=0\n"
@@ -317,7 +342,8 @@ def _verify_and_commit(transport: SshTransport, temps: dict[str, Blob]) -> None:
     for start in range(0, len(items), _BATCH):
         batch = items[start : start + _BATCH]
         args = [x for temp, blob in batch for x in (temp, blob.sha256, f"{store}/{blob.sha256}")]
-        rc, out, err = transport.exec(["sh", "-c", script, "sh", transport.device.python, *args], timeout=600)
+        argv = ["sh", "-c", script, "sh", transport.python, device_script("sha256_file"), *args]
+        rc, out, err = transport.exec(argv, timeout=600)
         if rc != 0:
             mismatches = [line for line in out.splitlines() if line.startswith("MISMATCH")]
             detail = mismatches[0] if mismatches else (err.strip()[-300:] or f"exit code {rc}")
@@ -327,7 +353,7 @@ def _verify_and_commit(transport: SshTransport, temps: dict[str, Blob]) -> None:
             )
 
 
-def _remove(transport: SshTransport, paths: list[str], *, folder: bool = False) -> None:
+def _remove(transport: Remote, paths: list[str], *, folder: bool = False) -> None:
     try:
         if transport.connected:
             transport.exec(["rm", "-rf" if folder else "-f", "--", *paths], timeout=60)
@@ -335,7 +361,7 @@ def _remove(transport: SshTransport, paths: list[str], *, folder: bool = False) 
         pass
 
 
-def _free_bytes(transport: SshTransport) -> int | None:
+def _free_bytes(transport: Remote) -> int | None:
     try:
         rc, out, _ = transport.exec(["df", "-Pk", transport.workdir], timeout=30)
         return int(out.strip().splitlines()[-1].split()[3]) * 1024 if rc == 0 else None
@@ -344,8 +370,6 @@ def _free_bytes(transport: SshTransport) -> int | None:
 
 
 def _check_relative(name: str, device: str) -> None:
-    from edgekit.fleet.ssh import DeviceError
-
     path = PurePosixPath(name)
     if (
         not name
@@ -370,6 +394,4 @@ def _size(count: int) -> str:
 
 @functools.lru_cache(maxsize=1)
 def _agent_blob() -> Blob:
-    from edgekit.fleet.agent_bundle import agent_zipapp_bytes
-
     return Blob.from_bytes(agent_zipapp_bytes())

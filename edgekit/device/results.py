@@ -2,7 +2,9 @@
 
 A device is not trusted: its JSON may be malformed, huge, or hostile. `validate_result` rebuilds a
 clean result from the fields the contract defines (docs/contracts.md), with types and sizes checked,
-and drops everything else.
+and drops everything else. The schema name, version, statuses and stage names are the agent's own
+(`edgekit.runtime`), so host and device cannot drift apart. `failed_result` is the result of a run
+that produced none (a transport failure), stored and reported like any other.
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import math
 from typing import Any
 
 from edgekit.errors import RunError
+from edgekit.runtime.harness import GPU_KEY, SAMPLE_KEYS
+from edgekit.runtime.result import RESULT_SCHEMA as SCHEMA
+from edgekit.runtime.result import RESULT_STATUSES as STATUSES
+from edgekit.runtime.result import RESULT_VERSION as VERSION
+from edgekit.runtime.stats import SUMMARY_KEYS as _AGENT_SUMMARY_KEYS
 
-SCHEMA = "edgekit.result"
-VERSION = 1
-STAGES = ("capture", "preprocess", "inference", "postprocess", "end_to_end")
+STAGES = SAMPLE_KEYS  # capture, preprocess, inference, postprocess, end_to_end
 # series only some engines report: the engine's own GPU time per inference (TensorRT's CUDA events)
-OPTIONAL_STAGES = ("inference_gpu",)
-SUMMARY_KEYS = ("mean", "p50", "p90", "p99", "std", "min", "max")
-STATUSES = ("ok", "partial", "error")
+OPTIONAL_STAGES = (GPU_KEY,)
+SUMMARY_KEYS = tuple(key for key in _AGENT_SUMMARY_KEYS if key != "count")  # statistics; count is checked apart
 MAX_SAMPLES = 1_000_000
 MAX_TEXT = 4000
 MAX_ERRORS = 100
@@ -179,3 +183,18 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
     if data.get("layer_times_ms"):
         clean["layer_times_ms"] = _layer_times(data["layer_times_ms"])
     return clean
+
+
+def failed_result(plan: dict[str, Any], message: str) -> dict[str, Any]:
+    """A result for a run that produced none, so the failure is stored and reported like any run."""
+    return validate_result(
+        {
+            "schema": SCHEMA,
+            "version": VERSION,
+            "run_id": plan["run_id"],
+            "status": "error",
+            "mode": plan.get("mode", ""),
+            "errors": [{"stage": "transport", "message": message}],
+        },
+        run_id=plan["run_id"],
+    )

@@ -1,0 +1,407 @@
+"""The SSH transport: a remote device runs the agent; files go there by content and results come back.
+
+It takes the same path as the local transport (agent zipapp, plan file in, result file out, result
+validated), over one paramiko connection per device (`connect`: jump hosts, host keys, key auth),
+with every command an argv list run by `exec`. A run on the device:
+
+    <workdir>/runs/<run id>/plan.json     written over SFTP (artifact and inputs pushed first, by content)
+    python -c <agent_wrapper> AGENT ...   the agent in a process group of its own, its pid in agent.pid
+    <workdir>/runs/<run id>/result.json   fetched, size-capped and validated; the run folder is then removed
+
+A timeout, a lost connection or Ctrl-C stops the agent's process group (`stop_agent`); the scripts
+are `runtime/device_scripts/`, sent as source text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import re
+import shlex
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import paramiko
+
+from edgekit.device.push import PushResult, push_agent, push_artifact, push_plan_inputs
+from edgekit.device.results import failed_result, validate_result
+from edgekit.device.scripts import device_script
+from edgekit.device.ssh.connect import Connector
+from edgekit.device.ssh.exec import is_active, quote_argv, run_command
+from edgekit.device.ssh.facts import agent_facts, flatten_facts, json_object
+from edgekit.device.transport import ProgressFn
+from edgekit.errors import DeviceError, DeviceTimeout, RunError
+from edgekit.fleet.inventory import Device
+
+if TYPE_CHECKING:
+    from edgekit.artifact import Artifact
+
+log = logging.getLogger(__name__)
+
+MAX_RESULT_BYTES = 256 << 20
+INTERRUPT_STEP_S = 10.0  # seconds for each cleanup step after Ctrl-C (stop the agent, remove its run folder)
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_STOP_FAILED = "possibly left running (the stop command failed)"
+
+
+class SshTransport:
+    """Runs plans on one device over SSH (a `Transport`). Use it as a context manager:
+
+        with SshTransport(device) as ssh:
+            result = ssh.run(artifact, plan, timeout_s=600)
+
+    `trust_on_first_use`: accept a host key that known_hosts lacks and save it there (a key that
+    differs from the saved one is refused all the same). Connecting retries `retries` times on
+    transient network errors, waiting 0.5 s, then 1 s, ...
+    """
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        trust_on_first_use: bool = False,
+        connect_timeout: float = 10.0,
+        retries: int = 2,
+    ) -> None:
+        self.device = device
+        self.name = device.name
+        self.trust_on_first_use = trust_on_first_use
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.bytes_sent = 0  # over every push of this transport
+        self.trusted_keys: list[str] = []  # "host key-type fingerprint" saved on first use
+        self.workdir_ready = False  # the work folder was prepared on this connection (edgekit.device.push)
+        self._client: paramiko.SSHClient | None = None
+        self._jumps: list[paramiko.SSHClient] = []
+        self._sftp: paramiko.SFTPClient | None = None
+        self._workdir: str | None = None
+        self._current_run_dir: str | None = None  # the run in progress, for cancel()
+
+    # -- connection ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> SshTransport:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return is_active(self._client)
+
+    def connect(self) -> None:
+        """Open the connection (jump hosts first), retrying transient network errors."""
+        if self.connected:
+            return
+        self.close()
+        connector = Connector(
+            self.device,
+            self.name,
+            trust_on_first_use=self.trust_on_first_use,
+            timeout=self.connect_timeout,
+            retries=self.retries,
+            trusted_keys=self.trusted_keys,
+        )
+        clients = connector.connect()
+        self._client, self._jumps = clients[-1], clients[:-1]
+
+    def close(self) -> None:
+        for closable in (self._sftp, self._client, *reversed(self._jumps)):
+            if closable is not None:
+                with contextlib.suppress(Exception):  # closing a dead connection may fail: nothing left to do
+                    closable.close()
+        self._sftp = self._client = None
+        self._jumps = []
+        self._workdir = None
+        self.workdir_ready = False
+
+    def _require_client(self) -> paramiko.SSHClient:
+        if not self.connected:
+            self.connect()
+        assert self._client is not None
+        return self._client
+
+    @property
+    def sftp(self) -> paramiko.SFTPClient:
+        """The SFTP session (opened on first use)."""
+        if self._sftp is None:
+            try:
+                self._sftp = self._require_client().open_sftp()
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                raise DeviceError(
+                    f"device {self.name}: cannot open SFTP ({exc}); enable the sftp subsystem in the device's "
+                    "sshd_config (Subsystem sftp internal-sftp)"
+                ) from exc
+        return self._sftp
+
+    @property
+    def workdir(self) -> str:
+        """The device's work folder as an absolute path (`~` is the login user's home there)."""
+        if self._workdir is None:
+            workdir = self.device.workdir
+            if not workdir.startswith("/"):
+                try:
+                    home = self.sftp.normalize(".")
+                except OSError as exc:
+                    raise DeviceError(f"device {self.name}: cannot find the home folder over SFTP ({exc})") from exc
+                workdir = home.rstrip("/") + "/" + workdir.removeprefix("~").lstrip("/")
+            self._workdir = workdir.rstrip("/") or "/"
+        return self._workdir
+
+    @property
+    def python(self) -> str:
+        """The device's interpreter as the fleet file gives it (`python3`, `/usr/bin/env python3`)."""
+        return self.device.python
+
+    def python_argv(self) -> list[str]:
+        """The device's interpreter as an argv prefix (`python` may be `/usr/bin/env python3`)."""
+        return shlex.split(self.device.python)
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    def exec(
+        self, argv: Sequence[str], *, timeout: float = 60.0, stdin: bytes | str | None = None
+    ) -> tuple[int, str, str]:
+        """Run `argv` on the device (each argument quoted) and return (exit code, stdout, stderr).
+
+        The exit code is -1 when the command was killed by a signal. Raises DeviceTimeout when it runs
+        longer than `timeout` seconds, DeviceError when the connection fails.
+        """
+        command = quote_argv(argv)
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        rc, out, err = self._exec_command(command, timeout=timeout, stdin=data, what=str(argv[0]))
+        return rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+    def _exec_command(
+        self, command: str, *, timeout: float, stdin: bytes | None, what: str
+    ) -> tuple[int, bytes, bytes]:
+        return run_command(
+            self._require_client(),
+            command,
+            timeout=timeout,
+            stdin=stdin,
+            name=self.name,
+            what=what,
+            open_timeout=self.connect_timeout,
+        )
+
+    # -- pushing ------------------------------------------------------------------------------------
+
+    def push_agent(self, *, progress: ProgressFn | None = None) -> PushResult:
+        """Push the agent zipapp by content; `remote_path` is the file to run."""
+        return push_agent(self, progress=progress)
+
+    def push_artifact(self, artifact: Artifact, *, progress: ProgressFn | None = None) -> PushResult:
+        """Push an artifact by content; `remote_path` is its folder on the device."""
+        return push_artifact(self, artifact, progress=progress)
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def run(
+        self,
+        artifact: Artifact,
+        plan: dict[str, Any],
+        *,
+        timeout_s: float = 3600.0,
+        push_inputs: bool = True,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """Push the agent and the artifact, run the plan on the device, return the validated result.
+
+        Never raises for a device failure: an unreachable device, a timeout, a crash, a full disk or a
+        bad result comes back as a result with status `error` and the reason. A source file, an image
+        folder or a `reference` that exists on this machine is pushed too (by content) and the plan
+        points at the device's copy; `push_inputs=False` leaves such paths as they are (device paths).
+        On a timeout the agent is stopped (it keeps what it measured: `partial` if any frame was timed).
+        On Ctrl-C the agent is stopped and KeyboardInterrupt goes on.
+        """
+        run_id = plan.get("run_id")
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            raise RunError(f"plan run_id {run_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        opened_here = not self.connected
+        try:
+            return self._run(artifact, plan, timeout_s=timeout_s, push_inputs=push_inputs, progress=progress)
+        except DeviceError as exc:
+            return failed_result(plan, str(exc))
+        finally:
+            if opened_here:
+                self.close()
+
+    def _run(
+        self,
+        artifact: Artifact,
+        plan: dict[str, Any],
+        *,
+        timeout_s: float,
+        push_inputs: bool,
+        progress: ProgressFn | None,
+    ) -> dict[str, Any]:
+        agent = self.push_agent(progress=progress).remote_path
+        device_plan = {**plan, "artifact_dir": self.push_artifact(artifact, progress=progress).remote_path}
+        if push_inputs:
+            device_plan = push_plan_inputs(self, device_plan, progress=progress)
+        run_dir = self._write_plan(device_plan)
+        self._current_run_dir = run_dir
+        interrupted = False
+        try:
+            try:
+                rc, stderr = self._run_agent(agent, run_dir, timeout_s)
+            except DeviceTimeout:
+                return self._result_after_timeout(plan, run_dir, timeout_s)
+            except DeviceError as exc:
+                # the connection broke during the run: stop the agent over a fresh one if we can
+                self._stop_after_lost_connection(run_dir)
+                raise DeviceError(f"{exc}; the run was abandoned") from exc
+            except KeyboardInterrupt:
+                # the user is waiting: every step of the cleanup gets a short, fixed time
+                interrupted = True
+                self._stop_agent(run_dir, grace=2.0, timeout=INTERRUPT_STEP_S)
+                raise
+            return self._result_after_exit(plan, run_dir, rc, stderr)
+        finally:
+            self._current_run_dir = None
+            self._cleanup(run_dir, timeout=INTERRUPT_STEP_S if interrupted else 30.0)
+
+    def _write_plan(self, device_plan: dict[str, Any]) -> str:
+        """Create the run folder `<workdir>/runs/<run id>` with its plan.json; return the folder."""
+        run_dir = f"{self.workdir}/runs/{device_plan['run_id']}"
+        try:
+            try:
+                self.sftp.mkdir(run_dir)
+            except OSError:
+                self.exec(["mkdir", "-p", run_dir], timeout=30)  # it may exist from an earlier try
+            self.sftp.putfo(io.BytesIO(json.dumps(device_plan).encode()), f"{run_dir}/plan.json")
+        except OSError as exc:
+            raise DeviceError(
+                f"device {self.name}: cannot write the plan into {run_dir} ({exc}); check free space and "
+                f"permissions of the work folder {self.workdir}"
+            ) from exc
+        return run_dir
+
+    def _run_agent(self, agent: str, run_dir: str, timeout_s: float) -> tuple[int, bytes]:
+        """Run the agent in `run_dir` through the wrapper script; (exit code, stderr)."""
+        command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", run_dir, *self.python_argv(), "-c"]
+        # absolute paths, so `ps` on the device shows which run an agent belongs to
+        command += [device_script("agent_wrapper"), agent]
+        command += ["--plan", f"{run_dir}/plan.json", "--result", f"{run_dir}/result.json"]
+        rc, _, stderr = self._exec_command(quote_argv(command), timeout=timeout_s, stdin=None, what="the agent")
+        return rc, stderr
+
+    def _result_after_timeout(self, plan: dict[str, Any], run_dir: str, timeout_s: float) -> dict[str, Any]:
+        """Stop the agent; its result (what it timed: `partial`) with the timeout as the first error."""
+        stopped = self._stop_agent(run_dir, grace=5.0)
+        message = (
+            f"the agent did not finish within {timeout_s:g} s on device {self.name} and was {stopped}; "
+            "raise the timeout (--timeout) or ask for fewer frames"
+        )
+        try:
+            result = self._fetch_result(plan, run_dir)
+        except DeviceError:
+            result = None
+        if result is None:
+            return failed_result(plan, message)
+        result["errors"].insert(0, {"stage": "transport", "message": message})
+        if result["status"] == "ok":
+            result["status"] = "partial"
+        return result
+
+    def _result_after_exit(self, plan: dict[str, Any], run_dir: str, rc: int, stderr: bytes) -> dict[str, Any]:
+        try:
+            result = self._fetch_result(plan, run_dir)
+        except DeviceError as exc:
+            return failed_result(plan, str(exc))
+        if result is None:
+            tail = " | ".join(stderr.decode("utf-8", "replace").strip().splitlines()[-5:])
+            return failed_result(
+                plan, f"the agent on device {self.name} exited with code {rc} and wrote no result: {tail}"
+            )
+        return result
+
+    def cancel(self) -> None:
+        """Stop the agent of the run in progress; called from another thread (the fleet runner on Ctrl-C).
+        The run then returns what the agent measured before it stopped."""
+        run_dir = self._current_run_dir
+        if run_dir and self.connected:
+            self._stop_agent(run_dir, grace=2.0)
+
+    def _fetch_result(self, plan: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
+        """The validated result.json of a run, None when there is none; DeviceError when it is unusable."""
+        path = f"{run_dir}/result.json"
+        try:
+            size = self.sftp.stat(path).st_size or 0
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise DeviceError(f"device {self.name}: cannot read {path} ({exc})") from exc
+        if size > MAX_RESULT_BYTES:
+            raise DeviceError(
+                f"device {self.name}: the result {path} is {size} bytes, more than {MAX_RESULT_BYTES}; "
+                "run with keep_samples false or fewer frames"
+            )
+        buffer = io.BytesIO()
+        try:
+            self.sftp.getfo(path, buffer, prefetch=True)
+        except OSError as exc:
+            raise DeviceError(f"device {self.name}: cannot fetch {path} ({exc})") from exc
+        try:
+            data = json.loads(buffer.getvalue()[: MAX_RESULT_BYTES + 1])
+            return validate_result(data, run_id=plan["run_id"])
+        except (ValueError, RecursionError, RunError) as exc:
+            raise DeviceError(f"device {self.name}: the agent's result could not be used: {exc}") from exc
+
+    def _stop_agent(self, run_dir: str, *, grace: float, timeout: float | None = None) -> str:
+        """Stop the run's agent (SIGTERM, then SIGKILL after `grace` s); say what happened. The stop command
+        itself may take `timeout` s (default grace + 15)."""
+        argv = [*self.python_argv(), "-c", device_script("stop_agent"), run_dir, str(grace)]
+        try:
+            rc, out, err = self.exec(argv, timeout=timeout if timeout is not None else grace + 15)
+        except DeviceError as exc:
+            log.warning("device %s: could not stop the agent: %s", self.name, exc)
+            return _STOP_FAILED
+        if rc != 0:
+            log.warning("device %s: stopping the agent failed: %s", self.name, err.strip()[-500:])
+            return _STOP_FAILED
+        return out.strip() or "stopped"
+
+    def _stop_after_lost_connection(self, run_dir: str) -> None:
+        try:
+            self.close()
+            self.connect()
+            self._stop_agent(run_dir, grace=2.0)
+        except DeviceError as exc:
+            log.warning("device %s: could not stop the agent after the connection broke: %s", self.name, exc)
+
+    def _cleanup(self, run_dir: str, *, timeout: float = 30.0) -> None:
+        if not self.connected:
+            return
+        try:
+            self.exec(["rm", "-rf", run_dir], timeout=timeout)
+        except DeviceError as exc:
+            log.warning("device %s: could not remove %s: %s", self.name, run_dir, exc)
+
+    # -- facts --------------------------------------------------------------------------------------
+
+    def facts(self) -> dict[str, Any]:
+        """Facts about the device, checked (see `clean_facts`): the agent's device facts (hostname, os,
+        machine, python, cpu, cpu_count, numpy, opencv) at the top level, the rest flattened one level
+        (`engines`, `engine_packages.<name>`, `gpu.names`, `disk.free_bytes`, `power_probe`, `warnings`),
+        and `facts_source`: `agent`, or `fallback` when the agent could not say (a small script then
+        gives host, OS, CPU, Python and disk space).
+        """
+        agent = self.push_agent().remote_path
+        python = self.python_argv()
+        rc, out, _ = self.exec([*python, agent, "--facts", "--workdir", self.workdir], timeout=120)
+        data, source = agent_facts(rc, out), "agent"
+        if data is None:
+            rc, out, err = self.exec([*python, "-c", device_script("fallback_facts"), self.workdir], timeout=60)
+            data, source = (json_object(out) if rc == 0 else None), "fallback"
+            if data is None:
+                tail = " | ".join(err.strip().splitlines()[-3:])
+                raise DeviceError(
+                    f"device {self.name}: {self.device.python!r} could not report facts (exit {rc}: {tail}); "
+                    "set `python` in the fleet file to a Python 3.8+ interpreter on the device"
+                )
+        return flatten_facts(data, source)
