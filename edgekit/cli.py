@@ -110,11 +110,21 @@ def inspect(model: str, as_json: bool, shapes: tuple[str, ...], max_rows: int | 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--options", "options_of", metavar="NAME", default=None,
+              help="List the build options of target NAME (`edgekit build -O KEY=VALUE`).")  # fmt: skip
 @_fail_cleanly
-def targets(as_json: bool) -> None:
-    """List the registered targets and what each supports."""
-    from edgekit.targets import list_targets
+def targets(as_json: bool, options_of: str | None) -> None:
+    """List the registered targets and what each supports; with --options NAME, the build options of one.
 
+    \b
+    Examples:
+      edgekit targets
+      edgekit targets --options jetson-trt     then: edgekit build ... -t jetson-trt -O dla_core=0"""
+    from edgekit.targets import get_target, list_targets
+
+    if options_of is not None:
+        _print_target_options(get_target(options_of).describe(), as_json)
+        return
     described = [t.describe() for t in list_targets()]
     if as_json:
         click.echo(json.dumps(described, indent=2))
@@ -122,10 +132,31 @@ def targets(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="targets", title_justify="left")
-    for column in ("name", "device", "engine", "precisions", "description"):
+    for column in ("name", "device", "engine", "precisions", "options (-O)", "description"):
         table.add_column(column)
     for t in described:
-        table.add_row(t["name"], t["device"], t["engine"], ", ".join(t["precisions"]), t["description"])
+        options = ", ".join(o["name"] for o in t["options"]) or "-"
+        table.add_row(t["name"], t["device"], t["engine"], ", ".join(t["precisions"]), options, t["description"])
+    _console().print(table)
+
+
+def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(described["options"], indent=2))
+        return
+    if not described["options"]:
+        click.echo(f"target {described['name']} takes no build options")
+        return
+    from rich.table import Table
+
+    from edgekit.targets.base import as_text
+
+    table = Table(title=f"{described['name']} build options: edgekit build -O KEY=VALUE", title_justify="left")
+    for column in ("option", "type", "default", "example", "help"):
+        table.add_column(column)
+    for option in described["options"]:
+        example = f"-O {option['name']}={option['example']}"
+        table.add_row(option["name"], option["type"], as_text(option["default"]), example, option["help"])
     _console().print(table)
 
 
@@ -144,30 +175,29 @@ def targets(as_json: bool) -> None:
 @click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
-@click.option("--dla", "dla_core", type=int, default=None, help="jetson-trt: run on DLA core N (0 or 1), GPU fallback.")
-@click.option("--sparsity", default=None, metavar="2:4", help="jetson-trt: let TensorRT use 2:4 sparse kernels.")
-@click.option("--max-batch", type=int, default=None, help="jetson-trt: largest batch of the optimization profile.")
-@click.option("--int8-io", is_flag=True, default=None, help="android-tflite int8: int8 input/output tensors.")
-@click.option(
-    "--shapes",
-    default=None,
-    metavar="HxW,..",
-    help="ios-coreml: enumerated input sizes besides the preprocess size, e.g. --shapes 256x256,320x320.",
-)
+@click.option("-O", "--option", "option_items", multiple=True, metavar="KEY=VALUE",
+              help="A build option of the target (repeatable), e.g. -O dla_core=0 for jetson-trt; "
+              "`edgekit targets --options NAME` lists a target's options.")  # fmt: skip
+# the flags of the options before -O, kept as hidden aliases that feed the same options
+@click.option("--dla", "dla_core", type=int, default=None, hidden=True)
+@click.option("--sparsity", default=None, hidden=True)
+@click.option("--max-batch", type=int, default=None, hidden=True)
+@click.option("--int8-io", is_flag=True, default=None, hidden=True)
+@click.option("--shapes", default=None, hidden=True)
 @_fail_cleanly
 def build(model: str, target: str, precision: str, out: str, preprocess_json: str | None, calib: str | None,
-          spec_path: str | None, observer: str, dla_core: int | None, sparsity: str | None,
-          max_batch: int | None, int8_io: bool | None, shapes: str | None) -> None:  # fmt: skip
+          spec_path: str | None, observer: str, option_items: tuple[str, ...], dla_core: int | None,
+          sparsity: str | None, max_batch: int | None, int8_io: bool | None, shapes: str | None) -> None:  # fmt: skip
     """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
     artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
-    quantize`) or calibrates on --calib. --dla, --sparsity and --max-batch are jetson-trt options,
-    --int8-io an android-tflite one, --shapes an ios-coreml one; other targets refuse them.
+    quantize`) or calibrates on --calib. -O KEY=VALUE sets a build option of the target (`edgekit targets
+    --options NAME` lists them); a target refuses an option it does not take, naming the ones it does.
 
     \b
     Examples:
       edgekit build model.onnx --target android-tflite -p int8 --calib imgs/ --observer percentile -o art
-      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ --dla 0 -o art
-      edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ --shapes 320x320 -o art"""
+      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ -O dla_core=0 -o art
+      edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ -O shapes=320x320 -o art"""
     from edgekit.api import build as build_artifact
     from edgekit.errors import EdgekitError
     from edgekit.model import Model
@@ -178,15 +208,30 @@ def build(model: str, target: str, precision: str, out: str, preprocess_json: st
             loaded.preprocess = json.loads(preprocess_json)
         except json.JSONDecodeError as exc:
             raise EdgekitError(f"--preprocess is not valid JSON: {exc}") from exc
+    options = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None,
+               "shapes": shapes}  # fmt: skip
+    options.update(_build_options(option_items))
     console = _console()
     artifact = build_artifact(
         loaded, target, out, precision=precision, quant_spec=spec_path, calib=calib, observer=observer, progress=True,
-        options={"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None,
-                 "shapes": shapes},
+        options=options,
     )  # fmt: skip
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
     for note in artifact.manifest.get("not_honoured", []):
         console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
+
+
+def _build_options(items: tuple[str, ...]) -> dict[str, str]:
+    """-O KEY=VALUE pairs as text; the target parses each value by its option's type."""
+    from edgekit.errors import EdgekitError
+
+    options: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EdgekitError(f"-O {item!r}: write KEY=VALUE, e.g. -O dla_core=0 (`edgekit targets --options NAME`)")
+        options[key.strip()] = value.strip()
+    return options
 
 
 @main.command()
