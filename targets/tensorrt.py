@@ -363,7 +363,8 @@ def profile_shapes(model: Model, max_batch: int | None = None) -> dict[str, list
         if 0 not in dynamic:
             if max_batch is not None and max_batch != dims[0]:
                 raise BuildError(
-                    f"input {tensor.name!r} has a fixed batch of {dims[0]}, so --max-batch {max_batch} cannot apply: "
+                    f"input {tensor.name!r} has a fixed batch of {dims[0]}, so "
+                    f"{TensorRTOptions.label('max_batch', max_batch)} cannot apply: "
                     "export the model with a dynamic batch axis"
                 )
             if not dynamic:
