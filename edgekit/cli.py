@@ -208,8 +208,8 @@ def build(model: str, target: str, precision: str, out: str, preprocess_json: st
             loaded.preprocess = json.loads(preprocess_json)
         except json.JSONDecodeError as exc:
             raise EdgekitError(f"--preprocess is not valid JSON: {exc}") from exc
-    options = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None,
-               "shapes": shapes}  # fmt: skip
+    options: dict[str, Any] = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch,
+                               "int8_io": int8_io or None, "shapes": shapes}  # fmt: skip
     options.update(_build_options(option_items))
     console = _console()
     artifact = build_artifact(
