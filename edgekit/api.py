@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgekit.artifact import Artifact
 from edgekit.device.plan import Source, make_plan, resolve_labels
@@ -14,6 +15,10 @@ from edgekit.model import Model
 from edgekit.store import ResultsStore
 from edgekit.targets import get_target
 
+if TYPE_CHECKING:
+    from edgekit.calibration.quant_spec import QuantSpec
+    from edgekit.targets import TargetOptions
+
 
 def build(
     model: Model | str | Path,
@@ -21,23 +26,27 @@ def build(
     out: str | Path = "artifact",
     *,
     precision: str = "fp32",
-    quant_spec: Any = None,
+    quant_spec: QuantSpec | str | Path | None = None,
     calib: Any = None,
     observer: str = "minmax",
     calib_limit: int | None = None,
     progress: bool = False,
-    options: dict[str, Any] | None = None,
+    options: Mapping[str, Any] | TargetOptions | None = None,
 ) -> Artifact:
     """Turn a model into an artifact for `target` in the folder `out`.
 
     Quantized precisions take their scales from `quant_spec` (a QuantSpec or its JSON path), or from
-    calibrating on `calib` with `observer` in the scheme the target wants. `options` are target build
-    options (None values are dropped), e.g. for jetson-trt `{"dla_core": 0, "sparsity": "2:4",
-    "max_batch": 8}`; a target that takes none of them refuses them by name.
+    calibrating on `calib` with `observer` in the scheme the target wants. `options` are the target's
+    build options (its `Options` dataclass, or a dict: None values are dropped, text is parsed by the
+    option types), e.g. for jetson-trt `{"dla_core": 0, "sparsity": "2:4", "max_batch": 8}`; `edgekit
+    targets --options NAME` lists them. A key the target does not take is refused by name, before any
+    calibration.
     """
     if not isinstance(model, Model):
         model = Model.load(model)
     chosen = get_target(target)
+    if precision in chosen.precisions:  # else build() names the precisions the target has
+        options = chosen.make_options(options, precision)
     if isinstance(quant_spec, (str, Path)):
         from edgekit.calibration.quant_spec import QuantSpec
 

@@ -56,7 +56,7 @@ def engine_packages() -> Dict[str, bool]:
     from . import engines
 
     # the registry's entries know their modules; find_spec never loads TensorRT or coremltools
-    return dict((name, engines._REGISTRY[name].installed()) for name in engines.known_engines())
+    return dict((name, engines.engine_installed(name)) for name in engines.known_engines())
 
 
 def gpu_facts(sysfs_root: str = "/") -> Optional[Dict[str, Any]]:

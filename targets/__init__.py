@@ -1,17 +1,18 @@
 """Backends that turn a Model (and a QuantSpec) into an Artifact for one kind of device.
 
-Targets register themselves by name; `get_target("x86-ort")` builds one and `list_targets()` lists
-them. Each backend module is imported only when its target is asked for, so `import edgekit` never
-loads TensorFlow, torch or coremltools.
+A new target is one module (a `Target` subclass with its `Options` dataclass, decorated with
+`@register_target`) and one line in `_BUILTIN_MODULES` below. `get_target("x86-ort")` builds one and
+`list_targets()` lists them. Each backend module is imported only when its target is asked for, so
+`import edgekit` never loads TensorFlow, torch or coremltools.
 """
 
 from __future__ import annotations
 
 import importlib
 
-from edgekit.targets.base import BuildError, Target, TargetError
+from edgekit.targets.base import BuildError, Target, TargetError, TargetOptions, options_from_text
 
-# name -> module that registers it; a module is imported the first time its target is needed.
+# The registry: name -> module that registers it, imported the first time its target is needed.
 _BUILTIN_MODULES = {
     "x86-ort": "edgekit.targets.onnxruntime",
     "android-tflite": "edgekit.targets.tflite",
@@ -46,4 +47,14 @@ def list_targets() -> list[Target]:
     return [get_target(name) for name in target_names()]
 
 
-__all__ = ["BuildError", "Target", "TargetError", "get_target", "list_targets", "register_target", "target_names"]
+__all__ = [
+    "BuildError",
+    "Target",
+    "TargetError",
+    "TargetOptions",
+    "get_target",
+    "list_targets",
+    "options_from_text",
+    "register_target",
+    "target_names",
+]

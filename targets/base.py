@@ -1,11 +1,23 @@
-"""The Target base class: typed options, one checked `build`, and what the target cannot honour."""
+"""The Target base class and typed build options: one checked `build`, and what the target cannot honour.
+
+Each target declares its build options as a frozen dataclass (a `TargetOptions` subclass): every field has
+a type, a default and `metadata={"help": ...}` (optionally `"flag"`, the option's old CLI flag, and
+`"example"`, a value as text). Values are converted to the field types when the object is made, so a dict
+from Python and the CLI's text (`edgekit build -O dla_core=0`) reach `_build_impl` as the same typed object.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import numbers
+import types
+import typing
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from edgekit.errors import EdgekitError
 
@@ -13,6 +25,7 @@ if TYPE_CHECKING:
     import onnx
 
     from edgekit.artifact import Artifact
+    from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
 
 
@@ -24,24 +37,220 @@ class BuildError(EdgekitError):
     """A model the target cannot turn into an artifact, with the reason and what to do."""
 
 
-# build options as the CLI spells them, for error messages
-OPTION_FLAGS = {
-    "dla_core": "--dla",
-    "sparsity": "--sparsity",
-    "max_batch": "--max-batch",
-    "int8_io": "--int8-io",
-    "shapes": "--shapes",
-}
+# -- typed build options -----------------------------------------------------------------------------
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+_NONE = ("none", "null")
+_EXAMPLES = {bool: "true", int: "1", float: "0.5", str: "TEXT"}
+
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """A target's build options; this base has none (what x86-ort takes).
+
+    Subclasses are frozen dataclasses. Field values are converted to the field types when the object is
+    made (text like "0" or "true" is parsed; a bad value is a BuildError naming the option, the expected
+    type and an example); `check` then refuses what does not fit the precision being built."""
+
+    def __post_init__(self) -> None:
+        hints = field_types(type(self))
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            object.__setattr__(self, spec.name, _convert(value, hints[spec.name], type(self), spec.name))
+
+    def check(self, precision: str) -> None:
+        """Raise BuildError (naming the option) for a value that does not fit `precision` or the other options."""
+
+    @classmethod
+    def label(cls, name: str, value: Any = dataclasses.MISSING) -> str:
+        """How a message names option `name`: `-O name=value`, with its old flag when it has one."""
+        spelled = f"-O {name}" if value is dataclasses.MISSING else f"-O {name}={as_text(value)}"
+        flag = _metadata(cls, name).get("flag")
+        return f"{spelled} ({flag})" if flag else spelled
+
+    @classmethod
+    def describe(cls) -> list[dict[str, Any]]:
+        """One entry per option: name, type, default, help and an example value (as `-O` text)."""
+        hints = field_types(cls)
+        return [
+            {
+                "name": spec.name,
+                "type": type_text(hints[spec.name]),
+                "default": spec.default if spec.default is not dataclasses.MISSING else None,
+                "help": spec.metadata.get("help", ""),
+                "example": example_text(cls, spec.name),
+            }
+            for spec in dataclasses.fields(cls)
+        ]
+
+
+OptionsT = TypeVar("OptionsT", bound=TargetOptions)
+
+
+def read_options(
+    cls: type[OptionsT], given: Mapping[str, Any] | OptionsT | None, *, owner: str, listed_by: str = ""
+) -> OptionsT:
+    """`given` as an instance of `cls`: None values are dropped (not given), text is parsed by the field types,
+    and a key `cls` does not have is a TargetError naming it and listing the known ones with their help
+    (`listed_by`: the command that shows them in full)."""
+    if isinstance(given, cls):
+        return given
+    if isinstance(given, TargetOptions):
+        raise TargetError(f"{owner} takes {cls.__name__}, not {type(given).__name__}")
+    values = {key: value for key, value in (given or {}).items() if value is not None}
+    unknown = sorted(set(values) - {spec.name for spec in dataclasses.fields(cls)})
+    if unknown:
+        see = f" (see `{listed_by}`)" if listed_by and dataclasses.fields(cls) else ""
+        raise TargetError(f"{owner} does not take the build option(s) {', '.join(unknown)}; {known_options(cls)}{see}")
+    return cls(**values)
+
+
+def options_from_text(cls: type[TargetOptions], items: Mapping[str, str], *, owner: str) -> dict[str, Any]:
+    """Typed values of `-O KEY=VALUE` text by the field types of `cls`:
+    {"dla_core": "0", "int8_io": "true", "shapes": "256x256,320x320"} -> {"dla_core": 0, "int8_io": True,
+    "shapes": ((256, 256), (320, 320))}. Bools read true/false (1/0, yes/no, on/off), an optional option
+    reads none as None, tuples are comma-separated with HxW items inside."""
+    parsed = read_options(cls, items, owner=owner)
+    return {key: getattr(parsed, key) for key in items}
+
+
+def known_options(cls: type[TargetOptions]) -> str:
+    """'it takes: name [help], ...' or 'it takes no build options'."""
+    described = cls.describe()
+    if not described:
+        return "it takes no build options"
+    return "it takes: " + ", ".join(f"{o['name']} [{o['help']}]" for o in described)
+
+
+@functools.cache
+def field_types(cls: type) -> dict[str, Any]:
+    """The resolved type of each field (targets write `int | None` under `from __future__ import annotations`)."""
+    return typing.get_type_hints(cls)
+
+
+def _metadata(cls: type, name: str) -> Mapping[str, Any]:
+    return next(spec.metadata for spec in dataclasses.fields(cls) if spec.name == name)
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """(the type without None, whether None is allowed)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return (args[0] if len(args) == 1 else hint), len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def _tuple_items(hint: Any) -> tuple[Any, ...] | None:
+    """The item types of a tuple hint, with a trailing Ellipsis for tuple[X, ...]; None for other types."""
+    return typing.get_args(hint) if typing.get_origin(hint) is tuple else None
+
+
+def type_text(hint: Any) -> str:
+    """A field type as `edgekit targets --options` shows it: int, bool, list of int x int, ..."""
+    inner, optional = _optional(hint)
+    items = _tuple_items(inner)
+    if items is not None and items[-1] is Ellipsis:
+        text = f"list of {type_text(items[0])}"
+    elif items is not None:
+        text = " x ".join(type_text(item) for item in items)
+    else:
+        text = getattr(inner, "__name__", str(inner))
+    return f"{text} or none" if optional else text
+
+
+def example_text(cls: type, name: str) -> str:
+    example = _metadata(cls, name).get("example")
+    return example if example is not None else _example_of(_optional(field_types(cls)[name])[0])
+
+
+def _example_of(hint: Any, nested: bool = False) -> str:
+    items = _tuple_items(hint)
+    if items is None:
+        return _EXAMPLES.get(hint, "VALUE")
+    if items[-1] is Ellipsis:
+        return ",".join([_example_of(items[0], nested=True)] * 2)
+    return ("x" if nested else ",").join(_example_of(item, nested=True) for item in items)
+
+
+def as_text(value: Any, nested: bool = False) -> str:
+    """A value as `-O` text: true/false, none, 256x256,320x320."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "none"
+    if isinstance(value, (tuple, list)):
+        return ("x" if nested else ",").join(as_text(item, nested=True) for item in value)
+    return str(value)
+
+
+def _convert(value: Any, hint: Any, cls: type[TargetOptions], name: str) -> Any:
+    """`value` (Python or `-O` text) as type `hint`; BuildError naming the option when it is not one."""
+    try:
+        return _as_type(value, hint)
+    except (TypeError, ValueError):
+        pass
+    raise BuildError(
+        f"{cls.label(name, value)}: expected {type_text(hint)}, got {value!r}; e.g. -O {name}={example_text(cls, name)}"
+    )
+
+
+def _as_type(value: Any, hint: Any, nested: bool = False) -> Any:
+    """Raise TypeError/ValueError when `value` is not (and does not read as) `hint`."""
+    inner, optional = _optional(hint)
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in _NONE):
+        if optional:
+            return None
+        raise TypeError("None for a required value")
+    items = _tuple_items(inner)
+    if items is not None:
+        return _as_tuple(value, items, nested)
+    if isinstance(value, str) and inner is not str:
+        return _from_text(value.strip(), inner)
+    if inner is bool and isinstance(value, bool):
+        return value
+    if inner is int and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if inner is float and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if inner is str and isinstance(value, str):
+        return value
+    raise TypeError(f"not a {type_text(inner)}")
+
+
+def _as_tuple(value: Any, items: tuple[Any, ...], nested: bool) -> tuple[Any, ...]:
+    if isinstance(value, str):
+        value = [part for part in value.split("x" if nested else ",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise TypeError("not a sequence")
+    if items[-1] is Ellipsis:
+        return tuple(_as_type(item, items[0], nested=True) for item in value)
+    if len(value) != len(items):
+        raise ValueError(f"{len(value)} items, not {len(items)}")
+    return tuple(_as_type(item, hint, nested=True) for item, hint in zip(value, items, strict=True))
+
+
+def _from_text(text: str, hint: Any) -> Any:
+    if hint is bool:
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError(f"{text!r} is not true or false")
+    if hint in (int, float):
+        return hint(text)
+    raise TypeError(f"cannot read {hint} from text")
+
+
+# -- the target ---------------------------------------------------------------------------------------
 
 
 class Target:
-    """One backend. Subclasses set the class attributes and implement `_build_impl`.
+    """One backend. Subclasses set the class attributes (`Options`: the build options dataclass) and implement
+    `_build_impl`.
 
-    `build` checks the request once (precision, quantization spec, ops) and writes the manifest; the
+    `build` checks the request once (precision, options, quantization spec, ops) and writes the manifest; the
     subclass only produces its model file(s), like Polygraphy's runner/`*_impl` split.
     """
 
-    _options: ClassVar[dict[str, Any]] = {}  # replaced per build call by check_options' result
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     engine: ClassVar[str] = ""  # the runtime engine the device agent uses for this target's artifacts
@@ -50,7 +259,7 @@ class Target:
     quantized_precisions: ClassVar[tuple[str, ...]] = ()  # need a QuantSpec (from calibration or QAT)
     activation_scheme: ClassVar[str] = "int8_sym"  # what calibration should produce for this target
     weight_scheme: ClassVar[str] = "int8_per_channel"
-    build_options: ClassVar[tuple[str, ...]] = ()  # target-specific `options` keys `build` accepts
+    Options: ClassVar[type[TargetOptions]] = TargetOptions  # the build options `build(options=...)` takes
 
     # -- what the target can run -----------------------------------------------------------------
 
@@ -85,9 +294,19 @@ class Target:
             "quantized_precisions": list(self.quantized_precisions),
             "activation_scheme": self.activation_scheme if self.quantized_precisions else None,
             "weight_scheme": self.weight_scheme if self.quantized_precisions else None,
+            "options": self.Options.describe(),
         }
 
     # -- build ---------------------------------------------------------------------------------
+
+    def make_options(self, given: Mapping[str, Any] | TargetOptions | None, precision: str) -> TargetOptions:
+        """`given` as this target's checked Options for a `precision` build (see `read_options`); the API calls
+        this before calibrating, so a bad option fails fast."""
+        options = read_options(
+            self.Options, given, owner=f"target {self.name}", listed_by=f"edgekit targets --options {self.name}"
+        )
+        options.check(precision)
+        return options
 
     def build(
         self,
@@ -95,23 +314,18 @@ class Target:
         out_dir: str | Path,
         *,
         precision: str = "fp32",
-        quant_spec: Any = None,
-        options: dict[str, Any] | None = None,
+        quant_spec: QuantSpec | None = None,
+        options: Mapping[str, Any] | TargetOptions | None = None,
     ) -> Artifact:
-        """Build the artifact. `options` are the target's own `build_options` (None values are dropped); a key
-        the target does not take is a TargetError naming it; `check_options` validates the values."""
+        """Build the artifact. `options` are this target's `Options` (or a dict of them, None values dropped,
+        text parsed by the field types); a key the target does not take is a TargetError naming it."""
         from edgekit.artifact import write_artifact
 
         if precision not in self.precisions:
             raise TargetError(
                 f"target {self.name} does not build precision {precision!r}; it builds: {', '.join(self.precisions)}"
             )
-        options = {key: value for key, value in (options or {}).items() if value is not None}
-        unknown = sorted(set(options) - set(self.build_options))
-        if unknown:
-            named = ", ".join(f"{key} ({OPTION_FLAGS[key]})" if key in OPTION_FLAGS else key for key in unknown)
-            takes = f"it takes: {', '.join(self.build_options)}" if self.build_options else "it takes no build options"
-            raise TargetError(f"target {self.name} does not take the build option(s) {named}; {takes}")
+        checked = self.make_options(options, precision)
         if precision in self.quantized_precisions and quant_spec is None:
             raise BuildError(
                 f"precision {precision} needs quantization parameters: pass --calib DATA or --spec quant_spec.json"
@@ -122,11 +336,7 @@ class Target:
         if missing:
             listed = ", ".join(f"{op} (x{n})" for op, n in missing.items())
             raise BuildError(f"target {self.name} cannot run these ops of the model: {listed}; see `edgekit inspect`")
-        self._options = self.check_options(options, precision)
-        try:
-            files, extra = self._build_impl(model, precision, quant_spec)
-        finally:
-            self._options = {}
+        files, extra = self._build_impl(model, precision, quant_spec, checked)
         manifest = {
             "target": self.name,
             "engine": self.engine,
@@ -143,12 +353,11 @@ class Target:
         }
         return write_artifact(out_dir, files, manifest)
 
-    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
-        """Validate build options (and fill defaults); `_build_impl` reads the result as `self._options`."""
-        return options
-
-    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes | Path], dict]:
-        """Return ({file name: content}, extra manifest fields incl. `model_file`)."""
+    def _build_impl(
+        self, model: Model, precision: str, spec: QuantSpec | None, options: TargetOptions
+    ) -> tuple[dict[str, bytes | Path], dict]:
+        """Return ({file name: content}, extra manifest fields incl. `model_file`). `spec` is set for the
+        quantized precisions; `options` are this target's checked `Options`."""
         raise NotImplementedError
 
     def tool_versions(self) -> dict[str, str]:

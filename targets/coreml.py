@@ -24,6 +24,7 @@ import uuid
 import warnings
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,12 +33,13 @@ import numpy as np
 from edgekit.errors import ModelError
 from edgekit.onnx_toolbox import fixed_input_shape
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target
+from edgekit.targets.base import BuildError, Target, TargetOptions
 from edgekit.targets.coreml_onnx import SUPPORTED_OPS
 
 if TYPE_CHECKING:
     import onnx
 
+    from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
 
 MODEL_FILE = "model.mlpackage.zip"
@@ -47,6 +49,25 @@ PACKAGE = "model.mlpackage"
 WEIGHT_THRESHOLD = 512
 # The replay must agree with ONNX Runtime to this (relative to the largest reference output).
 REPLAY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class CoreMLOptions(TargetOptions):
+    """ios-coreml build options."""
+
+    shapes: tuple[tuple[int, int], ...] | None = field(default=None, metadata={
+        "help": "enumerated input sizes (HxW) besides the preprocess size, checked on the traced model",
+        "flag": "--shapes", "example": "256x256,320x320",
+    })  # fmt: skip
+
+    def check(self, precision: str) -> None:
+        if self.shapes is None:
+            return
+        if not self.shapes:
+            raise BuildError(f"{self.label('shapes')} is empty: give HxW sizes, e.g. -O shapes=224x224,320x320")
+        for height, width in self.shapes:
+            if height <= 0 or width <= 0:
+                raise BuildError(f"{self.label('shapes', self.shapes)}: height and width must be positive")
 
 
 @register_target
@@ -65,7 +86,7 @@ class CoreMLTarget(Target):
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
 
-    build_options = ("shapes",)
+    Options = CoreMLOptions
 
     def ane_report(self, proto: onnx.ModelProto, precision: str | None = None) -> Any:
         """What of `proto` is known to fall back from the Neural Engine (see `edgekit.ane`)."""
@@ -81,10 +102,6 @@ class CoreMLTarget(Target):
         report = self.ane_report(proto)
         return {"accelerator": "ane", **report.to_dict(), "lines": report.lines()}
 
-    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
-        shapes = options.get("shapes")
-        return {"shapes": parse_shapes(shapes) if shapes is not None else None}
-
     def tool_versions(self) -> dict[str, str]:
         versions = super().tool_versions()
         try:
@@ -98,21 +115,23 @@ class CoreMLTarget(Target):
 
     # -- build --------------------------------------------------------------------------------------
 
-    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
+    def _build_impl(
+        self, model: Model, precision: str, spec: QuantSpec | None, options: CoreMLOptions
+    ) -> tuple[dict[str, bytes], dict]:
         ct, torch = _import_tools()
         resize = _spatial(model.preprocess) if model.preprocess else None
         try:
             shape = fixed_input_shape(model.proto, resize, layout=model.preprocess.layout if model.preprocess else None)
         except ModelError as exc:
             raise BuildError(f"ios-coreml: {exc}") from exc
-        make_module, route, replay_error, quant_notes = self._torch_module(model, precision, quant_spec, shape)
+        make_module, route, replay_error, quant_notes = self._torch_module(model, precision, spec, shape)
         input_name = _coreml_name(model.inputs[0].name)
         output_names = [_coreml_name(t.name) for t in model.outputs]
         image = _image_input(model.preprocess, shape)
         if image is not None and image["normalize_in_graph"]:
             make_module = _Normalize.around(torch, make_module, image["mean"], image["std"])
         module = make_module(shape)
-        sizes = self._options.get("shapes")
+        sizes = options.shapes
         shapes = _enumerated(shape, sizes) if sizes else None
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -152,7 +171,7 @@ class CoreMLTarget(Target):
             extra["preprocess"] = image["agent_preprocess"]
         not_honoured: list[dict[str, str]] = []
         if precision == "w8a8":
-            summary, not_honoured = _check_scales(ops, quant_spec, quant_notes)
+            summary, not_honoured = _check_scales(ops, spec, quant_notes)
             extra["quantization"] = summary
         extra["not_honoured"] = not_honoured
         with tempfile.TemporaryDirectory(prefix="edgekit-coreml-") as tmp:
@@ -162,7 +181,7 @@ class CoreMLTarget(Target):
         return {MODEL_FILE: data}, extra
 
     def _torch_module(
-        self, model: Model, precision: str, quant_spec: Any, shape: tuple[int, ...]
+        self, model: Model, precision: str, quant_spec: QuantSpec | None, shape: tuple[int, ...]
     ) -> tuple[Callable[[tuple[int, ...]], Any], str, float | None, list[dict[str, str]]]:
         """(module for an input shape, route, replay error vs ONNX Runtime or None, notes on what could not be
         honoured). The replay computes shapes for one input shape, hence a module per shape."""
@@ -291,25 +310,7 @@ def _input_type(
     return ct.ImageType(name=name, shape=dims, scale=image["scale"], bias=bias, color_layout=layout)
 
 
-def parse_shapes(value: Any) -> list[tuple[int, int]]:
-    """Enumerated input sizes: "224x224,320x320" or [[224, 224], "320x320"] -> [(224, 224), (320, 320)]."""
-    items = [part for part in value.split(",") if part.strip()] if isinstance(value, str) else list(value)
-    sizes: list[tuple[int, int]] = []
-    for item in items:
-        try:
-            height, width = (int(d) for d in (item.lower().split("x") if isinstance(item, str) else item))
-        except (TypeError, ValueError) as exc:
-            raise BuildError(f"--shapes {item!r}: write HEIGHTxWIDTH sizes, e.g. --shapes 224x224,320x320") from exc
-        if height <= 0 or width <= 0:
-            raise BuildError(f"--shapes {item!r}: height and width must be positive")
-        if (height, width) not in sizes:
-            sizes.append((height, width))
-    if not sizes:
-        raise BuildError("--shapes is empty: give HEIGHTxWIDTH sizes, e.g. --shapes 224x224,320x320")
-    return sizes
-
-
-def _enumerated(shape: tuple[int, ...], sizes: list[tuple[int, int]]) -> list[tuple[int, ...]]:
+def _enumerated(shape: tuple[int, ...], sizes: tuple[tuple[int, int], ...]) -> list[tuple[int, ...]]:
     """Full NCHW input shapes for `sizes`, the default `shape` first (Core ML needs it among them)."""
     if len(shape) != 4:
         raise BuildError(f"--shapes needs a 4-D NCHW image input; this model's input is {list(shape)}")
@@ -406,7 +407,7 @@ class _Normalize:
 # -- W8A8: QuantSpec -> fake quantizers, and the scales read back from the program -------------------------
 
 
-def _quantizers(spec: Any, float_proto: onnx.ModelProto) -> tuple[dict, dict, list[dict[str, str]]]:
+def _quantizers(spec: QuantSpec, float_proto: onnx.ModelProto) -> tuple[dict, dict, list[dict[str, str]]]:
     from edgekit.targets.coreml_onnx import ActivationQuant, WeightQuant
 
     produced = {out for node in float_proto.graph.node for out in node.output} | {
@@ -482,7 +483,7 @@ def _compression_summary(ops: list[tuple[str, str, dict]], precision: str) -> di
 
 
 def _check_scales(
-    ops: list[tuple[str, str, dict]], spec: Any, notes: list[dict[str, str]]
+    ops: list[tuple[str, str, dict]], spec: QuantSpec, notes: list[dict[str, str]]
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Compare the program's quantize scales with the QuantSpec's activation scales (as float16 values)."""
     program_scales = sorted(float(v["scale"]) for t, _, v in ops if t == "quantize" and "scale" in v)

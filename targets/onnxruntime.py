@@ -1,4 +1,11 @@
-"""The x86 target: ONNX Runtime on the CPU (FP32 now; INT8 QDQ slots in with the calibration core)."""
+"""The x86 target: an ONNX model for ONNX Runtime's CPU execution provider.
+
+fp32 ships the model as given. int8 ships a QDQ model written from the QuantSpec (calibrate for this
+target: uint8 activations, 7-bit per-channel weights); a spec with other activations is built too and
+noted in `not_honoured`, since ORT then runs Conv+Relu in float. The graph stays as written: ONNX Runtime
+optimises it when the session starts on the device. Ops are checked against ORT's CPU kernels. No build
+options.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,10 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from edgekit.targets import register_target
-from edgekit.targets.base import Target
+from edgekit.targets.base import Target, TargetOptions
 
 if TYPE_CHECKING:
+    from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
 
 
@@ -43,7 +51,9 @@ class OnnxRuntimeX86Target(Target):
         # Constant has no kernel: ONNX Runtime turns Constant nodes into initializers when it loads a model.
         return set(ort_cpu_ops()) | {("ai.onnx", "Constant")}
 
-    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
+    def _build_impl(
+        self, model: Model, precision: str, spec: QuantSpec | None, options: TargetOptions
+    ) -> tuple[dict[str, bytes], dict]:
         # The artifact keeps the graph as given (QDQ for int8); ONNX Runtime optimises it when the session
         # starts on the device, since ORT's fully optimised graphs are tied to the CPU that optimised them.
         if precision == "fp32":
@@ -52,16 +62,16 @@ class OnnxRuntimeX86Target(Target):
         from edgekit.calibration.qdq import write_qdq
         from edgekit.model import Model as ModelClass
 
-        qdq = write_qdq(prepare_float_model(model.proto, quant_spec), quant_spec)
+        qdq = write_qdq(prepare_float_model(model.proto, spec), spec)
         packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
         not_honoured = []
-        if quant_spec.scheme.get("activations") != self.activation_scheme:
+        if spec.scheme.get("activations") != self.activation_scheme:
             not_honoured.append({
-                "what": f"activations {quant_spec.scheme.get('activations')}",
+                "what": f"activations {spec.scheme.get('activations')}",
                 "why": "ONNX Runtime's CPU kernels fuse Conv+Relu only with uint8 activations; such convolutions "
                 "run in float. Calibrate for x86-ort (uint8_asym) for full integer speed.",
             })  # fmt: skip
-        extra = {"model_file": "model.onnx", "quantization": _quantization_summary(quant_spec)}
+        extra = {"model_file": "model.onnx", "quantization": _quantization_summary(spec)}
         return {"model.onnx": packaged.to_bytes()}, {**extra, "not_honoured": not_honoured}
 
     def tool_versions(self) -> dict[str, str]:
@@ -70,7 +80,7 @@ class OnnxRuntimeX86Target(Target):
         return {**super().tool_versions(), "onnxruntime": onnxruntime.__version__}
 
 
-def _quantization_summary(spec: Any) -> dict[str, Any]:
+def _quantization_summary(spec: QuantSpec) -> dict[str, Any]:
     return {
         "scheme": spec.scheme,
         "observer": spec.calibration.get("observer"),

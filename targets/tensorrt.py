@@ -15,17 +15,19 @@ way, onnx/onnx-tensorrt#850). TensorRT quantizes the biases itself from the inpu
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target
+from edgekit.targets.base import BuildError, Target, TargetOptions
 
 if TYPE_CHECKING:
     import onnx
 
+    from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
 
 # ONNX ops that TensorRT's ONNX parser imports: the "Y" rows of onnx/onnx-tensorrt docs/operators.md for
@@ -54,12 +56,58 @@ TENSORRT_ONNX_OPS: frozenset[str] = frozenset({
 DLA_CORES = (0, 1)  # Jetson AGX Xavier / Xavier NX / AGX Orin / Orin NX have two DLA cores (Orin Nano none)
 SPARSITY_PATTERNS = ("2:4",)  # what Ampere's sparse tensor cores run
 CALIBRATION_CACHE = "trt_calibration.cache"
-# options `edgekit.build(..., options=...)` takes for this target (the CLI's --dla, --sparsity, --max-batch)
-BUILD_OPTIONS = ("dla_core", "gpu_fallback", "sparsity", "max_batch", "workspace_mb")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+@dataclass(frozen=True)
+class TensorRTOptions(TargetOptions):
+    """jetson-trt build options; they go into the manifest's `build` section, which the device's engine reads."""
+
+    dla_core: int | None = field(default=None, metadata={
+        "help": "run on this DLA core, 0 or 1 (fp16 and int8 only); what the DLA cannot run goes to the GPU",
+        "flag": "--dla", "example": "0",
+    })  # fmt: skip
+    gpu_fallback: bool | None = field(default=None, metadata={
+        "help": "with dla_core: run the layers the DLA cannot on the GPU (default true)", "example": "false",
+    })  # fmt: skip
+    sparsity: str | None = field(default=None, metadata={
+        "help": "the structured sparsity pattern (2:4): TensorRT may use sparse kernels for layers that have it",
+        "flag": "--sparsity", "example": "2:4",
+    })  # fmt: skip
+    max_batch: int | None = field(default=None, metadata={
+        "help": "largest batch of the optimization profile when the batch axis is dynamic (default 1)",
+        "flag": "--max-batch", "example": "8",
+    })  # fmt: skip
+    workspace_mb: int | None = field(default=None, metadata={
+        "help": "builder workspace in MiB (default: TensorRT's)", "example": "1024",
+    })  # fmt: skip
+
+    def check(self, precision: str) -> None:
+        if self.dla_core is not None:
+            if self.dla_core not in DLA_CORES:
+                raise BuildError(
+                    f"{self.label('dla_core', self.dla_core)}: Jetson DLA cores are numbered "
+                    f"{' and '.join(map(str, DLA_CORES))} (AGX Xavier, Xavier NX, AGX Orin, Orin NX; an Orin Nano "
+                    "has none)"
+                )
+            if precision == "fp32":
+                raise BuildError(
+                    f"{self.label('dla_core')}: the DLA does not run fp32; build with --precision fp16 or --precision "
+                    "int8 (GPU fallback runs the layers the DLA cannot)"
+                )
+        if self.gpu_fallback and self.dla_core is None:
+            raise BuildError(
+                f"{self.label('gpu_fallback')} only applies with a DLA core: pass -O dla_core=0 (--dla 0) or 1, or "
+                "drop gpu_fallback"
+            )
+        if self.sparsity is not None and self.sparsity not in SPARSITY_PATTERNS:
+            raise BuildError(
+                f"{self.label('sparsity', self.sparsity)}: TensorRT's structured sparsity is "
+                f"{', '.join(SPARSITY_PATTERNS)}"
+            )
+        for name in ("max_batch", "workspace_mb"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BuildError(f"{self.label(name, value)}: must be a positive integer")
 
 
 @register_target
@@ -72,53 +120,26 @@ class JetsonTensorRtTarget(Target):
     quantized_precisions = ("int8",)
     activation_scheme = "int8_sym"  # TensorRT's Q/DQ: symmetric int8, zero point 0
     weight_scheme = "int8_per_channel"
-    build_options: ClassVar[tuple[str, ...]] = BUILD_OPTIONS
+    Options = TensorRTOptions
 
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in TENSORRT_ONNX_OPS}
 
-    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
-        dla = options.get("dla_core")
-        if dla is not None:
-            if not _is_int(dla) or int(dla) not in DLA_CORES:
-                raise BuildError(
-                    f"--dla {dla!r}: Jetson DLA cores are numbered {' and '.join(map(str, DLA_CORES))} (AGX Xavier, "
-                    "Xavier NX, AGX Orin, Orin NX; an Orin Nano has none)"
-                )
-            if precision == "fp32":
-                raise BuildError(
-                    "--dla: the DLA does not run fp32; build with --precision fp16 or --precision int8 (GPU "
-                    "fallback runs the layers the DLA cannot)"
-                )
-        fallback = options.get("gpu_fallback")
-        if fallback is not None and not isinstance(fallback, bool):
-            raise BuildError(f"gpu_fallback must be true or false, got {fallback!r}")
-        if fallback and dla is None:
-            raise BuildError("gpu_fallback only applies with a DLA core: pass --dla 0 or 1, or drop gpu_fallback")
-        sparsity = options.get("sparsity")
-        if sparsity is not None and sparsity not in SPARSITY_PATTERNS:
-            patterns = ", ".join(SPARSITY_PATTERNS)
-            raise BuildError(f"--sparsity {sparsity!r}: TensorRT's structured sparsity is {patterns}")
-        for key in ("max_batch", "workspace_mb"):
-            value = options.get(key)
-            if value is not None and not (_is_int(value) and value >= 1):
-                raise BuildError(f"{key} must be a positive integer, got {value!r}")
-        return options
-
     # -- build -------------------------------------------------------------------------------------
 
-    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
-        options = self._options
-        dla = options.get("dla_core")
+    def _build_impl(
+        self, model: Model, precision: str, spec: QuantSpec | None, options: TensorRTOptions
+    ) -> tuple[dict[str, bytes], dict]:
+        dla = options.dla_core
         not_honoured: list[dict[str, Any]] = []
         build = {
             "precision": precision,
             "calibration_cache": None,
-            "dla_core": None if dla is None else int(dla),
-            "gpu_fallback": bool(options.get("gpu_fallback", True)) if dla is not None else False,
-            "sparsity": options.get("sparsity") is not None,
-            "workspace_mb": None if options.get("workspace_mb") is None else int(options["workspace_mb"]),
-            "profile_shapes": profile_shapes(model, options.get("max_batch")),
+            "dla_core": dla,
+            "gpu_fallback": options.gpu_fallback is not False if dla is not None else False,
+            "sparsity": options.sparsity is not None,
+            "workspace_mb": options.workspace_mb,
+            "profile_shapes": profile_shapes(model, options.max_batch),
         }
         if build["sparsity"]:
             not_sparse = not_2_4_sparse_layers(model.proto)
@@ -135,21 +156,21 @@ class JetsonTensorRtTarget(Target):
             # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
             files = {"model.onnx": model.to_bytes()}
         else:
-            qdq_bytes, spec, notes = self._int8_model(model, quant_spec, build["profile_shapes"])
+            qdq_bytes, symmetric, notes = self._int8_model(model, spec, build["profile_shapes"])
             not_honoured.extend(notes)
-            files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(spec)}
+            files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric)}
             build["calibration_cache"] = CALIBRATION_CACHE
             extra["quantization"] = {
-                "scheme": quant_spec.scheme,
-                "observer": quant_spec.calibration.get("observer"),
-                "created_by": quant_spec.created_by,
-                "kept_float": sorted(quant_spec.float_nodes),
+                "scheme": spec.scheme,
+                "observer": spec.calibration.get("observer"),
+                "created_by": spec.created_by,
+                "kept_float": sorted(spec.float_nodes),
             }
         return files, {**extra, "build": build, "not_honoured": not_honoured}
 
     def _int8_model(
-        self, model: Model, quant_spec: Any, shapes: dict[str, list[list[int]]] | None
-    ) -> tuple[bytes, Any, list[dict[str, Any]]]:
+        self, model: Model, quant_spec: QuantSpec, shapes: dict[str, list[list[int]]] | None
+    ) -> tuple[bytes, QuantSpec, list[dict[str, Any]]]:
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.calibration.qdq import write_qdq
         from edgekit.model import Model as ModelClass
@@ -174,7 +195,7 @@ class JetsonTensorRtTarget(Target):
 # -- the QuantSpec as TensorRT wants it -------------------------------------------------------------------
 
 
-def symmetric_spec(spec: Any) -> tuple[Any, list[dict[str, Any]]]:
+def symmetric_spec(spec: QuantSpec) -> tuple[QuantSpec, list[dict[str, Any]]]:
     """A copy of `spec` for TensorRT: activations symmetric int8, biases left float (TensorRT quantizes
     them). Asymmetric activations are refused unless the spec came from QAT export (recalibrating would
     lose the training): those are widened to +-max(|lo|, |hi|) and listed in the returned notes."""
@@ -277,7 +298,7 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     }
 
 
-def _calibration_cache(spec: Any) -> bytes:
+def _calibration_cache(spec: QuantSpec) -> bytes:
     """TensorRT's calibration cache for the spec, written and parsed back; the scales must round-trip."""
     from edgekit.calibration.trt_cache import cache_scales, read_trt_cache, write_trt_cache
 
@@ -342,7 +363,8 @@ def profile_shapes(model: Model, max_batch: int | None = None) -> dict[str, list
         if 0 not in dynamic:
             if max_batch is not None and max_batch != dims[0]:
                 raise BuildError(
-                    f"input {tensor.name!r} has a fixed batch of {dims[0]}, so --max-batch {max_batch} cannot apply: "
+                    f"input {tensor.name!r} has a fixed batch of {dims[0]}, so "
+                    f"{TensorRTOptions.label('max_batch', max_batch)} cannot apply: "
                     "export the model with a dynamic batch axis"
                 )
             if not dynamic:

@@ -8,17 +8,19 @@ Needs the tflite extra (TensorFlow for conversion, ai-edge-litert and ai-edge-qu
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, count_ops
+from edgekit.targets.base import BuildError, Target, TargetOptions, count_ops
 from edgekit.targets.onnx_to_tf import SUPPORTED_OPS, TFLITE_OPS, ConversionError, static_input_shape, to_tflite
 
 if TYPE_CHECKING:
     import onnx
 
+    from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
 
 # NNAPI delegate coverage (TFLite builtins it can hand to NNAPI on Android 10+), from the NNAPI delegate's
@@ -39,7 +41,7 @@ def _install_hint(exc: ImportError) -> BuildError:
     )
 
 
-def _probe_inputs(shape: tuple[int, ...], spec: Any, input_name: str, count: int) -> np.ndarray:
+def _probe_inputs(shape: tuple[int, ...], spec: QuantSpec | None, input_name: str, count: int) -> np.ndarray:
     """Inputs for the ORT comparison: uniform over the calibrated input range when there is one."""
     rng = np.random.default_rng(0)
     entry = spec.tensors.get(input_name) if spec is not None else None
@@ -75,6 +77,22 @@ def compare_with_onnxruntime(
     }
 
 
+@dataclass(frozen=True)
+class TFLiteOptions(TargetOptions):
+    """android-tflite build options."""
+
+    int8_io: bool = field(default=False, metadata={
+        "help": "int8 builds: int8 input and output tensors instead of float ones", "flag": "--int8-io",
+    })  # fmt: skip
+    nchw_input: bool = field(default=False, metadata={
+        "help": "give the .tflite an NCHW input as the ONNX model has (default NHWC, the layout of camera frames)",
+    })  # fmt: skip
+
+    def check(self, precision: str) -> None:
+        if self.int8_io and precision != "int8":
+            raise BuildError(f"{self.label('int8_io', True)} needs --precision int8 (this build is {precision})")
+
+
 @register_target
 class AndroidTfliteTarget(Target):
     name = "android-tflite"
@@ -86,7 +104,7 @@ class AndroidTfliteTarget(Target):
     # TFLite's int8 scheme: asymmetric int8 activations, symmetric per-channel int8 weights
     activation_scheme = "int8_asym"
     weight_scheme = "int8_per_channel"
-    build_options: ClassVar[tuple[str, ...]] = ("int8_io", "nchw_input")
+    Options = TFLiteOptions
 
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
@@ -95,20 +113,16 @@ class AndroidTfliteTarget(Target):
         """ONNX ops that become a TFLite builtin the NNAPI delegate does not take (they run on the CPU)."""
         return {"nnapi": count_ops(proto, lambda domain, op: not set(TFLITE_OPS.get(op, ())) <= NNAPI_OPS)}
 
-    def check_options(self, options: dict[str, Any], precision: str) -> dict[str, Any]:
-        if options.get("int8_io") and precision != "int8":
-            raise BuildError(f"--int8-io needs --precision int8 (this build is {precision})")
-        return {"int8_io": bool(options.get("int8_io")), "nchw_input": bool(options.get("nchw_input"))}
-
-    def _build_impl(self, model: Model, precision: str, quant_spec: Any) -> tuple[dict[str, bytes], dict]:
-        options = self._options
-        nchw = options.get("nchw_input", False)
+    def _build_impl(
+        self, model: Model, precision: str, spec: QuantSpec | None, options: TFLiteOptions
+    ) -> tuple[dict[str, bytes], dict]:
+        nchw = options.nchw_input
         size = tuple(model.preprocess.resize) if model.preprocess is not None and model.preprocess.resize else None
         try:
             shape = static_input_shape(model.proto, size)
-            probes = _probe_inputs(shape, quant_spec, model.inputs[0].name, VALIDATION_INPUTS)
+            probes = _probe_inputs(shape, spec, model.inputs[0].name, VALIDATION_INPUTS)
             if precision == "int8":
-                data, proto, extra = self._int8(model, quant_spec, probes[:1], nchw, options.get("int8_io", False))
+                data, proto, extra = self._int8(model, spec, probes[:1], nchw, options.int8_io)
             else:
                 proto, extra = model.proto, {"not_honoured": []}
                 data = to_tflite(proto, fp16=precision == "fp16", nchw_input=nchw, size=size)
@@ -129,7 +143,7 @@ class AndroidTfliteTarget(Target):
         }  # fmt: skip
 
     def _int8(
-        self, model: Model, spec: Any, probe: np.ndarray, nchw: bool, int8_io: bool
+        self, model: Model, spec: QuantSpec, probe: np.ndarray, nchw: bool, int8_io: bool
     ) -> tuple[bytes, onnx.ModelProto, dict[str, Any]]:
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer

@@ -19,12 +19,15 @@ from __future__ import annotations
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
 from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:
+    from edgekit.calibration.quant_spec import QuantSpec
 
 # TFLite ops whose output must carry its input's quantization parameters
 _SAME_PARAMS_OPS = {"PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "MAX_POOL_2D"}
@@ -168,7 +171,7 @@ def _min_max(scale: float, zero_point: int) -> dict[str, np.ndarray]:
 
 
 def quantize_full_integer(
-    float_tflite: bytes, proto: onnx.ModelProto, spec: Any, probe: np.ndarray, *, int8_io: bool,
+    float_tflite: bytes, proto: onnx.ModelProto, spec: QuantSpec, probe: np.ndarray, *, int8_io: bool,
     nchw_input: bool = False,
 ) -> QuantizedTflite:  # fmt: skip
     """The full-integer model: activations on the spec's grids, int8 (or float, `int8_io=False`) input/output."""

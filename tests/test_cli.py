@@ -45,6 +45,44 @@ def test_targets_lists_x86_ort():
     assert any(t["name"] == "x86-ort" for t in json.loads(result.output))
 
 
+def test_targets_lists_each_targets_options():
+    listed = json.loads(invoke("targets", "--json").output)
+    assert {t["name"]: [o["name"] for o in t["options"]] for t in listed}["ios-coreml"] == ["shapes"]
+    table = invoke("targets", "--options", "jetson-trt")
+    assert table.exit_code == 0, table.output
+    for word in ("option", "type", "default", "help", "dla_core", "int or none", "-O dla_core=0", "workspace_mb"):
+        assert word in table.output
+    described = json.loads(invoke("targets", "--options", "android-tflite", "--json").output)
+    assert [(o["name"], o["type"], o["default"]) for o in described] == [("int8_io", "bool", False),
+                                                                          ("nchw_input", "bool", False)]  # fmt: skip
+    assert "takes no build options" in invoke("targets", "--options", "x86-ort").output
+    unknown = invoke("targets", "--options", "playstation")
+    assert unknown.exit_code == 2 and "unknown target 'playstation'" in unknown.output
+
+
+def test_build_takes_target_options_as_key_value(classifier_path, tmp_path):
+    built = invoke("build", classifier_path, "-t", "jetson-trt", "-p", "fp16", "-O", "dla_core=1",
+                   "-O", "gpu_fallback=false", "-O", "max_batch=4", "-o", tmp_path / "art")  # fmt: skip
+    assert built.exit_code == 0, built.output
+    section = json.loads((tmp_path / "art" / "manifest.json").read_text())["build"]
+    assert section["dla_core"] == 1 and section["gpu_fallback"] is False
+    assert section["profile_shapes"]["input"][2][0] == 4
+    # the old flag feeds the same option, so both spellings give the same artifact
+    alias = invoke("build", classifier_path, "-t", "jetson-trt", "-p", "fp16", "--dla", "1", "-O", "gpu_fallback=0",
+                   "--max-batch", "4", "-o", tmp_path / "alias")  # fmt: skip
+    assert alias.exit_code == 0, alias.output
+    assert (tmp_path / "alias" / "manifest.json").read_bytes() == (tmp_path / "art" / "manifest.json").read_bytes()
+    for args, named in [
+        (["-O", "dla_core"], "-O 'dla_core': write KEY=VALUE, e.g. -O dla_core=0"),
+        (["-O", "dla_core=first"], "-O dla_core=first (--dla): expected int or none, got 'first'; e.g. -O dla_core=0"),
+        (["-O", "dla=0"], "does not take the build option(s) dla; it takes: dla_core ["),
+    ]:
+        refused = invoke("build", classifier_path, "-t", "jetson-trt", "-p", "fp16", *args, "-o", tmp_path / "bad")
+        assert refused.exit_code == 2 and named in refused.output, refused.output
+        assert refused.output.count("error:") == 1 and "Traceback" not in refused.output
+    assert not (tmp_path / "bad").exists()
+
+
 def test_build_run_report(classifier_path, video, tmp_path, isolated_store):
     out = tmp_path / "art"
     built = invoke("build", classifier_path, "-t", "x86-ort", "-o", out)

@@ -235,7 +235,7 @@ def test_options_are_checked_and_other_targets_refuse_them(digits, tmp_path):
 
     with pytest.raises(TargetError, match="does not take the build option.*colour"):
         build(digits[0], tmp_path / "a", colour="red")
-    with pytest.raises(TargetError, match=r"target x86-ort does not take the build option\(s\) dla_core \(--dla\)"):
+    with pytest.raises(TargetError, match=r"target x86-ort does not take the build option\(s\) dla_core; it takes no"):
         edgekit.build(digits[0], "x86-ort", tmp_path / "b", options={"dla_core": 0})
     # None means "not given": the CLI passes every flag
     artifact = edgekit.build(digits[0], "x86-ort", tmp_path / "c", options={"dla_core": None, "max_batch": None})
@@ -260,7 +260,7 @@ def test_cli_builds_jetson_int8_and_other_targets_reject_jetson_flags(digits, tm
     refused = runner.invoke(main, ["build", str(digits_model_path()), "-t", "x86-ort", "--max-batch", "4",
                                    "-o", str(tmp_path / "x86")])  # fmt: skip
     assert refused.exit_code == 2
-    assert "target x86-ort does not take the build option(s) max_batch (--max-batch)" in refused.output
+    assert "target x86-ort does not take the build option(s) max_batch" in refused.output
     fp32_dla = runner.invoke(main, ["build", str(digits_model_path()), "-t", "jetson-trt", "--dla", "0",
                                     "-o", str(tmp_path / "fp32")])  # fmt: skip
     assert fp32_dla.exit_code == 2 and "--precision fp16" in fp32_dla.output

@@ -126,7 +126,7 @@ def test_unsupported_op_is_named_and_options_are_checked(digits, tmp_path) -> No
     model = digits[0]
     with pytest.raises(BuildError, match="needs quantization parameters"):
         get_target("android-tflite").build(model, tmp_path / "b", precision="int8")
-    with pytest.raises(BuildError, match="--int8-io needs --precision int8"):
+    with pytest.raises(BuildError, match=r"-O int8_io=true \(--int8-io\) needs --precision int8"):
         get_target("android-tflite").build(model, tmp_path / "c", options={"int8_io": True})
     with pytest.raises(TargetError, match="dla_core"):
         get_target("android-tflite").build(model, tmp_path / "d", options={"dla_core": 0})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -113,3 +114,66 @@ def test_artifact_model_keeps_graph_bytes(classifier_path, tmp_path):
     original = onnx.load(classifier_path)
     built = onnx.load(artifact.model_path)
     assert built.graph == original.graph
+
+
+# -- typed build options -----------------------------------------------------------------------------
+
+
+def test_options_from_text_follow_the_field_types():
+    from edgekit.targets import options_from_text
+
+    trt, tflite, coreml = (get_target(n).Options for n in ("jetson-trt", "android-tflite", "ios-coreml"))
+    assert options_from_text(trt, {"dla_core": "0", "gpu_fallback": "false", "sparsity": "2:4"}, owner="t") == {
+        "dla_core": 0, "gpu_fallback": False, "sparsity": "2:4",
+    }  # fmt: skip
+    assert options_from_text(trt, {"dla_core": "none"}, owner="t") == {"dla_core": None}
+    assert options_from_text(tflite, {"int8_io": "true", "nchw_input": "0"}, owner="t") == {
+        "int8_io": True, "nchw_input": False,
+    }  # fmt: skip
+    assert options_from_text(coreml, {"shapes": "256x256, 320x320"}, owner="t") == {"shapes": ((256, 256), (320, 320))}
+    # Python values go through the same types: a list of pairs is a tuple of tuples, an integer stays one
+    assert coreml(shapes=[[224, 224], "320x320"]).shapes == ((224, 224), (320, 320))
+    assert trt(dla_core=np.int64(1)).dla_core == 1 and type(trt(dla_core=np.int64(1)).dla_core) is int
+
+
+@pytest.mark.parametrize(
+    ("target", "items", "named"),
+    [
+        ("jetson-trt", {"dla_core": "zero"}, r"-O dla_core=zero \(--dla\): expected int or none.*e\.g\. -O dla_core=0"),
+        ("jetson-trt", {"max_batch": "4.5"}, r"-O max_batch=4.5 \(--max-batch\): expected int"),
+        ("android-tflite", {"int8_io": "maybe"}, r"-O int8_io=maybe \(--int8-io\): expected bool.*-O int8_io=true"),
+        ("ios-coreml", {"shapes": "256"}, r"-O shapes=256 \(--shapes\): expected list of int x int.*256x256,320x320"),
+    ],
+)
+def test_a_bad_option_value_names_the_option_the_type_and_an_example(target, items, named):
+    from edgekit.targets import options_from_text
+
+    with pytest.raises(BuildError, match=named):
+        options_from_text(get_target(target).Options, items, owner=f"target {target}")
+
+
+def test_an_unknown_option_is_refused_naming_the_known_ones_with_their_help(classifier_path, tmp_path):
+    model = Model.load(classifier_path)
+    with pytest.raises(TargetError) as refused:
+        get_target("jetson-trt").build(model, tmp_path / "a", precision="fp16", options={"dla": "0"})
+    message = str(refused.value)
+    assert message.startswith("target jetson-trt does not take the build option(s) dla; it takes: dla_core [run on")
+    assert "max_batch [largest batch" in message and "edgekit targets --options jetson-trt" in message
+    with pytest.raises(TargetError, match="takes TensorRTOptions, not TFLiteOptions"):
+        get_target("jetson-trt").build(model, tmp_path / "b", options=get_target("android-tflite").Options())
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_options_reach_the_build_typed_and_every_target_describes_its_options(classifier_path, tmp_path):
+    target = get_target("jetson-trt")
+    model = Model.load(classifier_path)
+    from_text = target.build(model, tmp_path / "a", precision="fp16", options={"dla_core": "1", "max_batch": "4"})
+    typed = target.build(model, tmp_path / "b", precision="fp16", options=target.Options(dla_core=1, max_batch=4))
+    assert from_text.id == typed.id and typed.manifest["build"]["dla_core"] == 1
+    assert typed.manifest["build"]["profile_shapes"]["input"][2][0] == 4
+    described = {t.name: t.describe()["options"] for t in list_targets()}
+    assert described["x86-ort"] == []
+    assert [o["name"] for o in described["android-tflite"]] == ["int8_io", "nchw_input"]
+    shapes = described["ios-coreml"][0]
+    assert shapes["type"] == "list of int x int or none" and shapes["default"] is None and shapes["help"]
+    assert all(o["help"] and o["example"] for options in described.values() for o in options)

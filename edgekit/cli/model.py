@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,11 +66,26 @@ def _input_shapes(items: tuple[str, ...]) -> dict[str, list[int]]:
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option(
+    "--options",
+    "options_of",
+    metavar="NAME",
+    default=None,
+    help="List the build options of target NAME (`edgekit build -O KEY=VALUE`).",
+)
 @fail_cleanly
-def targets(as_json: bool) -> None:
-    """List the registered targets and what each supports."""
-    from edgekit.targets import list_targets
+def targets(as_json: bool, options_of: str | None) -> None:
+    """List the registered targets and what each supports; with --options NAME, the build options of one.
 
+    \b
+    Examples:
+      edgekit targets
+      edgekit targets --options jetson-trt     then: edgekit build ... -t jetson-trt -O dla_core=0"""
+    from edgekit.targets import get_target, list_targets
+
+    if options_of is not None:
+        _print_target_options(get_target(options_of).describe(), as_json)
+        return
     described = [t.describe() for t in list_targets()]
     if as_json:
         click.echo(json.dumps(described, indent=2))
@@ -77,10 +93,31 @@ def targets(as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title="targets", title_justify="left")
-    for column in ("name", "device", "engine", "precisions", "description"):
+    for column in ("name", "device", "engine", "precisions", "options (-O)", "description"):
         table.add_column(column)
     for t in described:
-        table.add_row(t["name"], t["device"], t["engine"], ", ".join(t["precisions"]), t["description"])
+        options = ", ".join(o["name"] for o in t["options"]) or "-"
+        table.add_row(t["name"], t["device"], t["engine"], ", ".join(t["precisions"]), options, t["description"])
+    make_console().print(table)
+
+
+def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(described["options"], indent=2))
+        return
+    if not described["options"]:
+        click.echo(f"target {described['name']} takes no build options")
+        return
+    from rich.table import Table
+
+    from edgekit.targets.base import as_text
+
+    table = Table(title=f"{described['name']} build options: edgekit build -O KEY=VALUE", title_justify="left")
+    for column in ("option", "type", "default", "example", "help"):
+        table.add_column(column)
+    for option in described["options"]:
+        example = f"-O {option['name']}={option['example']}"
+        table.add_row(option["name"], option["type"], as_text(option["default"]), example, option["help"])
     make_console().print(table)
 
 
@@ -102,16 +139,21 @@ def targets(as_json: bool) -> None:
 @click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
-@click.option("--dla", "dla_core", type=int, default=None, help="jetson-trt: run on DLA core N (0 or 1), GPU fallback.")
-@click.option("--sparsity", default=None, metavar="2:4", help="jetson-trt: let TensorRT use 2:4 sparse kernels.")
-@click.option("--max-batch", type=int, default=None, help="jetson-trt: largest batch of the optimization profile.")
-@click.option("--int8-io", is_flag=True, default=None, help="android-tflite int8: int8 input/output tensors.")
 @click.option(
-    "--shapes",
-    default=None,
-    metavar="HxW,..",
-    help="ios-coreml: enumerated input sizes besides the preprocess size, e.g. --shapes 256x256,320x320.",
+    "-O",
+    "--option",
+    "option_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A build option of the target (repeatable), e.g. -O dla_core=0 for jetson-trt; "
+    "`edgekit targets --options NAME` lists a target's options.",
 )
+# the flags of the options before -O, kept as hidden aliases that feed the same options
+@click.option("--dla", "dla_core", type=int, default=None, hidden=True)
+@click.option("--sparsity", default=None, hidden=True)
+@click.option("--max-batch", type=int, default=None, hidden=True)
+@click.option("--int8-io", is_flag=True, default=None, hidden=True)
+@click.option("--shapes", default=None, hidden=True)
 @fail_cleanly
 def build(
     model: str,
@@ -122,6 +164,7 @@ def build(
     calib: str | None,
     spec_path: str | None,
     observer: str,
+    option_items: tuple[str, ...],
     dla_core: int | None,
     sparsity: str | None,
     max_batch: int | None,
@@ -130,20 +173,23 @@ def build(
 ) -> None:
     """Build an artifact of MODEL for a target: the model file(s) and manifest.json, whose sha256 is the
     artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
-    quantize`) or calibrates on --calib. --dla, --sparsity and --max-batch are jetson-trt options,
-    --int8-io an android-tflite one, --shapes an ios-coreml one; other targets refuse them.
+    quantize`) or calibrates on --calib. -O KEY=VALUE sets a build option of the target (`edgekit targets
+    --options NAME` lists them); a target refuses an option it does not take, naming the ones it does.
 
     \b
     Examples:
       edgekit build model.onnx --target android-tflite -p int8 --calib imgs/ --observer percentile -o art
-      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ --dla 0 -o art
-      edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ --shapes 320x320 -o art"""
+      edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ -O dla_core=0 -o art
+      edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ -O shapes=320x320 -o art"""
     from edgekit.api import build as build_artifact
     from edgekit.model import Model
 
     loaded = Model.load(model)
     if preprocess_json:
         loaded.preprocess = parse_json_object(preprocess_json, option_name="--preprocess")
+    aliases = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None}
+    options: dict[str, Any] = {**aliases, "shapes": shapes}
+    options.update(parse_key_values(option_items, option_name="-O", example="-O dla_core=0"))
     console = make_console()
     artifact = build_artifact(
         loaded,
@@ -154,13 +200,7 @@ def build(
         calib=calib,
         observer=observer,
         progress=True,
-        options={
-            "dla_core": dla_core,
-            "sparsity": sparsity,
-            "max_batch": max_batch,
-            "int8_io": int8_io or None,
-            "shapes": shapes,
-        },
+        options=options,
     )
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
     for note in artifact.manifest.get("not_honoured", []):

@@ -1,27 +1,41 @@
 """The engine registry: engines register by name; `open_engine` opens one or explains why it cannot.
 
-Adding an engine is one module and one decorator (`@register_engine("name", package=..., modules=...)`)
-plus an import at the bottom of this file. Engines whose library is missing on the device stay listed,
-so the error can say what to install. Python 3.8-compatible.
+Adding an engine is one module (an `Engine` subclass with its `Options` dataclass, decorated with
+`@register_engine("name", package=..., modules=...)`) and one line in `_BUILTIN_MODULES` below; the module
+is imported the first time its engine is needed, so the agent loads only the engine it runs. Engines
+whose library is missing on the device stay listed, so the error can say what to install.
+Python 3.8-compatible.
 """
 
+import importlib
 import importlib.util
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .base import Engine, EngineError, EngineUnavailable, TensorInfo
+from .base import Engine, EngineError, EngineOptions, EngineUnavailable, TensorInfo, read_options
 
 __all__ = [
     "Engine",
     "EngineError",
+    "EngineOptions",
     "EngineUnavailable",
     "TensorInfo",
     "available_engines",
+    "engine_installed",
     "known_engines",
     "open_engine",
+    "read_options",
     "register_engine",
     "register_placeholder",
 ]
+
+# The registry: engine name -> module (relative to this package) that registers it.
+_BUILTIN_MODULES = {
+    "coreml": ".coreml",
+    "onnxruntime": ".onnxruntime",
+    "tensorrt": ".tensorrt",
+    "tflite": ".tflite",
+}
 
 _WHAT_TO_DO = "install %s on the device, or build the artifact for a target whose engine the device has"
 
@@ -80,19 +94,33 @@ def register_placeholder(name: str, package: str, modules: Sequence[str]) -> Non
         _REGISTRY[name] = _Entry(name, None, package, modules)
 
 
+def _entry(name: str) -> Optional[_Entry]:
+    """The registration of `name`, importing its builtin module the first time; None when unknown."""
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name], __name__)
+    return _REGISTRY.get(name)
+
+
 def known_engines() -> List[str]:
-    """Every registered name, installed or not."""
-    return sorted(_REGISTRY)
+    """Every engine name, installed or not (nothing is imported)."""
+    return sorted(set(_BUILTIN_MODULES) | set(_REGISTRY))
+
+
+def engine_installed(name: str) -> bool:
+    """Whether the library engine `name` needs is installed here (found without importing it)."""
+    entry = _entry(name)
+    return entry is not None and entry.installed()
 
 
 def available_engines() -> List[str]:
     """Names this device can open now: implemented and with their library installed."""
-    return sorted(n for n, e in _REGISTRY.items() if e.cls is not None and e.runs_here() and e.installed())
+    entries = [_entry(name) for name in known_engines()]
+    return sorted(e.name for e in entries if e is not None and e.cls is not None and e.runs_here() and e.installed())
 
 
 def open_engine(name: str, model_path: str, options: Optional[Dict[str, Any]] = None) -> Engine:
     """Create and load engine `name` for `model_path`; use it as a context manager to release it."""
-    entry = _REGISTRY.get(name)
+    entry = _entry(name)
     if entry is None:
         raise EngineUnavailable(
             "unknown engine %r; this agent knows %s: fix the artifact's engine or the plan's engine.name"
@@ -110,6 +138,3 @@ def open_engine(name: str, model_path: str, options: Optional[Dict[str, Any]] = 
         )
     engine = entry.cls(model_path, options)
     return engine.load()
-
-
-from . import coreml, onnxruntime, tensorrt, tflite  # noqa: E402,F401  (each registers itself)

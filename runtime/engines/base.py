@@ -1,10 +1,13 @@
 """The engine interface: a context manager with one checked public `infer`; backends override `_infer_impl`.
 
 Engines run inference and nothing else: the harness owns the clock, warm-up and statistics, so the
-numbers from different engines are comparable. Python 3.8-compatible.
+numbers from different engines are comparable. Each engine declares its options as a dataclass
+(`EngineOptions` subclass, a default and `metadata={"help": ...}` per field); the engine refuses an
+unknown option by name, listing the ones it takes. Python 3.8-compatible.
 """
 
-from typing import Any, Dict, List, Optional
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, List, Optional, Type, TypeVar
 
 import numpy as np
 
@@ -15,6 +18,38 @@ class EngineError(RuntimeError):
 
 class EngineUnavailable(EngineError):
     """An engine this agent does not have on this device (unknown, not installed, or not implemented)."""
+
+
+@dataclass(frozen=True)
+class EngineOptions(object):
+    """The options every engine takes (the agent passes the plan's `engine.threads` to each engine).
+
+    Engines subclass it with their own fields; `check` raises EngineError naming a bad value."""
+
+    threads: Optional[int] = field(default=None, metadata={"help": "threads for inference; null: the engine's own"})
+
+    def check(self) -> None:
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)):
+            raise EngineError("engine option threads must be an integer or null, got %r" % (self.threads,))
+
+
+OptionsT = TypeVar("OptionsT", bound=EngineOptions)
+
+
+def read_options(cls: Type[OptionsT], given: Optional[Dict[str, Any]], engine: str) -> OptionsT:
+    """`given` (the plan's engine options over the artifact's defaults) as `cls`, checked: a null value means
+    "not given" (the default); an unknown key is an EngineError naming it and the known ones with their help."""
+    values = dict((key, value) for key, value in (given or {}).items() if value is not None)
+    known = fields(cls)
+    unknown = sorted(key for key in values if key not in set(spec.name for spec in known))
+    if unknown:
+        raise EngineError(
+            "%s engine options %s are unknown; known: %s"
+            % (engine, unknown, ", ".join("%s [%s]" % (spec.name, spec.metadata.get("help", "")) for spec in known))
+        )
+    options = cls(**values)
+    options.check()
+    return options
 
 
 class TensorInfo(object):
@@ -33,13 +68,18 @@ class TensorInfo(object):
 
 
 class Engine(object):
-    """Base class. Subclasses load in `_load`, fill `self.inputs` / `self.outputs`, and run in `_infer_impl`."""
+    """Base class. Subclasses load in `_load`, fill `self.inputs` / `self.outputs`, and run in `_infer_impl`.
+
+    `Options` is the engine's options dataclass: the constructor reads `options` into `self.config` (unknown
+    keys refused by name). An engine without one (None) checks `self.options` itself."""
 
     name = "base"
+    Options: Optional[Type[EngineOptions]] = None
 
     def __init__(self, model_path: str, options: Optional[Dict[str, Any]] = None) -> None:
         self.model_path = model_path
         self.options = dict(options or {})
+        self.config = read_options(self.Options, self.options, self.name) if self.Options is not None else None
         self.inputs: List[TensorInfo] = []
         self.outputs: List[TensorInfo] = []
         self._checked = False

@@ -16,17 +16,33 @@ import shutil
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from . import register_engine
-from .base import Engine, EngineError, EngineUnavailable, TensorInfo
+from .base import Engine, EngineError, EngineOptions, EngineUnavailable, TensorInfo
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
-_OPTIONS = ("threads", "compute_units")
 # Core ML multi-array data types (FeatureTypes.proto ArrayFeatureType.ArrayDataType) -> numpy
 _ARRAY_DTYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104: np.int32, 131080: np.int8}
+
+
+@dataclass(frozen=True)
+class CoreMLOptions(EngineOptions):
+    """threads is accepted and ignored: Core ML chooses its own threads."""
+
+    compute_units: str = field(default="ALL", metadata={
+        "help": "ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (any case)",
+    })  # fmt: skip
+
+    def check(self) -> None:
+        EngineOptions.check(self)
+        if str(self.compute_units).upper() not in COMPUTE_UNITS:
+            raise EngineError(
+                "coreml compute_units %r: use one of %s" % (self.compute_units, ", ".join(COMPUTE_UNITS))
+            )
 
 
 def package_path(model_path: str, unpack_into: str) -> str:
@@ -98,20 +114,15 @@ def to_image(value: np.ndarray, color: str) -> Any:
 
 @register_engine("coreml", package="coremltools (macOS only)", modules=("coremltools",), platforms=("darwin",))
 class CoreMLEngine(Engine):
-    """Core ML through coremltools. Options: compute_units (ALL | CPU_ONLY | CPU_AND_GPU | CPU_AND_NE);
-    threads is accepted and ignored (Core ML chooses its own threads)."""
+    """Core ML through coremltools, with the options of `CoreMLOptions`."""
 
     name = "coreml"
+    Options = CoreMLOptions
+    config: CoreMLOptions
 
     def __init__(self, model_path: str, options: Optional[Dict[str, Any]] = None) -> None:
         Engine.__init__(self, model_path, options)
-        unknown = sorted(k for k in self.options if k not in _OPTIONS)
-        if unknown:
-            raise EngineError("coreml engine options %s are unknown; known: %s" % (unknown, ", ".join(_OPTIONS)))
-        units = str(self.options.get("compute_units") or "ALL").upper()
-        if units not in COMPUTE_UNITS:
-            raise EngineError("coreml compute_units %r: use one of %s" % (units, ", ".join(COMPUTE_UNITS)))
-        self.compute_units = units
+        self.compute_units = str(self.config.compute_units).upper()
         self._model: Any = None
         self._tmp: Optional[str] = None
         self._images: Dict[str, str] = {}

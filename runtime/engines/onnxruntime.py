@@ -4,12 +4,13 @@
 lack the library and say what to install. Python 3.8-compatible.
 """
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from . import register_engine
-from .base import Engine, EngineError, TensorInfo
+from .base import Engine, EngineError, EngineOptions, TensorInfo
 
 # ONNX element types as ORT names them -> numpy
 _ORT_DTYPES = {
@@ -25,8 +26,27 @@ _ORT_DTYPES = {
     "tensor(bool)": np.bool_,
 }
 
-_OPTIONS = ("threads", "inter_op_threads", "providers", "provider_options", "graph_optimization")
 _OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disable")
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions(EngineOptions):
+    inter_op_threads: Optional[int] = field(default=None, metadata={"help": "threads across independent nodes"})
+    providers: Optional[List[str]] = field(default=None, metadata={
+        "help": "execution providers in order of preference; default [\"CPUExecutionProvider\"]",
+    })  # fmt: skip
+    provider_options: Optional[List[Dict[str, Any]]] = field(default=None, metadata={
+        "help": "one object of options per provider, as InferenceSession takes them",
+    })  # fmt: skip
+    graph_optimization: str = field(default="all", metadata={"help": "all, extended, basic or disable"})
+
+    def check(self) -> None:
+        EngineOptions.check(self)
+        if self.graph_optimization not in _OPTIMIZATION_LEVELS:
+            raise EngineError(
+                "onnxruntime graph_optimization %r: use one of %s"
+                % (self.graph_optimization, ", ".join(_OPTIMIZATION_LEVELS))
+            )
 
 
 def _tensor_info(node: Any) -> TensorInfo:
@@ -37,16 +57,14 @@ def _tensor_info(node: Any) -> TensorInfo:
 
 @register_engine("onnxruntime", package="onnxruntime", modules=("onnxruntime",))
 class OnnxRuntimeEngine(Engine):
-    """ONNX Runtime. Options: threads (intra-op; None = ORT default), inter_op_threads, providers
-    (default ["CPUExecutionProvider"]), provider_options, graph_optimization (all|extended|basic|disable)."""
+    """ONNX Runtime, with the options of `OnnxRuntimeOptions` (threads: intra-op threads)."""
 
     name = "onnxruntime"
+    Options = OnnxRuntimeOptions
+    config: OnnxRuntimeOptions
 
     def __init__(self, model_path: str, options: Optional[Dict[str, Any]] = None) -> None:
         Engine.__init__(self, model_path, options)
-        unknown = sorted(k for k in self.options if k not in _OPTIONS)
-        if unknown:
-            raise EngineError("onnxruntime engine options %s are unknown; known: %s" % (unknown, ", ".join(_OPTIONS)))
         self._session: Any = None
         self._output_list: List[str] = []
 
@@ -54,24 +72,19 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         self._ort = ort
+        config = self.config
         opts = ort.SessionOptions()
-        level = self.options.get("graph_optimization") or "all"
-        if level not in _OPTIMIZATION_LEVELS:
-            raise EngineError(
-                "onnxruntime graph_optimization %r: use one of %s" % (level, ", ".join(_OPTIMIZATION_LEVELS))
-            )
         opts.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        }[level]
-        threads = self.options.get("threads")
-        if threads is not None:
-            opts.intra_op_num_threads = int(threads)
-        if self.options.get("inter_op_threads") is not None:
-            opts.inter_op_num_threads = int(self.options["inter_op_threads"])
-        providers = list(self.options.get("providers") or ["CPUExecutionProvider"])
+        }[config.graph_optimization]
+        if config.threads is not None:
+            opts.intra_op_num_threads = config.threads
+        if config.inter_op_threads is not None:
+            opts.inter_op_num_threads = int(config.inter_op_threads)
+        providers = list(config.providers or ["CPUExecutionProvider"])
         missing = [p for p in providers if p not in ort.get_available_providers()]
         if missing:
             raise EngineError(
@@ -79,10 +92,9 @@ class OnnxRuntimeEngine(Engine):
                 "matching onnxruntime package (e.g. onnxruntime-gpu) or drop them from engine options"
                 % (missing, ", ".join(ort.get_available_providers()))
             )
-        provider_options = self.options.get("provider_options")
         try:
             self._session = ort.InferenceSession(
-                self.model_path, sess_options=opts, providers=providers, provider_options=provider_options
+                self.model_path, sess_options=opts, providers=providers, provider_options=config.provider_options
             )
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/... types
             raise EngineError(
@@ -106,6 +118,6 @@ class OnnxRuntimeEngine(Engine):
             "name": self.name,
             "version": ort.__version__,
             "providers": list(self._session.get_providers()) if self._session is not None else [],
-            "threads": self.options.get("threads"),
-            "graph_optimization": self.options.get("graph_optimization") or "all",
+            "threads": self.config.threads,
+            "graph_optimization": self.config.graph_optimization,
         }

@@ -9,20 +9,46 @@ dequantized here from the tensors' own parameters, so the harness feeds and read
 Python 3.8-compatible.
 """
 
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from . import register_engine
-from .base import Engine, EngineError, TensorInfo
+from .base import Engine, EngineError, EngineOptions, TensorInfo
 
-_OPTIONS = ("threads", "delegate", "delegate_options")
 # library names a phone's LiteRT build ships the delegates under (the app's or Termux's lib folder)
 DELEGATE_LIBRARIES = {
     "gpu": ("libtensorflowlite_gpu_delegate.so", "libLiteRtGpuAccelerator.so"),
     "nnapi": ("libtensorflowlite_nnapi_delegate.so", "libnnapi_delegate.so"),
 }
 NNAPI_DEPRECATED = "NNAPI is deprecated from Android 15 (API 35): prefer the gpu delegate or a vendor delegate"
+
+
+@dataclass(frozen=True)
+class TfliteOptions(EngineOptions):
+    delegate: str = field(default="xnnpack", metadata={
+        "help": "xnnpack (the CPU), none (reference kernels), gpu, nnapi, or the path of a delegate library",
+    })  # fmt: skip
+    delegate_options: Dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "for gpu, nnapi or a library: {key: value} handed to load_delegate, each as text",
+    })  # fmt: skip
+
+    def check(self) -> None:
+        EngineOptions.check(self)
+        if not isinstance(self.delegate, str) or not self.delegate:
+            raise EngineError(
+                "tflite delegate must be xnnpack, none, gpu, nnapi or a library path, got %r" % (self.delegate,)
+            )
+        if not isinstance(self.delegate_options, dict):
+            raise EngineError(
+                "tflite delegate_options must be an object {key: value}, got %r" % (self.delegate_options,)
+            )
+        if self.delegate_options and self.delegate in ("xnnpack", "none"):
+            raise EngineError(
+                "tflite delegate_options go to a loaded delegate (gpu, nnapi or a library path); delegate %s takes "
+                "none: drop them or choose that delegate" % self.delegate
+            )
 
 
 def _interpreter_module() -> Any:
@@ -60,16 +86,14 @@ def dequantize_output(value: np.ndarray, scale: float, zero_point: int) -> np.nd
 
 @register_engine("tflite", package="ai-edge-litert (or tflite-runtime)", modules=("ai_edge_litert", "tflite_runtime"))
 class TfliteEngine(Engine):
-    """Options: threads (None = the interpreter's default), delegate (xnnpack|none|gpu|nnapi|/path/lib.so),
-    delegate_options (dict passed to load_delegate)."""
+    """LiteRT with the options of `TfliteOptions` (threads: the interpreter's threads, None = its default)."""
 
     name = "tflite"
+    Options = TfliteOptions
+    config: TfliteOptions
 
     def __init__(self, model_path: str, options: Optional[Dict[str, Any]] = None) -> None:
         Engine.__init__(self, model_path, options)
-        unknown = sorted(k for k in self.options if k not in _OPTIONS)
-        if unknown:
-            raise EngineError("tflite engine options %s are unknown; known: %s" % (unknown, ", ".join(_OPTIONS)))
         self._content: Optional[bytes] = None
         self._interpreter: Any = None
         self._delegate_used = "xnnpack"
@@ -85,14 +109,13 @@ class TfliteEngine(Engine):
 
     def _make(self, **kwargs: Any) -> Any:
         source = {"model_content": self._content} if self._content is not None else {"model_path": self.model_path}
-        threads = self.options.get("threads")
-        if threads is not None:
-            kwargs["num_threads"] = int(threads)
+        if self.config.threads is not None:
+            kwargs["num_threads"] = self.config.threads
         return self._module.Interpreter(**dict(source, **kwargs))
 
     def _load(self) -> None:
         self._module = _interpreter_module()
-        delegate = str(self.options.get("delegate") or "xnnpack")
+        delegate = self.config.delegate
         self._delegate_used = delegate  # _with_delegate names the fallback when the library does not load
         try:
             if delegate == "xnnpack":
@@ -120,7 +143,7 @@ class TfliteEngine(Engine):
         errors = []
         for library in names:
             try:
-                loaded = self._module.load_delegate(library, dict(self.options.get("delegate_options") or {}))
+                loaded = self._module.load_delegate(library, dict(self.config.delegate_options))
             except (OSError, ValueError, RuntimeError) as exc:
                 errors.append("%s: %s" % (library, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 continue
@@ -161,7 +184,7 @@ class TfliteEngine(Engine):
             "version": _module_version(module),
             "providers": [self._delegate_used],
             "delegate": self._delegate_used,
-            "threads": self.options.get("threads"),
+            "threads": self.config.threads,
             "input_dtype": [np.dtype(d["dtype"]).name for d in getattr(self, "_input_details", [])],
             "warnings": list(self._warnings),
         }

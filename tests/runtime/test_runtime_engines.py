@@ -82,6 +82,47 @@ def test_engine_options_and_providers(model_path):
         assert engine.facts()["graph_optimization"] == "disable"
 
 
+def test_each_engine_refuses_an_unknown_option_naming_the_known_ones(model_path):
+    from edgekit.runtime.engines.coreml import CoreMLEngine
+    from edgekit.runtime.engines.tflite import TfliteEngine
+
+    for engine, known in [(TfliteEngine, ["threads", "delegate", "delegate_options"]),
+                          (CoreMLEngine, ["threads", "compute_units"])]:  # fmt: skip
+        with pytest.raises(EngineError) as refused:
+            engine(model_path, {"deleget": "gpu"})
+        message = str(refused.value)
+        assert message.startswith(f"{engine.name} engine options ['deleget'] are unknown; known: threads [")
+        assert all(f"{name} [" in message for name in known)
+    with pytest.raises(EngineError, match=r"known: threads \[.*graph_optimization \[all, extended, basic or disable\]"):
+        open_engine("onnxruntime", model_path, {"optimization": "all"})
+    # null means "not given": the default applies
+    assert TfliteEngine(model_path, {"delegate": None, "threads": None}).config.delegate == "xnnpack"
+    with pytest.raises(EngineError, match="threads must be an integer"):
+        TfliteEngine(model_path, {"threads": "four"})
+
+
+def test_tflite_delegate_options_are_checked(model_path):
+    from edgekit.runtime.engines.tflite import TfliteEngine
+
+    with pytest.raises(EngineError, match="delegate_options must be an object"):
+        TfliteEngine(model_path, {"delegate": "gpu", "delegate_options": ["precision"]})
+    with pytest.raises(EngineError, match="delegate xnnpack takes none"):
+        TfliteEngine(model_path, {"delegate_options": {"num_threads": 2}})
+    engine = TfliteEngine(model_path, {"delegate": "/opt/vendor/libdelegate.so", "delegate_options": {"cache": 1}})
+    assert engine.config.delegate_options == {"cache": 1}
+
+
+def test_the_registry_imports_an_engine_module_when_it_is_needed():
+    import subprocess
+
+    code = (
+        "import sys\nfrom edgekit.runtime import engines\nnames = engines.known_engines()\n"
+        "print(sorted(m for m in sys.modules if m.startswith('edgekit.runtime.engines.')), names)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['edgekit.runtime.engines.base'] ['coreml', 'onnxruntime', 'tensorrt', 'tflite']"
+
+
 def test_corrupt_model_names_the_file(tmp_path):
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"this is not protobuf at all")
