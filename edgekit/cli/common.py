@@ -49,10 +49,13 @@ def open_store(db: str | None) -> Any:
     return ResultsStore(db)
 
 
-def parse_key_values(items: Iterable[str], *, option_name: str, example: str) -> dict[str, Any]:
+def parse_key_values(
+    items: Iterable[str], *, option_name: str, example: str, json_values: bool = True
+) -> dict[str, Any]:
     """KEY=VALUE items of a repeatable option as a dict (a later key wins). A value that reads as JSON (a
-    number, true/false, null, a list) becomes that, any other value stays text. A missing '=' or an empty
-    key is an EdgekitError naming `option_name` and showing `example`."""
+    number, true/false, null, a list) becomes that, any other value stays text; with `json_values=False`
+    every value stays text (for options whose owner reads text by its own types, like `build -O`). A
+    missing '=' or an empty key is an EdgekitError naming `option_name` and showing `example`."""
     from edgekit.errors import EdgekitError
 
     parsed: dict[str, Any] = {}
@@ -60,6 +63,9 @@ def parse_key_values(items: Iterable[str], *, option_name: str, example: str) ->
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise EdgekitError(f"{option_name} {item!r}: write KEY=VALUE, e.g. {example}")
+        if not json_values:
+            parsed[key.strip()] = value.strip()
+            continue
         try:
             parsed[key.strip()] = json.loads(value)
         except json.JSONDecodeError:

@@ -189,7 +189,7 @@ def build(
         loaded.preprocess = parse_json_object(preprocess_json, option_name="--preprocess")
     aliases = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None}
     options: dict[str, Any] = {**aliases, "shapes": shapes}
-    options.update(parse_key_values(option_items, option_name="-O", example="-O dla_core=0"))
+    options.update(parse_key_values(option_items, option_name="-O", example="-O dla_core=0", json_values=False))
     console = make_console()
     artifact = build_artifact(
         loaded,
