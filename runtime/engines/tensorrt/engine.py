@@ -28,9 +28,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..manifest import sha256_file
-from . import register_engine
-from .base import Engine, EngineError, EngineUnavailable, TensorInfo
+from ...manifest import sha256_file
+from .. import register_engine
+from ..base import Engine, EngineError, EngineUnavailable, TensorInfo
 
 PRECISIONS = ("fp32", "fp16", "int8")
 TRTEXEC_MODES = ("auto", "never", "always")
