@@ -3,7 +3,7 @@
 A TensorRT engine only runs on the TensorRT version and GPU that built it, so the artifact carries ONNX
 (the float model for fp32/fp16, a QDQ model with symmetric int8 scales from the QuantSpec for int8), the
 calibration cache for implicit INT8 on older JetPacks, and a `build` section that the agent hands to its
-`tensorrt` engine as options (runtime/engines/tensorrt.py builds and caches the engine on the device).
+`tensorrt` engine as options (runtime/engines/tensorrt/ builds and caches the engine on the device).
 
 What TensorRT's ONNX parser wants from a QDQ graph (onnx-tensorrt docs/operators.md; NVIDIA's Q/DQ
 placement guide): zero points of 0 (symmetric int8), weights stored in float behind a QuantizeLinear ->
