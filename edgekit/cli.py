@@ -250,6 +250,7 @@ def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], t
     from edgekit.fleet.plan import read_labels
     from edgekit.model import Model
     from edgekit.targets import get_target
+    from edgekit.targets.tensorrt_cache import CACHE_FILE_NAME, write_trt_cache
 
     loaded = Model.load(model)
     observer_settings = {}
@@ -270,6 +271,7 @@ def quantize(model: str, calib: str, observer: str, settings: tuple[str, ...], t
         bias_correction=bias_correction,
     )  # fmt: skip
     folder = save_quantized(result, out)
+    write_trt_cache(result.spec, folder / CACHE_FILE_NAME)  # for implicit INT8 on older JetPacks
     if html_file:
         from edgekit.calibration.error_report import report_html
 

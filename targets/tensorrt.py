@@ -279,7 +279,7 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def _calibration_cache(spec: Any) -> bytes:
     """TensorRT's calibration cache for the spec, written and parsed back; the scales must round-trip."""
-    from edgekit.calibration.trt_cache import cache_scales, read_trt_cache, write_trt_cache
+    from edgekit.targets.tensorrt_cache import cache_scales, read_trt_cache, write_trt_cache
 
     expected = cache_scales(spec)
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as folder:
