@@ -22,7 +22,6 @@ from edgekit.calibration.error_report import TensorError, tensor_errors
 from edgekit.calibration.mixed_precision import BudgetResult, Evaluator, layer_sensitivity, meet_budget
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
-from edgekit.calibration.trt_cache import write_trt_cache
 from edgekit.errors import EdgekitError
 from edgekit.staging import staged_folder
 
@@ -151,12 +150,12 @@ def _sample_feeds(model: Model, data: Any, count: int) -> list[dict[str, np.ndar
 
 
 def save_quantized(result: QuantizeResult, out_dir: str | Path) -> Path:
-    """Write model.onnx (QDQ), quant_spec.json, report.json and trt_calibration.cache (TensorRT's
-    implicit-INT8 cache, for older JetPacks) into `out_dir`, all or nothing."""
+    """Write model.onnx (QDQ), quant_spec.json and report.json into `out_dir`, all or nothing.
+
+    Files one target wants (TensorRT's calibration cache) are written by that target's module, not here."""
     out_dir = Path(out_dir)
     with staged_folder(out_dir, marker="quant_spec.json", what="an earlier quantize result") as staging:
         onnx.save(result.qdq_model, staging / "model.onnx")
         result.spec.save(staging / "quant_spec.json")
-        write_trt_cache(result.spec, staging / "trt_calibration.cache")
         (staging / "report.json").write_text(json.dumps(result.report(), indent=1, allow_nan=False) + "\n")
     return out_dir

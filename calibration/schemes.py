@@ -102,18 +102,3 @@ def quantize_weight(
     scale = np.float32(bound / qmax if bound > 0 else 1.0)
     q = np.clip(np.round(weight / scale), -qmax, qmax).astype(np.int8)
     return q, np.asarray(scale, dtype=np.float32)
-
-
-def quantize_bias(bias: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int32 bias with scale input_scale * weight_scale, as integer Conv/Gemm kernels expect."""
-    scale = (np.float32(input_scale) * np.asarray(weight_scale, dtype=np.float32)).astype(np.float32)
-    scale = np.where(scale > 0, scale, np.float32(1e-12))
-    limit = np.iinfo(np.int32).max
-    q = np.clip(np.round(np.asarray(bias, dtype=np.float64) / scale), -limit, limit).astype(np.int32)
-    return q, scale.astype(np.float32)
-
-
-def fake_quantize(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax: int) -> np.ndarray:
-    """Quantize then dequantize: what the integer model computes for a float tensor."""
-    q = np.clip(np.round(x / scale) + zero_point, qmin, qmax)
-    return ((q - zero_point) * scale).astype(np.float32)

@@ -256,153 +256,206 @@ class Harness(object):
     # -- pipelined ---------------------------------------------------------------------------------------
 
     def _run_pipelined(self, m: Measurement) -> None:
-        source, name = self.source, self.input_name
-        engine = self.engine
-        pre, infer, post = self.preprocessor, engine.infer, self.postprocessor.process
-        live = bool(getattr(source, "live", False))
-        frames = self.frames
-        size = self.queue_size
-        to_pre: Any = queue.Queue(size)
-        to_inf: Any = queue.Queue(size)
-        to_post: Any = queue.Queue(size)
-        stop_capture = threading.Event()  # no new frames (error, deadline)
-        finish = threading.Event()  # every stage leaves now (enough frames, or postprocess gone)
-        done = dict((stage, threading.Event()) for stage in STAGES)
-        dropped = [0]
+        pipe = _Pipeline(self, m)
+        threads = pipe.threads()
+        self._power_start()
+        pipe.start = pipe.end = clock()
+        for thread in threads:
+            thread.start()
+        try:
+            pipe.postprocess()
+        except KeyboardInterrupt:
+            m.add_error("run", None, "interrupted; the frames measured so far are kept")
+        finally:
+            pipe.stop_all()
+            self._power_stop()  # before the joins: the power window is the timed part, not the shutdown
+            pipe.join(threads)
+        m.wall_s = pipe.end - pipe.start
+        m.dropped = pipe.dropped
+        # errors from threads are appended in arrival order; report them by frame
+        m.errors.sort(key=lambda e: (e["frame"] is None, e["frame"] if e["frame"] is not None else 0))
 
-        def put(q: Any, item: Any, consumer: str) -> bool:
-            # blocks while the consumer lives; gives up when it is gone so no thread hangs on a full queue
-            while True:
-                try:
-                    q.put(item, timeout=_POLL_S)
-                    return True
-                except queue.Full:
-                    if done[consumer].is_set() or finish.is_set():
-                        return False
 
-        def put_newest(q: Any, item: Any) -> bool:
-            # live sources: a camera does not wait, so the oldest queued frame makes room (and is counted)
-            while True:
-                try:
-                    q.put_nowait(item)
-                    return True
-                except queue.Full:
-                    if done["preprocess"].is_set() or finish.is_set():
-                        return False
-                    try:
-                        q.get_nowait()
-                        dropped[0] += 1
-                    except queue.Empty:
-                        pass
+# A frame travelling down the pipeline is a list, filled in stage by stage:
+# [index, payload, label, position, capture start/end, preprocess start/end, inference start/end, engine GPU ms]
+_PRE_START, _INF_START, _GPU_MS = 6, 8, 10
 
-        def capture() -> None:
-            index = 0
-            deadline = start + self.duration_s if self.duration_s is not None else None
+
+class _Pipeline(object):
+    """One pipelined run: capture, preprocess and inference threads and postprocess (in the calling thread),
+    joined by three bounded queues, with the flags that stop them."""
+
+    def __init__(self, harness: Harness, m: Measurement) -> None:
+        self.harness = harness
+        self.m = m
+        self.live = bool(getattr(harness.source, "live", False))
+        size = harness.queue_size
+        self.to_pre: Any = queue.Queue(size)
+        self.to_inf: Any = queue.Queue(size)
+        self.to_post: Any = queue.Queue(size)
+        self.stop_capture = threading.Event()  # no new frames (error, deadline)
+        self.finish = threading.Event()  # every stage leaves now (enough frames, or postprocess gone)
+        self.done = dict((stage, threading.Event()) for stage in STAGES)
+        self.dropped = 0  # live frames the capture queue pushed out (only the capture thread counts)
+        self.start = 0.0  # the clock when the timed part began
+        self.end = 0.0  # the clock when the last frame left postprocess
+
+    # -- queue plumbing ----------------------------------------------------------------------------------
+
+    def _gone(self, consumer: str) -> bool:
+        return self.done[consumer].is_set() or self.finish.is_set()
+
+    def put(self, q: Any, item: Any, consumer: str) -> bool:
+        """Block while the consumer lives; give up when it is gone, so no thread hangs on a full queue."""
+        while True:
             try:
-                while not stop_capture.is_set() and not finish.is_set():
-                    if frames is not None and not live and index >= frames:
-                        break
-                    t0 = clock()
-                    if deadline is not None and t0 >= deadline:
-                        break
-                    try:
-                        frame, label = next(source)
-                    except StopIteration:
-                        break
-                    except Exception as exc:
-                        m.add_error("capture", index, exc)
-                        break
-                    # [index, payload, label, position, capture start/end, preprocess start/end, inference start/end,
-                    #  engine GPU ms]
-                    item = [index, frame, label, source.position, t0, clock(), 0.0, 0.0, 0.0, 0.0, None]
-                    if not (put_newest(to_pre, item) if live else put(to_pre, item, "preprocess")):
-                        break
-                    index += 1
-            finally:
-                done["capture"].set()
-                put(to_pre, _END, "preprocess")
+                q.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                if self._gone(consumer):
+                    return False
 
-        def worker(stage: str, q_in: Any, producer: str, q_out: Any, consumer: str, slot: int, work: Any) -> None:
+    def put_newest(self, q: Any, item: Any) -> bool:
+        """Live sources: a camera does not wait, so the oldest queued frame makes room (and is counted)."""
+        while True:
             try:
-                while not finish.is_set():
-                    try:
-                        item = q_in.get(timeout=_POLL_S)
-                    except queue.Empty:
-                        if done[producer].is_set() and q_in.empty():
-                            break
-                        continue
-                    if item is _END:
-                        break
-                    try:
-                        t0 = clock()
-                        item[1] = work(item[1])
-                        item[slot + 1] = clock()
-                        item[slot] = t0
-                        if stage == "inference":
-                            item[10] = getattr(engine, "last_gpu_ms", None)
-                    except Exception as exc:
-                        m.add_error(stage, item[0], exc)
-                        stop_capture.set()
-                        break
-                    if not put(q_out, item, consumer):
-                        break
-            finally:
-                done[stage].set()
-                put(q_out, _END, consumer)
+                q.put_nowait(item)
+                return True
+            except queue.Full:
+                if self._gone("preprocess"):
+                    return False
+                try:
+                    q.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def get(self, q: Any, producer: str) -> Any:
+        """The next item, or _END once the producer is done and its queue empty, or the run finishes."""
+        while not self.finish.is_set():
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                if self.done[producer].is_set() and q.empty():
+                    return _END
+        return _END
+
+    # -- stage workers -----------------------------------------------------------------------------------
+
+    def threads(self) -> List[threading.Thread]:
+        h = self.harness
+        name, pre, infer = h.input_name, h.preprocessor, h.engine.infer
+
+        def preprocess_stage(frame: np.ndarray) -> Dict[str, np.ndarray]:
+            return {name: pre(frame)}
 
         threads = [
-            threading.Thread(target=capture, name="edgekit-capture"),
+            threading.Thread(target=self.capture, name="edgekit-capture"),
             threading.Thread(
-                target=worker,
+                target=self.worker,
                 name="edgekit-preprocess",
-                args=("preprocess", to_pre, "capture", to_inf, "inference", 6, lambda f: {name: pre(f)}),
+                args=("preprocess", self.to_pre, "capture", self.to_inf, "inference", _PRE_START, preprocess_stage),
             ),
             threading.Thread(
-                target=worker,
+                target=self.worker,
                 name="edgekit-inference",
-                args=("inference", to_inf, "preprocess", to_post, "postprocess", 8, infer),
+                args=("inference", self.to_inf, "preprocess", self.to_post, "postprocess", _INF_START, infer),
             ),
         ]
         for thread in threads:
             thread.daemon = True  # a thread stuck in a driver must not keep the agent alive
-        self._power_start()
-        start = clock()
-        end = start
-        for thread in threads:
-            thread.start()
+        return threads
+
+    def _more_frames(self, index: int) -> bool:
+        if self.stop_capture.is_set() or self.finish.is_set():
+            return False
+        frames = self.harness.frames
+        return frames is None or self.live or index < frames  # a live source keeps going: drops do not count
+
+    def _hand_on(self, item: Any) -> bool:
+        return self.put_newest(self.to_pre, item) if self.live else self.put(self.to_pre, item, "preprocess")
+
+    def capture(self) -> None:
+        source, m = self.harness.source, self.m
+        duration_s = self.harness.duration_s
+        deadline = self.start + duration_s if duration_s is not None else None
+        index = 0
         try:
-            while not finish.is_set():
-                try:
-                    item = to_post.get(timeout=_POLL_S)
-                except queue.Empty:
-                    if done["inference"].is_set() and to_post.empty():
-                        break
-                    continue
-                if item is _END:
-                    break
+            while self._more_frames(index):
                 t0 = clock()
+                if deadline is not None and t0 >= deadline:
+                    break
                 try:
-                    post(item[1], item[2], item[3], True)
+                    frame, label = next(source)
+                except StopIteration:
+                    break
                 except Exception as exc:
-                    m.add_error("postprocess", item[0], exc)
+                    m.add_error("capture", index, exc)
                     break
-                end = clock()
-                m.record(item[4], item[5], item[6], item[7], item[8], item[9], t0, end, item[10])
-                if frames is not None and m.timed >= frames:
+                item = [index, frame, label, source.position, t0, clock(), 0.0, 0.0, 0.0, 0.0, None]
+                if not self._hand_on(item):
                     break
-        except KeyboardInterrupt:
-            m.add_error("run", None, "interrupted; the frames measured so far are kept")
+                index += 1
         finally:
-            stop_capture.set()
-            done["postprocess"].set()
-            finish.set()
-            self._power_stop()  # before the joins: the power window is the timed part, not the shutdown
-            limit = clock() + _JOIN_S
-            for thread in threads:
-                thread.join(max(0.0, limit - clock()))
-                if thread.is_alive():
-                    m.warnings.append("thread %s did not stop within %.0f s" % (thread.name, _JOIN_S))
-        m.wall_s = end - start
-        m.dropped = dropped[0]
-        # errors from threads are appended in arrival order; report them by frame
-        m.errors.sort(key=lambda e: (e["frame"] is None, e["frame"] if e["frame"] is not None else 0))
+            self.done["capture"].set()
+            self.put(self.to_pre, _END, "preprocess")
+
+    def _work_on(self, stage: str, item: Any, slot: int, work: Any) -> bool:
+        """Run one stage on one frame and time it; False (after recording the error) when it failed."""
+        try:
+            t0 = clock()
+            item[1] = work(item[1])
+            item[slot + 1] = clock()
+            item[slot] = t0
+            if stage == "inference":
+                item[_GPU_MS] = getattr(self.harness.engine, "last_gpu_ms", None)
+        except Exception as exc:
+            self.m.add_error(stage, item[0], exc)
+            self.stop_capture.set()
+            return False
+        return True
+
+    def worker(self, stage: str, q_in: Any, producer: str, q_out: Any, consumer: str, slot: int, work: Any) -> None:
+        try:
+            while True:
+                item = self.get(q_in, producer)
+                if item is _END or not self._work_on(stage, item, slot, work):
+                    break
+                if not self.put(q_out, item, consumer):
+                    break
+        finally:
+            self.done[stage].set()
+            self.put(q_out, _END, consumer)
+
+    def postprocess(self) -> None:
+        """The last stage, in the calling thread: records each frame's timings until the run is done."""
+        m, frames, post = self.m, self.harness.frames, self.harness.postprocessor.process
+        while True:
+            item = self.get(self.to_post, "inference")
+            if item is _END:
+                break
+            t0 = clock()
+            try:
+                post(item[1], item[2], item[3], True)
+            except Exception as exc:
+                m.add_error("postprocess", item[0], exc)
+                break
+            self.end = clock()
+            m.record(item[4], item[5], item[6], item[7], item[8], item[9], t0, self.end, item[_GPU_MS])
+            if frames is not None and m.timed >= frames:
+                break
+
+    # -- shutdown ----------------------------------------------------------------------------------------
+
+    def stop_all(self) -> None:
+        self.stop_capture.set()
+        self.done["postprocess"].set()
+        self.finish.set()
+
+    def join(self, threads: List[threading.Thread]) -> None:
+        """Wait for the threads, _JOIN_S in all; one stuck inside an engine or a driver is named, not waited on."""
+        limit = clock() + _JOIN_S
+        for thread in threads:
+            thread.join(max(0.0, limit - clock()))
+            if thread.is_alive():
+                self.m.warnings.append("thread %s did not stop within %.0f s" % (thread.name, _JOIN_S))

@@ -89,13 +89,13 @@ class CoreMLTarget(Target):
     Options = CoreMLOptions
 
     def ane_report(self, proto: onnx.ModelProto, precision: str | None = None) -> Any:
-        """What of `proto` is known to fall back from the Neural Engine (see `edgekit.ane`)."""
-        from edgekit.ane import ane_report
+        """What of `proto` is known to fall back from the Neural Engine (see `edgekit.targets.coreml_ane`)."""
+        from edgekit.targets.coreml_ane import ane_report
 
         return ane_report(proto, precision)
 
     def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
-        """Op types known to leave the Neural Engine for the GPU or CPU (`edgekit.ane` names each rule's source)."""
+        """Op types known to leave the Neural Engine for the GPU or CPU (`coreml_ane` names each rule's source)."""
         return {"ane": self.ane_report(proto).fallback_ops()}
 
     def accelerator_report(self, proto: onnx.ModelProto) -> dict[str, Any]:

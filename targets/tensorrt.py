@@ -3,7 +3,7 @@
 A TensorRT engine only runs on the TensorRT version and GPU that built it, so the artifact carries ONNX
 (the float model for fp32/fp16, a QDQ model with symmetric int8 scales from the QuantSpec for int8), the
 calibration cache for implicit INT8 on older JetPacks, and a `build` section that the agent hands to its
-`tensorrt` engine as options (runtime/engines/tensorrt.py builds and caches the engine on the device).
+`tensorrt` engine as options (runtime/engines/tensorrt/ builds and caches the engine on the device).
 
 What TensorRT's ONNX parser wants from a QDQ graph (onnx-tensorrt docs/operators.md; NVIDIA's Q/DQ
 placement guide): zero points of 0 (symmetric int8), weights stored in float behind a QuantizeLinear ->
@@ -300,7 +300,7 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 def _calibration_cache(spec: QuantSpec) -> bytes:
     """TensorRT's calibration cache for the spec, written and parsed back; the scales must round-trip."""
-    from edgekit.calibration.trt_cache import cache_scales, read_trt_cache, write_trt_cache
+    from edgekit.targets.tensorrt_cache import cache_scales, read_trt_cache, write_trt_cache
 
     expected = cache_scales(spec)
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as folder:

@@ -14,9 +14,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekit.ane import FALLS_BACK, ane_report
 from edgekit.model import Model
 from edgekit.targets import BuildError, get_target, target_names
+from edgekit.targets.coreml_ane import FALLS_BACK, ane_report
 
 torch = pytest.importorskip("torch")
 ct = pytest.importorskip("coremltools")

@@ -16,13 +16,13 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.calibration.calibrate import calibrate
-from edgekit.calibration.trt_cache import read_trt_cache
 from edgekit.cli import main
 from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits
 from edgekit.model import Model
 from edgekit.runtime.engines.tensorrt import validate_options
 from edgekit.targets import BuildError, TargetError, get_target, target_names
 from edgekit.targets.tensorrt import TENSORRT_ONNX_OPS, is_2_4_sparse, not_2_4_sparse_layers
+from edgekit.targets.tensorrt_cache import read_trt_cache
 
 
 @pytest.fixture(scope="module")

@@ -311,6 +311,7 @@ def quantize(
     from edgekit.device.plan import read_labels
     from edgekit.model import Model
     from edgekit.targets import get_target
+    from edgekit.targets.tensorrt_cache import CACHE_FILE_NAME, write_trt_cache
 
     loaded = Model.load(model)
     observer_settings = parse_key_values(settings, option_name="--setting", example="--setting percentile=99.9")
@@ -340,6 +341,7 @@ def quantize(
         bias_correction=bias_correction,
     )
     folder = save_quantized(result, out)
+    write_trt_cache(result.spec, folder / CACHE_FILE_NAME)  # for implicit INT8 on older JetPacks
     if html_file:
         from edgekit.calibration.error_report import report_html
 

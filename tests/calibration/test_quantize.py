@@ -168,6 +168,7 @@ def test_min_sqnr_budget_and_saved_files(digits_model, digits_tensors, tmp_path)
     assert report["budget"]["met"] and report["tensor_errors"]
     assert QuantSpec.load(out / "quant_spec.json").sha256 == report["quant_spec_sha256"]
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
+    assert not (out / "trt_calibration.cache").exists()  # TensorRT's cache is the CLI's (a target's) business
 
 
 # -- bad input --------------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def test_int7_weights_stay_within_63(digits_model, digits_tensors):
 
 
 def test_trt_calibration_cache_round_trips(digits_model, digits_tensors, tmp_path):
-    from edgekit.calibration.trt_cache import read_trt_cache, write_trt_cache
+    from edgekit.targets.tensorrt_cache import read_trt_cache, write_trt_cache
 
     spec = calibrate(digits_model, digits_tensors[0][:16], observer="entropy", activations="int8_sym",
                      progress=False).spec  # fmt: skip

@@ -56,6 +56,24 @@ def test_open_engine_names_what_to_install(model_path):
     assert "cuda-python or pycuda" in message and "not installed on this device" in message
 
 
+def test_the_pure_modules_stay_on_this_side_of_the_hardware_line():
+    """options, cache and trtexec import neither TensorRT, a CUDA library, nor the modules that need them."""
+    import ast
+
+    folder = os.path.dirname(trt_engine.__file__)
+    hardware = {"tensorrt", "cuda", "pycuda", "builder", "engine"}
+    for name in ("options", "cache", "trtexec"):
+        with open(os.path.join(folder, name + ".py")) as handle:
+            tree = ast.parse(handle.read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module.split(".")[0])
+        assert not imported & hardware, (name, sorted(imported & hardware))
+
+
 # -- options ----------------------------------------------------------------------------------------------
 
 

@@ -4,6 +4,9 @@ Format (what TensorRT's IInt8Calibrator::readCalibrationCache accepts): a header
 `TRT-<version>-<algorithm>`, then one `tensor: <hex>` line per tensor, the hex being the big-endian
 IEEE-754 float32 of the scale, where TensorRT's dynamic range is scale x 127. TensorRT is symmetric, so
 an asymmetric range [lo, hi] is written as +-max(|lo|, |hi|).
+
+A TensorRT concern, so it lives with the targets: the jetson-trt target ships the cache in int8 artifacts,
+and `edgekit quantize` writes it beside quant_spec.json.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.errors import EdgekitError
 
+CACHE_FILE_NAME = "trt_calibration.cache"  # the name the jetson-trt target and `edgekit quantize` write
 HEADER_PREFIX = "TRT-"
 DEFAULT_VERSION = "8601"  # TensorRT 8.6.1 (JetPack 6); 8.5 (JetPack 5) reads the same lines
 ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "percentile": "EntropyCalibration2",
