@@ -139,8 +139,6 @@ class _ReplayBody:
     # -- values --------------------------------------------------------------------------------------
 
     def _value(self, env: dict[str, Any], name: str) -> Any:
-        import torch
-
         if not name:
             return None
         if name in env:
@@ -148,8 +146,11 @@ class _ReplayBody:
         if name in self.consts:
             return self.consts[name]
         value = getattr(self, self.slots[name])
-        if name not in self.weight_quant:
-            return value
+        return self._weight_quantized(name, value) if name in self.weight_quant else value
+
+    def _weight_quantized(self, name: str, value: Any) -> Any:
+        import torch
+
         axis, scale, zero_point = self.weight_quant[name]
         if axis is None:
             q = torch.quantize_per_tensor(value, scale, zero_point, torch.qint8)
@@ -159,19 +160,22 @@ class _ReplayBody:
         return torch.dequantize(q)
 
     def _fake_quant(self, name: str, value: Any) -> Any:
+        quant = self.activation_quant.get(name)
+        if quant is None:  # most tensors: no torch call on this path
+            return value
         import torch
 
-        quant = self.activation_quant.get(name)
-        if quant is None or not torch.is_tensor(value) or not value.is_floating_point():
+        if not torch.is_tensor(value) or not value.is_floating_point():
             return value
         dtype = torch.quint8 if quant.dtype == "uint8" else torch.qint8
         return torch.dequantize(torch.quantize_per_tensor(value, quant.scale, quant.zero_point, dtype))
 
     def _store(self, env: dict[str, Any], name: str, value: Any) -> None:
-        import torch
+        if name in self.activation_quant:
+            import torch
 
-        if name in self.activation_quant and torch.is_tensor(value) and value.is_floating_point():
-            self.quantized.append(name)
+            if torch.is_tensor(value) and value.is_floating_point():
+                self.quantized.append(name)
         env[name] = self._fake_quant(name, value)
 
     def forward(self, x: Any) -> Any:
