@@ -1,6 +1,10 @@
-"""The shared ONNX toolbox: attributes, consumers, Constant values and the fixed, layout-aware input shape."""
+"""The shared ONNX toolbox: attributes, consumers, Constant values, the fixed, layout-aware input shape and the
+op tables both translators register their per-op functions in."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import ModelError
 from edgekit.onnx_toolbox import (
+    OpTable,
     attrs,
     constant_value,
     consumers,
@@ -87,3 +92,43 @@ def test_tflite_refuses_a_channel_last_input_instead_of_transposing_it_twice():
     assert static_input_shape(_model(["b", 3, "h", "w"]), (32, 48)) == (1, 3, 32, 48)
     with pytest.raises(ConversionError, match="channel-last"):
         static_input_shape(_model([1, 224, 224, 3]))
+
+
+def test_op_table_registers_looks_up_and_names_what_it_lacks():
+    table = OpTable("the test interpreter", walk_ops=("Constant",))
+
+    @table.register("Relu", "LeakyRelu")
+    def relu(ctx, inputs, attrs):
+        return "relu"
+
+    assert table.ops == {"Constant", "Relu", "LeakyRelu"}
+    assert table.lookup(helper.make_node("LeakyRelu", ["x"], ["y"]), ModelError) is relu
+    with pytest.raises(ModelError, match=r"the test interpreter cannot take op Erf \(node 'e'\); it takes: Constant, "
+                       r"LeakyRelu, Relu\. Try another"):  # fmt: skip
+        table.lookup(helper.make_node("Erf", ["x"], ["y"], name="e"), ModelError, "Try another")
+    graph = _model([1, 3, 8, 8], [
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("Relu", ["r"], ["c"], domain="custom"),
+        helper.make_node("Erf", ["c"], ["y"]),
+    ]).graph  # fmt: skip
+    assert table.unsupported(graph) == ["Erf", "Relu"]  # a Relu of another domain is not ours
+    with pytest.raises(ValueError, match="registered twice"):
+        table.register("Relu")(relu)
+
+
+def test_tflite_op_list_is_its_registered_functions():
+    """TFLITE_OPS (ONNX op -> TFLite builtins, for the NNAPI report) cannot drift from what the translator takes."""
+    from edgekit.targets import onnx_to_tf
+
+    assert set(onnx_to_tf.TFLITE_OPS) == onnx_to_tf.SUPPORTED_OPS == onnx_to_tf._OPS.ops
+    assert onnx_to_tf._FOLDS.ops <= onnx_to_tf.SUPPORTED_OPS  # every folded op also has a TF function
+
+
+def test_translators_import_without_torch_or_tensorflow():
+    """Both translators load their framework on first use, so listing targets stays light."""
+    code = (
+        "import sys, edgekit.targets.coreml_onnx, edgekit.targets.onnx_to_tf; "
+        "print(sorted(m for m in ('torch', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -132,6 +132,18 @@ def test_unsupported_op_is_named_and_options_are_checked(digits, tmp_path) -> No
         get_target("android-tflite").build(model, tmp_path / "d", options={"dla_core": 0})
 
 
+def test_shape_arithmetic_on_a_computed_tensor_is_refused_by_name(tmp_path) -> None:
+    """Gather, Cast and Slice fold on constants only; on an activation they name the node and say so."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    index = helper.make_tensor("index", TensorProto.INT64, [], [1])
+    graph = helper.make_graph([helper.make_node("Gather", ["x", "index"], ["y"], axis=1, name="pick")], "g", [x], [y],
+                              [index])  # fmt: skip
+    odd = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    with pytest.raises(BuildError, match="Gather node 'pick'.*only on constant inputs"):
+        get_target("android-tflite").build(odd, tmp_path / "odd")
+
+
 def test_dynamic_spatial_axes_need_a_resize(tmp_path) -> None:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, "h", "w"])
