@@ -78,9 +78,21 @@ def run(
       edgekit run art --fleet lab.toml --tags mac --source clip.mp4 -e compute_units=CPU_AND_NE
     """
     from edgekit.api import run as run_artifact
+    from edgekit.device.settings import RunSettings
 
     engine_options = parse_key_values(
         engine_option_items, option_name="--engine-option", example="-e compute_units=CPU_AND_NE"
+    )
+    settings = RunSettings(
+        frames=frames,
+        warmup=warmup,
+        pipelined=pipelined,
+        threads=threads,
+        engine_options=engine_options,
+        loop=loop,
+        labels=labels,
+        power_probe=power_probe,
+        timeout_s=timeout,
     )
     store = open_store(db)
     console = make_console()
@@ -89,43 +101,23 @@ def run(
             artifact,
             fleet,
             source,
+            settings,
             store,
             console,
             tags=list(tags),
             names=list(names),
             source_on_device=source_on_device,
-            labels=labels,
-            frames=frames,
-            warmup=warmup,
-            pipelined=pipelined,
-            threads=threads,
-            engine_options=engine_options,
-            loop=loop,
-            power_probe=power_probe,
-            timeout_s=timeout,
             trust_on_first_use=trust_on_first_use,
         )
         return
     with console.status(f"running {artifact} on this machine"):
-        record = run_artifact(
-            artifact,
-            source,
-            labels=labels,
-            frames=frames,
-            warmup=warmup,
-            pipelined=pipelined,
-            threads=threads,
-            engine_options=engine_options,
-            loop=loop,
-            timeout_s=timeout,
-            store=store,
-        )
+        record = run_artifact(artifact, source, settings, store=store)
     _print_run(record.run_id, store, console)
     if record.result["status"] != "ok":
         sys.exit(1)
 
 
-def _run_fleet(artifact: str, fleet: str, source: str, store: Any, console: Any, **options: Any) -> None:
+def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any, console: Any, **options: Any) -> None:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from edgekit.api import run_fleet
@@ -149,7 +141,9 @@ def _run_fleet(artifact: str, fleet: str, source: str, store: Any, console: Any,
         console.print(f"[{colour}]{record.device}: {record.result['status']}[/] (run {record.run_id})")
 
     with bars:
-        records = run_fleet(artifact, fleet, source, store=store, on_done=on_done, progress_for=progress_for, **options)
+        records = run_fleet(
+            artifact, fleet, source, settings, store=store, on_done=on_done, progress_for=progress_for, **options
+        )
     stored = store.get([r.run_id for r in records])
     print_runs_table(stored, console)
     if not all(r.ok for r in records):
