@@ -171,16 +171,7 @@ def latency_ms(path: Path, x: np.ndarray, runs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", choices=["edgekit", "ort"])
-    parser.add_argument("--model")
-    parser.add_argument("--data")
-    parser.add_argument("--method")
-    parser.add_argument("--out")
-    parser.add_argument("--ort-bins", action="store_true")
-    parser.add_argument("--quick", action="store_true", help="fewer samples and runs (a smoke test)")
-    parser.add_argument("--memory-only", action="store_true", help="only the memory-vs-samples table")
-    args = parser.parse_args()
+    args = parse_args()
     if args.worker:
         worker(args)
         return
@@ -204,20 +195,9 @@ def main() -> None:
     samples = 16 if args.quick else 64
     runs = 50 if args.quick else 200
 
-    # models: MobileNetV2-style (random weights), the demo's digits CNN, a real PaddleOCR model
-    cases = []
-    mobilenet = Model.from_torch(mobilenet_v2(), torch.randn(1, 3, 224, 224))
-    cases.append(("MobileNetV2-style", prepared_model("mobilenetv2", mobilenet.proto, folder), (224, 224)))
-    from edgekit.demo_data import digits_model_path
-
-    cases.append(("digits CNN", prepared_model("digits", Model.load(digits_model_path()).proto, folder), None))
-    det = paddleocr_model("det")
-    if det:
-        cases.append(("PaddleOCR det", prepared_model("ppocr_det", Model.load(det).proto, folder), (320, 320)))
-
     digits_x, digits_y = digits_data()
     calib_rows, accuracy_rows, latency_rows, memory_rows = [], [], [], []
-    for label, model_path, size in cases:
+    for label, model_path, size in benchmark_cases(folder):
         if size is None:
             calib, evaluation, labels = digits_x[:samples], digits_x[samples:], digits_y[samples:]
         else:
@@ -225,53 +205,10 @@ def main() -> None:
         data_path = folder / f"{model_path.stem}_{samples}.npy"
         np.save(data_path, calib)
         reference = outputs(model_path, evaluation)
-        quantized: dict[str, Path] = {}
-        for tool, methods in (("edgekit", OBSERVERS), ("ort", ("minmax", "percentile", "entropy"))):
-            for method in methods:
-                variants = [False, True] if tool == "ort" and method == "entropy" else [False]
-                for bins in variants:
-                    key = f"{tool} {method}" + (" (2048 bins)" if bins else "")
-                    out = folder / f"{model_path.stem}_{tool}_{method}{'_2048' if bins else ''}.onnx"
-                    ort_method = ORT_METHODS.get(method, method)
-                    stats = run_worker(tool, model_path, data_path, method if tool == "edgekit" else ort_method, out,
-                                       bins)  # fmt: skip
-                    if "error" in stats:
-                        calib_rows.append([label, key, "failed", stats["error"][:60], ""])
-                        continue
-                    quantized[key] = out
-                    calib_rows.append([label, key, f"{stats['seconds']:.2f}", f"{stats['peak_rss_mb']:.0f}", ""])
-        # ratios against ORT's matching calibrator
-        by_key = {(r[0], r[1]): r for r in calib_rows if r[2] != "failed"}
-        for method in ("minmax", "percentile", "entropy"):
-            ours, theirs = by_key.get((label, f"edgekit {method}")), by_key.get((label, f"ort {method}"))
-            if ours and theirs:
-                ours[4] = (f"{float(theirs[2]) / float(ours[2]):.1f}x faster, "
-                           f"{float(theirs[3]) / float(ours[3]):.1f}x less memory vs ORT {method}")  # fmt: skip
-        for key, path in quantized.items():
-            test = outputs(path, evaluation)
-            sqnr, cos = agreement(reference, test)
-            row = [label, key, f"{sqnr:.1f}", f"{cos:.5f}"]
-            if labels is not None:
-                fp32 = np.mean([int(r.argmax()) == y for r, y in zip(reference, labels, strict=True)])
-                q = np.mean([int(t.argmax()) == y for t, y in zip(test, labels, strict=True)])
-                row += [f"{fp32 * 100:.2f}", f"{q * 100:.2f}", f"{(fp32 - q) * 100:+.2f}"]
-            else:
-                row += ["-", "-", "-"]
-            accuracy_rows.append(row)
-        # latency: FP32 vs edgekit INT8 vs ORT INT8, interleaved rounds
-        contenders = {"fp32": model_path, "edgekit int8 (minmax)": quantized.get("edgekit minmax"),
-                      "ORT int8 (MinMax)": quantized.get("ort minmax")}  # fmt: skip
-        timing: dict[str, list[float]] = {k: [] for k, v in contenders.items() if v}
-        for _ in range(3):
-            for key in timing:
-                timing[key].append(latency_ms(contenders[key], evaluation, runs))
-        fp32_ms = median(timing["fp32"])
-        for key, values in timing.items():
-            ms = median(values)
-            vs_ort = ""
-            if key.startswith("edgekit") and "ORT int8 (MinMax)" in timing:
-                vs_ort = f"{median(timing['ORT int8 (MinMax)']) / ms:.2f}"
-            latency_rows.append([label, key, f"{ms:.3f}", f"{fp32_ms / ms:.2f}", vs_ort])
+        quantized = calibrate_all(label, model_path, data_path, folder, calib_rows)
+        add_ratios_vs_ort(label, calib_rows)
+        accuracy_rows += accuracy_table(label, quantized, reference, evaluation, labels)
+        latency_rows += latency_table(label, model_path, quantized, evaluation, runs)
 
     memory_rows += memory_flatness(folder, (16, 64) if args.quick else (64, 256, 1024))
 
@@ -284,6 +221,111 @@ def main() -> None:
     print_table(f"latency, batch 1, median of 3 x {runs} runs (ms)", latency_columns, latency_rows)
     print_table("peak memory vs number of calibration samples", ["model", "calibrator", "samples", "peak RSS MB",
                 "seconds"], memory_rows)  # fmt: skip
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", choices=["edgekit", "ort"])
+    parser.add_argument("--model")
+    parser.add_argument("--data")
+    parser.add_argument("--method")
+    parser.add_argument("--out")
+    parser.add_argument("--ort-bins", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="fewer samples and runs (a smoke test)")
+    parser.add_argument("--memory-only", action="store_true", help="only the memory-vs-samples table")
+    return parser.parse_args()
+
+
+def benchmark_cases(folder: Path) -> list[tuple[str, Path, tuple[int, int] | None]]:
+    """The models: MobileNetV2-style (random weights), the demo's digits CNN, a real PaddleOCR model (when
+    rapidocr is installed), each prepared in `folder`, with its input size (None: the digits' own data)."""
+    import torch
+    from mobilenet_v2 import mobilenet_v2
+
+    from edgekit.demo_data import digits_model_path
+    from edgekit.model import Model
+
+    cases = []
+    mobilenet = Model.from_torch(mobilenet_v2(), torch.randn(1, 3, 224, 224))
+    cases.append(("MobileNetV2-style", prepared_model("mobilenetv2", mobilenet.proto, folder), (224, 224)))
+    cases.append(("digits CNN", prepared_model("digits", Model.load(digits_model_path()).proto, folder), None))
+    det = paddleocr_model("det")
+    if det:
+        cases.append(("PaddleOCR det", prepared_model("ppocr_det", Model.load(det).proto, folder), (320, 320)))
+    return cases
+
+
+def calibrate_all(
+    label: str, model_path: Path, data_path: Path, folder: Path, calib_rows: list[list]
+) -> dict[str, Path]:
+    """Calibrate with every edgekit observer and ORT calibrator (each in its own process); a row per run in
+    `calib_rows`, and the quantized model of each that succeeded."""
+    quantized: dict[str, Path] = {}
+    for tool, methods in (("edgekit", OBSERVERS), ("ort", ("minmax", "percentile", "entropy"))):
+        for method in methods:
+            variants = [False, True] if tool == "ort" and method == "entropy" else [False]
+            for bins in variants:
+                key = f"{tool} {method}" + (" (2048 bins)" if bins else "")
+                out = folder / f"{model_path.stem}_{tool}_{method}{'_2048' if bins else ''}.onnx"
+                ort_method = ORT_METHODS.get(method, method)
+                stats = run_worker(tool, model_path, data_path, method if tool == "edgekit" else ort_method, out,
+                                   bins)  # fmt: skip
+                if "error" in stats:
+                    calib_rows.append([label, key, "failed", stats["error"][:60], ""])
+                    continue
+                quantized[key] = out
+                calib_rows.append([label, key, f"{stats['seconds']:.2f}", f"{stats['peak_rss_mb']:.0f}", ""])
+    return quantized
+
+
+def add_ratios_vs_ort(label: str, calib_rows: list[list]) -> None:
+    """Fill the last column of edgekit's rows: the ratios against ORT's matching calibrator."""
+    by_key = {(r[0], r[1]): r for r in calib_rows if r[2] != "failed"}
+    for method in ("minmax", "percentile", "entropy"):
+        ours, theirs = by_key.get((label, f"edgekit {method}")), by_key.get((label, f"ort {method}"))
+        if ours and theirs:
+            ours[4] = (f"{float(theirs[2]) / float(ours[2]):.1f}x faster, "
+                       f"{float(theirs[3]) / float(ours[3]):.1f}x less memory vs ORT {method}")  # fmt: skip
+
+
+def accuracy_table(
+    label: str, quantized: dict[str, Path], reference: list, evaluation: np.ndarray, labels: np.ndarray | None
+) -> list[list]:
+    """SQNR and cosine of each quantized model's outputs against FP32, and top-1 where there are labels."""
+    rows = []
+    for key, path in quantized.items():
+        test = outputs(path, evaluation)
+        sqnr, cos = agreement(reference, test)
+        row = [label, key, f"{sqnr:.1f}", f"{cos:.5f}"]
+        if labels is not None:
+            fp32 = np.mean([int(r.argmax()) == y for r, y in zip(reference, labels, strict=True)])
+            q = np.mean([int(t.argmax()) == y for t, y in zip(test, labels, strict=True)])
+            row += [f"{fp32 * 100:.2f}", f"{q * 100:.2f}", f"{(fp32 - q) * 100:+.2f}"]
+        else:
+            row += ["-", "-", "-"]
+        rows.append(row)
+    return rows
+
+
+def latency_table(
+    label: str, model_path: Path, quantized: dict[str, Path], evaluation: np.ndarray, runs: int
+) -> list[list]:
+    """FP32 vs edgekit INT8 vs ORT INT8, in interleaved rounds."""
+    contenders = {"fp32": model_path, "edgekit int8 (minmax)": quantized.get("edgekit minmax"),
+                  "ORT int8 (MinMax)": quantized.get("ort minmax")}  # fmt: skip
+    timing: dict[str, list[float]] = {k: [] for k, v in contenders.items() if v}
+    for _ in range(3):
+        for key in timing:
+            timing[key].append(latency_ms(contenders[key], evaluation, runs))
+    fp32_ms = median(timing["fp32"])
+    rows = []
+    for key, values in timing.items():
+        ms = median(values)
+        vs_ort = ""
+        if key.startswith("edgekit") and "ORT int8 (MinMax)" in timing:
+            vs_ort = f"{median(timing['ORT int8 (MinMax)']) / ms:.2f}"
+        rows.append([label, key, f"{ms:.3f}", f"{fp32_ms / ms:.2f}", vs_ort])
+    return rows
 
 
 def memory_flatness(folder: Path, counts: tuple[int, ...]) -> list[list[object]]:

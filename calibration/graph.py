@@ -166,9 +166,6 @@ def plan_quantization(
 
     types = _elem_types(model)
 
-    def is_activation(name: str) -> bool:
-        return bool(name) and name not in inits
-
     def is_float(name: str) -> bool:  # unknown types count as float (shape inference may not reach them)
         return types.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES
 
@@ -177,38 +174,54 @@ def plan_quantization(
             continue
         if not all(is_float(name) for name in (*node.input, *node.output) if name):
             continue  # integer arithmetic (shape computations): nothing to quantize
-        weight_index = WEIGHT_OPS.get(node.op_type)
-        if weight_index is not None:
-            if len(node.input) <= weight_index or node.input[weight_index] not in inits:
-                if node.op_type != "MatMul":
-                    continue  # Conv/Gemm with a computed weight: leave it float
-            else:
-                weight = numpy_helper.to_array(inits[node.input[weight_index]])
-                axis = weight_axis(node, weight) if per_channel else None
-                plan.weights.append(WeightEntry(node.name, node.input[weight_index], axis))
-                bias_index = 2
-                if len(node.input) > bias_index and node.input[bias_index] in inits and node.op_type != "MatMul":
-                    plan.biases.append(BiasEntry(node.name, node.input[bias_index], node.input[0], node.input[1]))
+        if not _plan_weight(node, inits, plan, per_channel):
+            continue
         plan.nodes.append(node.name)
-        for index, name in enumerate(node.input):
-            if weight_index is not None and index >= weight_index and name in inits:
-                continue
-            if is_activation(name):
-                activations[name] = None
-        for name in node.output:
-            followers = consumers_of.get(name, [])
-            if len(followers) == 1 and followers[0].op_type in FUSED_ACTIVATIONS and name not in graph_outputs:
-                name = followers[0].output[0]
-            if name not in graph_outputs:
-                activations[name] = None
-            elif name not in plan.outputs:
-                plan.outputs.append(name)
+        # its computed inputs (never an initializer: a weight, bias or constant operand)
+        activations.update(dict.fromkeys(name for name in node.input if name and name not in inits))
+        _plan_outputs(node, consumers_of, graph_outputs, activations, plan)
     # every graph output gets a range (a softmax after the last Gemm too): full-integer targets quantize them all
     plan.outputs += [
         o.name for o in graph.output if o.name not in plan.outputs and o.name not in activations and is_float(o.name)
     ]
     plan.activations = list(activations)
     return plan
+
+
+def _plan_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], plan: QuantPlan, per_channel: bool) -> bool:
+    """Add the node's weight and bias quantizers to `plan`; False when the node stays float (a Conv or Gemm
+    whose weight is computed, not an initializer)."""
+    weight_index = WEIGHT_OPS.get(node.op_type)
+    if weight_index is None:
+        return True
+    if len(node.input) <= weight_index or node.input[weight_index] not in inits:
+        return node.op_type == "MatMul"  # MatMul of two activations: both inputs get activation quantizers
+    weight = numpy_helper.to_array(inits[node.input[weight_index]])
+    axis = weight_axis(node, weight) if per_channel else None
+    plan.weights.append(WeightEntry(node.name, node.input[weight_index], axis))
+    bias_index = 2
+    if len(node.input) > bias_index and node.input[bias_index] in inits and node.op_type != "MatMul":
+        plan.biases.append(BiasEntry(node.name, node.input[bias_index], node.input[0], node.input[1]))
+    return True
+
+
+def _plan_outputs(
+    node: onnx.NodeProto,
+    consumers_of: dict[str, list[onnx.NodeProto]],
+    graph_outputs: set[str],
+    activations: dict[str, None],
+    plan: QuantPlan,
+) -> None:
+    """Quantize each output of the node, after the Relu/Clip that fuses into it; graph outputs stay float in
+    QDQ and are listed in `plan.outputs` for the targets that need their ranges."""
+    for name in node.output:
+        followers = consumers_of.get(name, [])
+        if len(followers) == 1 and followers[0].op_type in FUSED_ACTIVATIONS and name not in graph_outputs:
+            name = followers[0].output[0]
+        if name not in graph_outputs:
+            activations[name] = None
+        elif name not in plan.outputs:
+            plan.outputs.append(name)
 
 
 _FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,

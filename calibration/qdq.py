@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 
 from edgekit.calibration.graph import QUANTIZABLE_OPS
 from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 
@@ -50,43 +50,82 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
     qdq = onnx.ModelProto()
     qdq.CopyFrom(model)
     graph = qdq.graph
-    inits = {init.name: init for init in graph.initializer}
-    consumers_of = consumers(graph)
-    float_nodes = spec.float_nodes
+    consumers_of = consumers(graph)  # read before any rewrite
     new_inits: list[onnx.TensorProto] = []
+    dq_nodes = _dequantize_weights(graph, spec, consumers_of, new_inits)
+    inserts = _quantize_activations(graph, spec, consumers_of, new_inits)
+
+    # Rebuild the node list in topological order: weight DQs and graph-input quantizers first.
+    ordered = [*dq_nodes, *inserts.get(-1, [])]
+    for i, node in enumerate(graph.node):
+        ordered.append(node)
+        ordered.extend(inserts.get(i, []))
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(new_inits)
+    drop_unused_initializers(graph)
+    for opset in qdq.opset_import:
+        if opset.domain in DEFAULT_DOMAINS and opset.version < QDQ_OPSET:
+            opset.version = QDQ_OPSET
+    return qdq
+
+
+def _qparams(name: str, entry: TensorQuant, new_inits: list[onnx.TensorProto]) -> tuple[str, str]:
+    """Add the scale and zero-point initializers of tensor `name` to `new_inits`; their names."""
+    scale_name, zp_name = f"{name}_scale", f"{name}_zero_point"
+    new_inits.append(numpy_helper.from_array(_scale_array(entry), scale_name))
+    new_inits.append(numpy_helper.from_array(_zero_point_array(entry), zp_name))
+    return scale_name, zp_name
+
+
+def _read_instead(readers: list[onnx.NodeProto], name: str, replacement: str) -> None:
+    for reader in readers:
+        for i, input_name in enumerate(reader.input):
+            if input_name == name:
+                reader.input[i] = replacement
+
+
+def _dequantize_weights(
+    graph: onnx.GraphProto,
+    spec: QuantSpec,
+    consumers_of: dict[str, list[onnx.NodeProto]],
+    new_inits: list[onnx.TensorProto],
+) -> list[onnx.NodeProto]:
+    """Weights and biases: each initializer read by a quantized node gets its integer form (in `new_inits`) and
+    a DequantizeLinear (returned) that its quantized readers read instead."""
+    inits = {init.name: init for init in graph.initializer}
     dq_nodes: list[onnx.NodeProto] = []
-
-    def add_qparams(name: str, entry: TensorQuant) -> tuple[str, str]:
-        scale_name, zp_name = f"{name}_scale", f"{name}_zero_point"
-        new_inits.append(numpy_helper.from_array(_scale_array(entry), scale_name))
-        new_inits.append(numpy_helper.from_array(_zero_point_array(entry), zp_name))
-        return scale_name, zp_name
-
-    # Weights and biases: replace each initializer with its integer form and a DequantizeLinear.
     for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
         if entry.kind not in ("weight", "bias"):
             continue
         if name not in inits:
             raise QuantSpecError(f"QuantSpec lists {entry.kind} {name!r}, which the model does not have")
-        readers = [n for n in consumers_of.get(name, []) if n.name not in float_nodes]
+        readers = [n for n in consumers_of.get(name, []) if n.name not in spec.float_nodes]
         if not readers:
             continue
         values = numpy_helper.to_array(inits[name])
         quant_name = f"{name}_quantized"
         new_inits.append(numpy_helper.from_array(quantize_initializer(values, entry), quant_name))
-        scale_name, zp_name = add_qparams(name, entry)
+        scale_name, zp_name = _qparams(name, entry, new_inits)
         dq_out = f"{name}_dequantized"
         attrs = {"axis": entry.axis} if entry.axis is not None else {}
         dq_nodes.append(helper.make_node("DequantizeLinear", [quant_name, scale_name, zp_name], [dq_out],
                                          name=f"{name}_DequantizeLinear", **attrs))  # fmt: skip
-        for reader in readers:
-            for i, input_name in enumerate(reader.input):
-                if input_name == name:
-                    reader.input[i] = dq_out
+        _read_instead(readers, name, dq_out)
+    return dq_nodes
 
-    # Activations: Q -> DQ right after the tensor is produced. Quantized readers read the DQ output; so do
-    # other ops (Identity, Reshape, ...) when the producer runs quantized, so ORT still finds op -> Q to fuse.
-    # Readers kept float, and other ops after a float producer, read the float tensor.
+
+def _quantize_activations(
+    graph: onnx.GraphProto,
+    spec: QuantSpec,
+    consumers_of: dict[str, list[onnx.NodeProto]],
+    new_inits: list[onnx.TensorProto],
+) -> dict[int, list[onnx.NodeProto]]:
+    """Activations: Q -> DQ right after the tensor is produced, returned by the index of the producer (-1: a
+    graph input). Quantized readers read the DQ output; so do other ops (Identity, Reshape, ...) when the
+    producer runs quantized, so ORT still finds op -> Q to fuse. Readers kept float, and other ops after a
+    float producer, read the float tensor."""
+    float_nodes = spec.float_nodes
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
     producers = {out: node for node in graph.node for out in node.output}
 
@@ -105,7 +144,7 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
         readers = [n for n in consumers_of.get(name, []) if reads_quantized(n, name)]
         if not readers:
             continue
-        scale_name, zp_name = add_qparams(name, entry)
+        scale_name, zp_name = _qparams(name, entry, new_inits)
         q_out, dq_out = f"{name}_quantized", f"{name}_dequantized"
         pair = [
             helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [q_out], name=f"{name}_QuantizeLinear"),
@@ -113,24 +152,5 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
                              name=f"{name}_DequantizeLinear"),
         ]  # fmt: skip
         inserts.setdefault(producer_index.get(name, -1), []).extend(pair)
-        for reader in readers:
-            for i, input_name in enumerate(reader.input):
-                if input_name == name:
-                    reader.input[i] = dq_out
-
-    # Rebuild the node list in topological order: weight DQs and graph-input quantizers first.
-    ordered = [*dq_nodes, *inserts.get(-1, [])]
-    for i, node in enumerate(graph.node):
-        ordered.append(node)
-        ordered.extend(inserts.get(i, []))
-    del graph.node[:]
-    graph.node.extend(ordered)
-    graph.initializer.extend(new_inits)
-    used = {n for node in graph.node for n in node.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    for opset in qdq.opset_import:
-        if opset.domain in DEFAULT_DOMAINS and opset.version < QDQ_OPSET:
-            opset.version = QDQ_OPSET
-    return qdq
+        _read_instead(readers, name, dq_out)
+    return inserts

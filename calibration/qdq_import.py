@@ -65,75 +65,97 @@ def split_qdq(qdq_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, di
     model.CopyFrom(qdq_model)
     constants_to_initializers(model)
     graph = model.graph
-    values = _constant_values(graph)
-    inits = {init.name: init for init in graph.initializer}
-    producers = {out: node for node in graph.node for out in node.output}
-    consumers_of = consumers(graph)
-    graph_outputs = {o.name for o in graph.output}
-    found: dict[str, dict[str, Any]] = {}
-    removed: set[int] = set()
-    rename: dict[str, str] = {}  # DQ output -> the float tensor that replaces it
-    identities: list[onnx.NodeProto] = []
-
-    def qparams(node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, int | None]:
-        if node.input[1] not in values:
-            raise QuantSpecError(f"{node.op_type} {node.name!r} has a computed scale; only constant scales import")
-        scale = np.asarray(values[node.input[1]], dtype=np.float32)
-        if len(node.input) > 2 and node.input[2]:
-            zero_point = np.asarray(values[node.input[2]])
-        else:
-            zero_point = np.zeros(scale.shape, dtype=np.uint8)
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.size > 1 else None
-        return scale, zero_point, axis
-
-    def record(name: str, kind: str, scale: np.ndarray, zero_point: np.ndarray, axis: int | None) -> None:
-        entry = {"kind": kind, "dtype": zero_point.dtype.name, "scale": scale, "zero_point": zero_point, "axis": axis}
-        previous = found.get(name)
-        if previous is not None and not (
-            np.array_equal(previous["scale"], scale) and np.array_equal(previous["zero_point"], zero_point)
-        ):
-            raise QuantSpecError(f"tensor {name!r} is quantized twice with different scales; cannot import")
-        found[name] = entry
-
+    reader = _QdqReader(graph)
     for dq in graph.node:
-        if dq.op_type != "DequantizeLinear" or dq.domain not in DEFAULT_DOMAINS:
-            continue
-        scale, zero_point, axis = qparams(dq)
+        if dq.op_type == "DequantizeLinear" and dq.domain in DEFAULT_DOMAINS:
+            reader.take(dq)
+    _remove_quantizers(graph, reader.removed, reader.rename)
+    return model, reader.found
+
+
+class _QdqReader:
+    """Walks the DequantizeLinear nodes of a graph: records what each quantizes, restores float weights, and
+    collects the nodes to remove and the tensor names to rewire."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self.values = _constant_values(graph)
+        self.inits = {init.name: init for init in graph.initializer}
+        self.producers = {out: node for node in graph.node for out in node.output}
+        self.consumers_of = consumers(graph)
+        self.found: dict[str, dict[str, Any]] = {}
+        self.removed: set[int] = set()
+        self.rename: dict[str, str] = {}  # DQ output -> the float tensor that replaces it
+
+    def take(self, dq: onnx.NodeProto) -> None:
+        scale, zero_point, axis = self._qparams(dq)
         if axis is not None and axis < 0:
-            axis += len(values[dq.input[0]].shape) if dq.input[0] in values else 0
+            axis += len(self.values[dq.input[0]].shape) if dq.input[0] in self.values else 0
         source = dq.input[0]
-        q = producers.get(source)
+        q = self.producers.get(source)
         if q is not None and q.op_type == "QuantizeLinear":
-            float_name = q.input[0]
-            if float_name in inits:  # a float weight quantized in the graph: store what Q -> DQ computes
-                float_values = numpy_helper.to_array(inits[float_name])
-                q_scale, q_zero_point, q_axis = qparams(q)
-                dequantized = _dequantize(
-                    _quantize(float_values, q_scale, q_zero_point, q_axis), scale, zero_point, axis
-                )
-                inits[float_name].CopyFrom(numpy_helper.from_array(dequantized, float_name))
-                record(float_name, "weight", scale, zero_point, axis)
-            else:
-                record(float_name, "activation", scale, zero_point, axis)
-            removed.add(id(dq))
-            if all(c.op_type == "DequantizeLinear" for c in consumers_of.get(source, [])):
-                removed.add(id(q))
-            rename[dq.output[0]] = float_name
-        elif source in inits:  # an integer weight stored with its DequantizeLinear
+            self._take_pair(q, dq, (scale, zero_point, axis))
+        elif source in self.inits:  # an integer weight stored with its DequantizeLinear
             float_name = dq.output[0]
-            dequantized = _dequantize(numpy_helper.to_array(inits[source]), scale, zero_point, axis)
-            graph.initializer.append(numpy_helper.from_array(dequantized, float_name))
-            inits[float_name] = graph.initializer[-1]
-            record(float_name, "weight", scale, zero_point, axis)
-            removed.add(id(dq))
+            dequantized = _dequantize(numpy_helper.to_array(self.inits[source]), scale, zero_point, axis)
+            self.graph.initializer.append(numpy_helper.from_array(dequantized, float_name))
+            self.inits[float_name] = self.graph.initializer[-1]
+            self._record(float_name, "weight", scale, zero_point, axis)
+            self.removed.add(id(dq))
         else:
             raise QuantSpecError(
                 f"DequantizeLinear {dq.name!r} reads {source!r}, neither a QuantizeLinear nor a weight"
             )
 
-    for old, new in rename.items():
-        if old in graph_outputs:  # keep the graph's output names
-            identities.append(helper.make_node("Identity", [new], [old], name=f"{old}_Identity"))
+    def _take_pair(
+        self, q: onnx.NodeProto, dq: onnx.NodeProto, qparams: tuple[np.ndarray, np.ndarray, int | None]
+    ) -> None:
+        """A QuantizeLinear -> DequantizeLinear pair: on an activation, or on a float weight."""
+        scale, zero_point, axis = qparams
+        float_name = q.input[0]
+        if float_name in self.inits:  # a float weight quantized in the graph: store what Q -> DQ computes
+            float_values = numpy_helper.to_array(self.inits[float_name])
+            q_scale, q_zero_point, q_axis = self._qparams(q)
+            dequantized = _dequantize(_quantize(float_values, q_scale, q_zero_point, q_axis), scale, zero_point, axis)
+            self.inits[float_name].CopyFrom(numpy_helper.from_array(dequantized, float_name))
+            self._record(float_name, "weight", scale, zero_point, axis)
+        else:
+            self._record(float_name, "activation", scale, zero_point, axis)
+        self.removed.add(id(dq))
+        if all(c.op_type == "DequantizeLinear" for c in self.consumers_of.get(dq.input[0], [])):
+            self.removed.add(id(q))
+        self.rename[dq.output[0]] = float_name
+
+    def _qparams(self, node: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray, int | None]:
+        if node.input[1] not in self.values:
+            raise QuantSpecError(f"{node.op_type} {node.name!r} has a computed scale; only constant scales import")
+        scale = np.asarray(self.values[node.input[1]], dtype=np.float32)
+        if len(node.input) > 2 and node.input[2]:
+            zero_point = np.asarray(self.values[node.input[2]])
+        else:
+            zero_point = np.zeros(scale.shape, dtype=np.uint8)
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.size > 1 else None
+        return scale, zero_point, axis
+
+    def _record(self, name: str, kind: str, scale: np.ndarray, zero_point: np.ndarray, axis: int | None) -> None:
+        entry = {"kind": kind, "dtype": zero_point.dtype.name, "scale": scale, "zero_point": zero_point, "axis": axis}
+        previous = self.found.get(name)
+        if previous is not None and not (
+            np.array_equal(previous["scale"], scale) and np.array_equal(previous["zero_point"], zero_point)
+        ):
+            raise QuantSpecError(f"tensor {name!r} is quantized twice with different scales; cannot import")
+        self.found[name] = entry
+
+
+def _remove_quantizers(graph: onnx.GraphProto, removed: set[int], rename: dict[str, str]) -> None:
+    """Drop the removed nodes, let their readers read the float tensors, keep the graph's output names (an
+    Identity), and drop what feeds nothing now."""
+    graph_outputs = {o.name for o in graph.output}
+    identities = [
+        helper.make_node("Identity", [new], [old], name=f"{old}_Identity")
+        for old, new in rename.items()
+        if old in graph_outputs
+    ]
     kept = [node for node in graph.node if id(node) not in removed]
     for node in kept:
         for i, name in enumerate(node.input):
@@ -148,7 +170,6 @@ def split_qdq(qdq_model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, di
     graph.node.extend(live)
     drop_unused_initializers(graph)
     del graph.value_info[:]  # shapes of removed tensors
-    return model, found
 
 
 def _scheme_of(found: dict[str, dict[str, Any]], float_model: onnx.ModelProto) -> dict[str, str]:

@@ -383,35 +383,41 @@ class _ChannelTracer:
         if node.op == "call_module":
             return self._visit_module(node, str(node.target), self.modules[str(node.target)])
         if node.op == "call_function":
-            target = node.target
-            if target in _META_FUNCS:
-                return None
-            if target in _ELEMENTWISE_FUNCS:
-                return self._passthrough(node)
-            if target in _POOL_FUNCS:
-                return self._channel_preserving(node)
-            if target in _MEAN_FUNCS:
-                return self._mean(node)
-            if target in _BINARY_FUNCS:
-                return self._binary(node)
-            if target in _CAT_FUNCS:
-                return self._cat(node)
-            if target in _RESHAPE_FUNCS:
-                return self._reshape(node)
-            return self._unknown(node)
+            return self._visit_function(node)
         if node.op == "call_method":
-            target = node.target
-            if target in _META_METHODS:
-                return None
-            if target in _ELEMENTWISE_METHODS:
-                return self._passthrough(node)
-            if target == "mean":
-                return self._mean(node)
-            if target in _BINARY_METHODS:
-                return self._binary(node)
-            if target in _RESHAPE_METHODS:
-                return self._reshape(node)
-            return self._unknown(node)
+            return self._visit_method(node)
+        return self._unknown(node)
+
+    def _visit_function(self, node: fx.Node) -> _Layout | None:
+        target = node.target
+        if target in _META_FUNCS:
+            return None
+        if target in _ELEMENTWISE_FUNCS:
+            return self._passthrough(node)
+        if target in _POOL_FUNCS:
+            return self._channel_preserving(node)
+        if target in _MEAN_FUNCS:
+            return self._mean(node)
+        if target in _BINARY_FUNCS:
+            return self._binary(node)
+        if target in _CAT_FUNCS:
+            return self._cat(node)
+        if target in _RESHAPE_FUNCS:
+            return self._reshape(node)
+        return self._unknown(node)
+
+    def _visit_method(self, node: fx.Node) -> _Layout | None:
+        target = node.target
+        if target in _META_METHODS:
+            return None
+        if target in _ELEMENTWISE_METHODS:
+            return self._passthrough(node)
+        if target == "mean":
+            return self._mean(node)
+        if target in _BINARY_METHODS:
+            return self._binary(node)
+        if target in _RESHAPE_METHODS:
+            return self._reshape(node)
         return self._unknown(node)
 
     def _visit_module(self, node: fx.Node, name: str, module: nn.Module) -> _Layout | None:
@@ -526,26 +532,12 @@ def prune_channels(
 
     Returns a deep copy of `model` (the input is untouched) and a `ChannelPruneReport`.
     """
-    if multiple_of < 1:
-        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
-    if criterion not in ("l1", "l2", "bn_gamma"):
-        raise ValueError(f"criterion must be 'l1', 'l2' or 'bn_gamma', got {criterion!r}")
-    if coupled not in ("prune", "keep"):
-        raise ValueError(f"coupled must be 'prune' or 'keep', got {coupled!r}")
+    _check_arguments(multiple_of, criterion, coupled)
     exclude_set = set(exclude)
     pruned = copy.deepcopy(model)
-    try:
-        gm = fx.symbolic_trace(pruned)
-    except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic control flow
-        raise ChannelPruneError(
-            f"torch.fx cannot trace {type(model).__name__} ({type(exc).__name__}: {exc}); structured pruning needs a "
-            "traceable model: remove data-dependent control flow or prune a traceable sub-module"
-        ) from exc
     examples = example_input if isinstance(example_input, tuple) else (example_input,)
     was_training = pruned.training
-    gm.eval()
-    with torch.no_grad():
-        ShapeProp(gm).propagate(*examples)
+    gm = _traced(pruned, type(model).__name__, examples)
     modules = dict(gm.named_modules())
     unknown_excludes = exclude_set - set(modules)
     if unknown_excludes:
@@ -553,120 +545,14 @@ def prune_channels(
 
     tracer = _ChannelTracer(gm, exclude_set)
     tracer.run()
-
-    convs = [n for n, m in modules.items() if type(m) is nn.Conv2d]
-    if isinstance(ratio, Mapping):
-        for key in ratio:
-            if key not in modules or type(modules[key]) is not nn.Conv2d:
-                raise ValueError(f"ratio names {key!r}, which is not a Conv2d of the model; Conv2d layers: {convs}")
-            if key not in tracer.own:
-                raise ValueError(
-                    f"ratio names {key!r}, whose channels follow its input (depthwise/grouped or unused conv); "
-                    "set the ratio on the conv that produces its input"
-                )
-
-    def _bn_for(conv_name: str) -> nn.BatchNorm2d | None:
-        bn_name = tracer.bn_after.get(conv_name)
-        return modules[bn_name] if bn_name is not None else None
-
-    def ratio_for(name: str) -> float | None:
-        value = ratio.get(name) if isinstance(ratio, Mapping) else ratio
-        if value is None:
-            return None
-        value = float(value)
-        if math.isnan(value) or not 0.0 <= value < 1.0:
-            raise ValueError(
-                f"ratio {value} for layer {name!r} must be in [0, 1); a ratio of 1 would remove every channel"
-            )
-        return value
+    _check_ratio_names(ratio, modules, tracer)
 
     report = ChannelPruneReport(params_before=_count_params(pruned))
-    keep: dict[_Space, torch.Tensor] = {}
-    roots: list[_Space] = []
-    for name in tracer.own:
-        root = tracer.own[name].root()
-        if root not in roots:
-            roots.append(root)
-    for root in roots:
-        members = tuple(root.producers)
-        ratios = {m: ratio_for(m) for m in members}
-        given = {r for r in ratios.values() if r is not None}
-        if not given:
-            continue
-        if root.blocked:
-            for member in members:
-                report.skipped[member] = "; ".join(root.blocked)
-            continue
-        if len(members) > 1 and coupled == "keep":
-            for member in members:
-                report.skipped[member] = (
-                    "joined to "
-                    + ", ".join(m for m in members if m != member)
-                    + (" by an element-wise op (a residual stream); coupled='keep' leaves such groups whole")
-                )
-            continue
-        if len(given) > 1:
-            raise ValueError(f"coupled layers {list(members)} must share one ratio, got {ratios}")
-        value = given.pop()
-        n_keep = _kept_count(root.size, value, multiple_of)
-        if n_keep == root.size:
-            if multiple_of > 1 and value > 0:
-                for member in members:
-                    report.skipped[member] = f"{root.size} channels: keeping a multiple of {multiple_of} keeps them all"
-            continue
-        score = sum(_filter_scores(modules[m], criterion, _bn_for(m), m) for m in members)
-        order = torch.argsort(score, descending=True, stable=True)[:n_keep]
-        keep[root] = torch.sort(order).values
-        report.groups.append(members)
-
-    def indices(layout: _Layout) -> torch.Tensor:
-        parts, offset = [], 0
-        for space in layout.segments:
-            kept = keep.get(space.root())
-            parts.append(offset + (kept if kept is not None else torch.arange(space.size)))
-            offset += space.size
-        channels = torch.cat(parts)
-        if layout.inner == 1:
-            return channels
-        return (channels[:, None] * layout.inner + torch.arange(layout.inner)[None, :]).flatten()
-
+    choice = _ChannelChoice(tracer, modules, ratio, criterion, multiple_of, coupled, report)
+    keep = choice.kept_channels()
     with torch.no_grad():
-        for name, space in tracer.own.items():
-            conv = modules[name]
-            kept = keep.get(space.root())
-            if kept is None:
-                continue
-            before = conv.out_channels
-            _set_param(conv, "weight", conv.weight[kept])
-            _set_param(conv, "bias", conv.bias[kept] if conv.bias is not None else None)
-            conv.out_channels = len(kept)
-            report.layers.append(LayerChannels(name, "conv", before, len(kept), tuple(space.root().producers)))
-        for name, (kind, layout) in tracer.records.items():
-            idx = indices(layout)
-            module = modules[name]
-            total = sum(s.size for s in layout.segments) * layout.inner
-            if len(idx) == total:
-                continue
-            if kind == "conv_in":
-                _set_param(module, "weight", module.weight[:, idx])
-                module.in_channels = len(idx)
-            elif kind == "dw":
-                before = module.out_channels
-                _set_param(module, "weight", module.weight[idx])
-                _set_param(module, "bias", module.bias[idx] if module.bias is not None else None)
-                module.in_channels = module.out_channels = module.groups = len(idx)
-                report.layers.append(LayerChannels(name, "depthwise", before, len(idx)))
-            elif kind == "bn":
-                for attr in ("weight", "bias", "running_mean", "running_var"):
-                    value = getattr(module, attr)
-                    if value is not None:
-                        _set_param(module, attr, value[idx])
-                report.layers.append(LayerChannels(name, "batchnorm", module.num_features, len(idx)))
-                module.num_features = len(idx)
-            elif kind == "linear_in":
-                report.layers.append(LayerChannels(name, "linear_in", module.in_features, len(idx)))
-                _set_param(module, "weight", module.weight[:, idx])
-                module.in_features = len(idx)
+        _slice_convs(tracer, modules, keep, report)
+        _slice_consumers(tracer, modules, keep, report)
 
     report.params_after = _count_params(pruned)
     pruned.eval()
@@ -681,3 +567,201 @@ def prune_channels(
     finally:
         pruned.train(was_training)
     return ChannelPruneResult(pruned, report)
+
+
+def _check_arguments(multiple_of: int, criterion: str, coupled: str) -> None:
+    if multiple_of < 1:
+        raise ValueError(f"multiple_of must be >= 1, got {multiple_of}")
+    if criterion not in ("l1", "l2", "bn_gamma"):
+        raise ValueError(f"criterion must be 'l1', 'l2' or 'bn_gamma', got {criterion!r}")
+    if coupled not in ("prune", "keep"):
+        raise ValueError(f"coupled must be 'prune' or 'keep', got {coupled!r}")
+
+
+def _traced(pruned: nn.Module, model_name: str, examples: tuple[torch.Tensor, ...]) -> fx.GraphModule:
+    """`pruned` traced by torch.fx (sharing its modules), in eval mode, with every node's shape at `examples`."""
+    try:
+        gm = fx.symbolic_trace(pruned)
+    except Exception as exc:  # fx raises TraceError, TypeError, NotImplementedError, ... on dynamic control flow
+        raise ChannelPruneError(
+            f"torch.fx cannot trace {model_name} ({type(exc).__name__}: {exc}); structured pruning needs a "
+            "traceable model: remove data-dependent control flow or prune a traceable sub-module"
+        ) from exc
+    gm.eval()
+    with torch.no_grad():
+        ShapeProp(gm).propagate(*examples)
+    return gm
+
+
+def _check_ratio_names(
+    ratio: float | Mapping[str, float], modules: dict[str, nn.Module], tracer: _ChannelTracer
+) -> None:
+    """Every name in a ratio mapping is a regular Conv2d that owns its output channels."""
+    if not isinstance(ratio, Mapping):
+        return
+    convs = [n for n, m in modules.items() if type(m) is nn.Conv2d]
+    for key in ratio:
+        if key not in modules or type(modules[key]) is not nn.Conv2d:
+            raise ValueError(f"ratio names {key!r}, which is not a Conv2d of the model; Conv2d layers: {convs}")
+        if key not in tracer.own:
+            raise ValueError(
+                f"ratio names {key!r}, whose channels follow its input (depthwise/grouped or unused conv); "
+                "set the ratio on the conv that produces its input"
+            )
+
+
+@dataclass
+class _ChannelChoice:
+    """Which output channels each group of coupled convs keeps (groups it leaves alone go to report.skipped)."""
+
+    tracer: _ChannelTracer
+    modules: dict[str, nn.Module]
+    ratio: float | Mapping[str, float]
+    criterion: str
+    multiple_of: int
+    coupled: str
+    report: ChannelPruneReport
+
+    def kept_channels(self) -> dict[_Space, torch.Tensor]:
+        """The sorted indices kept, by the root space of each pruned group."""
+        keep: dict[_Space, torch.Tensor] = {}
+        roots: list[_Space] = []
+        for space in self.tracer.own.values():
+            root = space.root()
+            if root not in roots:
+                roots.append(root)
+        for root in roots:
+            kept = self._group_keeps(root)
+            if kept is not None:
+                keep[root] = kept
+                self.report.groups.append(tuple(root.producers))
+        return keep
+
+    def _group_keeps(self, root: _Space) -> torch.Tensor | None:
+        """The channels one group keeps; None when it is left whole (no ratio, blocked, coupled, rounding)."""
+        members = tuple(root.producers)
+        ratios = {m: self._ratio_for(m) for m in members}
+        given = {r for r in ratios.values() if r is not None}
+        if not given:
+            return None
+        skipped = self._left_whole(root, members)
+        if skipped:
+            self.report.skipped.update(skipped)
+            return None
+        if len(given) > 1:
+            raise ValueError(f"coupled layers {list(members)} must share one ratio, got {ratios}")
+        value = given.pop()
+        n_keep = _kept_count(root.size, value, self.multiple_of)
+        if n_keep == root.size:
+            if self.multiple_of > 1 and value > 0:
+                why = f"{root.size} channels: keeping a multiple of {self.multiple_of} keeps them all"
+                self.report.skipped.update(dict.fromkeys(members, why))
+            return None
+        score = sum(_filter_scores(self.modules[m], self.criterion, self._bn_for(m), m) for m in members)
+        order = torch.argsort(score, descending=True, stable=True)[:n_keep]
+        return torch.sort(order).values
+
+    def _left_whole(self, root: _Space, members: tuple[str, ...]) -> dict[str, str]:
+        """Why each member of a group that cannot (blocked) or should not (coupled='keep') be pruned stays whole."""
+        if root.blocked:
+            return dict.fromkeys(members, "; ".join(root.blocked))
+        if len(members) > 1 and self.coupled == "keep":
+            return {
+                member: "joined to "
+                + ", ".join(m for m in members if m != member)
+                + (" by an element-wise op (a residual stream); coupled='keep' leaves such groups whole")
+                for member in members
+            }
+        return {}
+
+    def _ratio_for(self, name: str) -> float | None:
+        value = self.ratio.get(name) if isinstance(self.ratio, Mapping) else self.ratio
+        if value is None:
+            return None
+        value = float(value)
+        if math.isnan(value) or not 0.0 <= value < 1.0:
+            raise ValueError(
+                f"ratio {value} for layer {name!r} must be in [0, 1); a ratio of 1 would remove every channel"
+            )
+        return value
+
+    def _bn_for(self, conv_name: str) -> nn.BatchNorm2d | None:
+        bn_name = self.tracer.bn_after.get(conv_name)
+        return self.modules[bn_name] if bn_name is not None else None
+
+
+def _slice_convs(
+    tracer: _ChannelTracer, modules: dict[str, nn.Module], keep: dict[_Space, torch.Tensor], report: ChannelPruneReport
+) -> None:
+    """Keep the chosen output channels of each pruned conv."""
+    for name, space in tracer.own.items():
+        conv = modules[name]
+        kept = keep.get(space.root())
+        if kept is None:
+            continue
+        before = conv.out_channels
+        _set_param(conv, "weight", conv.weight[kept])
+        _set_param(conv, "bias", conv.bias[kept] if conv.bias is not None else None)
+        conv.out_channels = len(kept)
+        report.layers.append(LayerChannels(name, "conv", before, len(kept), tuple(space.root().producers)))
+
+
+def _kept_indices(layout: _Layout, keep: dict[_Space, torch.Tensor]) -> torch.Tensor:
+    """The input positions a consumer keeps, over the segments of its input layout (each `inner` wide)."""
+    parts, offset = [], 0
+    for space in layout.segments:
+        kept = keep.get(space.root())
+        parts.append(offset + (kept if kept is not None else torch.arange(space.size)))
+        offset += space.size
+    channels = torch.cat(parts)
+    if layout.inner == 1:
+        return channels
+    return (channels[:, None] * layout.inner + torch.arange(layout.inner)[None, :]).flatten()
+
+
+def _slice_consumers(
+    tracer: _ChannelTracer, modules: dict[str, nn.Module], keep: dict[_Space, torch.Tensor], report: ChannelPruneReport
+) -> None:
+    """Slice the input side of every module that reads pruned channels."""
+    for name, (kind, layout) in tracer.records.items():
+        idx = _kept_indices(layout, keep)
+        total = sum(s.size for s in layout.segments) * layout.inner
+        if len(idx) != total:
+            _SLICERS[kind](name, modules[name], idx, report)
+
+
+def _slice_conv_input(name: str, module: nn.Module, idx: torch.Tensor, report: ChannelPruneReport) -> None:
+    _set_param(module, "weight", module.weight[:, idx])
+    module.in_channels = len(idx)
+
+
+def _slice_depthwise(name: str, module: nn.Module, idx: torch.Tensor, report: ChannelPruneReport) -> None:
+    before = module.out_channels
+    _set_param(module, "weight", module.weight[idx])
+    _set_param(module, "bias", module.bias[idx] if module.bias is not None else None)
+    module.in_channels = module.out_channels = module.groups = len(idx)
+    report.layers.append(LayerChannels(name, "depthwise", before, len(idx)))
+
+
+def _slice_batchnorm(name: str, module: nn.Module, idx: torch.Tensor, report: ChannelPruneReport) -> None:
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        value = getattr(module, attr)
+        if value is not None:
+            _set_param(module, attr, value[idx])
+    report.layers.append(LayerChannels(name, "batchnorm", module.num_features, len(idx)))
+    module.num_features = len(idx)
+
+
+def _slice_linear_input(name: str, module: nn.Module, idx: torch.Tensor, report: ChannelPruneReport) -> None:
+    report.layers.append(LayerChannels(name, "linear_in", module.in_features, len(idx)))
+    _set_param(module, "weight", module.weight[:, idx])
+    module.in_features = len(idx)
+
+
+# what the tracer recorded a module as (see _ChannelTracer._record) -> how its input side is sliced
+_SLICERS = {
+    "conv_in": _slice_conv_input,
+    "dw": _slice_depthwise,
+    "bn": _slice_batchnorm,
+    "linear_in": _slice_linear_input,
+}

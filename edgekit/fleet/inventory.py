@@ -86,46 +86,10 @@ def load_fleet(path: str | Path, *, ssh_config: str | Path | None = DEFAULT_SSH_
     `ssh_config` is the OpenSSH client config whose Host aliases apply (None: ignore it).
     """
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise InventoryError(f"cannot read fleet file {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise InventoryError(f"fleet file {path} is not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - {"device", "defaults"})
-    if unknown:
-        raise InventoryError(
-            f"fleet file {path}: unknown top-level key {unknown[0]!r}{_suggest(unknown[0], ('device', 'defaults'))}; "
-            "devices are [[device]] tables and shared settings go in [defaults]"
-        )
-    defaults = data.get("defaults", {})
-    if not isinstance(defaults, dict):
-        raise InventoryError(f"fleet file {path}: [defaults] must be a table")
-    _check_keys(defaults, DEFAULT_KEYS, f"fleet file {path}: [defaults]")
-    entries = data.get("device", [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InventoryError(f"fleet file {path}: `device` must be [[device]] tables, one per device")
-    if not entries:
-        raise InventoryError(f"fleet file {path} lists no devices; add a [[device]] table with a name and a host")
-
+    defaults, entries = _read_fleet_file(path)
     config = _read_ssh_config(ssh_config)
+    raw = _device_entries(path, defaults, entries)
     base = path.parent
-    raw: dict[str, dict[str, Any]] = {}
-    where: dict[str, str] = {}
-    for index, entry in enumerate(entries, start=1):
-        label = f"fleet file {path}: device #{index}"
-        name = entry.get("name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise InventoryError(
-                f"{label}: `name` must be a non-empty string of letters, digits and ._-@ (got {name!r})"
-            )
-        label = f"fleet file {path}: device {name!r}"
-        if name in raw:
-            raise InventoryError(f"{label}: the name is used twice ({where[name]} and #{index}); names must be unique")
-        _check_keys(entry, DEVICE_KEYS, label)
-        raw[name] = {**defaults, **entry}
-        where[name] = f"#{index}"
-
     devices: dict[str, Device] = {}
 
     def resolve(name: str, chain: tuple[str, ...]) -> Device:
@@ -149,6 +113,52 @@ def load_fleet(path: str | Path, *, ssh_config: str | Path | None = DEFAULT_SSH_
         return device
 
     return [resolve(name, ()) for name in raw]
+
+
+def _read_fleet_file(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The [defaults] table and the [[device]] tables of a fleet file, checked for shape and known keys."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InventoryError(f"cannot read fleet file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InventoryError(f"fleet file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - {"device", "defaults"})
+    if unknown:
+        raise InventoryError(
+            f"fleet file {path}: unknown top-level key {unknown[0]!r}{_suggest(unknown[0], ('device', 'defaults'))}; "
+            "devices are [[device]] tables and shared settings go in [defaults]"
+        )
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise InventoryError(f"fleet file {path}: [defaults] must be a table")
+    _check_keys(defaults, DEFAULT_KEYS, f"fleet file {path}: [defaults]")
+    entries = data.get("device", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InventoryError(f"fleet file {path}: `device` must be [[device]] tables, one per device")
+    if not entries:
+        raise InventoryError(f"fleet file {path} lists no devices; add a [[device]] table with a name and a host")
+    return defaults, entries
+
+
+def _device_entries(path: Path, defaults: dict[str, Any], entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each device's settings (the defaults under its own) by its name, in file order; names checked unique."""
+    raw: dict[str, dict[str, Any]] = {}
+    where: dict[str, str] = {}
+    for index, entry in enumerate(entries, start=1):
+        label = f"fleet file {path}: device #{index}"
+        name = entry.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InventoryError(
+                f"{label}: `name` must be a non-empty string of letters, digits and ._-@ (got {name!r})"
+            )
+        label = f"fleet file {path}: device {name!r}"
+        if name in raw:
+            raise InventoryError(f"{label}: the name is used twice ({where[name]} and #{index}); names must be unique")
+        _check_keys(entry, DEVICE_KEYS, label)
+        raw[name] = {**defaults, **entry}
+        where[name] = f"#{index}"
+    return raw
 
 
 def device_from_alias(alias: str, *, ssh_config: str | Path | None = DEFAULT_SSH_CONFIG, **settings: Any) -> Device:
