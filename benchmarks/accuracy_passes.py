@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import print_table  # noqa: E402
-from calibration_vs_ort import photo_crops  # noqa: E402
-from mobilenet_v2 import mobilenet_v2  # noqa: E402
+from _common import print_table
+from calibration_vs_ort import photo_crops
+from mobilenet_v2 import mobilenet_v2
 
 
 def main() -> None:
@@ -39,8 +39,11 @@ def main() -> None:
         rows.append(
             [weights, *(f"{s:.1f}" for s in scores), f"{scores[1] - scores[0]:+.1f}", f"{scores[2] - scores[1]:+.1f}"]
         )
-    print_table("logits SQNR vs FP32 (dB), MobileNetV2-style (ReLU, imbalanced channels), uint8 activations",
-                ["weights", "plain", "CLE", "CLE + bias corr.", "CLE gain", "bias corr. gain"], rows)  # fmt: skip
+    print_table(
+        "logits SQNR vs FP32 (dB), MobileNetV2-style (ReLU, imbalanced channels), uint8 activations",
+        ["weights", "plain", "CLE", "CLE + bias corr.", "CLE gain", "bias corr. gain"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

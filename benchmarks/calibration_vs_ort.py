@@ -62,7 +62,7 @@ def worker(args: argparse.Namespace) -> None:
             QuantFormat,
             QuantType,
             quantize_static,
-        )  # fmt: skip
+        )
 
         name = onnx.load(args.model, load_external_data=False).graph.input[0].name
 
@@ -78,16 +78,35 @@ def worker(args: argparse.Namespace) -> None:
 
         extra = {"CalibNumBins": 2048} if args.ort_bins else {}
         quantize_static(
-            args.model, args.out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=True,
-            calibrate_method=getattr(CalibrationMethod, args.method), extra_options=extra,
-        )  # fmt: skip
+            args.model,
+            args.out,
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            reduce_range=True,
+            calibrate_method=getattr(CalibrationMethod, args.method),
+            extra_options=extra,
+        )
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}))
 
 
 def run_worker(tool: str, model: Path, data: Path, method: str, out: Path, ort_bins: bool = False) -> dict:
-    command = [sys.executable, __file__, "--worker", tool, "--model", str(model), "--data", str(data),
-               "--method", method, "--out", str(out)] + (["--ort-bins"] if ort_bins else [])  # fmt: skip
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        tool,
+        "--model",
+        str(model),
+        "--data",
+        str(data),
+        "--method",
+        method,
+        "--out",
+        str(out),
+    ] + (["--ort-bins"] if ort_bins else [])
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"rc {done.returncode}"}
@@ -189,8 +208,11 @@ def main() -> None:
         if not (folder / "mobilenetv2.onnx").exists():
             prepared_model("mobilenetv2", Model.from_torch(mobilenet_v2(), torch.randn(1, 3, 224, 224)).proto, folder)
         rows = memory_flatness(folder, (16, 64) if args.quick else (64, 256, 1024))
-        print_table("peak memory vs number of calibration samples", ["model", "calibrator", "samples",
-                    "peak RSS MB", "seconds"], rows)  # fmt: skip
+        print_table(
+            "peak memory vs number of calibration samples",
+            ["model", "calibrator", "samples", "peak RSS MB", "seconds"],
+            rows,
+        )
         return
     samples = 16 if args.quick else 64
     runs = 50 if args.quick else 200
@@ -212,15 +234,23 @@ def main() -> None:
 
     memory_rows += memory_flatness(folder, (16, 64) if args.quick else (64, 256, 1024))
 
-    print_table(f"calibration on {samples} samples: wall time and peak RSS (each in its own process)",
-                ["model", "calibrator", "seconds", "peak RSS MB", "vs ORT (same method)"], calib_rows)  # fmt: skip
-    print_table("accuracy vs FP32 (SQNR/cosine of the outputs on held-out inputs; top-1 on held-out digits)",
-                ["model", "calibrator", "SQNR dB", "cosine", "fp32 top-1 %", "int8 top-1 %", "drop pts"],
-                accuracy_rows)  # fmt: skip
+    print_table(
+        f"calibration on {samples} samples: wall time and peak RSS (each in its own process)",
+        ["model", "calibrator", "seconds", "peak RSS MB", "vs ORT (same method)"],
+        calib_rows,
+    )
+    print_table(
+        "accuracy vs FP32 (SQNR/cosine of the outputs on held-out inputs; top-1 on held-out digits)",
+        ["model", "calibrator", "SQNR dB", "cosine", "fp32 top-1 %", "int8 top-1 %", "drop pts"],
+        accuracy_rows,
+    )
     latency_columns = ["model", "model file", "median ms", "speed-up vs fp32", "speed-up vs ORT int8"]
     print_table(f"latency, batch 1, median of 3 x {runs} runs (ms)", latency_columns, latency_rows)
-    print_table("peak memory vs number of calibration samples", ["model", "calibrator", "samples", "peak RSS MB",
-                "seconds"], memory_rows)  # fmt: skip
+    print_table(
+        "peak memory vs number of calibration samples",
+        ["model", "calibrator", "samples", "peak RSS MB", "seconds"],
+        memory_rows,
+    )
 
 
 def parse_args() -> argparse.Namespace:
@@ -268,8 +298,7 @@ def calibrate_all(
                 key = f"{tool} {method}" + (" (2048 bins)" if bins else "")
                 out = folder / f"{model_path.stem}_{tool}_{method}{'_2048' if bins else ''}.onnx"
                 ort_method = ORT_METHODS.get(method, method)
-                stats = run_worker(tool, model_path, data_path, method if tool == "edgekit" else ort_method, out,
-                                   bins)  # fmt: skip
+                stats = run_worker(tool, model_path, data_path, method if tool == "edgekit" else ort_method, out, bins)
                 if "error" in stats:
                     calib_rows.append([label, key, "failed", stats["error"][:60], ""])
                     continue
@@ -284,8 +313,10 @@ def add_ratios_vs_ort(label: str, calib_rows: list[list]) -> None:
     for method in ("minmax", "percentile", "entropy"):
         ours, theirs = by_key.get((label, f"edgekit {method}")), by_key.get((label, f"ort {method}"))
         if ours and theirs:
-            ours[4] = (f"{float(theirs[2]) / float(ours[2]):.1f}x faster, "
-                       f"{float(theirs[3]) / float(ours[3]):.1f}x less memory vs ORT {method}")  # fmt: skip
+            ours[4] = (
+                f"{float(theirs[2]) / float(ours[2]):.1f}x faster, "
+                f"{float(theirs[3]) / float(ours[3]):.1f}x less memory vs ORT {method}"
+            )
 
 
 def accuracy_table(
@@ -311,8 +342,11 @@ def latency_table(
     label: str, model_path: Path, quantized: dict[str, Path], evaluation: np.ndarray, runs: int
 ) -> list[list]:
     """FP32 vs edgekit INT8 vs ORT INT8, in interleaved rounds."""
-    contenders = {"fp32": model_path, "edgekit int8 (minmax)": quantized.get("edgekit minmax"),
-                  "ORT int8 (MinMax)": quantized.get("ort minmax")}  # fmt: skip
+    contenders = {
+        "fp32": model_path,
+        "edgekit int8 (minmax)": quantized.get("edgekit minmax"),
+        "ORT int8 (MinMax)": quantized.get("ort minmax"),
+    }
     timing: dict[str, list[float]] = {k: [] for k, v in contenders.items() if v}
     for _ in range(3):
         for key in timing:
@@ -332,10 +366,12 @@ def memory_flatness(folder: Path, counts: tuple[int, ...]) -> list[list[object]]
     """edgekit entropy on MobileNetV2 with 64..1,024 samples made on the fly (the data is not resident)."""
     rows = []
     for count in counts:
-        stats = run_worker("edgekit", folder / "mobilenetv2.onnx", Path(f"generate:{count}"), "entropy",
-                           folder / "flat.onnx")  # fmt: skip
-        rows.append(["MobileNetV2-style", "edgekit entropy", count, f"{stats['peak_rss_mb']:.0f}",
-                     f"{stats['seconds']:.1f}"])  # fmt: skip
+        stats = run_worker(
+            "edgekit", folder / "mobilenetv2.onnx", Path(f"generate:{count}"), "entropy", folder / "flat.onnx"
+        )
+        rows.append(
+            ["MobileNetV2-style", "edgekit entropy", count, f"{stats['peak_rss_mb']:.0f}", f"{stats['seconds']:.1f}"]
+        )
     return rows
 
 

@@ -42,8 +42,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved_latency, median, ort_session, print_table  # noqa: E402
-from mobilenet_v2 import mobilenet_v2  # noqa: E402
+from _common import interleaved_latency, median, ort_session, print_table
+from mobilenet_v2 import mobilenet_v2
 
 MEAN, STD = 0.1316, 0.3088
 BATCH = 64
@@ -72,10 +72,19 @@ def digits_cnn(width: float = 1.0):
 
     c1, c2, h = max(1, int(8 * width)), max(1, int(16 * width)), max(1, int(16 * width))
     return nn.Sequential(
-        nn.Conv2d(1, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(c2 * 7 * 7, h), nn.ReLU(), nn.Linear(h, 10),
-    )  # fmt: skip
+        nn.Conv2d(1, c1, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(c1, c2, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(c2 * 7 * 7, h),
+        nn.ReLU(),
+        nn.Linear(h, 10),
+    )
 
 
 def digits_mobilenet():
@@ -165,8 +174,15 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
         return top1(model, xt, yt)
 
     def rounds(steps, coupled="prune"):
-        return prune_channels_iteratively(dense, example, fine_tune(FINETUNE_STRUCTURED // steps), evaluate,
-                                          target_macs=0.5, steps=steps, coupled=coupled)  # fmt: skip
+        return prune_channels_iteratively(
+            dense,
+            example,
+            fine_tune(FINETUNE_STRUCTURED // steps),
+            evaluate,
+            target_macs=0.5,
+            steps=steps,
+            coupled=coupled,
+        )
 
     schedules = {
         "one-shot": rounds(1),
@@ -180,12 +196,21 @@ def structured(name, dense, x, y, xt, yt, example, dense_top1):
     rows = []
     for label, result in schedules.items():
         params = sum(p.numel() for p in result.model.parameters())
-        rows.append([
-            name, label, f"{dense_macs / 1e6:.2f}M", f"{result.macs_fraction:.0%}",
-            f"{sum(p.numel() for p in dense.parameters())} -> {params}",
-            f"{latency.ms('dense'):.3f}", f"{latency.ms(label):.3f}", f"{latency.speedup('dense', label):.2f}x",
-            fmt(dense_top1), " / ".join(fmt(r.metric, 1) for r in result.rounds), f"{result.metric - dense_top1:+.2f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                label,
+                f"{dense_macs / 1e6:.2f}M",
+                f"{result.macs_fraction:.0%}",
+                f"{sum(p.numel() for p in dense.parameters())} -> {params}",
+                f"{latency.ms('dense'):.3f}",
+                f"{latency.ms(label):.3f}",
+                f"{latency.speedup('dense', label):.2f}x",
+                fmt(dense_top1),
+                " / ".join(fmt(r.metric, 1) for r in result.rounds),
+                f"{result.metric - dense_top1:+.2f}",
+            ]
+        )
     return rows
 
 
@@ -228,8 +253,19 @@ def unstructured(name, dense, x, y, xt, yt, example, dense_top1):
             pruner.remove()
             acc = top1(model, xt, yt)
             r, g = gz_size(model)
-            rows.append([name, method, f"{sparsity:.0%}", f"{reached:.1%}", fmt(acc), fmt(right_after), str(r),
-                         str(g), f"{gz / g:.2f}x"])  # fmt: skip
+            rows.append(
+                [
+                    name,
+                    method,
+                    f"{sparsity:.0%}",
+                    f"{reached:.1%}",
+                    fmt(acc),
+                    fmt(right_after),
+                    str(r),
+                    str(g),
+                    f"{gz / g:.2f}x",
+                ]
+            )
     return rows
 
 
@@ -280,8 +316,13 @@ def qat_vs_ptq(name, dense, x, y, xt, yt, example, dense_top1):
     batches = [calib[i : i + 64] for i in range(0, 256, 64)]
     fp32_bytes = onnx_bytes(dense, example)
     # INT8, x86 scheme
-    cal = calibrate(Model.from_torch(copy.deepcopy(dense), example), calib.numpy(), weights="int7_per_channel",
-                    batch=64, progress=False)  # fmt: skip
+    cal = calibrate(
+        Model.from_torch(copy.deepcopy(dense), example),
+        calib.numpy(),
+        weights="int7_per_channel",
+        batch=64,
+        progress=False,
+    )
     ptq_bytes = write_qdq(cal.float_model, cal.spec).SerializeToString()
     ptq8 = ort_top1(ptq_bytes, xt, yt)
     qat = prepare_qat(dense, example, calib_batches=batches)
@@ -293,8 +334,18 @@ def qat_vs_ptq(name, dense, x, y, xt, yt, example, dense_top1):
     latency = interleaved_latency({"fp32": fp32_bytes, "ptq": ptq_bytes, "qat": qat_bytes}, example.numpy())
     fp32_ms, ptq_ms, qat_ms = latency.ms("fp32"), latency.ms("ptq"), latency.ms("qat")
     rows = [[name, "fp32", "-", fmt(dense_top1), "-", f"{fp32_ms:.3f}", "-", "torch / ORT"]]
-    rows.append([name, "INT8 (u8 act, int7/ch w)", fmt(ptq8), fmt(qat8), f"{qat8 - ptq8:+.2f}", f"{ptq_ms:.3f}",
-                 f"{qat_ms:.3f}", "ORT QDQ (both)"])  # fmt: skip
+    rows.append(
+        [
+            name,
+            "INT8 (u8 act, int7/ch w)",
+            fmt(ptq8),
+            fmt(qat8),
+            f"{qat8 - ptq8:+.2f}",
+            f"{ptq_ms:.3f}",
+            f"{qat_ms:.3f}",
+            "ORT QDQ (both)",
+        ]
+    )
     # 4-bit weights (qmax 7 per channel), uint8 activations, evaluated in torch
     torch.manual_seed(0)
     q4 = prepare_qat(dense, example, calib_batches=batches)
@@ -302,8 +353,9 @@ def qat_vs_ptq(name, dense, x, y, xt, yt, example, dense_top1):
     ptq4 = top1(q4, xt, yt)
     train(q4, x, y, FINETUNE, seed=1, lr=1e-4)
     qat4 = top1(q4, xt, yt)
-    rows.append([name, "4-bit w (qmax 7/ch), u8 act", fmt(ptq4), fmt(qat4), f"{qat4 - ptq4:+.2f}", "-", "-",
-                 "torch fake quant"])  # fmt: skip
+    rows.append(
+        [name, "4-bit w (qmax 7/ch), u8 act", fmt(ptq4), fmt(qat4), f"{qat4 - ptq4:+.2f}", "-", "-", "torch fake quant"]
+    )
     return rows
 
 
@@ -319,8 +371,11 @@ def mixed_precision(name, factory, epochs, x, y, xt, yt):
     torch.manual_seed(11)
     init = factory()
     rows = []
-    precisions = (("fp32", torch.float32), ("bf16 autocast", torch.bfloat16),
-                  ("fp16 autocast + loss scaling", torch.float16))  # fmt: skip
+    precisions = (
+        ("fp32", torch.float32),
+        ("bf16 autocast", torch.bfloat16),
+        ("fp16 autocast + loss scaling", torch.float16),
+    )
     for label, dtype in precisions:
         skipped = 0
         model = copy.deepcopy(init)
@@ -380,19 +435,39 @@ def main() -> None:
             f"{FINETUNE_STRUCTURED} fine-tune epochs in all with the dense model as teacher (KD T=4, alpha 0.5); "
             "goal >= 1.6x faster, top-1 within 1 pt; latency = ORT median ms, batch 1, 1 thread, 8 interleaved rounds "
             "(speed-up: median of the per-round ratios)",
-            ["model", "schedule", "MACs dense", "MACs kept", "params", "dense ms", "pruned ms", "speed-up",
-             "dense top1", "top1 after each round", "delta"],
+            [
+                "model",
+                "schedule",
+                "MACs dense",
+                "MACs kept",
+                "params",
+                "dense ms",
+                "pruned ms",
+                "speed-up",
+                "dense top1",
+                "top1 after each round",
+                "delta",
+            ],
             [row for name, model, acc, _, _ in models for row in structured(name, model, x, y, xt, yt, example, acc)],
-        )  # fmt: skip
+        )
     if 2 in sections:
         print_table(
             f"2. unstructured sparsity, global magnitude (first conv and classifier dense), {FINETUNE}-epoch fine-tune "
             "each; size = ONNX bytes gzip -9 "
             "(dense ONNX stores the zeros, so the raw file keeps its size)",
-            ["model", "method", "target", "reached", "top1 (ft)", "top1 before ft", "onnx bytes", "gzip bytes",
-             "vs dense gz"],
+            [
+                "model",
+                "method",
+                "target",
+                "reached",
+                "top1 (ft)",
+                "top1 before ft",
+                "onnx bytes",
+                "gzip bytes",
+                "vs dense gz",
+            ],
             [row for name, model, acc, _, _ in models for row in unstructured(name, model, x, y, xt, yt, example, acc)],
-        )  # fmt: skip
+        )
     if 3 in sections:
         print_table(
             f"3. distillation, student = digits CNN at 1/2 width (~4x smaller), {EPOCHS_CNN} epochs, same init/batches",
@@ -412,7 +487,7 @@ def main() -> None:
             "a GPU's)",
             ["model", "precision", "epochs", "median step ms", "train s", "top1", "final loss scale"],
             [row for name, _, _, make, epochs in models for row in mixed_precision(name, make, epochs, x, y, xt, yt)],
-        )  # fmt: skip
+        )
     print(f"\ntotal wall time {time.perf_counter() - wall:.0f} s")
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import median, paddleocr_model, print_table  # noqa: E402
+from _common import median, paddleocr_model, print_table
 
 PRECISIONS = ("fp32", "fp16", "w8", "w4", "w8a8")
 DIGITS = Path(__file__).resolve().parents[1] / "edgekit" / "assets" / "digits_cnn.onnx"
@@ -68,24 +68,38 @@ def main() -> None:
                 model = make()  # ONNX export (torch) or load + check (ONNX)
                 anchor_times.append(time.perf_counter() - start)
             rng = np.random.default_rng(0)
-            spec = calibrate(model, [rng.random(shape, dtype=np.float32) for _ in range(8)], activations="int8_sym",
-                             progress=False).spec  # fmt: skip
+            spec = calibrate(
+                model, [rng.random(shape, dtype=np.float32) for _ in range(8)], activations="int8_sym", progress=False
+            ).spec
             target.build(model, Path(tmp) / "warm", precision="fp16")  # imports and first-call costs
             sizes, times = {}, {}
             for precision in PRECISIONS:
                 runs = []
                 for run in range(args.runs):
                     start = time.perf_counter()
-                    artifact = target.build(model, Path(tmp) / f"{precision}{run}", precision=precision,
-                                            quant_spec=spec if precision == "w8a8" else None)  # fmt: skip
+                    artifact = target.build(
+                        model,
+                        Path(tmp) / f"{precision}{run}",
+                        precision=precision,
+                        quant_spec=spec if precision == "w8a8" else None,
+                    )
                     runs.append(time.perf_counter() - start)
                 times[precision] = median(runs)
                 sizes[precision] = artifact.model_path.stat().st_size
             anchor = median(anchor_times)
             for precision in PRECISIONS:
                 size, seconds = sizes[precision], times[precision]
-                rows.append([label, precision, f"{size / 1e6:.3f}", f"{size / sizes['fp32']:.2f}x", f"{seconds:.2f}",
-                             f"{seconds / times['fp32']:.2f}x", f"{anchor:.3f}"])  # fmt: skip
+                rows.append(
+                    [
+                        label,
+                        precision,
+                        f"{size / 1e6:.3f}",
+                        f"{size / sizes['fp32']:.2f}x",
+                        f"{seconds:.2f}",
+                        f"{seconds / times['fp32']:.2f}x",
+                        f"{anchor:.3f}",
+                    ]
+                )
     print_table(
         "ios-coreml: package size and build time (medians)",
         ["model", "precision", "MB", "size vs fp32", "build s", "build vs fp32", "ONNX export/load s"],

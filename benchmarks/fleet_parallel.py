@@ -37,16 +37,16 @@ from pathlib import Path
 from _common import WORK, digits_video, median, print_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "fleet"))
-from netns import NsSpec, loopback_sshd, netns_fleet, unavailable_reason  # noqa: E402
+from netns import NsSpec, loopback_sshd, netns_fleet, unavailable_reason
 
-from edgekit.api import build  # noqa: E402
-from edgekit.demo_data import digits_model_path  # noqa: E402
-from edgekit.device.plan import Source, make_plan  # noqa: E402
-from edgekit.device.settings import RunSettings  # noqa: E402
-from edgekit.device.ssh import SshTransport  # noqa: E402
-from edgekit.fleet.runner import run_fleet  # noqa: E402
-from edgekit.model import Model  # noqa: E402
-from edgekit.store import ResultsStore  # noqa: E402
+from edgekit.api import build
+from edgekit.demo_data import digits_model_path
+from edgekit.device.plan import Source, make_plan
+from edgekit.device.settings import RunSettings
+from edgekit.device.ssh import SshTransport
+from edgekit.fleet.runner import run_fleet
+from edgekit.model import Model
+from edgekit.store import ResultsStore
 
 
 def cpu_busy_seconds() -> float:
@@ -67,8 +67,9 @@ class Fleet:
         transports: list[SshTransport] = []
 
         def plan_for(device, run_id):
-            return make_plan(str(self.artifact.path), run_id=run_id, engine=self.artifact.manifest["engine"],
-                             **plan_options)  # fmt: skip
+            return make_plan(
+                str(self.artifact.path), run_id=run_id, engine=self.artifact.manifest["engine"], **plan_options
+            )
 
         def transport_for(device):
             transport = SshTransport(device)
@@ -143,8 +144,12 @@ def agent_alone_s(artifact, plan: dict) -> float:
         plan_path, result_path = Path(tmp) / "plan.json", Path(tmp) / "result.json"
         plan_path.write_text(json.dumps({**plan, "artifact_dir": str(artifact.path.resolve())}))
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(agent), "--plan", str(plan_path), "--result", str(result_path)],
-                       check=True, capture_output=True, cwd=tmp)  # fmt: skip
+        subprocess.run(
+            [sys.executable, str(agent), "--plan", str(plan_path), "--result", str(result_path)],
+            check=True,
+            capture_output=True,
+            cwd=tmp,
+        )
         return time.perf_counter() - start
 
 
@@ -221,10 +226,11 @@ def main() -> None:
         ),
         f"light ({args.light_frames} frames)": dict(
             source=Source.parse(video),
-            settings=RunSettings(frames=args.light_frames, warmup=2, threads=args.threads,
-                                 labels=labels[: args.light_frames]),
+            settings=RunSettings(
+                frames=args.light_frames, warmup=2, threads=args.threads, labels=labels[: args.light_frames]
+            ),
         ),
-    }  # fmt: skip
+    }
 
     with tempfile.TemporaryDirectory(prefix="edgekit-fleet-bench-") as tmp:
         root = Path(tmp)
@@ -254,10 +260,16 @@ def main() -> None:
                     ratios.append(tn / t1)
                     ideal.append(tn / max(t1, cpu_n / cores))
                 figures[label] = median(ratios)
-                scaling_rows.append([
-                    label, f"{median(t1s):.2f}", f"{median(t8s):.2f}", f"{median(floors):.2f}",
-                    f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})", f"{median(ideal):.2f}",
-                ])  # fmt: skip
+                scaling_rows.append(
+                    [
+                        label,
+                        f"{median(t1s):.2f}",
+                        f"{median(t8s):.2f}",
+                        f"{median(floors):.2f}",
+                        f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                        f"{median(ideal):.2f}",
+                    ]
+                )
             t1s, t8s, floors, ratios, ideal = [], [], [], [], []
             for index in range(args.rounds):
                 order = ("1", "n") if index % 2 == 0 else ("n", "1")
@@ -270,25 +282,39 @@ def main() -> None:
                 ideal.append(tn / max(t1, cpu_n / cores))
             transport_label = "no agent: connect + push check + exec(true)"
             figures[transport_label] = median(ratios)
-            scaling_rows.append([
-                transport_label, f"{median(t1s):.2f}", f"{median(t8s):.2f}", f"{median(floors):.2f}",
-                f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})", f"{median(ideal):.2f}",
-            ])  # fmt: skip
+            scaling_rows.append(
+                [
+                    transport_label,
+                    f"{median(t1s):.2f}",
+                    f"{median(t8s):.2f}",
+                    f"{median(floors):.2f}",
+                    f"{median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})",
+                    f"{median(ideal):.2f}",
+                ]
+            )
 
             rtt_lo = round_trip_ms(lo.edgekit_device("loopback"), args.round_trips)
             rtt_ns = round_trip_ms(devices[0], args.round_trips)
             light = plans[f"light ({args.light_frames} frames)"]
             parts = overhead(devices[0], artifact, light, max(3, args.rounds))
 
-    print(f"\nmachine: {cores} cores; {args.devices} namespace devices; {args.rounds} rounds; "
-          f"engine threads per agent: {args.threads}; artifact {artifact.id[:12]} (demo digits, x86-ort)")  # fmt: skip
+    print(
+        f"\nmachine: {cores} cores; {args.devices} namespace devices; {args.rounds} rounds; "
+        f"engine threads per agent: {args.threads}; artifact {artifact.id[:12]} (demo digits, x86-ort)"
+    )
     print_table(
         f"1 device vs {args.devices} in parallel (seconds, medians); CPU floor = machine CPU-seconds busy in the "
         f"{args.devices}-device run / {cores} cores",
-        ["work per device", "1 device", f"{args.devices} devices", "CPU floor", "ratio (range)",
-         "ratio vs max(1 dev, floor)"],
+        [
+            "work per device",
+            "1 device",
+            f"{args.devices} devices",
+            "CPU floor",
+            "ratio (range)",
+            "ratio vs max(1 dev, floor)",
+        ],
         scaling_rows,
-    )  # fmt: skip
+    )
     fleet_overhead = parts["total"] - parts["agent alone"]
     summary = ("total", "agent alone", "total - wall_s")
     rows = [[name, f"{seconds:.3f}"] for name, seconds in parts.items() if name not in summary]
@@ -296,9 +322,11 @@ def main() -> None:
         ["SSH run total (fresh transport)", f"{parts['total']:.3f}"],
         ["the agent alone (same zipapp, plan, Python; subprocess here)", f"{parts['agent alone']:.3f}"],
         ["=> fleet overhead: total - agent alone", f"{fleet_overhead:.3f}"],
-        ["(total - result wall_s: also the agent's start, imports, model load, warm-up)",
-         f"{parts['total - wall_s']:.3f}"],
-    ]  # fmt: skip
+        [
+            "(total - result wall_s: also the agent's start, imports, model load, warm-up)",
+            f"{parts['total - wall_s']:.3f}",
+        ],
+    ]
     print_table(
         f"fleet overhead per device (light plan, fresh connection, medians of {max(3, args.rounds)})",
         ["part", "seconds"],
@@ -309,18 +337,32 @@ def main() -> None:
         "claims",
         ["figure", "measured", "target", "verdict"],
         [
-            *[[f"{args.devices} vs 1 wall-time ratio, {label}", f"{ratio:.2f}", "<= 1.3", verdict(ratio <= 1.3)]
-              for label, ratio in figures.items()],
+            *[
+                [f"{args.devices} vs 1 wall-time ratio, {label}", f"{ratio:.2f}", "<= 1.3", verdict(ratio <= 1.3)]
+                for label, ratio in figures.items()
+            ],
             ["bytes pushed, first run (all devices)", f"{first_bytes}", "(reference)", ""],
             ["bytes pushed, second run (all devices)", f"{second_bytes}", "0", verdict(second_bytes == 0)],
-            [f"exec(['true']) round trip, loopback (median of {args.round_trips})", f"{rtt_lo:.2f} ms", "<= 15 ms",
-             verdict(rtt_lo <= 15)],
-            [f"exec(['true']) round trip, into a namespace (median of {args.round_trips})", f"{rtt_ns:.2f} ms",
-             "<= 15 ms", verdict(rtt_ns <= 15)],
-            ["fleet overhead per device (total - agent alone)", f"{fleet_overhead:.3f} s", "< 1 s",
-             verdict(fleet_overhead < 1)],
+            [
+                f"exec(['true']) round trip, loopback (median of {args.round_trips})",
+                f"{rtt_lo:.2f} ms",
+                "<= 15 ms",
+                verdict(rtt_lo <= 15),
+            ],
+            [
+                f"exec(['true']) round trip, into a namespace (median of {args.round_trips})",
+                f"{rtt_ns:.2f} ms",
+                "<= 15 ms",
+                verdict(rtt_ns <= 15),
+            ],
+            [
+                "fleet overhead per device (total - agent alone)",
+                f"{fleet_overhead:.3f} s",
+                "< 1 s",
+                verdict(fleet_overhead < 1),
+            ],
         ],
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ def main() -> None:
 
     video, _ = digits_video((112, 112))
     cases = [("digits CNN (shipped)", Model.load(digits_model_path()))]
-    for kind, preprocess in (("cls", {"resize": [48, 192], "mean": [0.5], "std": [0.5]}),
-                             ("rec", {"resize": [48, 320], "mean": [0.5], "std": [0.5]})):  # fmt: skip
+    for kind, preprocess in (
+        ("cls", {"resize": [48, 192], "mean": [0.5], "std": [0.5]}),
+        ("rec", {"resize": [48, 320], "mean": [0.5], "std": [0.5]}),
+    ):
         path = paddleocr_model(kind)
         if path:
             cases.append((f"PaddleOCR {kind} ({path.name})", Model.load(path, preprocess=preprocess)))
@@ -86,8 +88,16 @@ def main() -> None:
             ratios.append(pair["agent"] / pair["bare"])
         ratio = median(ratios)
         spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
-        rows.append([label, f"{median(bare):.4f}", f"{median(agent):.4f}", f"{ratio:.3f}", spread,
-                     "PASS" if ratio <= 1.05 else "FAIL"])  # fmt: skip
+        rows.append(
+            [
+                label,
+                f"{median(bare):.4f}",
+                f"{median(agent):.4f}",
+                f"{ratio:.3f}",
+                spread,
+                "PASS" if ratio <= 1.05 else "FAIL",
+            ]
+        )
     print_table(
         f"inference p50 (ms), {args.rounds} paired rounds x {args.frames} frames; target: median ratio <= 1.05",
         ["model", "bare session.run", "agent", "agent / bare (median)", "range", "verdict"],

@@ -43,8 +43,9 @@ def main() -> None:
         seq_fps, pipe_fps, bounds, stage_rows = [], [], [], []
         for _ in range(args.rounds):
             seq = run(artifact, video, frames=args.frames, loop=True, threads=args.threads, save=False).result
-            pipe = run(artifact, video, frames=args.frames, loop=True, threads=args.threads, pipelined=True,
-                       save=False).result  # fmt: skip
+            pipe = run(
+                artifact, video, frames=args.frames, loop=True, threads=args.threads, pipelined=True, save=False
+            ).result
             stage_ms = {s: seq["latency_ms"][s]["p50"] for s in STAGES}
             bounds.append(1000.0 / max(stage_ms.values()))
             seq_fps.append(seq["throughput_fps"])
@@ -54,8 +55,19 @@ def main() -> None:
         slowest = max(STAGES, key=lambda s: median([r[s] for r in stage_rows]))
         stages = " / ".join(f"{median([r[s] for r in stage_rows]):.2f}" for s in STAGES)
         verdict = "PASS" if p_fps >= 0.9 * bound and p_fps > s_fps else "FAIL"
-        rows.append([label, stages, slowest, f"{bound:.1f}", f"{s_fps:.1f}", f"{p_fps:.1f}",
-                     f"{p_fps / bound:.2f}", f"{p_fps / s_fps:.2f}", verdict])  # fmt: skip
+        rows.append(
+            [
+                label,
+                stages,
+                slowest,
+                f"{bound:.1f}",
+                f"{s_fps:.1f}",
+                f"{p_fps:.1f}",
+                f"{p_fps / bound:.2f}",
+                f"{p_fps / s_fps:.2f}",
+                verdict,
+            ]
+        )
     print_table(
         f"throughput (frames/s), median of {args.rounds} rounds x {args.frames} frames, {args.threads} inference "
         "thread(s); stages = capture / preprocess / inference / postprocess p50 ms from the sequential run",

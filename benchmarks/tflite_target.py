@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import median, ort_session, paddleocr_model, print_table  # noqa: E402
+from _common import median, ort_session, paddleocr_model, print_table
 
 ROUNDS, RUNS = 7, 50
 
@@ -83,8 +83,12 @@ def convert_child(name: str) -> None:
     target = get_target("android-tflite")
     for precision in ("fp32", "fp16", "int8"):
         t = time.perf_counter()
-        target.build(model, Path("/tmp/edgekit-bench/tflite") / name.replace(" ", "_") / precision,
-                     precision=precision, quant_spec=spec if precision == "int8" else None)  # fmt: skip
+        target.build(
+            model,
+            Path("/tmp/edgekit-bench/tflite") / name.replace(" ", "_") / precision,
+            precision=precision,
+            quant_spec=spec if precision == "int8" else None,
+        )
         report[precision] = time.perf_counter() - t
     report["peak_rss_mb"] = _rss_mb()
     print(json.dumps(report))
@@ -109,7 +113,7 @@ def latency_table(name: str, builds: dict[str, bytes], ort_builds: dict[str, byt
     for label, data in builds.items():
         engine = TfliteEngine.from_bytes(data, {"threads": 1}).load()
         feed = {engine.input_names[0]: sample.transpose(0, 2, 3, 1)}
-        runners[f"LiteRT {label}"] = (lambda e=engine, f=feed: e.infer(f))
+        runners[f"LiteRT {label}"] = lambda e=engine, f=feed: e.infer(f)
     for label, data in ort_builds.items():
         try:
             session = ort_session(data)
@@ -117,7 +121,7 @@ def latency_table(name: str, builds: dict[str, bytes], ort_builds: dict[str, byt
             print(f"   {name}: ORT {label} does not load: {str(exc).splitlines()[0][:160]}")
             continue
         feed = {session.get_inputs()[0].name: sample}
-        runners[f"ORT {label}"] = (lambda s=session, f=feed: s.run(None, f))
+        runners[f"ORT {label}"] = lambda s=session, f=feed: s.run(None, f)
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(ROUNDS):  # interleaved: drift on a shared machine hits every runner alike
         for label, run in runners.items():
@@ -150,40 +154,65 @@ def main() -> None:
     all_models = models()
     conversion, latency, accuracy = [], [], []
     for name, (model, calib, evaluation, labels) in all_models.items():
-        child = subprocess.run([sys.executable, __file__, "--convert-child", name], capture_output=True, text=True,
-                               check=True)  # fmt: skip
+        child = subprocess.run(
+            [sys.executable, __file__, "--convert-child", name], capture_output=True, text=True, check=True
+        )
         report = json.loads(child.stdout.strip().splitlines()[-1])
-        conversion.append([name, f"{report['fp32']:.2f}", f"{report['fp16']:.2f}", f"{report['int8']:.2f}",
-                           f"{report['import_tf_s']:.1f}", f"{report['rss_after_import_mb']:.0f}",
-                           f"{report['peak_rss_mb']:.0f}"])  # fmt: skip
+        conversion.append(
+            [
+                name,
+                f"{report['fp32']:.2f}",
+                f"{report['fp16']:.2f}",
+                f"{report['int8']:.2f}",
+                f"{report['import_tf_s']:.1f}",
+                f"{report['rss_after_import_mb']:.0f}",
+                f"{report['peak_rss_mb']:.0f}",
+            ]
+        )
         target = get_target("android-tflite")
         built = {}
         for observer in ("minmax", "percentile"):
-            spec = calibrate(model, calib, observer=observer, activations="int8_asym", weights="int8_per_channel",
-                             batch=32, progress=False).spec  # fmt: skip
+            spec = calibrate(
+                model,
+                calib,
+                observer=observer,
+                activations="int8_asym",
+                weights="int8_per_channel",
+                batch=32,
+                progress=False,
+            ).spec
             art = target.build(model, Path(f"/tmp/edgekit-bench/tfl-{observer}"), precision="int8", quant_spec=spec)
             built[f"int8 QuantSpec {observer}"] = (art.path / "model.tflite").read_bytes()
         size = tuple(model.preprocess.resize) if model.preprocess and model.preprocess.resize else None
         fp32 = to_tflite(model.proto, size=size)
         fp16 = to_tflite(model.proto, fp16=True, size=size)
-        built["int8 TF converter calibration"] = to_tflite(model.proto, size=size,
-                                                          converter_int8_data=[c[None] for c in calib])  # fmt: skip
+        built["int8 TF converter calibration"] = to_tflite(
+            model.proto, size=size, converter_int8_data=[c[None] for c in calib]
+        )
         x86 = calibrate(model, calib, batch=32, progress=False)
-        ort_builds = {"fp32": model.to_bytes(), "int8 (x86-ort QDQ)": write_qdq(x86.float_model, x86.spec)
-                      .SerializeToString()}  # fmt: skip
-        latency += latency_table(name, {"fp32": fp32, "fp16": fp16, "int8": built["int8 QuantSpec minmax"]},
-                                 ort_builds, evaluation[:1])  # fmt: skip
+        ort_builds = {
+            "fp32": model.to_bytes(),
+            "int8 (x86-ort QDQ)": write_qdq(x86.float_model, x86.spec).SerializeToString(),
+        }
+        latency += latency_table(
+            name, {"fp32": fp32, "fp16": fp16, "int8": built["int8 QuantSpec minmax"]}, ort_builds, evaluation[:1]
+        )
         session = ort_session(model.to_bytes())
-        reference = np.concatenate([session.run(None, {session.get_inputs()[0].name: evaluation[i : i + 1]})[0]
-                                    for i in range(len(evaluation))])  # fmt: skip
+        reference = np.concatenate(
+            [
+                session.run(None, {session.get_inputs()[0].name: evaluation[i : i + 1]})[0]
+                for i in range(len(evaluation))
+            ]
+        )
         float_out = tflite_outputs(fp32, evaluation)
         base = float((float_out.argmax(1) == labels).mean() * 100) if labels is not None else None
         for label, data in built.items():
             got = tflite_outputs(data, evaluation)
             if labels is not None:
                 top1 = float((got.argmax(1) == labels).mean() * 100)
-                accuracy.append([name, label, f"{base:.2f}", f"{top1:.2f}", f"{top1 - base:+.2f}",
-                                 f"{sqnr_db(reference, got):.1f}"])  # fmt: skip
+                accuracy.append(
+                    [name, label, f"{base:.2f}", f"{top1:.2f}", f"{top1 - base:+.2f}", f"{sqnr_db(reference, got):.1f}"]
+                )
             else:
                 accuracy.append([name, label, "-", "-", "-", f"{sqnr_db(reference, got):.1f}"])
     print_table(

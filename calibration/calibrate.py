@@ -72,9 +72,13 @@ def _progress(total: int | None, enabled: bool) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), disable=not enabled,
+        TextColumn("calibrating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
         transient=True,
-    )  # fmt: skip
+    )
 
 
 def calibrate(
@@ -192,10 +196,15 @@ def _make_spec(
         scale, zero_point = activation_qparams(lo, hi, scheme)
         kind = "activation" if name in plan.activations else "output"
         spec.tensors[name] = TensorQuant(
-            kind, scheme.dtype, float(scale), int(zero_point), settings=obs.settings(),
+            kind,
+            scheme.dtype,
+            float(scale),
+            int(zero_point),
+            settings=obs.settings(),
             observer="minmax (model input)" if name in input_names else observer,
-            range=(float(lo), float(hi)), observed=tuple(float(v) for v in obs.observed_range),
-        )  # fmt: skip
+            range=(float(lo), float(hi)),
+            observed=tuple(float(v) for v in obs.observed_range),
+        )
     inits = {init.name: init for init in float_model.graph.initializer}
     weight_scales: dict[str, np.ndarray] = {}
     for entry in plan.weights:
@@ -207,12 +216,14 @@ def _make_spec(
         weight_scales[entry.name] = scale
         per_channel = entry.axis is not None and scale.ndim == 1
         spec.tensors[entry.name] = TensorQuant(
-            "weight", "int8",
+            "weight",
+            "int8",
             [float(s) for s in scale] if per_channel else float(scale),
             [0] * len(scale) if per_channel else 0,
             axis=entry.axis if per_channel else None,
-            observer="minmax", range=(float(values.min()), float(values.max())),
-        )  # fmt: skip
+            observer="minmax",
+            range=(float(values.min()), float(values.max())),
+        )
     for entry in plan.biases:
         act = spec.tensors.get(entry.input_tensor)
         if act is None or entry.weight not in weight_scales:
@@ -220,9 +231,10 @@ def _make_spec(
         scale = (np.float32(act.scale) * weight_scales[entry.weight]).astype(np.float32)
         per_channel = scale.ndim == 1
         spec.tensors[entry.name] = TensorQuant(
-            "bias", "int32",
+            "bias",
+            "int32",
             [float(s) for s in scale] if per_channel else float(scale),
             [0] * len(scale) if per_channel else 0,
             axis=0 if per_channel else None,
-        )  # fmt: skip
+        )
     return spec

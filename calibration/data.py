@@ -163,8 +163,9 @@ def _limited(feeds: Iterator[dict], limit: int | None) -> Iterator[dict]:
 
 def warn_skipped(skipped: list[str]) -> None:
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} calibration images that could not be decoded, e.g. {skipped[0]}",
-                      stacklevel=2)  # fmt: skip
+        warnings.warn(
+            f"skipped {len(skipped)} calibration images that could not be decoded, e.g. {skipped[0]}", stacklevel=2
+        )
 
 
 def load_labelled(

@@ -102,8 +102,7 @@ def apply_transforms(model: onnx.ModelProto, transforms: list[dict[str, Any]]) -
     for transform in transforms:
         if transform["kind"] == "equalize":
             for pair in transform["pairs"]:
-                _apply_pair(inits, nodes[pair["first"]], nodes[pair["second"]],
-                            np.asarray(pair["scales"], np.float32))  # fmt: skip
+                _apply_pair(inits, nodes[pair["first"]], nodes[pair["second"]], np.asarray(pair["scales"], np.float32))
         elif transform["kind"] == "bias_correction":
             for name, delta in transform["biases"].items():
                 values = numpy_helper.to_array(inits[name]) + np.asarray(delta, np.float32)
@@ -128,10 +127,14 @@ def bias_corrections(
 
     inits = {i.name: i for i in float_model.graph.initializer}
     targets = [
-        n for n in float_model.graph.node
-        if n.op_type in ("Conv", "Gemm") and len(n.input) > 2 and n.input[2] in inits and n.input[2] in spec.tensors
+        n
+        for n in float_model.graph.node
+        if n.op_type in ("Conv", "Gemm")
+        and len(n.input) > 2
+        and n.input[2] in inits
+        and n.input[2] in spec.tensors
         and n.name not in spec.float_nodes
-    ]  # fmt: skip
+    ]
     if not targets or not feeds:
         return {}
     names = [n.output[0] for n in targets]

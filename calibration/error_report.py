@@ -25,8 +25,13 @@ class TensorError:
     count: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "sqnr_db": self.sqnr_db, "cosine": self.cosine,
-                "max_abs_error": self.max_abs_error, "count": self.count}  # fmt: skip
+        return {
+            "name": self.name,
+            "sqnr_db": self.sqnr_db,
+            "cosine": self.cosine,
+            "max_abs_error": self.max_abs_error,
+            "count": self.count,
+        }
 
 
 def tensor_errors(
@@ -45,8 +50,13 @@ def tensor_errors(
     for feed in feeds:
         reference = dict(zip(float_out_names, float_session.run(float_out_names, feed), strict=True))
         reference.update({k: v for k, v in feed.items() if k in accumulators})
-        test = dict(zip([quantized_name[t] for t in wanted],
-                        qdq_session.run([quantized_name[t] for t in wanted], feed), strict=True))  # fmt: skip
+        test = dict(
+            zip(
+                [quantized_name[t] for t in wanted],
+                qdq_session.run([quantized_name[t] for t in wanted], feed),
+                strict=True,
+            )
+        )
         for t, accumulator in accumulators.items():
             accumulator.update(reference[t], test[quantized_name[t]])
     report = []
@@ -64,15 +74,19 @@ def print_error_table(errors: list[TensorError], console: Any = None, *, worst: 
     console = console or Console()
     ranked = sorted(errors, key=lambda e: e.sqnr_db if e.sqnr_db is not None else -1e9)
     shown = ranked[:worst] if worst else ranked
-    table = Table(title=f"per-tensor error, FP32 vs quantized ({len(shown)} worst of {len(errors)})",
-                  title_justify="left")  # fmt: skip
+    table = Table(
+        title=f"per-tensor error, FP32 vs quantized ({len(shown)} worst of {len(errors)})", title_justify="left"
+    )
     for column in ("tensor", "SQNR dB", "cosine", "max abs err"):
         table.add_column(column, justify="left" if column == "tensor" else "right")
     for e in shown:
         exact = e.sqnr_db is not None and e.sqnr_db >= 999.0  # not quantized (kept float) or bit-exact
-        table.add_row(e.name, "exact" if exact else f"{e.sqnr_db:.1f}" if e.sqnr_db is not None else "-",
-                      f"{e.cosine:.5f}" if e.cosine is not None else "-",
-                      f"{e.max_abs_error:.4g}" if e.max_abs_error is not None else "-")  # fmt: skip
+        table.add_row(
+            e.name,
+            "exact" if exact else f"{e.sqnr_db:.1f}" if e.sqnr_db is not None else "-",
+            f"{e.cosine:.5f}" if e.cosine is not None else "-",
+            f"{e.max_abs_error:.4g}" if e.max_abs_error is not None else "-",
+        )
     console.print(table)
 
 
@@ -99,14 +113,19 @@ def report_html(report: dict[str, Any]) -> str:
         "timings (s)": {k: round(v, 3) for k, v in report["timings_s"].items()},
     }
     facts_html = "".join(f"<tr><th>{html.escape(k)}</th>{cell(v)}</tr>" for k, v in facts.items())
-    style = ("body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
+    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit quantize report</title>"
         f"<style>{style}</style></head><body><h1>Quantization report</h1><table>{facts_html}</table>"
         "<h2>Per-tensor error, FP32 vs quantized (worst first)</h2>"
         f"<table><tr><th>tensor</th><th>SQNR dB</th><th>cosine</th><th>max abs error</th></tr>{rows}</table>"
-        + (f"<h2>Sensitivity (score with only this node quantized)</h2><table>{sensitivity}</table>"
-           if sensitivity else "")
+        + (
+            f"<h2>Sensitivity (score with only this node quantized)</h2><table>{sensitivity}</table>"
+            if sensitivity
+            else ""
+        )
         + "</body></html>"
-    )  # fmt: skip
+    )

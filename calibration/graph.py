@@ -224,8 +224,9 @@ def _plan_outputs(
             plan.outputs.append(name)
 
 
-_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                          onnx.TensorProto.DOUBLE})  # fmt: skip
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)
 
 
 def _elem_types(model: onnx.ModelProto) -> dict[str, int]:

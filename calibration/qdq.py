@@ -109,8 +109,15 @@ def _dequantize_weights(
         scale_name, zp_name = _qparams(name, entry, new_inits)
         dq_out = f"{name}_dequantized"
         attrs = {"axis": entry.axis} if entry.axis is not None else {}
-        dq_nodes.append(helper.make_node("DequantizeLinear", [quant_name, scale_name, zp_name], [dq_out],
-                                         name=f"{name}_DequantizeLinear", **attrs))  # fmt: skip
+        dq_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [quant_name, scale_name, zp_name],
+                [dq_out],
+                name=f"{name}_DequantizeLinear",
+                **attrs,
+            )
+        )
         _read_instead(readers, name, dq_out)
     return dq_nodes
 
@@ -148,9 +155,10 @@ def _quantize_activations(
         q_out, dq_out = f"{name}_quantized", f"{name}_dequantized"
         pair = [
             helper.make_node("QuantizeLinear", [name, scale_name, zp_name], [q_out], name=f"{name}_QuantizeLinear"),
-            helper.make_node("DequantizeLinear", [q_out, scale_name, zp_name], [dq_out],
-                             name=f"{name}_DequantizeLinear"),
-        ]  # fmt: skip
+            helper.make_node(
+                "DequantizeLinear", [q_out, scale_name, zp_name], [dq_out], name=f"{name}_DequantizeLinear"
+            ),
+        ]
         inserts.setdefault(producer_index.get(name, -1), []).extend(pair)
         _read_instead(readers, name, dq_out)
     return inserts

@@ -239,9 +239,10 @@ def quant_spec_from_qdq(
         scale = (np.float32(act.scale) * np.asarray(weight.scale, dtype=np.float32)).astype(np.float32)
         per_channel = scale.ndim == 1
         spec.tensors[bias] = TensorQuant(
-            "bias", "int32",
+            "bias",
+            "int32",
             [float(s) for s in scale] if per_channel else float(scale),
             [0] * len(scale) if per_channel else 0,
             axis=0 if per_channel else None,
-        )  # fmt: skip
+        )
     return float_model, spec

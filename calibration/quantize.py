@@ -94,10 +94,18 @@ def quantize(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     calibration = calibrate(
-        model, data, observer=observer, observer_settings=observer_settings, activations=activations,
-        weights=weights, float_nodes=float_nodes, limit=limit, progress=progress, equalize=equalize,
+        model,
+        data,
+        observer=observer,
+        observer_settings=observer_settings,
+        activations=activations,
+        weights=weights,
+        float_nodes=float_nodes,
+        limit=limit,
+        progress=progress,
+        equalize=equalize,
         bias_correction=bias_correction,
-    )  # fmt: skip
+    )
     timings["calibration"] = time.perf_counter() - start
     float_model, spec = calibration.float_model, calibration.spec
     if eval_feeds is None:
@@ -134,8 +142,12 @@ def quantize(
         result.accuracy.setdefault("float_top1", evaluator(float_model))
         result.accuracy["quantized_top1"] = evaluator(result.qdq_model)
     start = time.perf_counter()
-    result.errors = tensor_errors(float_model, result.qdq_model, eval_feeds[:error_samples],
-                                  [t for t, q in spec.tensors.items() if q.kind == "activation"])  # fmt: skip
+    result.errors = tensor_errors(
+        float_model,
+        result.qdq_model,
+        eval_feeds[:error_samples],
+        [t for t, q in spec.tensors.items() if q.kind == "activation"],
+    )
     timings["error_report"] = time.perf_counter() - start
     return result
 

@@ -75,7 +75,7 @@ def graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
 
 
 def image_layout(shape: list[int | None] | tuple[int | None, ...], hint: str | None = None) -> str | None:
-    """"NCHW" or "NHWC" for a rank-4 image shape (None for other ranks): the axis of 1 or 3 channels decides;
+    """ "NCHW" or "NHWC" for a rank-4 image shape (None for other ranks): the axis of 1 or 3 channels decides;
     when both or neither look like channels, `hint` (e.g. the preprocess layout) or NCHW."""
     if len(shape) != 4:
         return None

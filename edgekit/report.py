@@ -82,12 +82,23 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
 
     console = console or Console()
     devices = sorted({run.device for run in runs})
-    table = Table(title="edgekit runs (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
-                  pad_edge=False)  # fmt: skip
+    table = Table(
+        title="edgekit runs (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
+    )
     with_power = any((run.result.get("power") or {}).get("avg_w") is not None for run in runs)
-    columns = ["run", *(["device"] if len(devices) > 1 else []), "target", "mode", "frames", "infer\np50",
-               "e2e\np50", "e2e\np99", "fps", *(["power\nW", "mJ per\ninference"] if with_power else []),
-               "top-1"]  # fmt: skip
+    columns = [
+        "run",
+        *(["device"] if len(devices) > 1 else []),
+        "target",
+        "mode",
+        "frames",
+        "infer\np50",
+        "e2e\np50",
+        "e2e\np99",
+        "fps",
+        *(["power\nW", "mJ per\ninference"] if with_power else []),
+        "top-1",
+    ]
     for column in columns:
         left = column in ("run", "device", "target", "mode")
         table.add_column(column, justify="left" if left else "right", no_wrap=True)
@@ -99,12 +110,16 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
         if len(devices) > 1:
             cells.append(row["device"])
         cells += [
-            f"{row['target']}/{row['precision']}", "pipe" if row["mode"] == "pipelined" else "seq",
-            _fmt(row["frames"]), _fmt(row["inference_p50_ms"]), _fmt(row["end_to_end_p50_ms"]),
-            _fmt(row["end_to_end_p99_ms"]), _fmt(row["throughput_fps"], 4),
+            f"{row['target']}/{row['precision']}",
+            "pipe" if row["mode"] == "pipelined" else "seq",
+            _fmt(row["frames"]),
+            _fmt(row["inference_p50_ms"]),
+            _fmt(row["end_to_end_p50_ms"]),
+            _fmt(row["end_to_end_p99_ms"]),
+            _fmt(row["throughput_fps"], 4),
             *([_fmt(row["power_w"]), _fmt(row["energy_per_inference_mj"])] if with_power else []),
             f"{top1 * 100:.1f}%" if top1 is not None else "-",
-        ]  # fmt: skip
+        ]
         table.add_row(*cells)
     console.print(table)
     legend = "run colour: [green]ok[/] [yellow]partial[/] [red]error[/]"
@@ -194,10 +209,14 @@ def _bars_svg(labels: list[str], values: list[float | None], unit: str, *, width
 def _comparison(runs: list[StoredRun]) -> str:
     rows = [run_row(r) for r in runs]
     labels = [f"{r['device']} {r['target']}/{r['precision']} {r['run_id'][-4:]}" for r in rows]
-    charts = [("end-to-end latency p50", "end_to_end_p50_ms", "ms"),
-              ("end-to-end latency p99", "end_to_end_p99_ms", "ms"),
-              ("throughput", "throughput_fps", "fps"), ("average power", "power_w", "W"),
-              ("energy per inference", "energy_per_inference_mj", "mJ"), ("top-1 accuracy", "top1", "")]  # fmt: skip
+    charts = [
+        ("end-to-end latency p50", "end_to_end_p50_ms", "ms"),
+        ("end-to-end latency p99", "end_to_end_p99_ms", "ms"),
+        ("throughput", "throughput_fps", "fps"),
+        ("average power", "power_w", "W"),
+        ("energy per inference", "energy_per_inference_mj", "mJ"),
+        ("top-1 accuracy", "top1", ""),
+    ]
     return "".join(
         f"<h3>{title}</h3>{_bars_svg(labels, [r[key] for r in rows], unit)}"
         for title, key, unit in charts

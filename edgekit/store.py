@@ -118,6 +118,14 @@ class ResultsStore:
 def _row_to_run(row: tuple) -> StoredRun:
     run_id, created_at, device, artifact_id, target, precision, status, plan, result, manifest = row
     return StoredRun(
-        run_id, created_at, device, artifact_id, target, precision, status,
-        json.loads(plan), json.loads(result), json.loads(manifest),
-    )  # fmt: skip
+        run_id,
+        created_at,
+        device,
+        artifact_id,
+        target,
+        precision,
+        status,
+        json.loads(plan),
+        json.loads(result),
+        json.loads(manifest),
+    )

@@ -76,9 +76,18 @@ class Measurement(object):
         message = exc if isinstance(exc, str) else _message(exc)
         self.errors.append({"stage": stage, "frame": frame, "message": message})
 
-    def record(self, t_capture: float, t_captured: float, t_pre: float, t_pre_end: float,
-               t_inf: float, t_inf_end: float, t_post: float, t_post_end: float,
-               gpu_ms: Optional[float] = None) -> None:  # fmt: skip
+    def record(
+        self,
+        t_capture: float,
+        t_captured: float,
+        t_pre: float,
+        t_pre_end: float,
+        t_inf: float,
+        t_inf_end: float,
+        t_post: float,
+        t_post_end: float,
+        gpu_ms: Optional[float] = None,
+    ) -> None:
         samples = self.samples
         samples["capture"].append((t_captured - t_capture) * 1e3)
         samples["preprocess"].append((t_pre_end - t_pre) * 1e3)

@@ -19,9 +19,23 @@ MODES = ("sequential", "pipelined")
 POSTPROCESS_KINDS = ("classification", "raw")
 
 _TOP_KEYS = (
-    "schema", "version", "run_id", "artifact_dir", "source", "frames", "duration_s", "warmup", "mode",
-    "queue_size", "engine", "postprocess", "labels", "reference", "power", "keep_samples",
-)  # fmt: skip
+    "schema",
+    "version",
+    "run_id",
+    "artifact_dir",
+    "source",
+    "frames",
+    "duration_s",
+    "warmup",
+    "mode",
+    "queue_size",
+    "engine",
+    "postprocess",
+    "labels",
+    "reference",
+    "power",
+    "keep_samples",
+)
 _SOURCE_KEYS = ("kind", "uri", "loop")
 _ENGINE_KEYS = ("name", "threads", "options")
 _POSTPROCESS_KEYS = ("kind", "top_k")

@@ -159,8 +159,15 @@ class Probe(object):
 class _Channel(object):
     """One rail: watts from a power file (scaled), or from a voltage and a current file."""
 
-    def __init__(self, rail: str, power: Optional[str] = None, power_scale: float = 1.0,
-                 volts: Optional[str] = None, amps: Optional[str] = None, va_scale: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        rail: str,
+        power: Optional[str] = None,
+        power_scale: float = 1.0,
+        volts: Optional[str] = None,
+        amps: Optional[str] = None,
+        va_scale: float = 1.0,
+    ) -> None:
         self.rail = rail
         self.power, self.power_scale = power, power_scale
         self.volts, self.amps, self.va_scale = volts, amps, va_scale

@@ -147,7 +147,7 @@ def export_onnx(model: nn.Module, path: Path) -> tuple[onnx.ModelProto, str]:
         )
         proto = program.model_proto
         exporter = "dynamo"
-    except Exception as exc:  # noqa: BLE001 - any exporter failure falls back to the classic exporter
+    except Exception as exc:
         print(f"dynamo export failed ({type(exc).__name__}: {exc}); using the TorchScript exporter")
         tmp = path.with_suffix(".tmp.onnx")
         torch.onnx.export(

@@ -55,10 +55,14 @@ REPLAY_TOLERANCE = 1e-3
 class CoreMLOptions(TargetOptions):
     """ios-coreml build options."""
 
-    shapes: tuple[tuple[int, int], ...] | None = field(default=None, metadata={
-        "help": "enumerated input sizes (HxW) besides the preprocess size, checked on the traced model",
-        "flag": "--shapes", "example": "256x256,320x320",
-    })  # fmt: skip
+    shapes: tuple[tuple[int, int], ...] | None = field(
+        default=None,
+        metadata={
+            "help": "enumerated input sizes (HxW) besides the preprocess size, checked on the traced model",
+            "flag": "--shapes",
+            "example": "256x256,320x320",
+        },
+    )
 
     def check(self, precision: str) -> None:
         if self.shapes is None:
@@ -349,8 +353,10 @@ def _check_traced_at(
         expected = expected if isinstance(expected, tuple) else (expected,)
         got = got if isinstance(got, tuple) else (got,)
         peak = max(1.0, *(float(e.abs().max()) for e in expected))
-        error = max(float((e - g).abs().max()) if e.shape == g.shape else float("inf")
-                    for e, g in zip(expected, got, strict=True))  # fmt: skip
+        error = max(
+            float((e - g).abs().max()) if e.shape == g.shape else float("inf")
+            for e, g in zip(expected, got, strict=True)
+        )
         if not error <= REPLAY_TOLERANCE * peak:
             what = "an output of another shape" if math.isinf(error) else f"other values (max abs error {error:.3g})"
             raise BuildError(
@@ -421,8 +427,13 @@ def _quantizers(spec: QuantSpec, float_proto: onnx.ModelProto) -> tuple[dict, di
             if name not in produced:
                 notes.append({"what": f"activation {name}", "why": "no such tensor in the prepared float graph"})
             elif entry.dtype not in ("int8", "uint8") or isinstance(entry.scale, list):
-                notes.append({"what": f"activation {name}", "why": f"{entry.dtype} per-channel activations: "
-                              "Core ML quantizes activations per tensor in int8/uint8"})  # fmt: skip
+                notes.append(
+                    {
+                        "what": f"activation {name}",
+                        "why": f"{entry.dtype} per-channel activations: "
+                        "Core ML quantizes activations per tensor in int8/uint8",
+                    }
+                )
             else:
                 activations[name] = ActivationQuant(float(entry.scale), int(entry.zero_point), entry.dtype)
         elif entry.kind == "weight":
@@ -436,10 +447,12 @@ def _quantizers(spec: QuantSpec, float_proto: onnx.ModelProto) -> tuple[dict, di
         elif entry.kind == "bias":
             biases += 1
     if biases:
-        notes.append({
-            "what": f"int32 biases ({biases} tensors)",
-            "why": "Core ML has no integer bias: biases stay float16 and are added in the float16 accumulator",
-        })  # fmt: skip
+        notes.append(
+            {
+                "what": f"int32 biases ({biases} tensors)",
+                "why": "Core ML has no integer bias: biases stay float16 and are added in the float16 accumulator",
+            }
+        )
     return activations, weights, notes
 
 
@@ -505,8 +518,10 @@ def _check_scales(
     for name in missing:
         why = "Core ML's converter removed its quantizer"
         if any(abs(wanted[name] - s) <= 1e-6 * s for s in program_scales):
-            why += (" (it merges a quantize/dequantize pair with an equal-scale one next to it, e.g. around a "
-                    "reshape, so the values are the same)")  # fmt: skip
+            why += (
+                " (it merges a quantize/dequantize pair with an equal-scale one next to it, e.g. around a "
+                "reshape, so the values are the same)"
+            )
         notes.append({"what": f"activation {name}", "why": why})
     summary = {
         "scheme": spec.scheme,

@@ -44,8 +44,15 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         ops = dict(Counter(t for t in self.op_types if t))
-        return {"rule": self.rule, "effect": self.effect, "why": self.why, "source": self.source,
-                "count": len(self.nodes), "ops": ops, "nodes": self.nodes[:10]}  # fmt: skip
+        return {
+            "rule": self.rule,
+            "effect": self.effect,
+            "why": self.why,
+            "source": self.source,
+            "count": len(self.nodes),
+            "ops": ops,
+            "nodes": self.nodes[:10],
+        }
 
 
 @dataclass
@@ -128,24 +135,59 @@ def _moves_data(node: onnx.NodeProto, facts: dict[str, Any]) -> bool:
 
 
 RULES = (
-    Rule("recurrent layer (LSTM/GRU/RNN)", FALLS_BACK, "recurrent cells have no ANE path", f"{HOLLANCE}; {ANE_GUIDE}",
-         lambda n, f: n.op_type in ("LSTM", "GRU", "RNN")),
+    Rule(
+        "recurrent layer (LSTM/GRU/RNN)",
+        FALLS_BACK,
+        "recurrent cells have no ANE path",
+        f"{HOLLANCE}; {ANE_GUIDE}",
+        lambda n, f: n.op_type in ("LSTM", "GRU", "RNN"),
+    ),
     Rule("gather with computed indices", FALLS_BACK, "gather is not run on the ANE", HOLLANCE, _gather),
-    Rule("dilated convolution", FALLS_BACK, "dilated convolutions were seen to leave the ANE (newer chips may "
-         "run them)", HOLLANCE, _dilated),
+    Rule(
+        "dilated convolution",
+        FALLS_BACK,
+        "dilated convolutions were seen to leave the ANE (newer chips may run them)",
+        HOLLANCE,
+        _dilated,
+    ),
     Rule("3-D convolution or pooling", FALLS_BACK, "fails ANE lowering on every device", ANE_GUIDE, _conv3d),
-    Rule("scatter / ReduceProd", FALLS_BACK, "no ANE path on any family", ANE_GUIDE,
-         lambda n, f: n.op_type.startswith("Scatter") or n.op_type == "ReduceProd"),
+    Rule(
+        "scatter / ReduceProd",
+        FALLS_BACK,
+        "no ANE path on any family",
+        ANE_GUIDE,
+        lambda n, f: n.op_type.startswith("Scatter") or n.op_type == "ReduceProd",
+    ),
     Rule("sin/cos", FALLS_BACK, "native only from A15 / M2 on", ANE_GUIDE, lambda n, f: n.op_type in ("Sin", "Cos")),
-    Rule("data-dependent output shape", FALLS_BACK, "the ANE runs fixed shapes only; Core ML runs these on the CPU",
-         APPLE_TRANSFORMERS, _data_dependent_shape),
-    Rule("tensor rank above 4", SLOWS, "the ANE works on 4-D (B, C, H, W) buffers; higher ranks are reshaped or "
-         "leave the ANE", APPLE_TRANSFORMERS, _rank_above_4),
-    Rule("transpose of the innermost axis", SLOWS, "moves memory; the article's first principle is to keep "
-         "(B, C, 1, S) layouts and avoid such copies", APPLE_TRANSFORMERS, _moves_data),
-    Rule("custom-domain op", FALLS_BACK, "custom layers have only CPU/GPU implementations", HOLLANCE,
-         lambda n, f: bool(n.domain) and n.domain not in ("ai.onnx",)),
-)  # fmt: skip
+    Rule(
+        "data-dependent output shape",
+        FALLS_BACK,
+        "the ANE runs fixed shapes only; Core ML runs these on the CPU",
+        APPLE_TRANSFORMERS,
+        _data_dependent_shape,
+    ),
+    Rule(
+        "tensor rank above 4",
+        SLOWS,
+        "the ANE works on 4-D (B, C, H, W) buffers; higher ranks are reshaped or leave the ANE",
+        APPLE_TRANSFORMERS,
+        _rank_above_4,
+    ),
+    Rule(
+        "transpose of the innermost axis",
+        SLOWS,
+        "moves memory; the article's first principle is to keep (B, C, 1, S) layouts and avoid such copies",
+        APPLE_TRANSFORMERS,
+        _moves_data,
+    ),
+    Rule(
+        "custom-domain op",
+        FALLS_BACK,
+        "custom layers have only CPU/GPU implementations",
+        HOLLANCE,
+        lambda n, f: bool(n.domain) and n.domain not in ("ai.onnx",),
+    ),
+)
 
 
 def _facts(proto: onnx.ModelProto) -> dict[str, Any]:
@@ -172,7 +214,14 @@ def ane_report(proto: onnx.ModelProto, precision: str | None = None) -> AneRepor
             names = [node.name or node.output[0] for node in matched]
             findings.append(Finding(rule.id, rule.effect, rule.why, rule.source, names, [n.op_type for n in matched]))
     if precision == "fp32":
-        findings.append(Finding("float32 precision", FALLS_BACK, "the ANE computes in float16 only; a float32 "
-                                "program runs on the GPU/CPU: build fp16, w8, w4 or w8a8", COREMLTOOLS_TYPED,
-                                ["(whole model)"], [""]))  # fmt: skip
+        findings.append(
+            Finding(
+                "float32 precision",
+                FALLS_BACK,
+                "the ANE computes in float16 only; a float32 program runs on the GPU/CPU: build fp16, w8, w4 or w8a8",
+                COREMLTOOLS_TYPED,
+                ["(whole model)"],
+                [""],
+            )
+        )
     return AneReport(findings)

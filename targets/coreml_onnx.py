@@ -260,8 +260,9 @@ def _onnx_pads(shape: Any, attrs: dict, kernel: list[int], spatial: int) -> list
     return pads
 
 
-def _pads_for(ctx: _Call, x: Any, attrs: dict, kernel: list[int], spatial: int, fill: float = 0.0
-              ) -> tuple[Any, list[int]]:  # fmt: skip
+def _pads_for(
+    ctx: _Call, x: Any, attrs: dict, kernel: list[int], spatial: int, fill: float = 0.0
+) -> tuple[Any, list[int]]:
     """(x padded where ONNX pads are asymmetric, symmetric padding left for the torch op)."""
     pads = _onnx_pads(x.shape, attrs, kernel, spatial)
     begin, end = pads[:spatial], pads[spatial:]
@@ -279,10 +280,19 @@ _REPLAY = OpTable("the ONNX-to-torch route of ios-coreml", walk_ops=("Constant",
 
 # elementwise ops that are one torch function (dotted paths on _Call: torch loads lazily)
 _UNARY = {
-    "Abs": "torch.abs", "Erf": "torch.erf", "Exp": "torch.exp", "HardSwish": "F.hardswish", "Log": "torch.log",
-    "Neg": "torch.neg", "Reciprocal": "torch.reciprocal", "Relu": "F.relu", "Sigmoid": "torch.sigmoid",
-    "Softplus": "F.softplus", "Sqrt": "torch.sqrt", "Tanh": "torch.tanh",
-}  # fmt: skip
+    "Abs": "torch.abs",
+    "Erf": "torch.erf",
+    "Exp": "torch.exp",
+    "HardSwish": "F.hardswish",
+    "Log": "torch.log",
+    "Neg": "torch.neg",
+    "Reciprocal": "torch.reciprocal",
+    "Relu": "F.relu",
+    "Sigmoid": "torch.sigmoid",
+    "Softplus": "F.softplus",
+    "Sqrt": "torch.sqrt",
+    "Tanh": "torch.tanh",
+}
 _BINARY = {"Add": "torch.add", "Div": "torch.div", "MatMul": "torch.matmul", "Mul": "torch.mul", "Sub": "torch.sub"}
 _VARIADIC = {"Max": "torch.maximum", "Min": "torch.minimum"}
 
@@ -340,8 +350,15 @@ def _conv(ctx: _Call, args: list[Any], attrs: dict) -> Any:
     spatial = w.dim() - 2
     x, padding = _pads_for(ctx, x, attrs, list(w.shape[2:]), spatial)
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
-    return fn(x, w, bias, list(attrs.get("strides", [1] * spatial)), padding,
-              list(attrs.get("dilations", [1] * spatial)), attrs.get("group", 1))  # fmt: skip
+    return fn(
+        x,
+        w,
+        bias,
+        list(attrs.get("strides", [1] * spatial)),
+        padding,
+        list(attrs.get("dilations", [1] * spatial)),
+        attrs.get("group", 1),
+    )
 
 
 @_REPLAY.register("ConvTranspose")
@@ -354,9 +371,16 @@ def _conv_transpose(ctx: _Call, args: list[Any], attrs: dict) -> Any:
     if pads[:spatial] != pads[spatial:] or "output_shape" in attrs:
         raise BuildError("ConvTranspose with asymmetric pads or output_shape is not supported by the replay")
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
-    return fn(x, w, bias, list(attrs.get("strides", [1] * spatial)), pads[:spatial],
-              list(attrs.get("output_padding", [0] * spatial)), attrs.get("group", 1),
-              list(attrs.get("dilations", [1] * spatial)))  # fmt: skip
+    return fn(
+        x,
+        w,
+        bias,
+        list(attrs.get("strides", [1] * spatial)),
+        pads[:spatial],
+        list(attrs.get("output_padding", [0] * spatial)),
+        attrs.get("group", 1),
+        list(attrs.get("dilations", [1] * spatial)),
+    )
 
 
 @_REPLAY.register("Gemm")
@@ -377,8 +401,14 @@ def _max_pool(ctx: _Call, args: list[Any], attrs: dict) -> Any:
     spatial = len(kernel)
     x, padding = _pads_for(ctx, args[0], attrs, kernel, spatial, fill=-math.inf)
     fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[spatial]
-    return fn(x, kernel, list(attrs.get("strides", [1] * spatial)), padding,
-              list(attrs.get("dilations", [1] * spatial)), bool(attrs.get("ceil_mode", 0)))  # fmt: skip
+    return fn(
+        x,
+        kernel,
+        list(attrs.get("strides", [1] * spatial)),
+        padding,
+        list(attrs.get("dilations", [1] * spatial)),
+        bool(attrs.get("ceil_mode", 0)),
+    )
 
 
 @_REPLAY.register("AveragePool")
@@ -391,8 +421,7 @@ def _average_pool(ctx: _Call, args: list[Any], attrs: dict) -> Any:
     if x is not args[0] and not include:
         raise BuildError("AveragePool with asymmetric pads and count_include_pad=0 is not supported")
     fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[spatial]
-    return fn(x, kernel, list(attrs.get("strides", [1] * spatial)), padding, bool(attrs.get("ceil_mode", 0)),
-              include)  # fmt: skip
+    return fn(x, kernel, list(attrs.get("strides", [1] * spatial)), padding, bool(attrs.get("ceil_mode", 0)), include)
 
 
 @_REPLAY.register("GlobalAveragePool")
@@ -581,8 +610,9 @@ def _batch_norm(ctx: _Call, args: list[Any], attrs: dict) -> Any:
 def _layer_norm(ctx: _Call, args: list[Any], attrs: dict) -> Any:
     x = args[0]
     axis = attrs.get("axis", -1) % x.dim()
-    return ctx.F.layer_norm(x, list(x.shape[axis:]), args[1], args[2] if len(args) > 2 else None,
-                            attrs.get("epsilon", 1e-5))  # fmt: skip
+    return ctx.F.layer_norm(
+        x, list(x.shape[axis:]), args[1], args[2] if len(args) > 2 else None, attrs.get("epsilon", 1e-5)
+    )
 
 
 @_REPLAY.register("Softmax")

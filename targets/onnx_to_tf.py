@@ -124,8 +124,9 @@ class _Translator:
     def nhwc(self, value: _Value) -> Any:
         return value.tensor if value.nhwc else self.tf.transpose(value.tensor, NCHW_TO_NHWC)
 
-    def padded(self, x: Any, pads: list[int], kernel: list[int], strides: list[int], dilations: list[int],
-               fill: float = 0.0) -> tuple[Any, str]:  # fmt: skip
+    def padded(
+        self, x: Any, pads: list[int], kernel: list[int], strides: list[int], dilations: list[int], fill: float = 0.0
+    ) -> tuple[Any, str]:
         """Apply ONNX pads [top, left, bottom, right]; SAME when TF's padding is the same thing (no PAD op)."""
         top, left, bottom, right = pads
         if top == left == bottom == right == 0:
@@ -226,13 +227,13 @@ def _conv(ctx: _Translator, ins: list[str], attrs: dict) -> _Value:
     data, padding = ctx.padded(ctx.nhwc(x), list(attrs.get("pads", [0, 0, 0, 0])), kernel, strides, dilations)
     channels = int(data.shape[-1])
     if group == 1:
-        y = tf.nn.conv2d(data, weight.transpose(2, 3, 1, 0), strides=[1, *strides, 1], padding=padding,
-                         dilations=dilations)  # fmt: skip
+        y = tf.nn.conv2d(
+            data, weight.transpose(2, 3, 1, 0), strides=[1, *strides, 1], padding=padding, dilations=dilations
+        )
     elif group == channels and weight.shape[1] == 1:
         multiplier = weight.shape[0] // group
         kernel_hwcm = weight.reshape(group, multiplier, *kernel).transpose(2, 3, 0, 1)
-        y = tf.nn.depthwise_conv2d(data, kernel_hwcm, strides=[1, *strides, 1], padding=padding,
-                                   dilations=dilations)  # fmt: skip
+        y = tf.nn.depthwise_conv2d(data, kernel_hwcm, strides=[1, *strides, 1], padding=padding, dilations=dilations)
     else:
         raise NotImplementedError(f"grouped convolution (group {group} of {channels} channels)")
     if bias is not None:
@@ -542,7 +543,11 @@ def static_input_shape(proto: onnx.ModelProto, size: tuple[int, int] | None = No
 
 
 def to_tflite(
-    proto: onnx.ModelProto, *, fp16: bool = False, nchw_input: bool = False, size: tuple[int, int] | None = None,
+    proto: onnx.ModelProto,
+    *,
+    fp16: bool = False,
+    nchw_input: bool = False,
+    size: tuple[int, int] | None = None,
     converter_int8_data: Any = None,
 ) -> bytes:
     """Convert a float ONNX model to a float32 (or float16-weight) .tflite model.

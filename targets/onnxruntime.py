@@ -66,11 +66,13 @@ class OnnxRuntimeX86Target(Target):
         packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
         not_honoured = []
         if spec.scheme.get("activations") != self.activation_scheme:
-            not_honoured.append({
-                "what": f"activations {spec.scheme.get('activations')}",
-                "why": "ONNX Runtime's CPU kernels fuse Conv+Relu only with uint8 activations; such convolutions "
-                "run in float. Calibrate for x86-ort (uint8_asym) for full integer speed.",
-            })  # fmt: skip
+            not_honoured.append(
+                {
+                    "what": f"activations {spec.scheme.get('activations')}",
+                    "why": "ONNX Runtime's CPU kernels fuse Conv+Relu only with uint8 activations; such convolutions "
+                    "run in float. Calibrate for x86-ort (uint8_asym) for full integer speed.",
+                }
+            )
         extra = {"model_file": "model.onnx", "quantization": _quantization_summary(spec)}
         return {"model.onnx": packaged.to_bytes()}, {**extra, "not_honoured": not_honoured}
 

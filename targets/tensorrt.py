@@ -34,24 +34,152 @@ if TYPE_CHECKING:
 # TensorRT 8.5 (JetPack 5, the oldest TensorRT this target builds for; opsets up to 17). TensorRT 8.6
 # (JetPack 6.0) and 10.x (JetPack 6.1+) import every op listed here and add a few (LayerNormalization,
 # ...), but an artifact must build on every JetPack the fleet runs, so the 8.5 list is the contract.
-TENSORRT_ONNX_OPS: frozenset[str] = frozenset({
-    "Abs", "Acos", "Acosh", "Add", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh", "AveragePool",
-    "BatchNormalization", "Cast", "Ceil", "Celu", "Clip", "Concat", "Constant", "ConstantOfShape", "Conv",
-    "ConvTranspose", "Cos", "Cosh", "CumSum", "DepthToSpace", "DequantizeLinear", "Div", "Dropout", "Einsum",
-    "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather", "GatherElements",
-    "GatherND", "Gemm", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "Greater", "GreaterOrEqual",
-    "GridSample", "GRU", "HardSigmoid", "HardSwish", "Identity", "If", "ImageScaler", "InstanceNormalization",
-    "IsNaN", "LeakyRelu", "Less", "LessOrEqual", "Log", "LogSoftmax", "Loop", "LRN", "LSTM", "LpNormalization",
-    "LpPool", "MatMul", "Max", "MaxPool", "Mean", "MeanVarianceNormalization", "Min", "Mod", "Mul", "Neg",
-    "NonMaxSuppression", "NonZero", "Not", "OneHot", "Or", "Pad", "ParametricSoftplus", "Pow", "PRelu",
-    "QuantizeLinear", "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Range",
-    "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
-    "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare", "Relu", "Reshape", "Resize", "ReverseSequence",
-    "RNN", "RoiAlign", "Round", "ScaledTanh", "Scan", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shape",
-    "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign",
-    "SpaceToDepth", "Split", "Sqrt", "Squeeze", "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK",
-    "Transpose", "Trilu", "Unsqueeze", "Upsample", "Where", "Xor",
-})  # fmt: skip
+TENSORRT_ONNX_OPS: frozenset[str] = frozenset(
+    {
+        "Abs",
+        "Acos",
+        "Acosh",
+        "Add",
+        "And",
+        "ArgMax",
+        "ArgMin",
+        "Asin",
+        "Asinh",
+        "Atan",
+        "Atanh",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Ceil",
+        "Celu",
+        "Clip",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "ConvTranspose",
+        "Cos",
+        "Cosh",
+        "CumSum",
+        "DepthToSpace",
+        "DequantizeLinear",
+        "Div",
+        "Dropout",
+        "Einsum",
+        "Elu",
+        "Equal",
+        "Erf",
+        "Exp",
+        "Expand",
+        "EyeLike",
+        "Flatten",
+        "Floor",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "Gemm",
+        "GlobalAveragePool",
+        "GlobalLpPool",
+        "GlobalMaxPool",
+        "Greater",
+        "GreaterOrEqual",
+        "GridSample",
+        "GRU",
+        "HardSigmoid",
+        "HardSwish",
+        "Identity",
+        "If",
+        "ImageScaler",
+        "InstanceNormalization",
+        "IsNaN",
+        "LeakyRelu",
+        "Less",
+        "LessOrEqual",
+        "Log",
+        "LogSoftmax",
+        "Loop",
+        "LRN",
+        "LSTM",
+        "LpNormalization",
+        "LpPool",
+        "MatMul",
+        "Max",
+        "MaxPool",
+        "Mean",
+        "MeanVarianceNormalization",
+        "Min",
+        "Mod",
+        "Mul",
+        "Neg",
+        "NonMaxSuppression",
+        "NonZero",
+        "Not",
+        "OneHot",
+        "Or",
+        "Pad",
+        "ParametricSoftplus",
+        "Pow",
+        "PRelu",
+        "QuantizeLinear",
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Range",
+        "Reciprocal",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceSum",
+        "ReduceSumSquare",
+        "Relu",
+        "Reshape",
+        "Resize",
+        "ReverseSequence",
+        "RNN",
+        "RoiAlign",
+        "Round",
+        "ScaledTanh",
+        "Scan",
+        "Scatter",
+        "ScatterElements",
+        "ScatterND",
+        "Selu",
+        "Shape",
+        "Shrink",
+        "Sigmoid",
+        "Sign",
+        "Sin",
+        "Sinh",
+        "Size",
+        "Slice",
+        "Softmax",
+        "Softplus",
+        "Softsign",
+        "SpaceToDepth",
+        "Split",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Sum",
+        "Tan",
+        "Tanh",
+        "ThresholdedRelu",
+        "Tile",
+        "TopK",
+        "Transpose",
+        "Trilu",
+        "Unsqueeze",
+        "Upsample",
+        "Where",
+        "Xor",
+    }
+)
 
 DLA_CORES = (0, 1)  # Jetson AGX Xavier / Xavier NX / AGX Orin / Orin NX have two DLA cores (Orin Nano none)
 SPARSITY_PATTERNS = ("2:4",)  # what Ampere's sparse tensor cores run
@@ -62,24 +190,44 @@ CALIBRATION_CACHE = "trt_calibration.cache"
 class TensorRTOptions(TargetOptions):
     """jetson-trt build options; they go into the manifest's `build` section, which the device's engine reads."""
 
-    dla_core: int | None = field(default=None, metadata={
-        "help": "run on this DLA core, 0 or 1 (fp16 and int8 only); what the DLA cannot run goes to the GPU",
-        "flag": "--dla", "example": "0",
-    })  # fmt: skip
-    gpu_fallback: bool | None = field(default=None, metadata={
-        "help": "with dla_core: run the layers the DLA cannot on the GPU (default true)", "example": "false",
-    })  # fmt: skip
-    sparsity: str | None = field(default=None, metadata={
-        "help": "the structured sparsity pattern (2:4): TensorRT may use sparse kernels for layers that have it",
-        "flag": "--sparsity", "example": "2:4",
-    })  # fmt: skip
-    max_batch: int | None = field(default=None, metadata={
-        "help": "largest batch of the optimization profile when the batch axis is dynamic (default 1)",
-        "flag": "--max-batch", "example": "8",
-    })  # fmt: skip
-    workspace_mb: int | None = field(default=None, metadata={
-        "help": "builder workspace in MiB (default: TensorRT's)", "example": "1024",
-    })  # fmt: skip
+    dla_core: int | None = field(
+        default=None,
+        metadata={
+            "help": "run on this DLA core, 0 or 1 (fp16 and int8 only); what the DLA cannot run goes to the GPU",
+            "flag": "--dla",
+            "example": "0",
+        },
+    )
+    gpu_fallback: bool | None = field(
+        default=None,
+        metadata={
+            "help": "with dla_core: run the layers the DLA cannot on the GPU (default true)",
+            "example": "false",
+        },
+    )
+    sparsity: str | None = field(
+        default=None,
+        metadata={
+            "help": "the structured sparsity pattern (2:4): TensorRT may use sparse kernels for layers that have it",
+            "flag": "--sparsity",
+            "example": "2:4",
+        },
+    )
+    max_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "largest batch of the optimization profile when the batch axis is dynamic (default 1)",
+            "flag": "--max-batch",
+            "example": "8",
+        },
+    )
+    workspace_mb: int | None = field(
+        default=None,
+        metadata={
+            "help": "builder workspace in MiB (default: TensorRT's)",
+            "example": "1024",
+        },
+    )
 
     def check(self, precision: str) -> None:
         if self.dla_core is not None:
@@ -145,12 +293,14 @@ class JetsonTensorRtTarget(Target):
             not_sparse = not_2_4_sparse_layers(model.proto)
             if not_sparse:
                 shown = ", ".join(not_sparse[:5]) + (f" and {len(not_sparse) - 5} more" if len(not_sparse) > 5 else "")
-                not_honoured.append({
-                    "what": f"2:4 sparsity for {len(not_sparse)} layer(s): {shown}",
-                    "why": "their weights do not have 2 zeros in every 4 consecutive input-channel weights, so "
-                    "TensorRT runs them dense; prune them with edgekit.compress.pruning (n_m=(2, 4)) and fine-tune",
-                    "layers": not_sparse,
-                })  # fmt: skip
+                not_honoured.append(
+                    {
+                        "what": f"2:4 sparsity for {len(not_sparse)} layer(s): {shown}",
+                        "why": "their weights do not have 2 zeros in every 4 consecutive input-channel weights, so "
+                        "TensorRT runs them dense; prune them with edgekit.compress.pruning (n_m=(2, 4)) and fine-tune",
+                        "layers": not_sparse,
+                    }
+                )
         extra: dict[str, Any] = {"model_file": "model.onnx"}
         if precision in ("fp32", "fp16"):
             # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
@@ -177,8 +327,9 @@ class JetsonTensorRtTarget(Target):
 
         spec, notes = symmetric_spec(quant_spec)
         qdq = float_weights_behind_qdq(write_qdq(prepare_float_model(model.proto, spec), spec))
-        bad = sorted(name for name, zero_point in _zero_points(qdq).items()
-                     if zero_point.dtype != np.int8 or np.any(zero_point))  # fmt: skip
+        bad = sorted(
+            name for name, zero_point in _zero_points(qdq).items() if zero_point.dtype != np.int8 or np.any(zero_point)
+        )
         if bad:
             raise BuildError(f"the QDQ model has non-int8 or non-zero zero points at {', '.join(bad[:5])}: a bug")
         packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
@@ -202,9 +353,10 @@ def symmetric_spec(spec: QuantSpec) -> tuple[QuantSpec, list[dict[str, Any]]]:
     from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
 
     asymmetric = sorted(
-        name for name, entry in spec.tensors.items()
+        name
+        for name, entry in spec.tensors.items()
         if entry.kind == "activation" and (entry.dtype != "int8" or np.any(np.asarray(entry.zero_point) != 0))
-    )  # fmt: skip
+    )
     notes: list[dict[str, Any]] = []
     if asymmetric and spec.created_by != "qat":
         raise BuildError(
@@ -223,16 +375,25 @@ def symmetric_spec(spec: QuantSpec) -> tuple[QuantSpec, list[dict[str, Any]]]:
             ends = np.abs([(info.min - zero_point) * scale, (info.max - zero_point) * scale])
             bound = float(ends.max())
             entry = TensorQuant(
-                entry.kind, "int8", max(bound, 1e-12) / 127.0, 0, axis=None, observer=entry.observer,
-                settings=entry.settings, range=(-bound, bound), observed=entry.observed,
-            )  # fmt: skip
+                entry.kind,
+                "int8",
+                max(bound, 1e-12) / 127.0,
+                0,
+                axis=None,
+                observer=entry.observer,
+                settings=entry.settings,
+                range=(-bound, bound),
+                observed=entry.observed,
+            )
         tensors[name] = entry
     if asymmetric:
-        notes.append({
-            "what": f"activations {spec.scheme.get('activations')} from QAT ({len(asymmetric)} tensors)",
-            "why": "TensorRT runs symmetric int8 only; each range was widened to +-max(|lo|, |hi|), which "
-            "coarsens those tensors. Train with activations int8_sym for jetson-trt.",
-        })  # fmt: skip
+        notes.append(
+            {
+                "what": f"activations {spec.scheme.get('activations')} from QAT ({len(asymmetric)} tensors)",
+                "why": "TensorRT runs symmetric int8 only; each range was widened to +-max(|lo|, |hi|), which "
+                "coarsens those tensors. Train with activations int8_sym for jetson-trt.",
+            }
+        )
     copy = QuantSpec(
         source_model_sha256=spec.source_model_sha256,
         scheme={**spec.scheme, "activations": "int8_sym"},
@@ -273,10 +434,15 @@ def float_weights_behind_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
         float_name = f"{quantized.name}_float"
         replaced[quantized.name] = numpy_helper.from_array(values, float_name)
         attrs = {"axis": axis} if np.ndim(scale) else {}
-        quantizers.append(helper.make_node(
-            "QuantizeLinear", [float_name, *node.input[1:3]], [quantized.name],
-            name=f"{quantized.name}_QuantizeLinear", **attrs,
-        ))  # fmt: skip
+        quantizers.append(
+            helper.make_node(
+                "QuantizeLinear",
+                [float_name, *node.input[1:3]],
+                [quantized.name],
+                name=f"{quantized.name}_QuantizeLinear",
+                **attrs,
+            )
+        )
     kept = [init for init in model.graph.initializer if init.name not in replaced]
     del model.graph.initializer[:]
     model.graph.initializer.extend([*kept, *replaced.values()])

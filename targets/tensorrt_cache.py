@@ -20,8 +20,12 @@ from edgekit.errors import EdgekitError
 CACHE_FILE_NAME = "trt_calibration.cache"  # the name the jetson-trt target and `edgekit quantize` write
 HEADER_PREFIX = "TRT-"
 DEFAULT_VERSION = "8601"  # TensorRT 8.6.1 (JetPack 6); 8.5 (JetPack 5) reads the same lines
-ALGORITHMS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration", "percentile": "EntropyCalibration2",
-              "mse": "EntropyCalibration2"}  # fmt: skip
+ALGORITHMS = {
+    "entropy": "EntropyCalibration2",
+    "minmax": "MinMaxCalibration",
+    "percentile": "EntropyCalibration2",
+    "mse": "EntropyCalibration2",
+}
 
 
 def _hex(scale: float) -> str:

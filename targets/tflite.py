@@ -25,12 +25,38 @@ if TYPE_CHECKING:
 
 # NNAPI delegate coverage (TFLite builtins it can hand to NNAPI on Android 10+), from the NNAPI delegate's
 # op validation in the TensorFlow Lite source (delegates/nnapi/nnapi_delegate.cc); ops outside run on the CPU.
-NNAPI_OPS = frozenset({
-    "ADD", "AVERAGE_POOL_2D", "CONCATENATION", "CONV_2D", "DEPTHWISE_CONV_2D", "DEQUANTIZE", "DIV",
-    "FULLY_CONNECTED", "HARD_SWISH", "LOGISTIC", "MAX_POOL_2D", "MAXIMUM", "MEAN", "MINIMUM", "MUL", "PAD",
-    "QUANTIZE", "RELU", "RELU6", "RELU_0_TO_1", "RESHAPE", "SOFTMAX", "SQUEEZE", "STRIDED_SLICE", "SUB",
-    "TRANSPOSE", "GATHER", "CAST",
-})  # fmt: skip
+NNAPI_OPS = frozenset(
+    {
+        "ADD",
+        "AVERAGE_POOL_2D",
+        "CONCATENATION",
+        "CONV_2D",
+        "DEPTHWISE_CONV_2D",
+        "DEQUANTIZE",
+        "DIV",
+        "FULLY_CONNECTED",
+        "HARD_SWISH",
+        "LOGISTIC",
+        "MAX_POOL_2D",
+        "MAXIMUM",
+        "MEAN",
+        "MINIMUM",
+        "MUL",
+        "PAD",
+        "QUANTIZE",
+        "RELU",
+        "RELU6",
+        "RELU_0_TO_1",
+        "RESHAPE",
+        "SOFTMAX",
+        "SQUEEZE",
+        "STRIDED_SLICE",
+        "SUB",
+        "TRANSPOSE",
+        "GATHER",
+        "CAST",
+    }
+)
 VALIDATION_INPUTS = 8
 
 
@@ -81,12 +107,19 @@ def compare_with_onnxruntime(
 class TFLiteOptions(TargetOptions):
     """android-tflite build options."""
 
-    int8_io: bool = field(default=False, metadata={
-        "help": "int8 builds: int8 input and output tensors instead of float ones", "flag": "--int8-io",
-    })  # fmt: skip
-    nchw_input: bool = field(default=False, metadata={
-        "help": "give the .tflite an NCHW input as the ONNX model has (default NHWC, the layout of camera frames)",
-    })  # fmt: skip
+    int8_io: bool = field(
+        default=False,
+        metadata={
+            "help": "int8 builds: int8 input and output tensors instead of float ones",
+            "flag": "--int8-io",
+        },
+    )
+    nchw_input: bool = field(
+        default=False,
+        metadata={
+            "help": "give the .tflite an NCHW input as the ONNX model has (default NHWC, the layout of camera frames)",
+        },
+    )
 
     def check(self, precision: str) -> None:
         if self.int8_io and precision != "int8":
@@ -132,15 +165,22 @@ class AndroidTfliteTarget(Target):
             raise BuildError(str(exc)) from exc
         extra["validation"] = compare_with_onnxruntime(proto, data, probes, nchw_input=nchw)
         n, c, h, w = shape
-        input_entry = {"name": "input", "shape": [n, c, h, w] if nchw else [n, h, w, c], "dtype": "float32",
-                       "layout": "NCHW" if nchw else "NHWC"}  # fmt: skip
+        input_entry = {
+            "name": "input",
+            "shape": [n, c, h, w] if nchw else [n, h, w, c],
+            "dtype": "float32",
+            "layout": "NCHW" if nchw else "NHWC",
+        }
         preprocess = model.preprocess.to_dict() if model.preprocess is not None else None
         if preprocess is not None:
             preprocess["layout"] = input_entry["layout"]
         return {"model.tflite": data}, {
-            **extra, "model_file": "model.tflite", "inputs": [input_entry], "preprocess": preprocess,
+            **extra,
+            "model_file": "model.tflite",
+            "inputs": [input_entry],
+            "preprocess": preprocess,
             "delegates": ["xnnpack", "gpu", "nnapi"],
-        }  # fmt: skip
+        }
 
     def _int8(
         self, model: Model, spec: QuantSpec, probe: np.ndarray, nchw: bool, int8_io: bool
@@ -156,21 +196,27 @@ class AndroidTfliteTarget(Target):
             raise BuildError(str(exc)) from exc
         not_honoured = list(result.not_honoured)
         if spec.scheme.get("weights") != self.weight_scheme:
-            not_honoured.append({
-                "what": f"weights {spec.scheme.get('weights')}",
-                "why": "TFLite's quantizer computes int8 per-channel weight scales (max|w| / 127) from the weights",
-            })  # fmt: skip
+            not_honoured.append(
+                {
+                    "what": f"weights {spec.scheme.get('weights')}",
+                    "why": "TFLite's quantizer computes int8 per-channel weight scales (max|w| / 127) from the weights",
+                }
+            )
         float_nodes = sorted(spec.float_nodes)
         if float_nodes:
-            not_honoured.append({
-                "what": f"float nodes {', '.join(float_nodes)}",
-                "why": "a full-integer .tflite runs every op in int8; the QuantSpec's float overrides are not kept",
-            })  # fmt: skip
+            not_honoured.append(
+                {
+                    "what": f"float nodes {', '.join(float_nodes)}",
+                    "why": "a full-integer .tflite runs every op in int8; the QuantSpec's float overrides are not kept",
+                }
+            )
         quantization = {
-            "scheme": spec.scheme, "observer": spec.calibration.get("observer"), "int8_io": int8_io,
+            "scheme": spec.scheme,
+            "observer": spec.calibration.get("observer"),
+            "int8_io": int8_io,
             "activations_from_spec": len(result.expected),
             "mapped": {name: m.onnx_name for name, m in sorted(result.mapping.items())},
-        }  # fmt: skip
+        }
         return result.data, prepared, {"not_honoured": not_honoured, "quantization": quantization}
 
     def tool_versions(self) -> dict[str, str]:

@@ -78,8 +78,11 @@ def _onnx_activations(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np
 
     inferred = onnx.shape_inference.infer_shapes(proto)
     produced = {name for node in inferred.graph.node for name in node.output}  # not initializers or inputs
-    floats = [info.name for info in inferred.graph.value_info
-              if info.name in produced and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]  # fmt: skip
+    floats = [
+        info.name
+        for info in inferred.graph.value_info
+        if info.name in produced and info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    ]
     session = session_with_outputs(proto, floats)
     name = session.get_inputs()[0].name
     values = dict(zip([o.name for o in session.get_outputs()], session.run(None, {name: probe}), strict=True))
@@ -171,9 +174,14 @@ def _min_max(scale: float, zero_point: int) -> dict[str, np.ndarray]:
 
 
 def quantize_full_integer(
-    float_tflite: bytes, proto: onnx.ModelProto, spec: QuantSpec, probe: np.ndarray, *, int8_io: bool,
+    float_tflite: bytes,
+    proto: onnx.ModelProto,
+    spec: QuantSpec,
+    probe: np.ndarray,
+    *,
+    int8_io: bool,
     nchw_input: bool = False,
-) -> QuantizedTflite:  # fmt: skip
+) -> QuantizedTflite:
     """The full-integer model: activations on the spec's grids, int8 (or float, `int8_io=False`) input/output."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
 
@@ -199,10 +207,11 @@ def quantize_full_integer(
     lacking += [f"{n} (no ONNX tensor has its values)" for n in unmapped]
     if lacking:
         raise TfliteQuantError(
-            "these TFLite activations have no range in the QuantSpec: " + "; ".join(sorted(lacking)[:8])
+            "these TFLite activations have no range in the QuantSpec: "
+            + "; ".join(sorted(lacking)[:8])
             + (f" and {len(lacking) - 8} more" if len(lacking) > 8 else "")
             + ". Calibrate this exact model (edgekit build --calib DATA) so every tensor has a range"
-        )  # fmt: skip
+        )
     with tempfile.TemporaryDirectory() as tmp:
         source, target = os.path.join(tmp, "float.tflite"), os.path.join(tmp, "int8.tflite")
         with open(source, "wb") as handle:
@@ -213,8 +222,12 @@ def quantize_full_integer(
         else:  # every op type but the graph's INPUT/OUTPUT: QUANTIZE/DEQUANTIZE at the edges
             known = {member.value for member in qtyping.TFLOperationName}
             for op_name in sorted({op["op_name"] for op in interpreter._get_ops_details()} & known):
-                q.add_static_config(regex=".*", operation_name=qtyping.TFLOperationName(op_name),
-                                    activation_num_bits=8, weight_num_bits=8)  # fmt: skip
+                q.add_static_config(
+                    regex=".*",
+                    operation_name=qtyping.TFLOperationName(op_name),
+                    activation_num_bits=8,
+                    weight_num_bits=8,
+                )
         q.quantize(ranges, enable_progress_report=False).export_model(target, overwrite=True)
         with open(target, "rb") as handle:
             data = handle.read()
@@ -248,9 +261,11 @@ def check_parameters(result: QuantizedTflite) -> list[dict[str, str]]:
         if got is None or got["dtype"] != "int8":
             continue  # float I/O edges and tensors the quantizer left in float
         if not (np.isclose(got["scales"][0], scale, rtol=1e-5) and int(got["zero_points"][0]) == zero_point):
-            differ.append({
-                "what": f"activation {result.mapping[name].onnx_name} (TFLite tensor {name})",
-                "why": f"TFLite fixes its parameters at scale {got['scales'][0]:.6g}, zero point "
-                f"{int(got['zero_points'][0])}; the QuantSpec asks scale {scale:.6g}, zero point {zero_point}",
-            })  # fmt: skip
+            differ.append(
+                {
+                    "what": f"activation {result.mapping[name].onnx_name} (TFLite tensor {name})",
+                    "why": f"TFLite fixes its parameters at scale {got['scales'][0]:.6g}, zero point "
+                    f"{int(got['zero_points'][0])}; the QuantSpec asks scale {scale:.6g}, zero point {zero_point}",
+                }
+            )
     return differ

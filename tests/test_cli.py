@@ -53,23 +53,53 @@ def test_targets_lists_each_targets_options():
     for word in ("option", "type", "default", "help", "dla_core", "int or none", "-O dla_core=0", "workspace_mb"):
         assert word in table.output
     described = json.loads(invoke("targets", "--options", "android-tflite", "--json").output)
-    assert [(o["name"], o["type"], o["default"]) for o in described] == [("int8_io", "bool", False),
-                                                                          ("nchw_input", "bool", False)]  # fmt: skip
+    assert [(o["name"], o["type"], o["default"]) for o in described] == [
+        ("int8_io", "bool", False),
+        ("nchw_input", "bool", False),
+    ]
     assert "takes no build options" in invoke("targets", "--options", "x86-ort").output
     unknown = invoke("targets", "--options", "playstation")
     assert unknown.exit_code == 2 and "unknown target 'playstation'" in unknown.output
 
 
 def test_build_takes_target_options_as_key_value(classifier_path, tmp_path):
-    built = invoke("build", classifier_path, "-t", "jetson-trt", "-p", "fp16", "-O", "dla_core=1",
-                   "-O", "gpu_fallback=false", "-O", "max_batch=4", "-o", tmp_path / "art")  # fmt: skip
+    built = invoke(
+        "build",
+        classifier_path,
+        "-t",
+        "jetson-trt",
+        "-p",
+        "fp16",
+        "-O",
+        "dla_core=1",
+        "-O",
+        "gpu_fallback=false",
+        "-O",
+        "max_batch=4",
+        "-o",
+        tmp_path / "art",
+    )
     assert built.exit_code == 0, built.output
     section = json.loads((tmp_path / "art" / "manifest.json").read_text())["build"]
     assert section["dla_core"] == 1 and section["gpu_fallback"] is False
     assert section["profile_shapes"]["input"][2][0] == 4
     # the old flag feeds the same option, so both spellings give the same artifact
-    alias = invoke("build", classifier_path, "-t", "jetson-trt", "-p", "fp16", "--dla", "1", "-O", "gpu_fallback=0",
-                   "--max-batch", "4", "-o", tmp_path / "alias")  # fmt: skip
+    alias = invoke(
+        "build",
+        classifier_path,
+        "-t",
+        "jetson-trt",
+        "-p",
+        "fp16",
+        "--dla",
+        "1",
+        "-O",
+        "gpu_fallback=0",
+        "--max-batch",
+        "4",
+        "-o",
+        tmp_path / "alias",
+    )
     assert alias.exit_code == 0, alias.output
     assert (tmp_path / "alias" / "manifest.json").read_bytes() == (tmp_path / "art" / "manifest.json").read_bytes()
     for args, named in [
@@ -212,12 +242,34 @@ def test_quantize_then_build_int8_and_run(tmp_path, isolated_store):
     images, labels = load_heldout_digits()
     calib = render_digits_video(images[:64], labels[:64], tmp_path / "calib.mp4")
     held = render_digits_video(images[64:264], labels[64:264], tmp_path / "held.mp4")
-    quantized = invoke("quantize", digits_model_path(), "--calib", calib, "--observer", "percentile",
-                       "--eval", held, "--labels", f"{held}.labels.json", "-o", tmp_path / "q")  # fmt: skip
+    quantized = invoke(
+        "quantize",
+        digits_model_path(),
+        "--calib",
+        calib,
+        "--observer",
+        "percentile",
+        "--eval",
+        held,
+        "--labels",
+        f"{held}.labels.json",
+        "-o",
+        tmp_path / "q",
+    )
     assert quantized.exit_code == 0, quantized.output
     assert (tmp_path / "q" / "trt_calibration.cache").is_file()
-    passes = invoke("quantize", digits_model_path(), "--calib", calib, "--equalize", "--bias-correction",
-                    "--html", tmp_path / "q2.html", "-o", tmp_path / "q2")  # fmt: skip
+    passes = invoke(
+        "quantize",
+        digits_model_path(),
+        "--calib",
+        calib,
+        "--equalize",
+        "--bias-correction",
+        "--html",
+        tmp_path / "q2.html",
+        "-o",
+        tmp_path / "q2",
+    )
     assert passes.exit_code == 0, passes.output
     assert "transforms: equalize, bias_correction" in passes.output
     assert "Per-tensor error" in (tmp_path / "q2.html").read_text()
@@ -226,8 +278,18 @@ def test_quantize_then_build_int8_and_run(tmp_path, isolated_store):
 
     from_spec = invoke("build", digits_model_path(), "--precision", "int8", "--spec", spec, "-o", tmp_path / "a1")
     assert from_spec.exit_code == 0, from_spec.output
-    from_calib = invoke("build", digits_model_path(), "--precision", "int8", "--calib", calib,
-                        "--observer", "percentile", "-o", tmp_path / "a2")  # fmt: skip
+    from_calib = invoke(
+        "build",
+        digits_model_path(),
+        "--precision",
+        "int8",
+        "--calib",
+        calib,
+        "--observer",
+        "percentile",
+        "-o",
+        tmp_path / "a2",
+    )
     assert from_calib.exit_code == 0, from_calib.output
     manifests = [json.loads((tmp_path / a / "manifest.json").read_text()) for a in ("a1", "a2")]
     assert manifests[0]["precision"] == "int8" and manifests[0]["quant_spec_sha256"]
@@ -252,7 +314,16 @@ def test_spec_for_another_model_is_refused(tmp_path, classifier_path):
     np.save(tmp_path / "calib.npy", data)
     assert invoke("quantize", digits_model_path(), "--calib", tmp_path / "calib.npy", "-o", spec_dir).exit_code == 0
     result = CliRunner().invoke(
-        main, ["build", str(classifier_path), "-p", "int8", "--spec", str(spec_dir / "quant_spec.json"), "-o",
-               str(tmp_path / "a")],
-    )  # fmt: skip
+        main,
+        [
+            "build",
+            str(classifier_path),
+            "-p",
+            "int8",
+            "--spec",
+            str(spec_dir / "quant_spec.json"),
+            "-o",
+            str(tmp_path / "a"),
+        ],
+    )
     assert result.exit_code == 2 and "calibrate this model again" in result.output

@@ -33,8 +33,15 @@ def test_healthy_devices_finish_while_a_broken_one_fails_alone(classifier_path, 
         return make_plan(str(artifact.path), Source.parse(str(video)), RunSettings(warmup=1), run_id=run_id)
 
     done = []
-    records = run_fleet(artifact, devices, plan_for, transport_for, timeout_s=60, store=ResultsStore(isolated_store),
-                        on_done=done.append)  # fmt: skip
+    records = run_fleet(
+        artifact,
+        devices,
+        plan_for,
+        transport_for,
+        timeout_s=60,
+        store=ResultsStore(isolated_store),
+        on_done=done.append,
+    )
     assert [r.device for r in records] == ["box0", "box1", "box2", "broken"]
     assert [r.ok for r in records] == [True, True, True, False]
     assert "broken" in records[3].result["errors"][0]["message"]

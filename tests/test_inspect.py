@@ -72,8 +72,15 @@ def test_tiny_model_params_and_macs_match_hand_counts():
     report = inspect_model(_tiny())
     layers = {layer.name: layer for layer in report.layers}
     assert [layer.name for layer in report.layers] == [
-        "conv", "relu", "scale1", "depthwise", "scale2", "pool", "flatten", "fc"
-    ]  # fmt: skip
+        "conv",
+        "relu",
+        "scale1",
+        "depthwise",
+        "scale2",
+        "pool",
+        "flatten",
+        "fc",
+    ]
     assert (layers["conv"].params, layers["conv"].macs) == (448, CONV_MACS)
     assert (layers["depthwise"].params, layers["depthwise"].macs) == (144, DEPTHWISE_MACS)
     assert (layers["fc"].params, layers["fc"].macs) == (170, GEMM_MACS)

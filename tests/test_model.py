@@ -94,9 +94,13 @@ def test_from_torch_exports_with_dynamic_batch():
     import onnxruntime as ort
 
     module = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(), torch.nn.Linear(4, 10),
-    )  # fmt: skip
+        torch.nn.Conv2d(1, 4, 3),
+        torch.nn.BatchNorm2d(4),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 10),
+    )
     module.train()
     model = Model.from_torch(module, torch.randn(1, 1, 28, 28), class_names=[str(i) for i in range(10)])
     assert module.training  # the module is handed back in the mode it came in

@@ -103,14 +103,20 @@ def test_op_table_registers_looks_up_and_names_what_it_lacks():
 
     assert table.ops == {"Constant", "Relu", "LeakyRelu"}
     assert table.lookup(helper.make_node("LeakyRelu", ["x"], ["y"]), ModelError) is relu
-    with pytest.raises(ModelError, match=r"the test interpreter cannot take op Erf \(node 'e'\); it takes: Constant, "
-                       r"LeakyRelu, Relu\. Try another"):  # fmt: skip
+    with pytest.raises(
+        ModelError,
+        match=r"the test interpreter cannot take op Erf \(node 'e'\); it takes: Constant, "
+        r"LeakyRelu, Relu\. Try another",
+    ):
         table.lookup(helper.make_node("Erf", ["x"], ["y"], name="e"), ModelError, "Try another")
-    graph = _model([1, 3, 8, 8], [
-        helper.make_node("Relu", ["x"], ["r"]),
-        helper.make_node("Relu", ["r"], ["c"], domain="custom"),
-        helper.make_node("Erf", ["c"], ["y"]),
-    ]).graph  # fmt: skip
+    graph = _model(
+        [1, 3, 8, 8],
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Relu", ["r"], ["c"], domain="custom"),
+            helper.make_node("Erf", ["c"], ["y"]),
+        ],
+    ).graph
     assert table.unsupported(graph) == ["Erf", "Relu"]  # a Relu of another domain is not ours
     with pytest.raises(ValueError, match="registered twice"):
         table.register("Relu")(relu)

@@ -68,10 +68,19 @@ def test_every_run_setting_reaches_a_plan_the_agent_accepts(tmp_path):
 
     (tmp_path / "labels.txt").write_text("1\n2\n")
     settings = RunSettings(
-        frames=7, duration_s=2.5, warmup=0, pipelined=True, queue_size=2, threads=3,
-        engine_options={"delegate": "xnnpack"}, loop=True, labels=tmp_path / "labels.txt", power_probe="auto",
-        keep_samples=False, top_k=2,
-    )  # fmt: skip
+        frames=7,
+        duration_s=2.5,
+        warmup=0,
+        pipelined=True,
+        queue_size=2,
+        threads=3,
+        engine_options={"delegate": "xnnpack"},
+        loop=True,
+        labels=tmp_path / "labels.txt",
+        power_probe="auto",
+        keep_samples=False,
+        top_k=2,
+    )
     data = make_plan("/a", Source("images", "/frames"), settings, run_id="r1", engine="tflite")
     plan = Plan.from_dict(data)  # the device's own validator
     assert (plan.frames, plan.duration_s, plan.warmup, plan.mode, plan.queue_size) == (7, 2.5, 0, "pipelined", 2)

@@ -28,7 +28,7 @@ def good_result(**changes):
                 "max": 1.0,
                 "count": 2,
             }
-        },  # fmt: skip
+        },
         "samples_ms": {"inference": [1.0, 1.0]},
         "throughput_fps": 900.0,
         "wall_s": 0.002,
@@ -92,9 +92,18 @@ def test_raw_accuracy_keeps_numbers_per_output():
 
 
 def test_power_keeps_numbers_per_rail():
-    power = {"probe": "jetson-ina3221", "rail": "VDD_IN", "avg_w": 5.2, "idle_w": 3.1, "active_w": 2.1,
-             "energy_j": 1.3, "energy_per_inference_mj": 13.0, "duration_s": 0.25, "samples": 5,
-             "rails_avg_w": {"VDD_IN": 5.2, "VDD_SOC": 1.1}}  # fmt: skip
+    power = {
+        "probe": "jetson-ina3221",
+        "rail": "VDD_IN",
+        "avg_w": 5.2,
+        "idle_w": 3.1,
+        "active_w": 2.1,
+        "energy_j": 1.3,
+        "energy_per_inference_mj": 13.0,
+        "duration_s": 0.25,
+        "samples": 5,
+        "rails_avg_w": {"VDD_IN": 5.2, "VDD_SOC": 1.1},
+    }
     clean = validate_result(good_result(power=power), run_id="r1")
     assert clean["power"] == power
     with pytest.raises(RunError, match="power.avg_w"):

@@ -17,14 +17,20 @@ from edgekit.store import ResultsStore, default_db_path
 def _result(run_id: str, p50: float) -> dict:
     stage = {"mean": p50, "p50": p50, "p90": p50, "p99": p50 * 2, "std": 0.1, "min": p50, "max": p50 * 2, "count": 3}
     return {
-        "schema": "edgekit.result", "version": 1, "run_id": run_id, "status": "ok", "mode": "sequential",
+        "schema": "edgekit.result",
+        "version": 1,
+        "run_id": run_id,
+        "status": "ok",
+        "mode": "sequential",
         "started_at": f"2026-11-27T12:00:0{run_id[-1]}Z",
         "frames": {"timed": 3, "warmup": 1, "dropped": 0},
         "latency_ms": {"inference": stage, "end_to_end": stage},
         "samples_ms": {"inference": [p50, p50, p50 * 2], "end_to_end": [p50, p50 * 1.5, p50 * 2]},
-        "throughput_fps": 1000 / p50, "accuracy": {"kind": "classification", "count": 3, "top1": 2 / 3},
-        "device": {"cpu": "test cpu", "python": "3.11"}, "errors": [],
-    }  # fmt: skip
+        "throughput_fps": 1000 / p50,
+        "accuracy": {"kind": "classification", "count": 3, "top1": 2 / 3},
+        "device": {"cpu": "test cpu", "python": "3.11"},
+        "errors": [],
+    }
 
 
 @pytest.fixture
@@ -33,8 +39,13 @@ def store(tmp_path):
     manifest = {"target": "x86-ort", "precision": "fp32"}
     for i, p50 in enumerate((1.5, 2.5), start=1):
         run_id = f"run-{i}"
-        store.add(device="local", plan={"run_id": run_id}, result=_result(run_id, p50), manifest=manifest,
-                  artifact_id="f" * 64)  # fmt: skip
+        store.add(
+            device="local",
+            plan={"run_id": run_id},
+            result=_result(run_id, p50),
+            manifest=manifest,
+            artifact_id="f" * 64,
+        )
     return store
 
 
@@ -85,8 +96,13 @@ def test_power_columns_and_side_by_side_charts(tmp_path):
     for device, watts in (("jetson-1", 6.5), ("jetson-2", 7.25)):
         result = _result(f"{device}-r1", 2.0)
         result["power"] = {"probe": "jetson-ina3221", "rail": "VDD_IN", "avg_w": watts, "energy_per_inference_mj": 13.0}
-        store.add(device=device, plan={"run_id": f"{device}-r1"}, result=result,
-                  manifest={"target": "jetson-trt", "precision": "int8"}, artifact_id="a" * 64)  # fmt: skip
+        store.add(
+            device=device,
+            plan={"run_id": f"{device}-r1"},
+            result=result,
+            manifest={"target": "jetson-trt", "precision": "int8"},
+            artifact_id="a" * 64,
+        )
     runs = store.get()
     buffer = io.StringIO()
     report.print_runs_table(runs, Console(file=buffer, width=200))

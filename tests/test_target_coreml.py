@@ -110,8 +110,12 @@ def test_image_input_folds_the_preprocessing(torch_built, digits_built):
     assert coreml["normalize_in_graph"] == {"mean": IMAGENET["mean"], "std": IMAGENET["std"]}
     agent = torch_art["fp16"].manifest["preprocess"]
     assert (agent["dtype"], agent["layout"], agent["scale"], agent["resize"]) == ("uint8", "NHWC", 1.0, [32, 32])
-    assert torch_art["fp16"].manifest["inputs"][0] == {"name": "input", "shape": [1, 32, 32, 3], "dtype": "uint8",
-                                                       "layout": "NHWC"}  # fmt: skip
+    assert torch_art["fp16"].manifest["inputs"][0] == {
+        "name": "input",
+        "shape": [1, 32, 32, 3],
+        "dtype": "uint8",
+        "layout": "NHWC",
+    }
     # the digits model's single std folds in whole: scale/std and -mean/std
     model, _, digits_art = digits_built
     folded = digits_art["fp16"].manifest["coreml"]["input"]
@@ -247,11 +251,13 @@ def test_ane_report_names_each_rule_and_its_source():
     assert [f.rule for f in dilated.findings] == ["dilated convolution"]
     assert dilated.findings[0].nodes == ["conv"] and "hollance" in dilated.findings[0].source
     gather = _graph(
-        [helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=0),
-         helper.make_node("Gather", ["x", "i"], ["y"], name="gather", axis=1)],
+        [
+            helper.make_node("ArgMax", ["x"], ["i"], axis=1, keepdims=0),
+            helper.make_node("Gather", ["x", "i"], ["y"], name="gather", axis=1),
+        ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-    )  # fmt: skip
+    )
     assert [f.rule for f in ane_report(gather).findings] == ["gather with computed indices"]
     const_gather = _graph(
         [helper.make_node("Gather", ["x", "k"], ["y"], axis=1)],
@@ -273,9 +279,11 @@ def test_ane_report_names_each_rule_and_its_source():
         [helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=2)],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.ones((1, 8, 4), np.float32), "w"),
-         numpy_helper.from_array(np.ones((1, 8, 2), np.float32), "r")],
-    )  # fmt: skip
+        [
+            numpy_helper.from_array(np.ones((1, 8, 4), np.float32), "w"),
+            numpy_helper.from_array(np.ones((1, 8, 2), np.float32), "r"),
+        ],
+    )
     report = ane_report(lstm)
     assert not report.ready and report.findings[0].rule.startswith("recurrent")
     assert json.loads(json.dumps(report.to_dict()))["findings"][0]["count"] == 1
@@ -318,9 +326,13 @@ def test_enumerated_shapes_convert_and_are_listed(torch_built, tmp_path):
     model, spec, _ = torch_built
     target = get_target("ios-coreml")
     for precision in ("fp16", "w8a8"):
-        artifact = target.build(model, tmp_path / precision, precision=precision,
-                                quant_spec=spec if precision == "w8a8" else None,
-                                options={"shapes": "48x48,64x32,32x32"})  # fmt: skip
+        artifact = target.build(
+            model,
+            tmp_path / precision,
+            precision=precision,
+            quant_spec=spec if precision == "w8a8" else None,
+            options={"shapes": "48x48,64x32,32x32"},
+        )
         entry = artifact.manifest["inputs"][0]
         assert entry["shape"] == [1, 32, 32, 3]  # the preprocess size stays the default
         assert entry["enumerated_shapes"] == [[1, 32, 32, 3], [1, 48, 48, 3], [1, 64, 32, 3]]

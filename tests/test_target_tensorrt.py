@@ -63,10 +63,14 @@ def test_float_precisions_carry_the_float_model_as_given(digits, tmp_path, preci
     assert not [i.name for i in packaged.proto.graph.initializer if i.data_type == TensorProto.FLOAT16]
     assert manifest["engine"] == "tensorrt" and manifest["precision"] == precision
     assert manifest["build"] == {
-        "precision": precision, "calibration_cache": None, "dla_core": None, "gpu_fallback": False,
-        "sparsity": False, "workspace_mb": None,
+        "precision": precision,
+        "calibration_cache": None,
+        "dla_core": None,
+        "gpu_fallback": False,
+        "sparsity": False,
+        "workspace_mb": None,
         "profile_shapes": {"input": [[1, 1, 28, 28], [1, 1, 28, 28], [1, 1, 28, 28]]},
-    }  # fmt: skip
+    }
     # what the agent does with it: the tensorrt engine's own option check accepts the build section
     assert validate_options(manifest["build"], str(artifact.path))["precision"] == precision
     assert build(model, tmp_path / "again", precision).id == artifact.id
@@ -247,8 +251,24 @@ def test_cli_builds_jetson_int8_and_other_targets_reject_jetson_flags(digits, tm
     calib = tmp_path / "calib.npy"
     np.save(calib, x[:32])
     runner = CliRunner(env={"COLUMNS": "200"})
-    args = ["build", str(digits_model_path()), "--target", "jetson-trt", "-p", "int8", "--calib", str(calib),
-            "--dla", "0", "--max-batch", "4", "--sparsity", "2:4", "-o", str(tmp_path / "art")]  # fmt: skip
+    args = [
+        "build",
+        str(digits_model_path()),
+        "--target",
+        "jetson-trt",
+        "-p",
+        "int8",
+        "--calib",
+        str(calib),
+        "--dla",
+        "0",
+        "--max-batch",
+        "4",
+        "--sparsity",
+        "2:4",
+        "-o",
+        str(tmp_path / "art"),
+    ]
     result = runner.invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "(jetson-trt/int8)" in result.output and "not honoured" in result.output
@@ -257,10 +277,12 @@ def test_cli_builds_jetson_int8_and_other_targets_reject_jetson_flags(digits, tm
     assert manifest["build"]["dla_core"] == 0 and manifest["build"]["sparsity"] is True
     assert manifest["build"]["profile_shapes"]["input"][2] == [4, 1, 28, 28]
     assert (tmp_path / "art" / "trt_calibration.cache").is_file()
-    refused = runner.invoke(main, ["build", str(digits_model_path()), "-t", "x86-ort", "--max-batch", "4",
-                                   "-o", str(tmp_path / "x86")])  # fmt: skip
+    refused = runner.invoke(
+        main, ["build", str(digits_model_path()), "-t", "x86-ort", "--max-batch", "4", "-o", str(tmp_path / "x86")]
+    )
     assert refused.exit_code == 2
     assert "target x86-ort does not take the build option(s) max_batch" in refused.output
-    fp32_dla = runner.invoke(main, ["build", str(digits_model_path()), "-t", "jetson-trt", "--dla", "0",
-                                    "-o", str(tmp_path / "fp32")])  # fmt: skip
+    fp32_dla = runner.invoke(
+        main, ["build", str(digits_model_path()), "-t", "jetson-trt", "--dla", "0", "-o", str(tmp_path / "fp32")]
+    )
     assert fp32_dla.exit_code == 2 and "--precision fp16" in fp32_dla.output

@@ -14,13 +14,13 @@ from onnx import TensorProto, helper
 pytest.importorskip("tensorflow", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 
-import edgekit  # noqa: E402
-from edgekit.calibration.calibrate import calibrate  # noqa: E402
-from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits  # noqa: E402
-from edgekit.model import Model  # noqa: E402
-from edgekit.runtime.engines import open_engine  # noqa: E402
-from edgekit.targets import BuildError, TargetError, get_target  # noqa: E402
-from edgekit.targets.tflite_quant import int8_grid, read_parameters  # noqa: E402
+import edgekit
+from edgekit.calibration.calibrate import calibrate
+from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits
+from edgekit.model import Model
+from edgekit.runtime.engines import open_engine
+from edgekit.targets import BuildError, TargetError, get_target
+from edgekit.targets.tflite_quant import int8_grid, read_parameters
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +32,32 @@ def digits() -> tuple[Model, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def built(digits, tmp_path_factory) -> dict:
     model, x, _ = digits
-    spec = calibrate(model, x[:128], observer="percentile", activations="int8_asym", weights="int8_per_channel",
-                     batch=32, progress=False).spec  # fmt: skip
+    spec = calibrate(
+        model,
+        x[:128],
+        observer="percentile",
+        activations="int8_asym",
+        weights="int8_per_channel",
+        batch=32,
+        progress=False,
+    ).spec
     out = tmp_path_factory.mktemp("tflite")
     target = get_target("android-tflite")
-    artifacts = {p: target.build(model, out / p, precision=p, quant_spec=spec if p == "int8" else None)
-                 for p in ("fp32", "fp16", "int8")}  # fmt: skip
-    artifacts["int8_io"] = target.build(model, out / "int8io", precision="int8", quant_spec=spec,
-                                        options={"int8_io": True})  # fmt: skip
+    artifacts = {
+        p: target.build(model, out / p, precision=p, quant_spec=spec if p == "int8" else None)
+        for p in ("fp32", "fp16", "int8")
+    }
+    artifacts["int8_io"] = target.build(
+        model, out / "int8io", precision="int8", quant_spec=spec, options={"int8_io": True}
+    )
     return {"spec": spec, **artifacts}
 
 
 def _top1(artifact, x: np.ndarray, labels: np.ndarray, count: int = 300) -> float:
     with open_engine("tflite", str(artifact.model_path), {"threads": 1}) as engine:
-        preds = [engine.infer({engine.input_names[0]: x[i : i + 1].transpose(0, 2, 3, 1)})[0].argmax() for i in
-                 range(count)]  # fmt: skip
+        preds = [
+            engine.infer({engine.input_names[0]: x[i : i + 1].transpose(0, 2, 3, 1)})[0].argmax() for i in range(count)
+        ]
     return float(np.mean(np.array(preds) == labels[:count]))
 
 
@@ -67,8 +78,11 @@ def test_every_precision_builds_a_checked_nhwc_tflite(built) -> None:
 def _check_against_spec(spec, artifact) -> set[str]:
     """Compare every int8 activation of the .tflite with its QuantSpec entry; return the ONNX tensors checked."""
     params = read_parameters((artifact.path / "model.tflite").read_bytes())
-    overridden = {entry["what"].split(" (TFLite tensor ")[1].rstrip(")") for entry in artifact.manifest["not_honoured"]
-                  if "TFLite tensor" in entry["what"]}  # fmt: skip
+    overridden = {
+        entry["what"].split(" (TFLite tensor ")[1].rstrip(")")
+        for entry in artifact.manifest["not_honoured"]
+        if "TFLite tensor" in entry["what"]
+    }
     checked = set()
     for tflite_name, onnx_name in artifact.manifest["quantization"]["mapped"].items():
         got = params.get(tflite_name)
@@ -108,8 +122,9 @@ def test_int8_keeps_accuracy_and_int8_io_has_int8_tensors(digits, built) -> None
 def test_uint8_spec_from_x86_calibration_maps_exactly_and_lists_its_weights(digits, tmp_path) -> None:
     model, x, _ = digits
     spec = calibrate(model, x[:64], weights="int7_per_channel", progress=False).spec  # the x86-ort scheme
-    artifact = edgekit.build(model, "android-tflite", tmp_path / "a", precision="int8", quant_spec=spec,
-                             options={"int8_io": True})  # fmt: skip
+    artifact = edgekit.build(
+        model, "android-tflite", tmp_path / "a", precision="int8", quant_spec=spec, options={"int8_io": True}
+    )
     assert any(e["what"] == "weights int7_per_channel" for e in artifact.manifest["not_honoured"])
     params = read_parameters((artifact.path / "model.tflite").read_bytes())
     first = next(n for n, o in artifact.manifest["quantization"]["mapped"].items() if o == model.inputs[0].name)
@@ -137,8 +152,9 @@ def test_shape_arithmetic_on_a_computed_tensor_is_refused_by_name(tmp_path) -> N
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     index = helper.make_tensor("index", TensorProto.INT64, [], [1])
-    graph = helper.make_graph([helper.make_node("Gather", ["x", "index"], ["y"], axis=1, name="pick")], "g", [x], [y],
-                              [index])  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["x", "index"], ["y"], axis=1, name="pick")], "g", [x], [y], [index]
+    )
     odd = Model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     with pytest.raises(BuildError, match="Gather node 'pick'.*only on constant inputs"):
         get_target("android-tflite").build(odd, tmp_path / "odd")
@@ -163,8 +179,20 @@ def test_cli_builds_int8_with_calibration(tmp_path, digits) -> None:
 
     calib = tmp_path / "calib.npy"
     np.save(calib, digits[1][:64])
-    args = ["build", str(digits_model_path()), "--target", "android-tflite", "-p", "int8", "--calib", str(calib),
-            "--observer", "percentile", "-o", str(tmp_path / "art")]  # fmt: skip
+    args = [
+        "build",
+        str(digits_model_path()),
+        "--target",
+        "android-tflite",
+        "-p",
+        "int8",
+        "--calib",
+        str(calib),
+        "--observer",
+        "percentile",
+        "-o",
+        str(tmp_path / "art"),
+    ]
     result = CliRunner(env={"COLUMNS": "200"}).invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())

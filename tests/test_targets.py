@@ -84,10 +84,11 @@ def test_unsupported_precision_is_refused(classifier_path, tmp_path):
 def test_ops_onnx_runtime_lacks_are_listed_before_building(tmp_path):
     node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")
     graph = helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-    )  # fmt: skip
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
     target = get_target("x86-ort")
     assert target.unsupported_ops(proto) == {"FancyOp": 1}
@@ -124,12 +125,15 @@ def test_options_from_text_follow_the_field_types():
 
     trt, tflite, coreml = (get_target(n).Options for n in ("jetson-trt", "android-tflite", "ios-coreml"))
     assert options_from_text(trt, {"dla_core": "0", "gpu_fallback": "false", "sparsity": "2:4"}, owner="t") == {
-        "dla_core": 0, "gpu_fallback": False, "sparsity": "2:4",
-    }  # fmt: skip
+        "dla_core": 0,
+        "gpu_fallback": False,
+        "sparsity": "2:4",
+    }
     assert options_from_text(trt, {"dla_core": "none"}, owner="t") == {"dla_core": None}
     assert options_from_text(tflite, {"int8_io": "true", "nchw_input": "0"}, owner="t") == {
-        "int8_io": True, "nchw_input": False,
-    }  # fmt: skip
+        "int8_io": True,
+        "nchw_input": False,
+    }
     assert options_from_text(coreml, {"shapes": "256x256, 320x320"}, owner="t") == {"shapes": ((256, 256), (320, 320))}
     # Python values go through the same types: a list of pairs is a tuple of tuples, an integer stays one
     assert coreml(shapes=[[224, 224], "320x320"]).shapes == ((224, 224), (320, 320))

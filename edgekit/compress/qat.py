@@ -191,8 +191,11 @@ def _examples(example_input: Any) -> tuple:
 
 def _wrapped_in_run_order(model: nn.Module, example_input: Any) -> list[QuantWrapper]:
     order: list[QuantWrapper] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, _: order.append(mod)) for m in model.modules()
-             if isinstance(m, QuantWrapper)]  # fmt: skip
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, _: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, QuantWrapper)
+    ]
     try:
         with torch.no_grad():
             model(*_examples(example_input))
@@ -408,8 +411,11 @@ def export_qat(
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.calibration.qdq import write_qdq
 
-        qdq = Model(write_qdq(prepare_float_model(float_model.proto, spec), spec), preprocess=preprocess,
-                    class_names=class_names)  # fmt: skip
+        qdq = Model(
+            write_qdq(prepare_float_model(float_model.proto, spec), spec),
+            preprocess=preprocess,
+            class_names=class_names,
+        )
     qdq.save(out_dir / "model.onnx")
     float_model.save(out_dir / "model_float.onnx")
     spec.save(out_dir / "quant_spec.json")

@@ -74,8 +74,10 @@ def _layer_times(value: Any) -> dict[str, float]:
     value = _mapping(value, "layer_times_ms")
     if len(value) > MAX_LAYERS:
         raise RunError(f"device result field layer_times_ms has more than {MAX_LAYERS} layers")
-    return {_text(k, "layer_times_ms", limit=256): _number(v, f"layer_times_ms.{str(k)[:64]}", allow_none=False)
-            for k, v in value.items()}  # type: ignore[misc]  # fmt: skip
+    return {
+        _text(k, "layer_times_ms", limit=256): _number(v, f"layer_times_ms.{str(k)[:64]}", allow_none=False)
+        for k, v in value.items()
+    }  # type: ignore[misc]
 
 
 def _facts(value: Any, where: str) -> dict[str, Any]:
@@ -128,8 +130,10 @@ def _power(value: Any) -> dict[str, Any]:
             clean[key] = _text(item, f"power.{key}", limit=128)
         elif key == "rails_avg_w":
             rails = _mapping(item, "power.rails_avg_w")
-            clean[key] = {_text(k, "power.rails_avg_w", limit=64): _number(v, f"power.rails_avg_w.{k}")
-                          for k, v in list(rails.items())[:MAX_FACTS]}  # fmt: skip
+            clean[key] = {
+                _text(k, "power.rails_avg_w", limit=64): _number(v, f"power.rails_avg_w.{k}")
+                for k, v in list(rails.items())[:MAX_FACTS]
+            }
         elif key == "samples":
             clean[key] = _count(item, "power.samples")
         else:

@@ -165,9 +165,9 @@ def _totals(graph: onnx.GraphProto, layers: list[LayerInfo], read: dict[str, tup
     )
 
 
-def _unsupported_by_target(proto: onnx.ModelProto, names: list[str] | None) -> tuple[
-    dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]], dict[str, dict[str, Any]], dict[str, str]
-]:  # fmt: skip
+def _unsupported_by_target(
+    proto: onnx.ModelProto, names: list[str] | None
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]], dict[str, dict[str, Any]], dict[str, str]]:
     """Ops each target cannot run and those its accelerators hand back to the CPU, and (for targets named in
     `names`) the detailed accelerator reports; a target that fails to load is reported, not fatal."""
     from edgekit.targets import get_target, target_names

@@ -33,16 +33,17 @@ _ARRAY_DTYPES = {65568: np.float32, 65552: np.float16, 65600: np.float64, 131104
 class CoreMLOptions(EngineOptions):
     """threads is accepted and ignored: Core ML chooses its own threads."""
 
-    compute_units: str = field(default="ALL", metadata={
-        "help": "ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (any case)",
-    })  # fmt: skip
+    compute_units: str = field(
+        default="ALL",
+        metadata={
+            "help": "ALL, CPU_ONLY, CPU_AND_GPU or CPU_AND_NE (any case)",
+        },
+    )
 
     def check(self) -> None:
         EngineOptions.check(self)
         if str(self.compute_units).upper() not in COMPUTE_UNITS:
-            raise EngineError(
-                "coreml compute_units %r: use one of %s" % (self.compute_units, ", ".join(COMPUTE_UNITS))
-            )
+            raise EngineError("coreml compute_units %r: use one of %s" % (self.compute_units, ", ".join(COMPUTE_UNITS)))
 
 
 def package_path(model_path: str, unpack_into: str) -> str:
@@ -82,14 +83,20 @@ def io_from_spec(spec: Any) -> List[List[Dict[str, Any]]]:
                 color = {10: "GRAY", 20: "RGB", 30: "BGR"}.get(image.colorSpace, "RGB")
                 channels = 1 if color == "GRAY" else 3
                 shape = [1, int(image.height), int(image.width), channels]
-                described.append({"name": feature.name, "kind": "image", "dtype": np.dtype(np.uint8),
-                                  "shape": shape, "color": color})  # fmt: skip
+                described.append(
+                    {"name": feature.name, "kind": "image", "dtype": np.dtype(np.uint8), "shape": shape, "color": color}
+                )
             elif kind == "multiArrayType":
                 array = feature.type.multiArrayType
                 dtype = _ARRAY_DTYPES.get(array.dataType)
-                described.append({"name": feature.name, "kind": "tensor",
-                                  "dtype": np.dtype(dtype) if dtype is not None else None,
-                                  "shape": [int(d) for d in array.shape]})  # fmt: skip
+                described.append(
+                    {
+                        "name": feature.name,
+                        "kind": "tensor",
+                        "dtype": np.dtype(dtype) if dtype is not None else None,
+                        "shape": [int(d) for d in array.shape],
+                    }
+                )
             else:
                 described.append({"name": feature.name, "kind": kind or "unknown", "dtype": None, "shape": None})
         found.append(described)
@@ -161,11 +168,17 @@ class CoreMLEngine(Engine):
             self._tmp = None
 
     def _infer_impl(self, feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
-        data = {name: to_image(value, self._images[name]) if name in self._images else value
-                for name, value in feed.items()}  # fmt: skip
+        data = {
+            name: to_image(value, self._images[name]) if name in self._images else value for name, value in feed.items()
+        }
         result = self._model.predict(data)
         return [np.asarray(result[name]) for name in self.output_names]
 
     def facts(self) -> Dict[str, Any]:
-        return {"name": self.name, "version": self._version, "providers": [self.compute_units], "threads": None,
-                "compute_units": self.compute_units}  # fmt: skip
+        return {
+            "name": self.name,
+            "version": self._version,
+            "providers": [self.compute_units],
+            "threads": None,
+            "compute_units": self.compute_units,
+        }

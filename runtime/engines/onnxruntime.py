@@ -32,12 +32,18 @@ _OPTIMIZATION_LEVELS = ("all", "extended", "basic", "disable")
 @dataclass(frozen=True)
 class OnnxRuntimeOptions(EngineOptions):
     inter_op_threads: Optional[int] = field(default=None, metadata={"help": "threads across independent nodes"})
-    providers: Optional[List[str]] = field(default=None, metadata={
-        "help": "execution providers in order of preference; default [\"CPUExecutionProvider\"]",
-    })  # fmt: skip
-    provider_options: Optional[List[Dict[str, Any]]] = field(default=None, metadata={
-        "help": "one object of options per provider, as InferenceSession takes them",
-    })  # fmt: skip
+    providers: Optional[List[str]] = field(
+        default=None,
+        metadata={
+            "help": 'execution providers in order of preference; default ["CPUExecutionProvider"]',
+        },
+    )
+    provider_options: Optional[List[Dict[str, Any]]] = field(
+        default=None,
+        metadata={
+            "help": "one object of options per provider, as InferenceSession takes them",
+        },
+    )
     graph_optimization: str = field(default="all", metadata={"help": "all, extended, basic or disable"})
 
     def check(self) -> None:

@@ -27,12 +27,18 @@ NNAPI_DEPRECATED = "NNAPI is deprecated from Android 15 (API 35): prefer the gpu
 
 @dataclass(frozen=True)
 class TfliteOptions(EngineOptions):
-    delegate: str = field(default="xnnpack", metadata={
-        "help": "xnnpack (the CPU), none (reference kernels), gpu, nnapi, or the path of a delegate library",
-    })  # fmt: skip
-    delegate_options: Dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "for gpu, nnapi or a library: {key: value} handed to load_delegate, each as text",
-    })  # fmt: skip
+    delegate: str = field(
+        default="xnnpack",
+        metadata={
+            "help": "xnnpack (the CPU), none (reference kernels), gpu, nnapi, or the path of a delegate library",
+        },
+    )
+    delegate_options: Dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "for gpu, nnapi or a library: {key: value} handed to load_delegate, each as text",
+        },
+    )
 
     def check(self) -> None:
         EngineOptions.check(self)
@@ -131,10 +137,12 @@ class TfliteEngine(Engine):
         self._input_details = self._interpreter.get_input_details()
         self._output_details = self._interpreter.get_output_details()
         # the harness feeds float32: quantized inputs are converted in _infer_impl
-        self.inputs = [TensorInfo(d["name"], np.dtype(np.float32), [int(v) for v in d["shape"]])
-                       for d in self._input_details]  # fmt: skip
-        self.outputs = [TensorInfo(d["name"], np.dtype(np.float32), [int(v) for v in d["shape"]])
-                        for d in self._output_details]  # fmt: skip
+        self.inputs = [
+            TensorInfo(d["name"], np.dtype(np.float32), [int(v) for v in d["shape"]]) for d in self._input_details
+        ]
+        self.outputs = [
+            TensorInfo(d["name"], np.dtype(np.float32), [int(v) for v in d["shape"]]) for d in self._output_details
+        ]
 
     def _with_delegate(self, delegate: str) -> Any:
         names = DELEGATE_LIBRARIES.get(delegate, (delegate,))

@@ -29,9 +29,19 @@ def depthwise_net(seed: int = 0, channels: int = 16) -> onnx.ModelProto:
     w1, b1, w2 = w1 * g[:, None, None, None], b1 * g, w2 / g[:, None, None, None]
     w2, b2, w3 = w2 * h[:, None, None, None], b2 * h, w3 / h[None, :, None, None]
     fc = rng.normal(0, 0.2, (10, 32)).astype(np.float32)
-    inits = [numpy_helper.from_array(v, k) for k, v in {
-        "w1": w1, "b1": b1, "w2": w2, "b2": b2, "w3": w3, "b3": np.zeros(32, np.float32),
-        "fc": fc, "fcb": np.zeros(10, np.float32)}.items()]  # fmt: skip
+    inits = [
+        numpy_helper.from_array(v, k)
+        for k, v in {
+            "w1": w1,
+            "b1": b1,
+            "w2": w2,
+            "b2": b2,
+            "w3": w3,
+            "b3": np.zeros(32, np.float32),
+            "fc": fc,
+            "fcb": np.zeros(10, np.float32),
+        }.items()
+    ]
     nodes = [
         helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
         helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
@@ -44,9 +54,12 @@ def depthwise_net(seed: int = 0, channels: int = 16) -> onnx.ModelProto:
         helper.make_node("Gemm", ["f", "fc", "fcb"], ["logits"], transB=1, name="fc"),
     ]
     graph = helper.make_graph(
-        nodes, "depthwise", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits,
-    )  # fmt: skip
+        nodes,
+        "depthwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
@@ -98,5 +111,6 @@ def test_targets_replay_the_recorded_transforms(tmp_path):
     assert [t["kind"] for t in c.spec.transforms] == ["equalize", "bias_correction"]
     artifact = get_target("x86-ort").build(model, tmp_path / "art", precision="int8", quant_spec=c.spec)
     x = data(4, 5)
-    np.testing.assert_allclose(run(onnx.load(artifact.model_path), x), run(write_qdq(c.float_model, c.spec), x),
-                               rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        run(onnx.load(artifact.model_path), x), run(write_qdq(c.float_model, c.spec), x), rtol=1e-5, atol=1e-5
+    )

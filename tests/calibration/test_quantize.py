@@ -72,17 +72,23 @@ def test_integer_arithmetic_is_left_unquantized(tmp_path):
         helper.make_node("Reshape", ["c", "target"], ["y"]),
     ]
     minus1 = numpy_helper.from_array(np.array([-1], np.int64), "minus1")
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])],
-                              [weight, one, minus1])  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 64])],
+        [weight, one, minus1],
+    )
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     plan = plan_quantization(proto)
     assert "int_add" not in plan.nodes and "shape" not in plan.activations and "shape2" not in plan.activations
     model = Model(proto)
-    calibration = calibrate(model, list(np.random.default_rng(0).random((4, 1, 3, 8, 8), dtype=np.float32)),
-                            progress=False)  # fmt: skip
-    ort.InferenceSession(write_qdq(calibration.float_model, calibration.spec).SerializeToString(),
-                         providers=["CPUExecutionProvider"])  # fmt: skip
+    calibration = calibrate(
+        model, list(np.random.default_rng(0).random((4, 1, 3, 8, 8), dtype=np.float32)), progress=False
+    )
+    ort.InferenceSession(
+        write_qdq(calibration.float_model, calibration.spec).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
 
 
 def test_int8_symmetric_qdq_is_valid_and_accurate(digits_model, digits_tensors):
@@ -130,11 +136,15 @@ def test_batchnorm_folding_keeps_outputs(tmp_path):
         numpy_helper.from_array(rng.uniform(0.5, 2, 4).astype(np.float32), "var"),
     ]
     graph = helper.make_graph(
-        [helper.make_node("Conv", ["x", "w"], ["c"]),
-         helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"])],
-        "bn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])], inits,
-    )  # fmt: skip
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"]),
+            helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"]),
+        ],
+        "bn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 6, 6])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     folded = fold_batchnorm(model)
     assert [n.op_type for n in folded.graph.node] == ["Conv"]
@@ -151,8 +161,15 @@ def test_budget_keeps_sensitive_layers_float(digits_model, digits_tensors):
     x, y = digits_tensors
     feeds = [{"input": x[i : i + 1]} for i in range(300)]
     # entropy clips these sparse digit activations hard: the budget must put layers back in float
-    result = quantize(digits_model, x[500:564], observer="entropy", eval_feeds=feeds, eval_labels=list(y[:300]),
-                      max_drop=0.5, progress=False)  # fmt: skip
+    result = quantize(
+        digits_model,
+        x[500:564],
+        observer="entropy",
+        eval_feeds=feeds,
+        eval_labels=list(y[:300]),
+        max_drop=0.5,
+        progress=False,
+    )
     assert result.budget.met and result.budget.float_nodes
     assert result.accuracy["quantized_top1"] >= result.accuracy["float_top1"] - 0.005
     assert set(result.budget.float_nodes) == result.spec.float_nodes
@@ -206,10 +223,11 @@ def test_nan_activations_are_an_error(digits_model):
 
 def test_model_without_quantizable_ops(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"])], "relu",
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-    )  # fmt: skip
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path / "relu.onnx")
     with pytest.raises(CalibrationError, match="no quantizable op"):
         calibrate(Model.load(tmp_path / "relu.onnx"), np.ones((2, 1, 4), np.float32), progress=False)
@@ -235,8 +253,9 @@ def test_int7_weights_stay_within_63(digits_model, digits_tensors):
 def test_trt_calibration_cache_round_trips(digits_model, digits_tensors, tmp_path):
     from edgekit.targets.tensorrt_cache import read_trt_cache, write_trt_cache
 
-    spec = calibrate(digits_model, digits_tensors[0][:16], observer="entropy", activations="int8_sym",
-                     progress=False).spec  # fmt: skip
+    spec = calibrate(
+        digits_model, digits_tensors[0][:16], observer="entropy", activations="int8_sym", progress=False
+    ).spec
     header, scales = read_trt_cache(write_trt_cache(spec, tmp_path / "calib.cache"))
     assert header == "TRT-8601-EntropyCalibration2"
     activations = {n: t for n, t in spec.tensors.items() if t.kind == "activation"}

@@ -142,8 +142,13 @@ def test_fp16_autocast_overflow_backs_off_until_a_step_goes_through() -> None:
     real fp16 backward overflow, so steps are skipped (weights untouched) and the scale halves each time until the
     gradients fit; then the optimizer steps and training goes on."""
     model = _model()
-    trainer = MixedPrecisionTrainer(model, torch.optim.SGD(model.parameters(), lr=0.1), dtype=torch.float16,
-                                    device="cpu", scaler=DynamicLossScaler(init_scale=2.0**40))  # fmt: skip
+    trainer = MixedPrecisionTrainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        dtype=torch.float16,
+        device="cpu",
+        scaler=DynamicLossScaler(init_scale=2.0**40),
+    )
     seen: list[torch.dtype] = []
     model[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -15,10 +15,16 @@ from edgekit.compress.channel_schedule import count_macs, prune_channels_iterati
 def net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
-    ).eval()  # fmt: skip
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    ).eval()
 
 
 EXAMPLE = torch.zeros(1, 3, 16, 16)
@@ -34,9 +40,14 @@ def test_rounds_step_down_to_the_mac_target_and_train_after_each_cut():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     trained: list[int] = []
     result = prune_channels_iteratively(
-        model, EXAMPLE, lambda m: trained.append(count_macs(m, EXAMPLE)), lambda m: 1.0,
-        target_macs=0.4, steps=3, multiple_of=1,
-    )  # fmt: skip
+        model,
+        EXAMPLE,
+        lambda m: trained.append(count_macs(m, EXAMPLE)),
+        lambda m: 1.0,
+        target_macs=0.4,
+        steps=3,
+        multiple_of=1,
+    )
     fractions = [r.macs_fraction for r in result.rounds]
     assert fractions == pytest.approx([0.8, 0.6, 0.4], abs=0.04)
     assert len(trained) == 3 and trained == sorted(trained, reverse=True)  # train_fn saw each smaller model
@@ -59,10 +70,14 @@ def test_accuracy_budget_stops_at_the_last_good_round():
     assert count_macs(result.model, EXAMPLE) / count_macs(model, EXAMPLE) == pytest.approx(result.macs_fraction)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"target_macs": 1.0}, "target_macs"), ({"target_macs": 0.5, "steps": 0}, "steps"),
-    ({"target_macs": 0.5, "max_drop": -1}, "max_drop"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"target_macs": 1.0}, "target_macs"),
+        ({"target_macs": 0.5, "steps": 0}, "steps"),
+        ({"target_macs": 0.5, "max_drop": -1}, "max_drop"),
+    ],
+)
 def test_bad_settings_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         prune_channels_iteratively(net(), EXAMPLE, lambda m: None, lambda m: 1.0, **kwargs)

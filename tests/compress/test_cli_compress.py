@@ -35,8 +35,21 @@ def _table_rows(output: str) -> list[str]:
 
 def test_prune_structured_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "pruned"
-    result = invoke("prune", "--demo", "--demo-epochs", 1, "--epochs", 1, "--structured", "--ratio", 0.5, "--distill",
-                    "--keep-residual", "-o", out)  # fmt: skip
+    result = invoke(
+        "prune",
+        "--demo",
+        "--demo-epochs",
+        1,
+        "--epochs",
+        1,
+        "--structured",
+        "--ratio",
+        0.5,
+        "--distill",
+        "--keep-residual",
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.output
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
     rows = _table_rows(result.output)
@@ -46,13 +59,39 @@ def test_prune_structured_end_to_end(tmp_path: Path) -> None:
 
 def test_prune_structured_in_rounds_to_a_mac_target(tmp_path: Path) -> None:
     out = tmp_path / "rounds"
-    result = invoke("prune", "--demo", "--demo-epochs", 1, "--epochs", 1, "--structured", "--target-macs", 0.5,
-                    "--rounds", 2, "--multiple-of", 1, "-o", out)  # fmt: skip
+    result = invoke(
+        "prune",
+        "--demo",
+        "--demo-epochs",
+        1,
+        "--epochs",
+        1,
+        "--structured",
+        "--target-macs",
+        0.5,
+        "--rounds",
+        2,
+        "--multiple-of",
+        1,
+        "-o",
+        out,
+    )
     assert result.exit_code == 0, result.output
     assert "round 1: " in result.output and re.search(r"round 2: 5[0-5]% of the MACs", result.output)
     assert "as far as" not in result.output
-    coarse = invoke("prune", "--demo", "--demo-epochs", 1, "--epochs", 1, "--structured", "--target-macs", 0.5,
-                    "-o", tmp_path / "coarse")  # 8 and 16 channels in multiples of 8: 16 -> 8 is all there is
+    coarse = invoke(
+        "prune",
+        "--demo",
+        "--demo-epochs",
+        1,
+        "--epochs",
+        1,
+        "--structured",
+        "--target-macs",
+        0.5,
+        "-o",
+        tmp_path / "coarse",
+    )  # 8 and 16 channels in multiples of 8: 16 -> 8 is all there is
     assert coarse.exit_code == 0 and "as far as channels in multiples of 8 go" in coarse.output
     onnx.checker.check_model(onnx.load(out / "model.onnx"))
     misuse = invoke("prune", "--demo", "--rounds", 3, "-o", out)

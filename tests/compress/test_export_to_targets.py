@@ -23,10 +23,16 @@ from edgekit.targets import get_target, target_names  # noqa: E402
 def small_net(width: int = 16) -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10),
-    ).eval()  # fmt: skip
+        nn.Conv2d(1, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.Conv2d(width, width, 3, padding=1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 10),
+    ).eval()
 
 
 X = torch.randn(64, 1, 12, 12, generator=torch.Generator().manual_seed(1))
@@ -55,9 +61,13 @@ def test_compressed_models_build_for_every_target_and_precision(target_name: str
             spec = None
             if precision in target.quantized_precisions:
                 spec = calibrate(
-                    model, X.numpy(), activations=target.activation_scheme, weights=target.weight_scheme,
-                    batch=16, progress=False,
-                ).spec  # fmt: skip
+                    model,
+                    X.numpy(),
+                    activations=target.activation_scheme,
+                    weights=target.weight_scheme,
+                    batch=16,
+                    progress=False,
+                ).spec
             artifact = target.build(model, tmp_path / f"{label}-{precision}", precision=precision, quant_spec=spec)
             assert artifact.manifest["precision"] == precision, (label, precision)
 
@@ -66,8 +76,9 @@ def test_compressed_models_build_for_every_target_and_precision(target_name: str
 def test_qat_results_build_for_every_quantizing_target(target_name: str, tmp_path: Path) -> None:
     target = get_target(target_name)
     batches = [X[:32], X[32:]]
-    qat = prepare_qat(small_net(), X[:1], calib_batches=batches, scheme=target.weight_scheme,
-                      activations=target.activation_scheme)  # fmt: skip
+    qat = prepare_qat(
+        small_net(), X[:1], calib_batches=batches, scheme=target.weight_scheme, activations=target.activation_scheme
+    )
     float_model, spec = export_qat(qat, X[:1], tmp_path / "qat", calib_batches=batches)
     assert spec.scheme == {"activations": target.activation_scheme, "weights": target.weight_scheme}
     precision = target.quantized_precisions[0]

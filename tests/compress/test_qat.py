@@ -110,9 +110,16 @@ def qat_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("qat")
     float_model, spec = export_qat(qat, x_test[:1], out)
     return {
-        "x_test": x_test, "y_test": y_test, "float_acc": float_acc, "qat_before": qat_before,
-        "qat": qat, "qat_acc": accuracy(qat, x_test, y_test), "float_model": float_model, "spec": spec, "out": out,
-    }  # fmt: skip
+        "x_test": x_test,
+        "y_test": y_test,
+        "float_acc": float_acc,
+        "qat_before": qat_before,
+        "qat": qat,
+        "qat_acc": accuracy(qat, x_test, y_test),
+        "float_model": float_model,
+        "spec": spec,
+        "out": out,
+    }
 
 
 def _run(path_or_bytes: Path | bytes, x: np.ndarray) -> np.ndarray:

@@ -138,9 +138,17 @@ class NetnsFleet:
 
         d = self[name]
         return Device(
-            name=d.name, host=d.address, port=d.port, user=self.user, key=self.client_key, target="x86-ort",
-            tags=(*d.spec.tags, "netns"), workdir=str(d.workdir), python=self.python, known_hosts=self.known_hosts,
-        )  # fmt: skip
+            name=d.name,
+            host=d.address,
+            port=d.port,
+            user=self.user,
+            key=self.client_key,
+            target="x86-ort",
+            tags=(*d.spec.tags, "netns"),
+            workdir=str(d.workdir),
+            python=self.python,
+            known_hosts=self.known_hosts,
+        )
 
 
 # -- availability -----------------------------------------------------------------------------------
@@ -374,8 +382,9 @@ def _start(device: NsDevice, spec: NsSpec, run_id: str, folder: Path, authorized
     _run(["ip", "-n", ns, "link", "set", peer, "up"])
     _run(["ip", "-n", ns, "link", "set", "lo", "up"])
     if spec.rate:
-        _run(["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", spec.rate, "burst", "32kbit",
-              "latency", "400ms"])  # fmt: skip
+        _run(
+            ["tc", "qdisc", "add", "dev", veth, "root", "tbf", "rate", spec.rate, "burst", "32kbit", "latency", "400ms"]
+        )
     device.workdir.mkdir(parents=True, exist_ok=True)
     if spec.workdir_size:  # mounted before sshd starts, so its mount namespace has it too
         _run(["mount", "-t", "tmpfs", "-o", f"size={spec.workdir_size},mode=0755", "tmpfs", str(device.workdir)])
@@ -502,13 +511,25 @@ def loopback_sshd(root: Path) -> Iterator[NetnsFleet]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     device = NsDevice(
-        spec=NsSpec("loopback"), index=0, netns="", host_veth="", host_address="127.0.0.1", address="127.0.0.1",
-        port=port, workdir=base / "workdir", host_key_line=keygen(base / "host_ed25519"), log=base / "sshd.log",
-    )  # fmt: skip
+        spec=NsSpec("loopback"),
+        index=0,
+        netns="",
+        host_veth="",
+        host_address="127.0.0.1",
+        address="127.0.0.1",
+        port=port,
+        workdir=base / "workdir",
+        host_key_line=keygen(base / "host_ed25519"),
+        log=base / "sshd.log",
+    )
     config = sshd_config(
-        base / "sshd_config", listen="127.0.0.1", port=port, host_key=base / "host_ed25519",
-        authorized_keys=authorized, pid_file=base / "sshd.pid",
-    )  # fmt: skip
+        base / "sshd_config",
+        listen="127.0.0.1",
+        port=port,
+        host_key=base / "host_ed25519",
+        authorized_keys=authorized,
+        pid_file=base / "sshd.pid",
+    )
     with contextlib.suppress(OSError):
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)
     with open(device.log, "wb") as log:

@@ -44,8 +44,23 @@ def test_fleet_run_and_device_check(sshd, tmp_path, digits_artifact, digits_vide
     video, labels = digits_video
     labels_file = tmp_path / "labels.json"
     labels_file.write_text(json.dumps(labels))
-    ran = runner.invoke(main, ["run", str(digits_artifact.path), "--fleet", str(fleet), "--tags", "lab",
-                               "--source", str(video), "--labels", str(labels_file), "--warmup", "2"])  # fmt: skip
+    ran = runner.invoke(
+        main,
+        [
+            "run",
+            str(digits_artifact.path),
+            "--fleet",
+            str(fleet),
+            "--tags",
+            "lab",
+            "--source",
+            str(video),
+            "--labels",
+            str(labels_file),
+            "--warmup",
+            "2",
+        ],
+    )
     assert ran.exit_code == 1, ran.output  # the unreachable device fails alone
     assert "box-a: ok" in ran.output and "box-b: ok" in ran.output and "gone: error" in ran.output
     stored = {r.device: r for r in ResultsStore(isolated_store).get()}

@@ -149,9 +149,21 @@ def test_cli_second_run_pushes_nothing_and_devices_check(fleet_run, digits_artif
     sent_before = _tbf_sent_bytes(ns["slow"].host_veth)
     ran = runner.invoke(
         main,
-        ["run", str(digits_artifact.path), "--fleet", str(fleet_file), "--source", str(fleet_run["video"]),
-         "--labels", str(labels_file), "--warmup", "2", "--timeout", "120"],
-    )  # fmt: skip
+        [
+            "run",
+            str(digits_artifact.path),
+            "--fleet",
+            str(fleet_file),
+            "--source",
+            str(fleet_run["video"]),
+            "--labels",
+            str(labels_file),
+            "--warmup",
+            "2",
+            "--timeout",
+            "120",
+        ],
+    )
     assert ran.exit_code == 1, ran.output  # some devices fail
     for name in GOOD:
         assert f"{name}: ok" in ran.output, ran.output

@@ -7,9 +7,9 @@ import pytest
 pytest.importorskip("tensorflow", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (pip install 'edgekit[tflite]')")
 
-from edgekit.device.plan import Source, make_plan  # noqa: E402
-from edgekit.device.settings import RunSettings  # noqa: E402
-from edgekit.device.ssh import SshTransport  # noqa: E402
+from edgekit.device.plan import Source, make_plan
+from edgekit.device.settings import RunSettings
+from edgekit.device.ssh import SshTransport
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,15 @@ def tflite_artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict:
     calib, _ = preprocessed_heldout_digits(128)
     out = tmp_path_factory.mktemp("tflite")
     return {
-        precision: build(digits_model_path(), "android-tflite", out / precision, precision=precision,
-                         calib=calib if precision == "int8" else None)
+        precision: build(
+            digits_model_path(),
+            "android-tflite",
+            out / precision,
+            precision=precision,
+            calib=calib if precision == "int8" else None,
+        )
         for precision in ("fp32", "fp16", "int8")
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])

@@ -80,11 +80,18 @@ def test_io_from_spec_reads_a_real_package():
     module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten()).eval()
     traced = torch.jit.trace(module, torch.zeros(1, 3, 8, 8))
     image = ct.ImageType(name="image", shape=(1, 3, 8, 8), scale=1 / 255, color_layout=ct.colorlayout.BGR)
-    mlmodel = ct.convert(traced, inputs=[image], outputs=[ct.TensorType(name="out")], convert_to="mlprogram",
-                         minimum_deployment_target=ct.target.iOS16, skip_model_load=True)  # fmt: skip
+    mlmodel = ct.convert(
+        traced,
+        inputs=[image],
+        outputs=[ct.TensorType(name="out")],
+        convert_to="mlprogram",
+        minimum_deployment_target=ct.target.iOS16,
+        skip_model_load=True,
+    )
     inputs, outputs = io_from_spec(mlmodel.get_spec())
-    assert inputs == [{"name": "image", "kind": "image", "dtype": np.dtype(np.uint8), "shape": [1, 8, 8, 3],
-                       "color": "BGR"}]  # fmt: skip
+    assert inputs == [
+        {"name": "image", "kind": "image", "dtype": np.dtype(np.uint8), "shape": [1, 8, 8, 3], "color": "BGR"}
+    ]
     assert [o["name"] for o in outputs] == ["out"] and outputs[0]["kind"] == "tensor"
 
 

@@ -30,10 +30,27 @@ from edgekit.runtime.preprocess import PreprocessSpec, preprocess
 from edgekit.runtime.sources import open_source
 
 RESULT_KEYS = {
-    "schema", "version", "run_id", "artifact_id", "status", "started_at", "finished_at", "mode", "source",
-    "frames", "latency_ms", "samples_ms", "throughput_fps", "wall_s", "accuracy", "power", "device", "engine",
-    "errors", "warnings",
-}  # fmt: skip
+    "schema",
+    "version",
+    "run_id",
+    "artifact_id",
+    "status",
+    "started_at",
+    "finished_at",
+    "mode",
+    "source",
+    "frames",
+    "latency_ms",
+    "samples_ms",
+    "throughput_fps",
+    "wall_s",
+    "accuracy",
+    "power",
+    "device",
+    "engine",
+    "errors",
+    "warnings",
+}
 STAGES = ("capture", "preprocess", "inference", "postprocess", "end_to_end")
 
 

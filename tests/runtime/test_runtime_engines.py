@@ -86,8 +86,10 @@ def test_each_engine_refuses_an_unknown_option_naming_the_known_ones(model_path)
     from edgekit.runtime.engines.coreml import CoreMLEngine
     from edgekit.runtime.engines.tflite import TfliteEngine
 
-    for engine, known in [(TfliteEngine, ["threads", "delegate", "delegate_options"]),
-                          (CoreMLEngine, ["threads", "compute_units"])]:  # fmt: skip
+    for engine, known in [
+        (TfliteEngine, ["threads", "delegate", "delegate_options"]),
+        (CoreMLEngine, ["threads", "compute_units"]),
+    ]:
         with pytest.raises(EngineError) as refused:
             engine(model_path, {"deleget": "gpu"})
         message = str(refused.value)

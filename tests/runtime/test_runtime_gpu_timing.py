@@ -113,7 +113,12 @@ def test_build_section_is_not_passed_to_another_engine(fake_engine, tmp_path, co
 
 @pytest.mark.parametrize("bad", [["1.0"], [float("nan")], [True]])
 def test_host_checks_gpu_samples_are_numbers(bad):
-    result = {"schema": "edgekit.result", "version": 1, "run_id": "r", "status": "ok",
-              "samples_ms": {"inference_gpu": bad}}  # fmt: skip
+    result = {
+        "schema": "edgekit.result",
+        "version": 1,
+        "run_id": "r",
+        "status": "ok",
+        "samples_ms": {"inference_gpu": bad},
+    }
     with pytest.raises(Exception, match="samples_ms.inference_gpu"):
         validate_result(json.loads(json.dumps(result)), run_id="r")

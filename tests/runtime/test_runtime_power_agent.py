@@ -18,11 +18,30 @@ from edgekit.runtime.facts import parse_nvidia_smi_list
 from edgekit.runtime.plan import Plan, PlanError
 
 POWER_KEYS = {
-    "probe", "rail", "idle_w", "avg_w", "active_w", "energy_j", "energy_per_inference_mj", "duration_s", "samples",
+    "probe",
+    "rail",
+    "idle_w",
+    "avg_w",
+    "active_w",
+    "energy_j",
+    "energy_per_inference_mj",
+    "duration_s",
+    "samples",
     "rails_avg_w",
-}  # fmt: skip
-FACTS_KEYS = {"schema", "version", "device", "engines", "engine_packages", "gpu", "disk", "power_probe", "jetson",
-              "tegrastats", "warnings"}  # fmt: skip
+}
+FACTS_KEYS = {
+    "schema",
+    "version",
+    "device",
+    "engines",
+    "engine_packages",
+    "gpu",
+    "disk",
+    "power_probe",
+    "jetson",
+    "tegrastats",
+    "warnings",
+}
 DEVICE_KEYS = {"hostname", "os", "machine", "python", "cpu", "cpu_count", "numpy", "opencv"}
 
 # a RAPL counter advanced by another process at RATE_W, as the CPU would: no thread of the agent's competes
@@ -40,8 +59,13 @@ while True:
 
 
 def plan_dict(**power):
-    return {"schema": "edgekit.plan", "version": 1, "artifact_dir": "a", "source": {"kind": "video", "uri": "v"},
-            "power": power}  # fmt: skip
+    return {
+        "schema": "edgekit.plan",
+        "version": 1,
+        "artifact_dir": "a",
+        "source": {"kind": "video", "uri": "v"},
+        "power": power,
+    }
 
 
 def test_plan_power_defaults_and_values(tmp_path):
@@ -130,8 +154,9 @@ def test_agent_auto_detects_the_probe(tmp_path, artifact, colour_video):
         ("x86-rapl", "unreadable", "power probe x86-rapl cannot read "),
     ],
 )
-def test_agent_without_a_readable_sensor_runs_and_reports_null_power(tmp_path, artifact, colour_video, probe, build,
-                                                                     fragment):  # fmt: skip
+def test_agent_without_a_readable_sensor_runs_and_reports_null_power(
+    tmp_path, artifact, colour_video, probe, build, fragment
+):
     path, _ = colour_video
     root = tmp_path / "sysfs"
     root.mkdir()
@@ -184,16 +209,20 @@ def test_facts_on_the_host(tmp_path):
             str(tmp_path / "work"),
             "--sysfs-root",
             str(root),
-        ]  # fmt: skip
+        ]
     )
     assert set(facts) == FACTS_KEYS and facts["schema"] == "edgekit.facts" and facts["version"] == 1
     assert set(facts["device"]) == DEVICE_KEYS and facts["device"]["cpu_count"] >= 1
     assert "onnxruntime" in facts["engines"]
     installed = {
         name: any(importlib.util.find_spec(m) is not None for m in modules)
-        for name, modules in {"coreml": ["coremltools"], "onnxruntime": ["onnxruntime"], "tensorrt": ["tensorrt"],
-                              "tflite": ["tflite_runtime", "ai_edge_litert"]}.items()
-    }  # fmt: skip
+        for name, modules in {
+            "coreml": ["coremltools"],
+            "onnxruntime": ["onnxruntime"],
+            "tensorrt": ["tensorrt"],
+            "tflite": ["tflite_runtime", "ai_edge_litert"],
+        }.items()
+    }
     assert facts["engine_packages"] == installed and installed["onnxruntime"]
     # the tree has a Jetson's board model but none of its other files: only the Jetson facts warn
     assert facts["power_probe"] == "x86-rapl" and not [w for w in facts["warnings"] if "rapl" in w.lower()]

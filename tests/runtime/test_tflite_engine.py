@@ -10,11 +10,11 @@ import pytest
 pytest.importorskip("ai_edge_litert", reason="needs ai-edge-litert (pip install 'edgekit[tflite]')")
 pytest.importorskip("tensorflow", reason="needs the tflite extra to make a model (pip install 'edgekit[tflite]')")
 
-from edgekit.demo_data import digits_model_path  # noqa: E402
-from edgekit.model import Model  # noqa: E402
-from edgekit.runtime.engines import EngineError, open_engine  # noqa: E402
-from edgekit.runtime.engines.tflite import NNAPI_DEPRECATED, dequantize_output, quantize_input  # noqa: E402
-from edgekit.targets.onnx_to_tf import to_tflite  # noqa: E402
+from edgekit.demo_data import digits_model_path
+from edgekit.model import Model
+from edgekit.runtime.engines import EngineError, open_engine
+from edgekit.runtime.engines.tflite import NNAPI_DEPRECATED, dequantize_output, quantize_input
+from edgekit.targets.onnx_to_tf import to_tflite
 
 
 @pytest.fixture(scope="module")

@@ -130,9 +130,13 @@ class TensorRtEngine(Engine):
         self._engine, info = load_or_build(path, build, runtime.deserialize_cuda_engine)
         self.warnings.extend(info.pop("warnings"))
         self.build_info = dict(
-            info, cache_key=key, engine_file=path, builder=builder_used[0] if builder_used else None,
-            gpu=gpu, compute_capability=capability,
-        )  # fmt: skip
+            info,
+            cache_key=key,
+            engine_file=path,
+            builder=builder_used[0] if builder_used else None,
+            gpu=gpu,
+            compute_capability=capability,
+        )
 
     def _setup_io(self, trt: Any) -> None:
         engine = self._engine

@@ -14,6 +14,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TRTEXEC_MODES = ("auto", "never", "always")
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "edgekit", "trt-engines")
 
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -75,9 +76,7 @@ class TensorRtOptions(EngineOptions):
         if self.workspace_mb is not None and not (_is_int(self.workspace_mb) and self.workspace_mb > 0):
             raise EngineError("tensorrt workspace_mb must be a positive integer (MiB), got %r" % (self.workspace_mb,))
         if self.use_trtexec not in TRTEXEC_MODES:
-            raise EngineError(
-                "tensorrt use_trtexec %r: use one of %s" % (self.use_trtexec, ", ".join(TRTEXEC_MODES))
-            )
+            raise EngineError("tensorrt use_trtexec %r: use one of %s" % (self.use_trtexec, ", ".join(TRTEXEC_MODES)))
         if not isinstance(self.cache_dir, str):
             raise EngineError("tensorrt cache_dir must be a folder path, got %r" % (self.cache_dir,))
         self._check_calibration_cache()
