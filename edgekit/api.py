@@ -70,6 +70,14 @@ def _checked(settings: RunSettings, artifact: Artifact) -> RunSettings:
     return dataclasses.replace(settings, labels=resolve_labels(settings.labels, artifact.manifest))
 
 
+def _split_reference(settings: RunSettings, reference: Any) -> tuple[RunSettings, Any]:
+    """A `reference` ending in .npz is the raw task's reference outputs (a run setting); anything else is the
+    FP32 model or artifact whose detections the run's are scored against (on the host)."""
+    if isinstance(reference, (str, Path)) and str(reference).endswith(".npz"):
+        return dataclasses.replace(settings, reference=str(reference)), None
+    return settings, reference
+
+
 def run_fleet(
     artifact: Artifact | str | Path,
     fleet: str | Path,
@@ -83,6 +91,9 @@ def run_fleet(
     store: ResultsStore | None = None,
     on_done: Any = None,
     progress_for: Any = None,
+    annotations: str | Path | None = None,
+    reference: Any = None,
+    save_detections: str | Path | None = None,
     **fields: Any,
 ) -> list[RunRecord]:
     """Run an artifact on every device of a fleet file (filtered by tags/names) in parallel over SSH.
@@ -91,24 +102,40 @@ def run_fleet(
     to run. A host file source is pushed to each device by content; `source_on_device` names a camera or
     a file that is already on the devices. `engine_options` go to the device's engine (e.g.
     {"compute_units": "CPU_AND_NE"} for Core ML, {"delegate": "nnapi"} for TFLite). Each device's result
-    is stored as it arrives.
+    is stored as it arrives, scored as in `run` (`save_detections` gets the device name before its suffix).
     """
     from edgekit.device.ssh import SshTransport
+    from edgekit.evaluate.host import HostEvaluation, finish
     from edgekit.fleet.inventory import load_fleet, select
     from edgekit.fleet.runner import run_fleet as fan_out
 
-    settings = RunSettings.merged(settings, fields, caller="run_fleet")
+    settings, reference = _split_reference(RunSettings.merged(settings, fields, caller="run_fleet"), reference)
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     devices = select(load_fleet(fleet), tags=tags, names=names)
     loop = settings.loop
     parsed = Source.on_device(source, loop=loop) if source_on_device else Source.parse(source, loop=loop)
     settings = _checked(settings, artifact)
+    store = store or ResultsStore()
 
     def plan_for(device: Any, run_id: str) -> dict[str, Any]:
-        return make_plan(
+        plan = make_plan(
             str(artifact.path.resolve()), parsed, settings, run_id=run_id, engine=artifact.manifest["engine"]
         )
+        return evaluation.keep_outputs(plan) if evaluation else plan
+
+    evaluation = HostEvaluation.prepare(
+        artifact,
+        parsed,
+        plan_for(None, "check"),
+        annotations=annotations,
+        reference=reference,
+        save_detections=save_detections,
+        source_on_host=not source_on_device,
+        per_device=True,
+    )
+    if evaluation:
+        evaluation.run_reference(parsed, settings, plan_for(None, "reference"), store)
 
     def transport_for(device: Any) -> SshTransport:
         return SshTransport(device, trust_on_first_use=trust_on_first_use)
@@ -119,9 +146,10 @@ def run_fleet(
         plan_for,
         transport_for,
         timeout_s=settings.timeout_s,
-        store=store or ResultsStore(),
+        store=store,
         on_done=on_done,
         progress_for=progress_for,
+        finish=lambda device, plan, result: finish(result, evaluation, plan["postprocess"], device.name),
     )
 
 
@@ -156,6 +184,9 @@ def run(
     *,
     store: ResultsStore | None = None,
     save: bool = True,
+    annotations: str | Path | None = None,
+    reference: Any = None,
+    save_detections: str | Path | None = None,
     **fields: Any,
 ) -> RunRecord:
     """Run an artifact on this machine as the device, through the agent, and store the result.
@@ -163,23 +194,32 @@ def run(
     `settings`, or `RunSettings` field names as keywords (`edgekit.run(artifact, "video.mp4",
     pipelined=True)`), say how; a keyword that is no setting is a TypeError listing those that are.
     `engine_options` go to the engine (see `run_fleet`).
+
+    For a detect or text-detect task the host scores the detections: `annotations` (a COCO JSON file for
+    the source, checked before the run) give `accuracy.labels` (mAP@0.5:0.95, mAP@0.5, AR@100);
+    `reference` (the FP32 .onnx model, built once for x86-ort and cached, or an artifact folder) is run
+    here on the same frames, stored as its own run, and gives `accuracy.reference` (mAP with its boxes as
+    ground truth, matched IoU, detections per frame); `save_detections` writes one JSON line per frame.
+    A `reference` ending in .npz is the raw task's reference outputs instead.
     """
     from edgekit.device.local import LocalTransport
+    from edgekit.evaluate.host import HostEvaluation, finish
 
-    settings = RunSettings.merged(settings, fields, caller="run")
+    settings, reference = _split_reference(RunSettings.merged(settings, fields, caller="run"), reference)
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     settings = _checked(settings, artifact)
-    plan = make_plan(
-        str(artifact.path.resolve()),
-        Source.parse(source, loop=settings.loop),
-        settings,
-        engine=artifact.manifest["engine"],
+    parsed = Source.parse(source, loop=settings.loop)
+    plan = make_plan(str(artifact.path.resolve()), parsed, settings, engine=artifact.manifest["engine"])
+    evaluation = HostEvaluation.prepare(
+        artifact, parsed, plan, annotations=annotations, reference=reference, save_detections=save_detections
     )
+    store = (store or ResultsStore()) if save else None
+    if evaluation:
+        plan = evaluation.keep_outputs(plan)
+        evaluation.run_reference(parsed, settings, plan, store)
     transport = LocalTransport()
-    result = transport.run(artifact, plan, timeout_s=settings.timeout_s)
-    if save:
-        (store or ResultsStore()).add(
-            device=transport.name, plan=plan, result=result, manifest=artifact.manifest, artifact_id=artifact.id
-        )
+    result = finish(transport.run(artifact, plan, timeout_s=settings.timeout_s), evaluation, plan["postprocess"])
+    if store is not None:
+        store.add(device=transport.name, plan=plan, result=result, manifest=artifact.manifest, artifact_id=artifact.id)
     return RunRecord(transport.name, plan["run_id"], plan, result)

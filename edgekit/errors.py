@@ -23,6 +23,10 @@ class RunError(EdgekitError):
     """A run that could not be started or whose result cannot be trusted."""
 
 
+class EvaluationError(EdgekitError):
+    """Annotations or a reference that cannot score a run's detections: the message names the entry."""
+
+
 # -- calibration ----------------------------------------------------------------------------------------
 
 

@@ -44,13 +44,15 @@ def run_fleet(
     store: ResultsStore | None = None,
     on_done: Callable[[FleetRecord], None] | None = None,
     progress_for: Callable[[Any], ProgressFn] | None = None,
+    finish: Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
 ) -> list[FleetRecord]:
     """Run `artifact` on every device in parallel; return one record per device, in device order.
 
     `plan_for(device, run_id)` builds the device's plan; `transport_for(device)` gives its `Transport`
     (local or SSH). Ctrl-C cancels: transports that can (`Cancellable`) stop their remote agents, and
     every device still gets a record.
-    `progress_for(device)` gives a `(sent, total)` callback for the device's pushes.
+    `progress_for(device)` gives a `(sent, total)` callback for the device's pushes. `finish(device, plan,
+    result)` gives the result to keep and store (the host's scores added to it).
     """
     devices = list(devices)
     records: dict[str, FleetRecord] = {}
@@ -72,6 +74,8 @@ def run_fleet(
         finally:
             with lock:
                 open_transports.pop(device.name, None)
+        if finish is not None:
+            result = finish(device, plan, result)
         record = FleetRecord(device.name, run_id, plan, result)
         if store is not None:
             store.add(device=device.name, plan=plan, result=result, manifest=artifact.manifest, artifact_id=artifact.id)
