@@ -117,6 +117,7 @@ def run_fleet(
     parsed = Source.on_device(source, loop=loop) if source_on_device else Source.parse(source, loop=loop)
     settings = _checked(settings, artifact)
     store = store or ResultsStore()
+    evaluation: HostEvaluation | None = None  # set below, once a plan says what the task is
 
     def plan_for(device: Any, run_id: str) -> dict[str, Any]:
         plan = make_plan(

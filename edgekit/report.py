@@ -43,6 +43,81 @@ def run_row(run: StoredRun) -> dict[str, Any]:
     return row
 
 
+# task metrics: (table header, row key); a column shows when any run has a value for it
+TASK_COLUMNS = (
+    ("mAP", "map"),
+    ("mAP50", "map50"),
+    ("ref\nmAP50", "ref_map50"),
+    ("ref\nIoU", "ref_iou"),
+    ("mIoU", "miou"),
+    ("det/\nframe", "detections_per_frame"),
+)
+
+
+def task_metrics(run: StoredRun) -> dict[str, Any]:
+    """The task and its figures: mAP against labels and against the FP32 reference (host-made), the
+    device's segmentation mIoU, detections per frame."""
+    result = run.result
+    accuracy = result.get("accuracy") or {}
+    labels = accuracy.get("labels") or {}
+    reference = accuracy.get("reference") or {}
+    return {
+        "task": accuracy.get("kind") or (run.plan.get("postprocess") or {}).get("kind"),
+        "map": labels.get("map"),
+        "map50": labels.get("map50"),
+        "ar100": labels.get("ar100"),
+        "ref_map": reference.get("map"),
+        "ref_map50": reference.get("map50"),
+        "ref_iou": reference.get("miou"),
+        "miou": accuracy.get("miou"),
+        "detections_per_frame": _detections_per_frame(result, labels, reference),
+    }
+
+
+def _detections_per_frame(result: dict[str, Any], labels: dict[str, Any], reference: dict[str, Any]) -> float | None:
+    if reference.get("detections_per_frame") is not None:
+        return reference["detections_per_frame"]
+    if labels.get("detections_per_frame") is not None:
+        return labels["detections_per_frame"]
+    output = result.get("task_output") or {}
+    frames = [f for f in output.get("frames") or [] if isinstance(f, dict)]
+    if output.get("kind") not in ("detect", "text-detect") or not frames:
+        return None
+    return sum(len(f.get("boxes") or f.get("polygons") or []) for f in frames) / len(frames)
+
+
+def _has_task_metrics(runs: list[StoredRun]) -> bool:
+    return any(task_metrics(r)[key] is not None for r in runs for _, key in TASK_COLUMNS)
+
+
+def report_rows(runs: list[StoredRun]) -> list[dict[str, Any]]:
+    """`run_row` of each run, with the task metrics when any run has them (CSV and HTML columns)."""
+    with_task = _has_task_metrics(runs)
+    return [{**run_row(r), **(task_metrics(r) if with_task else {})} for r in runs]
+
+
+def task_summary(result: dict[str, Any]) -> list[str]:
+    """One line per host-made score of a run, for the terminal."""
+    accuracy = result.get("accuracy") or {}
+    lines = []
+    labels = accuracy.get("labels")
+    if labels:
+        lines.append(
+            f"mAP@0.5:0.95 {_fmt(labels.get('map'))}, mAP@0.5 {_fmt(labels.get('map50'))}, "
+            f"AR@100 {_fmt(labels.get('ar100'))} on {labels.get('images')} labelled images "
+            f"({labels.get('boxes')} boxes); {_fmt(labels.get('detections_per_frame'))} detections per frame"
+        )
+    reference = accuracy.get("reference")
+    if reference:
+        lines.append(
+            f"vs the FP32 reference (run {reference.get('run_id')}): mAP@0.5 {_fmt(reference.get('map50'))}, "
+            f"mAP@0.5:0.95 {_fmt(reference.get('map'))}, matched IoU {_fmt(reference.get('miou'))}; detections "
+            f"per frame {_fmt(reference.get('detections_per_frame'))} (reference "
+            f"{_fmt(reference.get('reference_detections_per_frame'))})"
+        )
+    return lines
+
+
 def to_json(runs: list[StoredRun]) -> str:
     return json.dumps(
         [
@@ -54,7 +129,7 @@ def to_json(runs: list[StoredRun]) -> str:
 
 
 def to_csv(runs: list[StoredRun]) -> str:
-    rows = [run_row(r) for r in runs]
+    rows = report_rows(runs)
     buffer = io.StringIO()
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
@@ -86,6 +161,8 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
         title="edgekit runs (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
     )
     with_power = any((run.result.get("power") or {}).get("avg_w") is not None for run in runs)
+    metrics = {run.run_id: task_metrics(run) for run in runs}
+    task_columns = [(h, k) for h, k in TASK_COLUMNS if any(m[k] is not None for m in metrics.values())]
     columns = [
         "run",
         *(["device"] if len(devices) > 1 else []),
@@ -98,9 +175,11 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
         "fps",
         *(["power\nW", "mJ per\ninference"] if with_power else []),
         "top-1",
+        *(["task"] if task_columns else []),
+        *(header for header, _ in task_columns),
     ]
     for column in columns:
-        left = column in ("run", "device", "target", "mode")
+        left = column in ("run", "device", "target", "mode", "task")
         table.add_column(column, justify="left" if left else "right", no_wrap=True)
     colours = {"ok": "green", "partial": "yellow", "error": "red"}
     for run in runs:
@@ -120,6 +199,8 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
             *([_fmt(row["power_w"]), _fmt(row["energy_per_inference_mj"])] if with_power else []),
             f"{top1 * 100:.1f}%" if top1 is not None else "-",
         ]
+        if task_columns:
+            cells += [_fmt(metrics[run.run_id]["task"]), *(_fmt(metrics[run.run_id][k]) for _, k in task_columns)]
         table.add_row(*cells)
     console.print(table)
     legend = "run colour: [green]ok[/] [yellow]partial[/] [red]error[/]"
@@ -207,7 +288,7 @@ def _bars_svg(labels: list[str], values: list[float | None], unit: str, *, width
 
 
 def _comparison(runs: list[StoredRun]) -> str:
-    rows = [run_row(r) for r in runs]
+    rows = report_rows(runs)
     labels = [f"{r['device']} {r['target']}/{r['precision']} {r['run_id'][-4:]}" for r in rows]
     charts = [
         ("end-to-end latency p50", "end_to_end_p50_ms", "ms"),
@@ -216,16 +297,22 @@ def _comparison(runs: list[StoredRun]) -> str:
         ("average power", "power_w", "W"),
         ("energy per inference", "energy_per_inference_mj", "mJ"),
         ("top-1 accuracy", "top1", ""),
+        ("mAP@0.5:0.95 against labels", "map", ""),
+        ("mAP@0.5 against the FP32 reference", "ref_map50", ""),
+        ("segmentation mIoU", "miou", ""),
+        ("detections per frame", "detections_per_frame", ""),
     ]
     return "".join(
-        f"<h3>{title}</h3>{_bars_svg(labels, [r[key] for r in rows], unit)}"
+        f"<h3>{title}</h3>{_bars_svg(labels, [r.get(key) for r in rows], unit)}"
         for title, key, unit in charts
-        if any(r[key] is not None for r in rows)
+        if any(r.get(key) is not None for r in rows)
     )
 
 
 def to_html(runs: list[StoredRun]) -> str:
-    rows = [run_row(r) for r in runs]
+    from edgekit.evaluate.draw import detection_frames_html
+
+    rows = report_rows(runs)
     columns = list(rows[0]) if rows else []
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in columns) + "</tr>" for row in rows)
@@ -250,12 +337,12 @@ def to_html(runs: list[StoredRun]) -> str:
             "<h3>end-to-end latency per frame</h3>"
             f"{_histogram_svg(samples.get('end_to_end', []))}"
             "<h3>inference latency per frame</h3>"
-            f"{_histogram_svg(samples.get('inference', []))}</section>"
+            f"{_histogram_svg(samples.get('inference', []))}{_task_html(run)}{detection_frames_html(run)}</section>"
         )
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}"
-        "section{margin-top:2em}"
+        "section{margin-top:2em}figure{display:inline-block;margin:0 1em 1em 0}.note{color:#666}"
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{style}</style>"
@@ -263,3 +350,8 @@ def to_html(runs: list[StoredRun]) -> str:
         f"<table><tr>{head}</tr>{body}</table><h2>Side by side</h2>{_comparison(runs)}{''.join(sections)}"
         "</body></html>"
     )
+
+
+def _task_html(run: StoredRun) -> str:
+    lines = task_summary(run.result)
+    return "<h3>task metrics</h3>" + "".join(f"<p>{html.escape(line)}</p>" for line in lines) if lines else ""

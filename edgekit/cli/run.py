@@ -45,6 +45,18 @@ from edgekit.cli.common import db_option, fail_cleanly, make_console, open_store
     "--power", "power_probe", default=None, help="Power probe on the device: auto, jetson-ina3221, x86-rapl, ..."
 )
 @click.option("--trust-on-first-use", is_flag=True, help="Accept and save unknown SSH host keys (never changed ones).")
+@click.option(
+    "--annotations",
+    type=click.Path(dir_okay=False, exists=True),
+    help="COCO-format boxes for the source's images or video frames: mAP@0.5:0.95 and mAP@0.5 on the host.",
+)
+@click.option(
+    "--reference",
+    metavar="MODEL",
+    help="FP32 .onnx model (built for x86-ort once) or artifact folder: its detections on the same frames are "
+    "the ground truth of a reference mAP. A .npz holds the raw task's reference outputs.",
+)
+@click.option("--save-detections", type=click.Path(dir_okay=False), help="Write the detections, a JSON line per frame.")
 @db_option
 @fail_cleanly
 def run(
@@ -64,6 +76,9 @@ def run(
     source_on_device: bool,
     power_probe: str | None,
     trust_on_first_use: bool,
+    annotations: str | None,
+    reference: str | None,
+    save_detections: str | None,
     db: str | None,
 ) -> None:
     """Run ARTIFACT on this machine as the device (the agent in a subprocess), or with --fleet on every
@@ -76,6 +91,7 @@ def run(
       edgekit run art --fleet lab.toml --tags jetson --source clip.mp4 --power auto
       edgekit run art --fleet lab.toml --source 0 --source-on-device --frames 300
       edgekit run art --fleet lab.toml --tags mac --source clip.mp4 -e compute_units=CPU_AND_NE
+      edgekit run int8-art --source photos/ --annotations photos.json --reference yolo.onnx
     """
     from edgekit.api import run as run_artifact
     from edgekit.device.settings import RunSettings
@@ -94,6 +110,7 @@ def run(
         power_probe=power_probe,
         timeout_s=timeout,
     )
+    scoring = {"annotations": annotations, "reference": reference, "save_detections": save_detections}
     store = open_store(db)
     console = make_console()
     if fleet:
@@ -108,12 +125,13 @@ def run(
             names=list(names),
             source_on_device=source_on_device,
             trust_on_first_use=trust_on_first_use,
+            **scoring,
         )
         return
     with console.status(f"running {artifact} on this machine"):
-        record = run_artifact(artifact, source, settings, store=store)
+        record = run_artifact(artifact, source, settings, store=store, **scoring)
     _print_run(record.run_id, store, console)
-    if record.result["status"] != "ok":
+    if record.result["status"] != "ok" or any(e.get("stage") == "evaluate" for e in record.result["errors"]):
         sys.exit(1)
 
 
@@ -151,7 +169,7 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
 
 
 def _print_run(run_id: str, store: Any, console: Any) -> None:
-    from edgekit.report import print_stage_table
+    from edgekit.report import print_stage_table, task_summary
 
     stored = store.get([run_id])[0]
     result = stored.result
@@ -166,6 +184,8 @@ def _print_run(run_id: str, store: Any, console: Any) -> None:
     if accuracy.get("sqnr_db") is not None:
         line += f", SQNR {accuracy['sqnr_db']:.1f} dB vs reference"
     console.print(line)
+    for text in task_summary(result):
+        console.print(text)
     for error in result.get("errors", []):
         console.print(f"[red]{error.get('stage', '?')} error:[/red] {error.get('message', '')}")
     for warning in result.get("warnings", []):
