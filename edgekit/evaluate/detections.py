@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import threading
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -17,6 +18,9 @@ import numpy as np
 from edgekit.errors import EvaluationError
 
 BOX_TASKS = ("detect", "text-detect")
+# redirect_stdout swaps the process-wide sys.stdout: fleet threads scoring at once must take turns, or one
+# of them restores another's buffer and the CLI's output disappears
+_QUIET = threading.Lock()
 
 
 class FrameDetections(NamedTuple):
@@ -103,7 +107,7 @@ def coco_stats(ground_truth: dict[str, Any], detections: list[dict[str, Any]], i
             "scoring detections needs pycocotools (an edgekit dependency): pip install pycocotools"
         ) from exc
     results = [{**d, "id": i + 1, "area": d["bbox"][2] * d["bbox"][3], "iscrowd": 0} for i, d in enumerate(detections)]
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary
+    with _QUIET, contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and summary
         truth = _coco(COCO, ground_truth)
         found = _coco(COCO, {**ground_truth, "annotations": results})
         evaluation = COCOeval(truth, found, "bbox")
