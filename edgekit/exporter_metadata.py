@@ -132,14 +132,15 @@ def _ultralytics_task(
         return None
     args = _literal(metadata.get("args", "")) or {}
     end_to_end = _literal(metadata.get("end2end", "")) is True or (isinstance(args, dict) and args.get("nms") is True)
-    decoder = _yolo_decoder(shape, classes, end_to_end) or "yolo-anchor-free"
+    # the ultralytics package writes anchor-free heads (YOLOv5u too) or end-to-end ones, never YOLOv5's
+    decoder = _yolo_decoder(shape, classes, end_to_end=end_to_end, anchor_based=False) or "yolo-anchor-free"
     return task_config({"task": "detect", "decoder": decoder, "num_classes": classes}, where="ultralytics task")
 
 
 def _yolov5_task(shape: Sequence[Any] | None, classes: int | None, notes: list[str]) -> dict | None:
     if classes is not None and classification_shaped(shape) and shape[1] == classes:
         return task_config("classify", where="yolov5 task")
-    decoder = _yolo_decoder(shape, classes, end_to_end=False)
+    decoder = _yolo_decoder(shape, classes, end_to_end=False, anchor_based=True)
     if decoder is None:
         notes.append(
             f"metadata has YOLO 'stride' and 'names' ({classes} classes) but the output shape {list(shape or [])} "
@@ -149,8 +150,11 @@ def _yolov5_task(shape: Sequence[Any] | None, classes: int | None, notes: list[s
     return task_config({"task": "detect", "decoder": decoder, "num_classes": classes}, where="yolov5 task")
 
 
-def _yolo_decoder(shape: Sequence[Any] | None, classes: int | None, end_to_end: bool) -> str | None:
-    """The YOLO decoder whose layout `shape` has for `classes` classes, or None when none fits."""
+def _yolo_decoder(
+    shape: Sequence[Any] | None, classes: int | None, *, end_to_end: bool, anchor_based: bool
+) -> str | None:
+    """The YOLO decoder whose layout `shape` has for `classes` classes, or None when none fits.
+    `end_to_end`: the exporter says NMS is inside; `anchor_based`: the exporter may write YOLOv5 heads."""
     if shape is None or len(shape) != 3:
         return None
     rows, columns = shape[1], shape[2]
@@ -158,9 +162,9 @@ def _yolo_decoder(shape: Sequence[Any] | None, classes: int | None, end_to_end: 
         return "end-to-end"  # [B, N, 6]: x1, y1, x2, y2, score, class (NMS inside the model)
     if classes is not None and (rows == 4 + classes or columns == 4 + classes):
         return "yolo-anchor-free"  # [B, 4+nc, N] (YOLOv8/11, YOLOv9) or transposed
-    if classes is not None and columns == 5 + classes:
+    if anchor_based and classes is not None and columns == 5 + classes:
         return "yolo-anchor-based"  # [B, N, 5+nc] (YOLOv5/7)
-    return None
+    return "end-to-end" if classes is not None and columns == 6 else None  # YOLOv10 writes no NMS flag
 
 
 def _preprocess(
