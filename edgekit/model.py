@@ -98,7 +98,7 @@ class Model:
         proto: onnx.ModelProto,
         *,
         path: Path | None = None,
-        preprocess: PreprocessSpec | None = None,
+        preprocess: PreprocessSpec | dict | None = None,
         class_names: list[str] | None = None,
         task: dict | str | None = None,
         torch_module: Any = None,
@@ -120,7 +120,7 @@ class Model:
         self.metadata_notes: list[str] = exporter.notes
         self._adopt(
             "preprocess",
-            (preprocess, GIVEN),
+            (_as_spec(preprocess), GIVEN),
             (_metadata_preprocess(metadata, label), EDGEKIT_METADATA),
             (exporter.preprocess, exporter.source),
             (guessed, DEFAULT_FOR_INPUT),
