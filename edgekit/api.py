@@ -198,7 +198,9 @@ def run(
 
     `settings`, or `RunSettings` field names as keywords (`edgekit.run(artifact, "video.mp4",
     pipelined=True)`), say how; a keyword that is no setting is a TypeError listing those that are.
-    `engine_options` go to the engine (see `run_fleet`).
+    `engine_options` go to the engine (see `run_fleet`). `task` lays a task, or settings, over the artifact's
+    for this run (`task={"conf": 0.4}`, `task={"task": "raw"}`); an artifact with no task that is not a
+    classifier needs one, and is refused before the run without it.
     """
     from edgekit.device.local import LocalTransport
 

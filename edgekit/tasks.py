@@ -9,6 +9,7 @@ host fills the defaults and refuses what can never run, in words that name the o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -46,11 +47,11 @@ def _number(low: float, high: float | None = None, *, open_low: bool = False) ->
     want = f"a number {'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
 
     def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(want)
         if value < low or (open_low and value == low) or (high is not None and value > high):
             raise ValueError(want)
-        return float(value)
+        return value
 
     return check
 
@@ -97,8 +98,8 @@ SETTINGS: dict[str, dict[str, tuple[Any, Check]]] = {
     },
     "raw": {},
 }
-# Settings a task takes without filling them in: the SSD decoder's "background" (class 0 is background).
-OPTIONAL_SETTINGS: dict[str, dict[str, Check]] = {"detect": {"background": _flag}}
+# The SSD decoder's one more setting: "background" (score column 0 is the background class).
+SSD_SETTINGS: dict[str, tuple[Any, Check]] = {"background": (False, _flag)}
 
 
 def task_names() -> str:
@@ -117,17 +118,16 @@ def task_config(data: Mapping[str, Any] | str, *, where: str, error: type[Edgeki
     name = ALIASES.get(data["task"], data["task"])
     if name not in SETTINGS:
         raise error(f"{where}: unknown task {data['task']!r}; the tasks are {task_names()}")
-    settings, optional = SETTINGS[name], OPTIONAL_SETTINGS.get(name, {})
-    unknown = [key for key in data if key != "task" and key not in settings and key not in optional]
+    settings = SETTINGS[name]
+    if name == "detect" and data.get("decoder") == "ssd":
+        settings = {**settings, **SSD_SETTINGS}
+    unknown = [key for key in data if key != "task" and key not in settings]
     if unknown:
-        known = ", ".join([*settings, *optional]) or "none"
+        known = ", ".join(settings) or "none"
         raise error(f"{where}: task {name} has no setting {unknown[0]!r}; its settings are: {known}")
     config: dict[str, Any] = {"task": name}
     for key, (default, check) in settings.items():
         config[key] = _checked(data.get(key, default), check, name, key, where, error)
-    for key, check in optional.items():
-        if key in data:
-            config[key] = _checked(data[key], check, name, key, where, error)
     return config
 
 

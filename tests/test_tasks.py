@@ -59,7 +59,8 @@ def test_every_task_fills_its_defaults():
     assert task_config("raw", where="t") == {"task": "raw"}
     assert task_config({"task": "classification", "top_k": 3}, where="t") == {"task": "classify", "top_k": 3}
     ssd = task_config({"task": "detect", "decoder": "ssd", "background": True, "conf": 1}, where="t")
-    assert ssd["background"] is True and ssd["conf"] == 1.0 and isinstance(ssd["conf"], float)
+    assert ssd["background"] is True and ssd["conf"] == 1
+    assert task_config({"task": "detect", "decoder": "ssd"}, where="t")["background"] is False
 
 
 @pytest.mark.parametrize(
@@ -73,6 +74,8 @@ def test_every_task_fills_its_defaults():
         ),
         ({"task": "raw", "top_k": 3}, "task raw has no setting 'top_k'; its settings are: none"),
         ({"task": "detect", "conf": 2}, "setting 'conf' must be a number >= 0 and <= 1, got 2"),
+        ({"task": "detect", "iou": float("nan")}, "setting 'iou' must be a number >= 0 and <= 1, got nan"),
+        ({"task": "detect", "background": True}, "task detect has no setting 'background'"),  # ssd only
         ({"task": "detect", "max_det": 0}, "setting 'max_det' must be an integer >= 1, got 0"),
         (
             {"task": "detect", "decoder": "yolox"},
