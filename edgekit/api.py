@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 from edgekit.artifact import Artifact
 from edgekit.device.plan import Source, make_plan, resolve_labels
 from edgekit.device.settings import RunSettings
+from edgekit.errors import ModelError
 from edgekit.fleet.runner import FleetRecord as RunRecord
 from edgekit.model import Model
 from edgekit.store import ResultsStore
 from edgekit.targets import get_target
+from edgekit.tasks import apply_overrides, overrides, run_task
 
 if TYPE_CHECKING:
     from edgekit.calibration.quant_spec import QuantSpec
@@ -32,6 +35,8 @@ def build(
     calib_limit: int | None = None,
     progress: bool = False,
     options: Mapping[str, Any] | TargetOptions | None = None,
+    task: str | None = None,
+    postprocess: Mapping[str, Any] | None = None,
 ) -> Artifact:
     """Turn a model into an artifact for `target` in the folder `out`.
 
@@ -41,9 +46,13 @@ def build(
     option types), e.g. for jetson-trt `{"dla_core": 0, "sparsity": "2:4", "max_batch": 8}`; `edgekit
     targets --options NAME` lists them. A key the target does not take is refused by name, before any
     calibration.
+
+    `task` (classify, detect, segment, text-detect, raw) and `postprocess` (its settings, e.g. {"conf":
+    0.3}) override the model's task for this artifact (the manifest's "task"); the Model given is left as it is.
     """
     if not isinstance(model, Model):
         model = Model.load(model)
+    model = _with_task(model, task, postprocess)
     chosen = get_target(target)
     if precision in chosen.precisions:  # else build() names the precisions the target has
         options = chosen.make_options(options, precision)
@@ -65,9 +74,36 @@ def build(
     return chosen.build(model, out, precision=precision, quant_spec=quant_spec, options=options)
 
 
+def _with_task(model: Model, task: str | None, postprocess: Mapping[str, Any] | None) -> Model:
+    """`model`, or a copy of it whose task has `task` and `postprocess` laid over it."""
+    given = overrides(task, postprocess, error=ModelError)
+    if given is None:
+        return model
+    changed = copy.copy(model)  # a shallow copy: the graph is shared, the metadata attributes are its own
+    changed.task = apply_overrides(model.task, given, where="--task/--postprocess", error=ModelError)
+    return changed
+
+
 def _checked(settings: RunSettings, artifact: Artifact) -> RunSettings:
-    """The settings with their labels read (when a file) and checked against the model's classes."""
-    return dataclasses.replace(settings, labels=resolve_labels(settings.labels, artifact.manifest))
+    """The settings with their labels read (when a file) and checked against the model's classes, and the
+    run's task: the artifact's with `settings.task` laid over it, checked before anything runs."""
+    return dataclasses.replace(
+        settings,
+        labels=resolve_labels(settings.labels, artifact.manifest),
+        task=run_task(artifact.manifest, _task_overrides(settings)),
+    )
+
+
+def _task_overrides(settings: RunSettings) -> Mapping[str, Any] | str | None:
+    """`settings.task`, or what the older fields say: postprocess "raw" is the raw task, a top_k other than
+    the default is a top_k setting (of classify)."""
+    if settings.task is not None:
+        return settings.task
+    if settings.postprocess == "raw":
+        return {"task": "raw"}
+    if settings.top_k != RunSettings.top_k:
+        return {"top_k": settings.top_k}
+    return None
 
 
 def _split_reference(settings: RunSettings, reference: Any) -> tuple[RunSettings, Any]:
@@ -202,6 +238,9 @@ def run(
     here on the same frames, stored as its own run, and gives `accuracy.reference` (mAP with its boxes as
     ground truth, matched IoU, detections per frame); `save_detections` writes one JSON line per frame.
     A `reference` ending in .npz is the raw task's reference outputs instead.
+    `task` lays a task, or settings, over the artifact's for this run (`task={"conf": 0.4}`,
+    `task={"task": "raw"}`); an artifact with no task that is not a classifier needs one, and is refused
+    before the run without it.
     """
     from edgekit.device.local import LocalTransport
     from edgekit.evaluate.host import HostEvaluation, finish

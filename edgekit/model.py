@@ -1,4 +1,4 @@
-"""The Model: an ONNX graph plus what travels with it (inputs, outputs, preprocessing, class names)."""
+"""The Model: an ONNX graph plus what travels with it (inputs, outputs, task, preprocessing, class names)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,23 @@ from typing import Any
 import onnx
 
 from edgekit.errors import ModelError
+from edgekit.exporter_metadata import read_exporter_metadata
 from edgekit.hashing import sha256_bytes
 from edgekit.runtime.preprocess import PreprocessError, PreprocessSpec
+from edgekit.tasks import guess_task, task_config
 
 # Keys under which edgekit stores its metadata inside the ONNX file, so it travels with the model.
 PREPROCESS_KEY = "edgekit.preprocess"
 CLASS_NAMES_KEY = "edgekit.class_names"
+TASK_KEY = "edgekit.task"
+EDGEKIT_KEYS = (PREPROCESS_KEY, CLASS_NAMES_KEY, TASK_KEY)
+
+# Where a model's task, class names and preprocessing came from (`Model.task_source` and the others);
+# the exporters' own sources are in edgekit.exporter_metadata (e.g. "ultralytics metadata").
+GIVEN = "given"
+EDGEKIT_METADATA = "edgekit metadata"
+GUESSED_FROM_OUTPUTS = "guessed from the outputs"
+DEFAULT_FOR_INPUT = "default for the input"  # preprocessing nobody gave: pixels / 255 at the input's size
 
 Dim = int | str | None
 
@@ -71,10 +82,15 @@ def guess_preprocess(inputs: list[TensorInfo]) -> PreprocessSpec | None:
 
 
 class Model:
-    """An ONNX model checked and ready for the targets, with its I/O and preprocessing metadata.
+    """An ONNX model checked and ready for the targets, with its I/O, task and preprocessing metadata.
 
-    Build one with `Model.load(path)` or `Model.from_torch(module, example_input)`. `preprocess` and
-    `class_names` may be set by the user; `save()` writes them into the ONNX metadata so they travel.
+    Build one with `Model.load(path)` or `Model.from_torch(module, example_input)`. `task` (the task config
+    of edgekit.tasks, e.g. `{"task": "detect", "conf": 0.25, ...}`; set it to a name or a partial object and
+    the defaults are filled), `preprocess` and `class_names` may be set by the user; `save()` writes them into
+    the ONNX metadata so they travel. Each is read, in this order, from what the caller gives, edgekit's own
+    metadata, an exporter's metadata (Ultralytics, YOLOv5: see edgekit.exporter_metadata) or a guess, and
+    `task_source`, `class_names_source` and `preprocess_source` say which (None where there is none).
+    `metadata_notes` say what an exporter's metadata held that edgekit could not use.
     """
 
     def __init__(
@@ -82,8 +98,9 @@ class Model:
         proto: onnx.ModelProto,
         *,
         path: Path | None = None,
-        preprocess: PreprocessSpec | None = None,
+        preprocess: PreprocessSpec | dict | None = None,
         class_names: list[str] | None = None,
+        task: dict | str | None = None,
         torch_module: Any = None,
         example_input: Any = None,
     ) -> None:
@@ -96,10 +113,40 @@ class Model:
         self.outputs = [_tensor_info(v) for v in proto.graph.output]
         metadata = {prop.key: prop.value for prop in proto.metadata_props}
         label = str(path) if path else "the model"
-        self.preprocess = preprocess or _metadata_preprocess(metadata, label) or guess_preprocess(self.inputs)
-        self.class_names = class_names or _metadata_json(metadata, CLASS_NAMES_KEY, label)
+        guessed = guess_preprocess(self.inputs)
+        exporter = read_exporter_metadata(
+            metadata, self.inputs[0].shape if self.inputs else None, [t.shape for t in self.outputs], guessed
+        )
+        self.metadata_notes: list[str] = exporter.notes
+        self._adopt(
+            "preprocess",
+            (_as_spec(preprocess), GIVEN),
+            (_metadata_preprocess(metadata, label), EDGEKIT_METADATA),
+            (exporter.preprocess, exporter.source),
+            (guessed, DEFAULT_FOR_INPUT),
+        )
+        self._adopt(
+            "class_names",
+            (class_names, GIVEN),
+            (_metadata_json(metadata, CLASS_NAMES_KEY, label), EDGEKIT_METADATA),
+            (exporter.class_names, exporter.source),
+        )
+        self._adopt(
+            "task",
+            (_as_task(task, "task"), GIVEN),
+            (_metadata_task(metadata, label), EDGEKIT_METADATA),
+            (exporter.task, exporter.source),
+            (guess_task([t.shape for t in self.outputs]), GUESSED_FROM_OUTPUTS),
+        )
         self._bytes: bytes | None = None
         self._sha256: str | None = None
+
+    def _adopt(self, name: str, *candidates: tuple[Any, str | None]) -> None:
+        """Set `name` to the first candidate value that is not None (empty counts as none), with its source."""
+        value, source = next(((v, s) for v, s in candidates if v), (None, None))
+        self.__dict__[name] = value
+        self.__dict__[f"{name}_source"] = source
+        self.__dict__["_bytes"] = None
 
     # -- construction -------------------------------------------------------------------------
 
@@ -110,8 +157,10 @@ class Model:
         *,
         preprocess: PreprocessSpec | dict | None = None,
         class_names: list[str] | None = None,
+        task: dict | str | None = None,
     ) -> Model:
-        """Load an ONNX file, check it with the ONNX checker and shape inference."""
+        """Load an ONNX file, check it with the ONNX checker and shape inference. `preprocess`,
+        `class_names` and `task` override what the file's metadata says."""
         path = Path(path)
         if not path.is_file():
             raise ModelError(f"model file {path} does not exist; pass the path of an .onnx file")
@@ -122,7 +171,7 @@ class Model:
                 f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); the file may be truncated "
                 "or not ONNX at all: export it again"
             ) from exc
-        model = cls(proto, path=path, preprocess=_as_spec(preprocess), class_names=class_names)
+        model = cls(proto, path=path, preprocess=_as_spec(preprocess), class_names=class_names, task=task)
         model.check(label=str(path))
         return model
 
@@ -138,6 +187,7 @@ class Model:
         opset: int = 17,
         preprocess: PreprocessSpec | dict | None = None,
         class_names: list[str] | None = None,
+        task: dict | str | None = None,
     ) -> Model:
         """Export a torch module to ONNX (batch axis dynamic) and keep the module for torch-based targets."""
         try:
@@ -161,6 +211,7 @@ class Model:
             proto,
             preprocess=_as_spec(preprocess),
             class_names=class_names,
+            task=task,
             torch_module=module,
             example_input=example_input,
         )
@@ -187,12 +238,15 @@ class Model:
         return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
 
     def to_bytes(self) -> bytes:
-        """The model serialised with its current preprocessing and class names in its metadata."""
+        """The model serialised with its current task, preprocessing and class names in its metadata (a task
+        guessed from the outputs is not written: read again, it is guessed again, and says so)."""
         if self._bytes is None:
             proto = onnx.ModelProto()
             proto.CopyFrom(self.proto)
             _set_metadata(proto, PREPROCESS_KEY, self.preprocess.to_json() if self.preprocess else None)
             _set_metadata(proto, CLASS_NAMES_KEY, json.dumps(self.class_names) if self.class_names else None)
+            task = self.task if self.task_source != GUESSED_FROM_OUTPUTS else None
+            _set_metadata(proto, TASK_KEY, json.dumps(task, sort_keys=True) if task else None)
             self._bytes = proto.SerializeToString()
         return self._bytes
 
@@ -202,7 +256,7 @@ class Model:
         if self._sha256 is None:
             proto = onnx.ModelProto()
             proto.CopyFrom(self.proto)
-            for key in (PREPROCESS_KEY, CLASS_NAMES_KEY):
+            for key in EDGEKIT_KEYS:
                 _set_metadata(proto, key, None)
             self._sha256 = sha256_bytes(proto.SerializeToString())
         return self._sha256
@@ -213,10 +267,13 @@ class Model:
         return path
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("preprocess", "class_names"):
+        if name in ("preprocess", "class_names", "task"):
             if name == "preprocess":
                 value = _as_spec(value)
+            elif name == "task":
+                value = _as_task(value, "Model.task")
             self.__dict__["_bytes"] = None  # metadata changed: re-serialise on next use
+            self.__dict__[f"{name}_source"] = GIVEN if value else None
         super().__setattr__(name, value)
 
     def __repr__(self) -> str:
@@ -232,6 +289,16 @@ def _as_spec(value: PreprocessSpec | dict | None) -> PreprocessSpec | None:
         return PreprocessSpec.from_dict(value)
     except (PreprocessError, TypeError) as exc:
         raise ModelError(f"invalid preprocessing spec: {exc}") from exc
+
+
+def _as_task(value: dict | str | None, where: str) -> dict | None:
+    """A task name or (partial) task object as the full task config, checked; a problem is a ModelError."""
+    return None if value is None else task_config(value, where=where, error=ModelError)
+
+
+def _metadata_task(metadata: dict[str, str], label: str) -> dict | None:
+    data = _metadata_json(metadata, TASK_KEY, label)
+    return None if data is None else _as_task(data, f"{label}: metadata {TASK_KEY!r}")
 
 
 def _metadata_json(metadata: dict[str, str], key: str, label: str) -> Any:

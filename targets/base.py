@@ -345,6 +345,7 @@ class Target:
             "outputs": [t.to_dict() for t in model.outputs],
             "preprocess": model.preprocess.to_dict() if model.preprocess else None,
             "class_names": model.class_names,
+            "task": model.task,
             "source_model_sha256": model.sha256,
             "quant_spec_sha256": getattr(quant_spec, "sha256", None),
             "tools": self.tool_versions(),

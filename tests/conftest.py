@@ -39,6 +39,78 @@ def make_classifier(path: Path, *, classes: int = 4, channels: int = 3, size: in
     return path
 
 
+# What an Ultralytics export (YOLOv8/11) writes into the ONNX metadata: str() of each value.
+ULTRALYTICS_METADATA = {
+    "description": "Ultralytics YOLOv8n model trained on tests.yaml",
+    "author": "Ultralytics",
+    "version": "8.3.0",
+    "license": "AGPL-3.0 License (https://ultralytics.com/license)",
+    "stride": "8",
+    "task": "detect",
+    "batch": "1",
+    "imgsz": "[32, 32]",
+    "names": "{0: 'cat', 1: 'dog', 2: \"bird's nest\"}",
+    "args": "{'batch': 1, 'half': False, 'int8': False, 'dynamic': False, 'nms': False}",
+    "channels": "3",
+}
+
+
+def make_detector(
+    path: Path,
+    *,
+    classes: int = 3,
+    size: int | str = 32,
+    layout: str = "anchor-free",
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """A tiny YOLO-shaped detector: a strided Conv whose channels are the per-anchor values, flattened to
+    [1, 4+nc, N] ("anchor-free", YOLOv8), [1, N, 4+nc] ("transposed"), [1, N, 5+nc] ("anchor-based", YOLOv5)
+    or [1, N, 6] ("end-to-end"), with `metadata` (e.g. ULTRALYTICS_METADATA) as its metadata_props."""
+    values = {"anchor-free": 4 + classes, "transposed": 4 + classes, "anchor-based": 5 + classes, "end-to-end": 6}
+    channels = values[layout]
+    cells = (size // 8) ** 2 if isinstance(size, int) else None
+    rng = np.random.default_rng(0)
+    weights = {
+        "w": rng.normal(size=(channels, 3, 8, 8)).astype(np.float32),
+        "shape": np.array([1, channels, -1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["images", "w"], ["conv"], strides=[8, 8], name="head"),
+        helper.make_node("Reshape", ["conv", "shape"], ["flat"], name="flatten"),
+    ]
+    output_shape: list = [1, channels, cells if cells else "anchors"]
+    if layout == "anchor-free":
+        nodes.append(helper.make_node("Sigmoid", ["flat"], ["output0"], name="scores"))
+    else:
+        nodes.append(helper.make_node("Transpose", ["flat"], ["output0"], perm=[0, 2, 1], name="transpose"))
+        output_shape = [1, output_shape[2], channels]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_detector",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, output_shape)],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="edgekit-tests")
+    model.ir_version = 8
+    for key, value in (metadata or {}).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture
+def ultralytics_metadata() -> dict[str, str]:
+    """The metadata an Ultralytics detector export carries (3 classes, imgsz 32)."""
+    return dict(ULTRALYTICS_METADATA)
+
+
+@pytest.fixture
+def detector_factory():
+    """`make_detector` for tests that need a YOLO-shaped model."""
+    return make_detector
+
+
 @pytest.fixture
 def classifier_path(tmp_path: Path) -> Path:
     return make_classifier(tmp_path / "tiny.onnx")

@@ -28,8 +28,9 @@ def net():
 
 
 @pytest.fixture
-def bad(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A folder of bad inputs, and a good .npy and model module beside them."""
+def bad(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, detector_factory) -> Path:
+    """A folder of bad inputs, and a good .npy, model module and detector with no task beside them."""
+    detector_factory(tmp_path / "detector.onnx")
     (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x07garbage")
     (tmp_path / "corrupt.db").write_text("this is not an SQLite database, not even its header")
     (tmp_path / "fleet.toml").write_text('[[device]\nname = "a"\n')
@@ -50,6 +51,13 @@ def artifact(folder: Path) -> Path:
     from edgekit.api import build
 
     return Path(build(model(), "x86-ort", folder / "art").path)
+
+
+def detector_artifact(folder: Path) -> Path:
+    """An x86-ort artifact of a YOLO-shaped model with no task in its metadata."""
+    from edgekit.api import build
+
+    return Path(build(folder / "detector.onnx", "x86-ort", folder / "detector-art").path)
 
 
 # (id, arguments given the bad-input folder T, a phrase the error line holds)
@@ -107,6 +115,31 @@ LIBRARY_ERRORS = [
     ),
     ("build-unknown-target", lambda t: ["build", model(), "-t", "nope", "-o", t / "a"], "nope"),
     (
+        "build-unknown-task",
+        lambda t: ["build", model(), "--task", "detection", "-o", t / "a"],
+        "unknown task 'detection'; the tasks are classify, detect, segment, text-detect, raw",
+    ),
+    (
+        "build-postprocess-not-json",
+        lambda t: ["build", model(), "--postprocess", "{conf: 0.3}", "-o", t / "a"],
+        "--postprocess is not valid JSON",
+    ),
+    (
+        "build-postprocess-unknown-key",
+        lambda t: ["build", model(), "--postprocess", '{"conf": 0.3}', "-o", t / "a"],
+        "task classify has no setting 'conf'; its settings are: top_k",
+    ),
+    (
+        "build-postprocess-without-a-task",
+        lambda t: ["build", t / "detector.onnx", "--postprocess", '{"conf": 0.3}', "-o", t / "a"],
+        "the model has none: give one with --task",
+    ),
+    (
+        "build-task-and-postprocess-disagree",
+        lambda t: ["build", model(), "--task", "detect", "--postprocess", '{"task": "segment"}', "-o", t / "a"],
+        "--task detect and --postprocess's \"task\": 'segment' disagree",
+    ),
+    (
         "run-engine-option-without-equals",
         lambda t: ["run", t, "--source", "x.mp4", "-e", "compute_units"],
         "--engine-option 'compute_units': write KEY=VALUE, e.g. -e compute_units=CPU_AND_NE",
@@ -117,6 +150,26 @@ LIBRARY_ERRORS = [
         "--engine-option '=3': write KEY=VALUE",
     ),
     ("run-not-an-artifact", lambda t: ["run", t / "empty", "--source", "x.mp4"], "no manifest.json"),
+    (
+        "run-unknown-task",
+        lambda t: ["run", artifact(t), "--source", "x.mp4", "--task", "keypoints"],
+        "unknown task 'keypoints'; the tasks are classify, detect",
+    ),
+    (
+        "run-postprocess-not-an-object",
+        lambda t: ["run", artifact(t), "--source", "x.mp4", "--postprocess", "0.3"],
+        "--postprocess must be a JSON object",
+    ),
+    (
+        "run-postprocess-bad-value",
+        lambda t: ["run", artifact(t), "--source", "x.mp4", "--task", "detect", "--postprocess", '{"iou": 1.5}'],
+        "setting 'iou' must be a number >= 0 and <= 1, got 1.5",
+    ),
+    (
+        "run-detector-without-a-task",
+        lambda t: ["run", detector_artifact(t), "--source", "x.mp4"],
+        "give one with --task NAME (tasks: classify, detect, segment, text-detect, raw)",
+    ),
     (
         "run-fleet-does-not-parse",
         lambda t: ["run", artifact(t), "--source", "x.mp4", "--fleet", t / "fleet.toml"],

@@ -86,6 +86,25 @@ def parse_json_object(text: str, *, option_name: str) -> dict[str, Any]:
     return value
 
 
+def task_options(func: F) -> F:
+    """--task NAME and --postprocess JSON, shared by build and run."""
+    func = click.option(
+        "--postprocess",
+        "postprocess_json",
+        default=None,
+        metavar="JSON",
+        help='Task settings, e.g. \'{"conf": 0.3, "iou": 0.5}\' for detect, \'{"top_k": 3}\' for classify; '
+        "they change the task the model (or artifact) carries, or the one --task names.",
+    )(func)
+    return click.option(
+        "--task",
+        default=None,
+        metavar="NAME",
+        help="What the outputs are: classify, detect, segment, text-detect or raw (default: the model's task, "
+        "read from its metadata).",
+    )(func)
+
+
 db_option = click.option(
     "--db",
     type=click.Path(dir_okay=False),

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgekit.cli.common import fail_cleanly, make_console, parse_json_object, parse_key_values
+from edgekit.cli.common import fail_cleanly, make_console, parse_json_object, parse_key_values, task_options
 
 
 @click.command()
@@ -136,6 +136,7 @@ def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
     help='Override the preprocessing spec, e.g. \'{"resize": [224, 224], "color": "RGB", "mean": [0.485, 0.456, '
     '0.406], "std": [0.229, 0.224, 0.225]}\'. Keys left out take their defaults.',
 )
+@task_options
 @click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
@@ -161,6 +162,8 @@ def build(
     precision: str,
     out: str,
     preprocess_json: str | None,
+    task: str | None,
+    postprocess_json: str | None,
     calib: str | None,
     spec_path: str | None,
     observer: str,
@@ -175,10 +178,14 @@ def build(
     artifact id (building twice gives the same id). int8 takes its scales from --spec (from `edgekit
     quantize`) or calibrates on --calib. -O KEY=VALUE sets a build option of the target (`edgekit targets
     --options NAME` lists them); a target refuses an option it does not take, naming the ones it does.
+    The model's task (read from its metadata: edgekit's, Ultralytics', ...; see `edgekit inspect`) goes into
+    the artifact; --task and --postprocess replace it or change its settings.
 
     \b
     Examples:
       edgekit build model.onnx --target android-tflite -p int8 --calib imgs/ --observer percentile -o art
+      edgekit build yolov8n.onnx -o art --postprocess '{"conf": 0.3, "iou": 0.5}'
+      edgekit build unet.onnx -o art --task segment
       edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ -O dla_core=0 -o art
       edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ -O shapes=320x320 -o art"""
     from edgekit.api import build as build_artifact
@@ -190,6 +197,7 @@ def build(
     aliases = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None}
     options: dict[str, Any] = {**aliases, "shapes": shapes}
     options.update(parse_key_values(option_items, option_name="-O", example="-O dla_core=0", json_values=False))
+    postprocess = parse_json_object(postprocess_json, option_name="--postprocess") if postprocess_json else None
     console = make_console()
     artifact = build_artifact(
         loaded,
@@ -201,8 +209,14 @@ def build(
         observer=observer,
         progress=True,
         options=options,
+        task=task,
+        postprocess=postprocess,
     )
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
+    built_task = artifact.manifest.get("task")
+    if built_task:
+        source = "given" if task or postprocess else loaded.task_source
+        console.print(f"task {built_task['task']} ({source}): {json.dumps(built_task)}")
     for note in artifact.manifest.get("not_honoured", []):
         console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
 

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from edgekit.cli.common import db_option, fail_cleanly, make_console, open_store, parse_key_values
+from edgekit.cli.common import (
+    db_option,
+    fail_cleanly,
+    make_console,
+    open_store,
+    parse_json_object,
+    parse_key_values,
+    task_options,
+)
 
 
 @click.command()
@@ -20,6 +28,7 @@ from edgekit.cli.common import db_option, fail_cleanly, make_console, open_store
     help="Video file, image folder (class sub-folders give labels), camera index, rtsp:// URL or GStreamer pipeline.",
 )
 @click.option("--labels", type=click.Path(dir_okay=False), help="Per-frame class indices: JSON list or one per line.")
+@task_options
 @click.option("--frames", type=int, default=None, help="Frames to time after warm-up (default: the whole file).")
 @click.option("--warmup", type=int, default=10, show_default=True, help="Untimed frames run first.")
 @click.option("--pipelined", is_flag=True, help="Run capture, preprocess, inference, postprocess in threads.")
@@ -63,6 +72,8 @@ def run(
     artifact: str,
     source: str,
     labels: str | None,
+    task: str | None,
+    postprocess_json: str | None,
     frames: int | None,
     warmup: int,
     pipelined: bool,
@@ -92,14 +103,19 @@ def run(
       edgekit run art --fleet lab.toml --source 0 --source-on-device --frames 300
       edgekit run art --fleet lab.toml --tags mac --source clip.mp4 -e compute_units=CPU_AND_NE
       edgekit run int8-art --source photos/ --annotations photos.json --reference yolo.onnx
+      edgekit run art --source clip.mp4 --postprocess '{"conf": 0.4}'     this run only; the artifact keeps its own
     """
     from edgekit.api import run as run_artifact
     from edgekit.device.settings import RunSettings
+    from edgekit.errors import RunError
+    from edgekit.tasks import overrides
 
     engine_options = parse_key_values(
         engine_option_items, option_name="--engine-option", example="-e compute_units=CPU_AND_NE"
     )
+    postprocess = parse_json_object(postprocess_json, option_name="--postprocess") if postprocess_json else None
     settings = RunSettings(
+        task=overrides(task, postprocess, error=RunError),
         frames=frames,
         warmup=warmup,
         pipelined=pipelined,

@@ -49,6 +49,9 @@ class RunSettings:
     """Classes kept per frame for classification."""
     reference: str | None = None
     """With postprocess "raw": the FP32 reference outputs (.npz) to compare against."""
+    task: dict | None = None
+    """The run's task config, laid over the artifact's (e.g. {"task": "detect", "conf": 0.3}; settings alone
+    change the artifact's task); `edgekit.run` fills it with the checked full config before the run."""
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

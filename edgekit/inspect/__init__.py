@@ -102,6 +102,12 @@ def inspect_model(
         notes=notes,
         fallbacks=fallbacks,
         accelerator_reports=reports,
+        preprocess_source=model.preprocess_source,
+        task=model.task,
+        task_source=model.task_source,
+        class_names=model.class_names,
+        class_names_source=model.class_names_source,
+        metadata_notes=list(model.metadata_notes),
     )
 
 

@@ -3,10 +3,12 @@ the functions, so importing `edgekit.inspect` stays light."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
 from edgekit.inspect.report import UNKNOWN_DYNAMIC, InspectReport, Shape
+from edgekit.model import DEFAULT_FOR_INPUT
 
 Row = tuple[str, str, str | None]  # (key, value, rich style or None) of one summary line
 
@@ -95,17 +97,44 @@ def _model_rows(report: InspectReport) -> list[Row]:
     ]
     for key, tensors in (("inputs", report.inputs), ("outputs", report.outputs)):
         rows.append((key, "; ".join(f"{t['name']} {t['dtype']} {format_shape(t['shape'])}" for t in tensors), None))
-    rows.append(("preprocess", _preprocess_text(report.preprocess) if report.preprocess else "none", None))
+    rows.append(("preprocess", _preprocess_text(report.preprocess, report.preprocess_source), None))
+    return [*rows, *_task_rows(report)]
+
+
+def _task_rows(report: InspectReport) -> list[Row]:
+    """The task and its settings, the class names, each with where it came from, and the metadata notes."""
+    if report.task:
+        settings = ", ".join(f"{key} {json.dumps(value)}" for key, value in report.task.items() if key != "task")
+        task = f"{report.task['task']} ({report.task_source})" + (f": {settings}" if settings else "")
+        rows: list[Row] = [("task", task, None)]
+    else:
+        rows = [("task", "none: give one with --task (classify, detect, segment, text-detect, raw)", "yellow")]
+    if report.class_names:
+        names = ", ".join(report.class_names[:5]) + (", …" if len(report.class_names) > 5 else "")
+        rows.append(("class names", f"{len(report.class_names)} ({report.class_names_source}): {names}", None))
+    else:
+        rows.append(("class names", "none", None))
+    rows += [("metadata", note, "yellow") for note in report.metadata_notes]
     return rows
 
 
-def _preprocess_text(p: dict[str, Any]) -> str:
-    parts = [f"resize {p['resize']}" if p.get("resize") else "no resize", str(p.get("color"))]
+def _preprocess_text(p: dict[str, Any] | None, source: str | None) -> str:
+    """The preprocessing in one line, and where it came from: "(default)" when the model did not say it."""
+    if not p:
+        return "none"
+    resize = f"resize {p['resize']}" if p.get("resize") else "no resize"
+    if p.get("resize") and p.get("resize_mode") not in (None, "stretch"):
+        resize += f" {p['resize_mode']}"
+    parts = [resize, *([f"crop {p['crop']}"] if p.get("crop") else []), str(p.get("color"))]
     if p.get("scale") is not None:
         parts.append(f"scale {p['scale']:.6g}")
     parts += [f"{key} {p[key]}" for key in ("mean", "std") if p.get(key) is not None]
     parts += [str(p.get("layout")), str(p.get("dtype"))]
-    return ", ".join(parts)
+    if p.get("pad_value") is not None:
+        parts.append(f"pad {p['pad_value']}")
+    if source in (None, DEFAULT_FOR_INPUT):
+        return ", ".join(parts) + " (default: not read from the model; set it with --preprocess)"
+    return ", ".join(parts) + f" ({source})"
 
 
 def _count_rows(report: InspectReport) -> list[Row]:

@@ -85,6 +85,15 @@ class InspectReport:
     fallbacks: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     # target -> its detailed accelerator readiness report (rules, sources, nodes), e.g. ios-coreml's ANE report
     accelerator_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # where the preprocessing came from ("edgekit metadata", "ultralytics metadata", "given", or "default for
+    # the input" when nothing said it); the same for the task and the class names (None: there is none)
+    preprocess_source: str | None = None
+    task: dict[str, Any] | None = None
+    task_source: str | None = None
+    class_names: list[str] | None = None
+    class_names_source: str | None = None
+    # what an exporter's metadata held that edgekit could not use (e.g. an Ultralytics pose task)
+    metadata_notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict with stable keys (plain ints, strings, lists and dicts only)."""
@@ -98,6 +107,11 @@ class InspectReport:
             "inputs": [_json_io(t) for t in self.inputs],
             "outputs": [_json_io(t) for t in self.outputs],
             "preprocess": self.preprocess,
+            "preprocess_source": self.preprocess_source,
+            "task": self.task,
+            "task_source": self.task_source,
+            "class_names": {"count": len(self.class_names or []), "source": self.class_names_source},
+            "metadata_notes": list(self.metadata_notes),
             "input_shapes": {name: [int(d) for d in dims] for name, dims in self.input_shapes.items()},
             "macs_input_shapes": {name: json_shape(s) for name, s in self.macs_input_shapes.items()},
             "totals": self.totals.to_dict(),
