@@ -107,9 +107,7 @@ def _render_page(rng: np.random.Generator):
 
     page = Image.new("RGB", (1240, 1754), "white")
     draw = ImageDraw.Draw(page)
-    words = (
-        "edge devices measure latency power accuracy model quantized detector frames camera pipeline"
-    ).split()
+    words = [
         "edge",
         "devices",
         "measure",
