@@ -1,7 +1,8 @@
 """The Android target: a .tflite model for LiteRT (XNNPACK on the CPU, GPU or NNAPI delegates on the phone).
 
 fp32 and fp16 (float16 weights) convert the float model; int8 is full-integer with activation grids from the
-QuantSpec (targets/tflite_quant.py), float input/output by default or int8 I/O with `int8_io`. Every build is
+QuantSpec (targets/tflite_quant.py), float input/output by default or int8 I/O with `int8_io`; the QuantSpec's
+float nodes stay float behind a DEQUANTIZE. Every build is
 checked against ONNX Runtime on the same inputs and the figures go into the manifest's `validation`.
 Needs the tflite extra (TensorFlow for conversion, ai-edge-litert and ai-edge-quantizer).
 """

@@ -10,6 +10,8 @@
    weights, int32 biases), handing it min/max chosen so that its (scale, zero point) are the spec's exactly:
    min = (-128 - zp) * scale, max = (127 - zp) * scale. uint8 specs (x86) become int8 with zp - 128, int8
    symmetric specs (TensorRT) keep zp 0: the same grid either way.
+   The ops of the QuantSpec's float nodes (a detection head's concat and what follows it) are left float:
+   the quantizer dequantizes their inputs, each on its own grid, so the model is int8 up to them.
 3. Read the parameters back from the produced model and list every activation whose parameters differ
    (TFLite fixes some, e.g. softmax outputs at 1/256) as not honoured.
 """
