@@ -184,3 +184,8 @@ def report_lines(record: dict[str, Any] | None) -> list[str]:
         )
         lines.append(concat.describe())
     return lines
+
+
+def spec_lines(spec: QuantSpec) -> list[str]:
+    """The report lines of the mixed-range concats a QuantSpec's calibration found (for build manifests)."""
+    return report_lines(spec.calibration.get("mixed_range"))

@@ -134,7 +134,8 @@ def quantize(
             history = [{"float_nodes": 0, "score": fully_quantized}]
             result.budget = BudgetResult(spec, [], fully_quantized, True, history)
         else:
-            result.sensitivity = layer_sensitivity(float_model, spec, calibration.plan.nodes, evaluator)
+            quantized = [n for n in calibration.plan.nodes if n not in spec.float_nodes]  # not a kept-float head
+            result.sensitivity = layer_sensitivity(float_model, spec, quantized, evaluator)
             result.budget = meet_budget(float_model, spec, result.sensitivity, evaluator, target)
         result.spec = spec = result.budget.spec
         result.qdq_model = write_qdq(float_model, spec)

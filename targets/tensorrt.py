@@ -306,6 +306,8 @@ class JetsonTensorRtTarget(Target):
             # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
             files = {"model.onnx": model.to_bytes()}
         else:
+            from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
+
             qdq_bytes, symmetric, notes = self._int8_model(model, spec, build["profile_shapes"])
             not_honoured.extend(notes)
             files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric, model)}
@@ -315,6 +317,7 @@ class JetsonTensorRtTarget(Target):
                 "observer": spec.calibration.get("observer"),
                 "created_by": spec.created_by,
                 "kept_float": sorted(spec.float_nodes),
+                "mixed_range": mixed_range_lines(spec),
             }
         return files, {**extra, "build": build, "not_honoured": not_honoured}
 

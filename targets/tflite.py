@@ -232,6 +232,7 @@ class AndroidTfliteTarget(Target):
         self, model: Model, spec: QuantSpec, probe: np.ndarray, nchw: bool, int8_io: bool
     ) -> tuple[bytes, onnx.ModelProto, dict[str, Any]]:
         from edgekit.calibration.calibrate import prepare_float_model
+        from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
 
         prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
@@ -256,6 +257,7 @@ class AndroidTfliteTarget(Target):
             "activations_from_spec": len(result.expected),
             "mapped": {name: m.onnx_name for name, m in sorted(result.mapping.items())},
             "kept_float": sorted(spec.float_nodes),
+            "mixed_range": mixed_range_lines(spec),
             "float_ops": result.kept_float,  # TFLite ops left float for them (DEQUANTIZE before)
             "full_integer": not result.kept_float,
         }

@@ -181,6 +181,8 @@ def build(
       edgekit build model.onnx --target android-tflite -p int8 --calib imgs/ --observer percentile -o art
       edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ -O dla_core=0 -o art
       edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ -O shapes=320x320 -o art"""
+    from rich.markup import escape
+
     from edgekit.api import build as build_artifact
     from edgekit.model import Model
 
@@ -203,6 +205,8 @@ def build(
         options=options,
     )
     console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
+    for line in (artifact.manifest.get("quantization") or {}).get("mixed_range", []):
+        console.print(f"[yellow]{escape(line)}[/yellow]")
     for note in artifact.manifest.get("not_honoured", []):
         console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
 

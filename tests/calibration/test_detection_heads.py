@@ -142,6 +142,8 @@ def test_without_the_fix_the_scores_are_lost_with_it_they_survive(quantized, det
     for policy, result in quantized.items():
         artifact = get_target("x86-ort").build(model, tmp_path / policy, precision="int8", quant_spec=result.spec)
         figures[policy] = _box_and_score_sqnr(reference, _outputs(artifact.model_path, photos))
+        [line] = artifact.manifest["quantization"]["mixed_range"]
+        assert line.startswith(f"mixed-range concat {CONCAT}: inputs ")
     print("x86-ort (box SQNR, score SQNR) dB:", figures)
     assert figures["report"][1] < 5  # one uint8 grid over 0..320: a step of 1.25 for scores below 1
     assert figures["float"][1] > 20 and figures["branches"][1] > 20
@@ -198,6 +200,10 @@ def test_edgekit_quantize_prints_the_line(detector, tmp_path):
     assert result.exit_code == 0 and "left as is" in result.output
     bad = runner.invoke(main, [*args[:-1], str(tmp_path / "b"), "--mixed-range", "nope"])
     assert bad.exit_code == 2 and "nope" in bad.output
+    # `edgekit build --calib` calibrates with the default policy and says so too
+    built = runner.invoke(main, ["build", str(path), "-p", "int8", *args[2:4], "-o", str(tmp_path / "art")])
+    assert built.exit_code == 0, built.output
+    assert f"mixed-range concat {CONCAT}: inputs" in built.output and "kept float" in built.output
 
 
 # -- the other targets -------------------------------------------------------------------------------------
@@ -268,6 +274,7 @@ def test_android_tflite_int8_dequantizes_before_the_float_head(detector, tmp_pat
     assert len(ops) - len(floats) > 10  # everything before it stays int8
     quantization = artifact.manifest["quantization"]
     assert quantization["full_integer"] is False and quantization["kept_float"] == [CONCAT, "/Reshape"]
+    assert len(quantization["mixed_range"]) == 1
     notes = {note["what"]: note["why"] for note in artifact.manifest["not_honoured"]}
     assert not any(what.startswith("float nodes") for what in notes)
     assert any(what.startswith("float inputs of the kept-float nodes") for what in notes)
