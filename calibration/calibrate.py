@@ -26,6 +26,13 @@ from edgekit.calibration.graph import (
     plan_quantization,
     session_with_outputs,
 )
+from edgekit.calibration.mixed_range import (
+    DEFAULT_FACTOR,
+    DEFAULT_POLICY,
+    apply_policy,
+    check_policy,
+    find_mixed_range_concats,
+)
 from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
 from edgekit.calibration.schemes import (
     activation_qparams,
@@ -97,14 +104,19 @@ def calibrate(
     equalize: bool = False,
     bias_correction: bool = False,
     bias_samples: int = 16,
+    mixed_range_factor: float = DEFAULT_FACTOR,
+    mixed_range_policy: str = DEFAULT_POLICY,
 ) -> Calibration:
     """Observe every activation the QDQ model will quantize and write the QuantSpec.
 
     `equalize` runs cross-layer equalization first; `bias_correction` then corrects each quantized
-    Conv/Gemm bias by the mean output shift measured on `bias_samples` calibration samples.
+    Conv/Gemm bias by the mean output shift measured on `bias_samples` calibration samples. A Concat
+    feeding an output whose inputs' ranges differ by more than `mixed_range_factor` (a detection head's
+    boxes and scores) is handled by `mixed_range_policy` (calibration/mixed_range.py: float, branches, report).
     """
     from edgekit.calibration.observers import get_observer
 
+    check_policy(mixed_range_policy)
     scheme = activation_scheme(activations)
     float_model = prepare_float_model(model.proto)
     transforms: list[dict[str, Any]] = []
@@ -165,6 +177,8 @@ def calibrate(
         model, float_model, plan, observers, scheme, weights, observer, samples, feeds.description, input_names
     )
     spec.transforms = transforms
+    found = find_mixed_range_concats(float_model, spec, mixed_range_factor)
+    apply_policy(spec, found, mixed_range_policy, mixed_range_factor)
     if bias_correction:
         again = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=bias_samples)
         deltas = bias_corrections(float_model, spec, list(again.feeds))  # corrects float_model in place

@@ -122,6 +122,45 @@ def _dequantize_weights(
     return dq_nodes
 
 
+def quantized_readers(
+    graph: onnx.GraphProto, spec: QuantSpec, consumers_of: dict[str, list[onnx.NodeProto]] | None = None
+) -> dict[str, list[onnx.NodeProto]]:
+    """For each activation of the spec, the readers that read it after its quantizer (none: the tensor stays
+    float). Quantized readers do; so do other ops (Identity, Reshape, ...) when the producer runs quantized, so
+    ORT still finds op -> Q to fuse. Readers kept float, and other ops after a float producer, read the float
+    tensor, except float nodes that keep their inputs' quantizers (a mixed-range concat, policy "branches")."""
+    consumers_of = consumers(graph) if consumers_of is None else consumers_of
+    float_nodes, reading_quantized = spec.float_nodes, spec.float_nodes_reading_quantized
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def reads_quantized(reader: onnx.NodeProto, name: str) -> bool:
+        if reader.name in float_nodes:
+            return reader.name in reading_quantized
+        if reader.op_type in QUANTIZABLE_OPS:
+            return True
+        producer = producers.get(name)
+        return producer is not None and producer.op_type in QUANTIZABLE_OPS and producer.name not in float_nodes
+
+    return {
+        name: [n for n in consumers_of.get(name, []) if reads_quantized(n, name)]
+        for name, entry in spec.tensors.items()
+        if entry.kind == "activation"
+    }
+
+
+def quantized_tensors(model: onnx.ModelProto, spec: QuantSpec) -> set[str]:
+    """The activations, weights and biases that `write_qdq` puts quantizers on (what other targets replay)."""
+    graph = model.graph
+    consumers_of = consumers(graph)
+    activations = {name for name, readers in quantized_readers(graph, spec, consumers_of).items() if readers}
+    initializers = {
+        name
+        for name, entry in spec.tensors.items()
+        if entry.kind in ("weight", "bias") and any(n.name not in spec.float_nodes for n in consumers_of.get(name, []))
+    }
+    return activations | initializers
+
+
 def _quantize_activations(
     graph: onnx.GraphProto,
     spec: QuantSpec,
@@ -129,26 +168,12 @@ def _quantize_activations(
     new_inits: list[onnx.TensorProto],
 ) -> dict[int, list[onnx.NodeProto]]:
     """Activations: Q -> DQ right after the tensor is produced, returned by the index of the producer (-1: a
-    graph input). Quantized readers read the DQ output; so do other ops (Identity, Reshape, ...) when the
-    producer runs quantized, so ORT still finds op -> Q to fuse. Readers kept float, and other ops after a
-    float producer, read the float tensor."""
-    float_nodes = spec.float_nodes
+    graph input); the readers `quantized_readers` names read the DQ output."""
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    producers = {out: node for node in graph.node for out in node.output}
-
-    def reads_quantized(reader: onnx.NodeProto, name: str) -> bool:
-        if reader.name in float_nodes:
-            return False
-        if reader.op_type in QUANTIZABLE_OPS:
-            return True
-        producer = producers.get(name)
-        return producer is not None and producer.op_type in QUANTIZABLE_OPS and producer.name not in float_nodes
-
+    readers_of = quantized_readers(graph, spec, consumers_of)
     inserts: dict[int, list[onnx.NodeProto]] = {}
     for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
-        if entry.kind != "activation":
-            continue
-        readers = [n for n in consumers_of.get(name, []) if reads_quantized(n, name)]
+        readers = readers_of.get(name)
         if not readers:
             continue
         scale_name, zp_name = _qparams(name, entry, new_inits)

@@ -74,7 +74,9 @@ class QuantSpec:
     source_model_sha256: str
     scheme: dict[str, str]
     tensors: dict[str, TensorQuant] = field(default_factory=dict)
-    nodes: dict[str, dict[str, str]] = field(default_factory=dict)  # node name -> {"precision", "reason"}
+    # node name -> {"precision", "reason"} and, for a float node that reads its inputs after their own
+    # quantizers (a mixed-range concat, policy "branches"), "inputs": "quantized"
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)  # observer, settings, samples, data source
     created_by: str = "calibration"
     # weight changes made before quantizing (equalization scales, bias corrections), replayed by targets
@@ -82,12 +84,21 @@ class QuantSpec:
 
     # -- overrides ------------------------------------------------------------------------------
 
-    def keep_float(self, node_name: str, reason: str) -> None:
+    def keep_float(self, node_name: str, reason: str, *, inputs_quantized: bool = False) -> None:
+        """Run `node_name` in float. With `inputs_quantized` its inputs keep their quantizers (each on its own
+        grid) and the node computes on the dequantized values; else they are quantized only for other readers."""
         self.nodes[node_name] = {"precision": "float", "reason": reason}
+        if inputs_quantized:
+            self.nodes[node_name]["inputs"] = "quantized"
 
     @property
     def float_nodes(self) -> set[str]:
         return {name for name, o in self.nodes.items() if o.get("precision") == "float"}
+
+    @property
+    def float_nodes_reading_quantized(self) -> set[str]:
+        """Float nodes whose inputs still carry their quantizers."""
+        return {name for name in self.float_nodes if self.nodes[name].get("inputs") == "quantized"}
 
     # -- identity and checks ----------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import onnx
 from edgekit.calibration.calibrate import calibrate
 from edgekit.calibration.error_report import TensorError, tensor_errors
 from edgekit.calibration.mixed_precision import BudgetResult, Evaluator, layer_sensitivity, meet_budget
+from edgekit.calibration.mixed_range import DEFAULT_FACTOR, DEFAULT_POLICY
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.errors import EdgekitError
@@ -60,6 +61,7 @@ class QuantizeResult:
             "sensitivity": [{"node": n, "score": s} for n, s in self.sensitivity],
             "budget": budget,
             "kept_float": sorted(self.spec.float_nodes),
+            "mixed_range": self.spec.calibration.get("mixed_range"),
             "timings_s": self.timings_s,
         }
 
@@ -82,12 +84,15 @@ def quantize(
     progress: bool = True,
     equalize: bool = False,
     bias_correction: bool = False,
+    mixed_range_factor: float = DEFAULT_FACTOR,
+    mixed_range_policy: str = DEFAULT_POLICY,
 ) -> QuantizeResult:
     """Quantize `model` with calibration `data`.
 
     With `max_drop` (top-1 points, needs `eval_feeds` + `eval_labels`) or `min_sqnr` (dB on the outputs,
     measured on `eval_feeds` or on calibration samples), the most sensitive nodes stay float until the
-    budget is met.
+    budget is met. Mixed-range concats at the outputs (detection heads) follow `mixed_range_policy`
+    (calibration/mixed_range.py).
     """
     if max_drop is not None and (eval_feeds is None or eval_labels is None):
         raise EdgekitError("--max-drop needs labelled evaluation data: pass --eval DATA (and --labels for a video)")
@@ -105,6 +110,8 @@ def quantize(
         progress=progress,
         equalize=equalize,
         bias_correction=bias_correction,
+        mixed_range_factor=mixed_range_factor,
+        mixed_range_policy=mixed_range_policy,
     )
     timings["calibration"] = time.perf_counter() - start
     float_model, spec = calibration.float_model, calibration.spec
@@ -127,7 +134,8 @@ def quantize(
             history = [{"float_nodes": 0, "score": fully_quantized}]
             result.budget = BudgetResult(spec, [], fully_quantized, True, history)
         else:
-            result.sensitivity = layer_sensitivity(float_model, spec, calibration.plan.nodes, evaluator)
+            quantized = [n for n in calibration.plan.nodes if n not in spec.float_nodes]  # not a kept-float head
+            result.sensitivity = layer_sensitivity(float_model, spec, quantized, evaluator)
             result.budget = meet_budget(float_model, spec, result.sensitivity, evaluator, target)
         result.spec = spec = result.budget.spec
         result.qdq_model = write_qdq(float_model, spec)

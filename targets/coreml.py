@@ -128,7 +128,7 @@ class CoreMLTarget(Target):
             shape = fixed_input_shape(model.proto, resize, layout=model.preprocess.layout if model.preprocess else None)
         except ModelError as exc:
             raise BuildError(f"ios-coreml: {exc}") from exc
-        make_module, route, replay_error, quant_notes = self._torch_module(model, precision, spec, shape)
+        make_module, route, replay_error, quantizers = self._torch_module(model, precision, spec, shape)
         input_name = _coreml_name(model.inputs[0].name)
         output_names = [_coreml_name(t.name) for t in model.outputs]
         image = _image_input(model.preprocess, shape)
@@ -175,7 +175,7 @@ class CoreMLTarget(Target):
             extra["preprocess"] = image["agent_preprocess"]
         not_honoured: list[dict[str, str]] = []
         if precision == "w8a8":
-            summary, not_honoured = _check_scales(ops, spec, quant_notes)
+            summary, not_honoured = _check_scales(ops, spec, quantizers)
             extra["quantization"] = summary
         extra["not_honoured"] = not_honoured
         with tempfile.TemporaryDirectory(prefix="edgekit-coreml-") as tmp:
@@ -186,9 +186,10 @@ class CoreMLTarget(Target):
 
     def _torch_module(
         self, model: Model, precision: str, quant_spec: QuantSpec | None, shape: tuple[int, ...]
-    ) -> tuple[Callable[[tuple[int, ...]], Any], str, float | None, list[dict[str, str]]]:
-        """(module for an input shape, route, replay error vs ONNX Runtime or None, notes on what could not be
-        honoured). The replay computes shapes for one input shape, hence a module per shape."""
+    ) -> tuple[Callable[[tuple[int, ...]], Any], str, float | None, ReplayQuantizers | None]:
+        """(module for an input shape, route, replay error vs ONNX Runtime or None, the w8a8 quantizers with the
+        notes on what could not be honoured). The replay computes shapes for one input shape, hence a module
+        per shape."""
         from edgekit.targets.coreml_onnx import build_module
 
         if precision == "w8a8":
@@ -196,16 +197,18 @@ class CoreMLTarget(Target):
 
             float_proto = prepare_float_model(model.proto, quant_spec)
             _, error = _checked_replay(float_proto, shape)  # the float replay, checked; quantized below
-            activations, weights, notes = _quantizers(quant_spec, float_proto)
+            quantizers = _quantizers(quant_spec, float_proto)
 
             def quantized(at: tuple[int, ...]) -> Any:
-                return build_module(float_proto, at, activation_quant=activations, weight_quant=weights)
+                return build_module(
+                    float_proto, at, activation_quant=quantizers.activations, weight_quant=quantizers.weights
+                )
 
-            return quantized, "onnx-replay (prepared float graph of the QuantSpec)", error, notes
+            return quantized, "onnx-replay (prepared float graph of the QuantSpec)", error, quantizers
         if model.torch_module is not None:
-            return lambda at: model.torch_module, "torch module", None, []
+            return lambda at: model.torch_module, "torch module", None, None
         checked, error = _checked_replay(model.proto, shape)
-        return lambda at: checked if at == shape else build_module(model.proto, at), "onnx-replay", error, []
+        return lambda at: checked if at == shape else build_module(model.proto, at), "onnx-replay", error, None
 
 
 # -- tools ----------------------------------------------------------------------------------------------
@@ -413,47 +416,74 @@ class _Normalize:
 # -- W8A8: QuantSpec -> fake quantizers, and the scales read back from the program -------------------------
 
 
-def _quantizers(spec: QuantSpec, float_proto: onnx.ModelProto) -> tuple[dict, dict, list[dict[str, str]]]:
+@dataclass
+class ReplayQuantizers:
+    """What the w8a8 replay fake-quantizes (by ONNX tensor name), and the spec entries it cannot honour."""
+
+    activations: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
+    notes: list[dict[str, str]] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)  # spec activations the QDQ model leaves float
+
+
+def _quantizers(spec: QuantSpec, float_proto: onnx.ModelProto) -> ReplayQuantizers:
+    """The spec's quantizers where the QDQ writer puts them: tensors and weights read only by float nodes (the
+    QuantSpec's overrides, e.g. a detection head's concat) stay float. A quantizer acts on every reader of its
+    tensor (the QDQ model can feed a float reader the unquantized tensor; the replay cannot)."""
+    from edgekit.calibration.qdq import quantized_tensors
     from edgekit.targets.coreml_onnx import ActivationQuant, WeightQuant
 
     produced = {out for node in float_proto.graph.node for out in node.output} | {
         i.name for i in float_proto.graph.input
     }
     inits = {i.name for i in float_proto.graph.initializer}
-    activations, weights, notes = {}, {}, []
+    in_qdq = quantized_tensors(float_proto, spec)
+    found = ReplayQuantizers()
     biases = 0
     for name, entry in sorted(spec.tensors.items()):
-        if entry.kind == "activation":
-            if name not in produced:
-                notes.append({"what": f"activation {name}", "why": "no such tensor in the prepared float graph"})
-            elif entry.dtype not in ("int8", "uint8") or isinstance(entry.scale, list):
-                notes.append(
-                    {
-                        "what": f"activation {name}",
-                        "why": f"{entry.dtype} per-channel activations: "
-                        "Core ML quantizes activations per tensor in int8/uint8",
-                    }
-                )
-            else:
-                activations[name] = ActivationQuant(float(entry.scale), int(entry.zero_point), entry.dtype)
-        elif entry.kind == "weight":
-            zero = entry.zero_point if isinstance(entry.zero_point, list) else [entry.zero_point]
-            if name not in inits:
-                notes.append({"what": f"weight {name}", "why": "no such initializer in the prepared float graph"})
-            elif entry.dtype != "int8" or any(z != 0 for z in zero):
-                notes.append({"what": f"weight {name}", "why": "only symmetric int8 weights are written"})
-            else:
-                weights[name] = WeightQuant(entry.scale, entry.zero_point, entry.axis)
-        elif entry.kind == "bias":
+        if entry.kind == "bias":
             biases += 1
+        elif entry.kind not in ("activation", "weight"):
+            continue  # graph outputs: a QDQ model leaves them float
+        elif name not in in_qdq and (name in produced or name in inits):
+            if entry.kind == "activation":  # only float nodes read it
+                found.kept_float.append(name)
+        elif entry.kind == "activation":
+            _activation_quantizer(name, entry, produced, found, ActivationQuant)
+        else:
+            _weight_quantizer(name, entry, inits, found, WeightQuant)
     if biases:
-        notes.append(
+        found.notes.append(
             {
                 "what": f"int32 biases ({biases} tensors)",
                 "why": "Core ML has no integer bias: biases stay float16 and are added in the float16 accumulator",
             }
         )
-    return activations, weights, notes
+    return found
+
+
+def _weight_quantizer(name: str, entry: Any, inits: set[str], found: ReplayQuantizers, make: Any) -> None:
+    zero = entry.zero_point if isinstance(entry.zero_point, list) else [entry.zero_point]
+    if name not in inits:
+        found.notes.append({"what": f"weight {name}", "why": "no such initializer in the prepared float graph"})
+    elif entry.dtype != "int8" or any(z != 0 for z in zero):
+        found.notes.append({"what": f"weight {name}", "why": "only symmetric int8 weights are written"})
+    else:
+        found.weights[name] = make(entry.scale, entry.zero_point, entry.axis)
+
+
+def _activation_quantizer(name: str, entry: Any, produced: set[str], found: ReplayQuantizers, make: Any) -> None:
+    if name not in produced:
+        found.notes.append({"what": f"activation {name}", "why": "no such tensor in the prepared float graph"})
+    elif entry.dtype not in ("int8", "uint8") or isinstance(entry.scale, list):
+        found.notes.append(
+            {
+                "what": f"activation {name}",
+                "why": f"{entry.dtype} per-channel activations: Core ML quantizes activations per tensor in int8/uint8",
+            }
+        )
+    else:
+        found.activations[name] = make(float(entry.scale), int(entry.zero_point), entry.dtype)
 
 
 def program_ops(mlmodel: Any) -> list[tuple[str, str, dict[str, Any]]]:
@@ -496,15 +526,14 @@ def _compression_summary(ops: list[tuple[str, str, dict]], precision: str) -> di
 
 
 def _check_scales(
-    ops: list[tuple[str, str, dict]], spec: QuantSpec, notes: list[dict[str, str]]
+    ops: list[tuple[str, str, dict]], spec: QuantSpec, quantizers: ReplayQuantizers
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Compare the program's quantize scales with the QuantSpec's activation scales (as float16 values)."""
+    from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
+
     program_scales = sorted(float(v["scale"]) for t, _, v in ops if t == "quantize" and "scale" in v)
-    wanted = {
-        n: float(e.scale)
-        for n, e in spec.tensors.items()
-        if e.kind == "activation" and not any(x["what"] == f"activation {n}" for x in notes)
-    }
+    wanted = {n: float(spec.tensors[n].scale) for n in quantizers.activations}
+    notes = quantizers.notes
     remaining = list(program_scales)
     missing = []
     worst = 0.0
@@ -527,8 +556,10 @@ def _check_scales(
         "scheme": spec.scheme,
         "observer": spec.calibration.get("observer"),
         "kept_float": sorted(spec.float_nodes),
+        "mixed_range": mixed_range_lines(spec),
         "activations_quantized": len(wanted) - len(missing),
         "activations_in_spec": sum(1 for e in spec.tensors.values() if e.kind == "activation"),
+        "activations_kept_float": quantizers.kept_float,
         "weights_quantized": sum(1 for t, _, _ in ops if t == "constexpr_affine_dequantize"),
         "scale_max_relative_error": worst,  # scales are stored in float16 beside float16 activations
     }

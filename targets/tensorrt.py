@@ -306,15 +306,18 @@ class JetsonTensorRtTarget(Target):
             # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
             files = {"model.onnx": model.to_bytes()}
         else:
+            from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
+
             qdq_bytes, symmetric, notes = self._int8_model(model, spec, build["profile_shapes"])
             not_honoured.extend(notes)
-            files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric)}
+            files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric, model)}
             build["calibration_cache"] = CALIBRATION_CACHE
             extra["quantization"] = {
                 "scheme": spec.scheme,
                 "observer": spec.calibration.get("observer"),
                 "created_by": spec.created_by,
                 "kept_float": sorted(spec.float_nodes),
+                "mixed_range": mixed_range_lines(spec),
             }
         return files, {**extra, "build": build, "not_honoured": not_honoured}
 
@@ -464,13 +467,16 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     }
 
 
-def _calibration_cache(spec: QuantSpec) -> bytes:
-    """TensorRT's calibration cache for the spec, written and parsed back; the scales must round-trip."""
+def _calibration_cache(spec: QuantSpec, model: Model) -> bytes:
+    """TensorRT's calibration cache for the spec (the tensors its QDQ model quantizes, so float nodes stay
+    float in implicit INT8 too), written and parsed back; the scales must round-trip."""
+    from edgekit.calibration.calibrate import prepare_float_model
     from edgekit.targets.tensorrt_cache import cache_scales, read_trt_cache, write_trt_cache
 
-    expected = cache_scales(spec)
+    prepared = prepare_float_model(model.proto, spec)
+    expected = cache_scales(spec, prepared)
     with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as folder:
-        path = write_trt_cache(spec, Path(folder) / CALIBRATION_CACHE)
+        path = write_trt_cache(spec, Path(folder) / CALIBRATION_CACHE, model=prepared)
         _, scales = read_trt_cache(path)
         data = path.read_bytes()
     if set(scales) != set(expected):

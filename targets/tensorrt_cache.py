@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from edgekit.calibration.qdq import quantized_tensors
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.errors import EdgekitError
+
+if TYPE_CHECKING:
+    import onnx
 
 CACHE_FILE_NAME = "trt_calibration.cache"  # the name the jetson-trt target and `edgekit quantize` write
 HEADER_PREFIX = "TRT-"
@@ -32,11 +37,14 @@ def _hex(scale: float) -> str:
     return struct.pack(">f", scale).hex()
 
 
-def cache_scales(spec: QuantSpec) -> dict[str, float]:
-    """Per activation tensor, the symmetric int8 scale TensorRT uses (dynamic range / 127)."""
+def cache_scales(spec: QuantSpec, model: onnx.ModelProto | None = None) -> dict[str, float]:
+    """Per activation tensor, the symmetric int8 scale TensorRT uses (dynamic range / 127). With the prepared
+    float `model`, only the tensors the QDQ model quantizes: TensorRT runs a layer whose tensors have no scale
+    in higher precision, which is how the QuantSpec's float nodes (a detection head's concat) stay float."""
+    quantized = quantized_tensors(model, spec) if model is not None else None
     scales = {}
     for name, entry in sorted(spec.tensors.items()):
-        if entry.kind != "activation":
+        if entry.kind != "activation" or (quantized is not None and name not in quantized):
             continue
         if entry.range is not None:
             bound = max(abs(entry.range[0]), abs(entry.range[1]))
@@ -48,11 +56,13 @@ def cache_scales(spec: QuantSpec) -> dict[str, float]:
     return scales
 
 
-def write_trt_cache(spec: QuantSpec, path: str | Path, *, version: str = DEFAULT_VERSION) -> Path:
+def write_trt_cache(
+    spec: QuantSpec, path: str | Path, *, model: onnx.ModelProto | None = None, version: str = DEFAULT_VERSION
+) -> Path:
     path = Path(path)
     algorithm = ALGORITHMS.get(str(spec.calibration.get("observer")), "EntropyCalibration2")
     lines = [f"{HEADER_PREFIX}{version}-{algorithm}"]
-    lines += [f"{name}: {_hex(scale)}" for name, scale in cache_scales(spec).items()]
+    lines += [f"{name}: {_hex(scale)}" for name, scale in cache_scales(spec, model).items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

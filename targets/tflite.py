@@ -1,7 +1,8 @@
 """The Android target: a .tflite model for LiteRT (XNNPACK on the CPU, GPU or NNAPI delegates on the phone).
 
 fp32 and fp16 (float16 weights) convert the float model; int8 is full-integer with activation grids from the
-QuantSpec (targets/tflite_quant.py), float input/output by default or int8 I/O with `int8_io`. Every build is
+QuantSpec (targets/tflite_quant.py), float input/output by default or int8 I/O with `int8_io`; the QuantSpec's
+float nodes stay float behind a DEQUANTIZE. Every build is
 checked against ONNX Runtime on the same inputs and the figures go into the manifest's `validation`.
 Needs the tflite extra (TensorFlow for conversion, ai-edge-litert and ai-edge-quantizer).
 """
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
     from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
+    from edgekit.targets.tflite_quant import QuantizedTflite
 
 # NNAPI delegate coverage (TFLite builtins it can hand to NNAPI on Android 10+), from the NNAPI delegate's
 # op validation in the TensorFlow Lite source (delegates/nnapi/nnapi_delegate.cc); ops outside run on the CPU.
@@ -101,6 +103,50 @@ def compare_with_onnxruntime(
         "reference_abs_max": scale,
         "top1_agreement": agree / max(1, len(inputs)),
     }
+
+
+def float_node_notes(
+    result: QuantizedTflite, prepared: onnx.ModelProto, spec: QuantSpec, int8_io: bool
+) -> list[dict[str, str]]:
+    """What the int8 .tflite does differently from the QDQ model for the QuantSpec's float nodes: the ops of
+    the float nodes run float after a DEQUANTIZE, but the ops feeding them stay int8 on their own grids (the
+    QDQ model computes those in float), and a float output stays float with --int8-io."""
+    from edgekit.calibration.qdq import quantized_tensors
+    from edgekit.targets.tflite_quant import read_parameters
+
+    if not spec.float_nodes:
+        return []
+    in_qdq = quantized_tensors(prepared, spec)
+    params = read_parameters(result.data)
+    int8_here = sorted(
+        {
+            m.onnx_name
+            for name, m in result.mapping.items()
+            if params.get(name, {}).get("dtype") == "int8"
+            and spec.tensors.get(m.onnx_name) is not None
+            and spec.tensors[m.onnx_name].kind == "activation"
+            and m.onnx_name not in in_qdq
+        }
+    )
+    notes = []
+    if int8_here:
+        notes.append(
+            {
+                "what": f"float inputs of the kept-float nodes: {', '.join(int8_here)}",
+                "why": "the .tflite computes them in int8, each on its own grid, and dequantizes them before the "
+                "float ops (the QDQ model computes them in float)",
+            }
+        )
+    outputs = [o.name for o in prepared.graph.output]
+    floats = [o for o in outputs if any(n.name in spec.float_nodes for n in prepared.graph.node if o in n.output)]
+    if int8_io and floats:
+        notes.append(
+            {
+                "what": f"int8 output {', '.join(floats)}",
+                "why": "its ops are kept float (QuantSpec float nodes), so the output stays float32",
+            }
+        )
+    return notes
 
 
 @dataclass(frozen=True)
@@ -186,6 +232,7 @@ class AndroidTfliteTarget(Target):
         self, model: Model, spec: QuantSpec, probe: np.ndarray, nchw: bool, int8_io: bool
     ) -> tuple[bytes, onnx.ModelProto, dict[str, Any]]:
         from edgekit.calibration.calibrate import prepare_float_model
+        from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
 
         prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
@@ -202,20 +249,17 @@ class AndroidTfliteTarget(Target):
                     "why": "TFLite's quantizer computes int8 per-channel weight scales (max|w| / 127) from the weights",
                 }
             )
-        float_nodes = sorted(spec.float_nodes)
-        if float_nodes:
-            not_honoured.append(
-                {
-                    "what": f"float nodes {', '.join(float_nodes)}",
-                    "why": "a full-integer .tflite runs every op in int8; the QuantSpec's float overrides are not kept",
-                }
-            )
+        not_honoured += float_node_notes(result, prepared, spec, int8_io)
         quantization = {
             "scheme": spec.scheme,
             "observer": spec.calibration.get("observer"),
             "int8_io": int8_io,
             "activations_from_spec": len(result.expected),
             "mapped": {name: m.onnx_name for name, m in sorted(result.mapping.items())},
+            "kept_float": sorted(spec.float_nodes),
+            "mixed_range": mixed_range_lines(spec),
+            "float_ops": result.kept_float,  # TFLite ops left float for them (DEQUANTIZE before)
+            "full_integer": not result.kept_float,
         }
         return result.data, prepared, {"not_honoured": not_honoured, "quantization": quantization}
 

@@ -10,6 +10,8 @@
    weights, int32 biases), handing it min/max chosen so that its (scale, zero point) are the spec's exactly:
    min = (-128 - zp) * scale, max = (127 - zp) * scale. uint8 specs (x86) become int8 with zp - 128, int8
    symmetric specs (TensorRT) keep zp 0: the same grid either way.
+   The ops of the QuantSpec's float nodes (a detection head's concat and what follows it) are left float:
+   the quantizer dequantizes their inputs, each on its own grid, so the model is int8 up to them.
 3. Read the parameters back from the produced model and list every activation whose parameters differ
    (TFLite fixes some, e.g. softmax outputs at 1/256) as not honoured.
 """
@@ -17,6 +19,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -54,6 +57,7 @@ class QuantizedTflite:
     mapping: dict[str, Mapping]
     expected: dict[str, tuple[float, int]]  # tflite tensor -> (scale, int8 zero point) from the spec
     not_honoured: list[dict[str, str]] = field(default_factory=list)
+    kept_float: list[str] = field(default_factory=list)  # TFLite tensors whose ops stay float (spec float nodes)
 
 
 def _interpreter(data: bytes, preserve: bool = False) -> Any:
@@ -184,6 +188,7 @@ def quantize_full_integer(
 ) -> QuantizedTflite:
     """The full-integer model: activations on the spec's grids, int8 (or float, `int8_io=False`) input/output."""
     from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
     mapping, unmapped, interpreter = map_activations(proto, float_tflite, probe, nchw_input=nchw_input)
     activations = {n: e for n, e in spec.tensors.items() if e.kind in ("activation", "output")}
@@ -228,12 +233,42 @@ def quantize_full_integer(
                     activation_num_bits=8,
                     weight_num_bits=8,
                 )
+        kept_float = float_ops(interpreter, mapping, proto, spec)
+        for scope in kept_float:
+            q.update_quantization_recipe(
+                regex=scope_regex(scope),
+                operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                algorithm_key=AlgorithmName.NO_QUANTIZE,
+            )
         q.quantize(ranges, enable_progress_report=False).export_model(target, overwrite=True)
         with open(target, "rb") as handle:
             data = handle.read()
-    result = QuantizedTflite(data, mapping, expected)
+    result = QuantizedTflite(data, mapping, expected, kept_float=kept_float)
     result.not_honoured = check_parameters(result)
     return result
+
+
+def float_ops(interpreter: Any, mapping: dict[str, Mapping], proto: onnx.ModelProto, spec: QuantSpec) -> list[str]:
+    """The TFLite ops to leave float, by their first output: those computing a tensor of an ONNX node the
+    QuantSpec keeps float (a detection head's concat and what follows it). The quantizer puts a DEQUANTIZE
+    before them (int8 up to there, each input on its own grid) and a QUANTIZE after them where int8 ops follow."""
+    float_nodes = spec.float_nodes
+    if not float_nodes:
+        return []
+    producer = {out: node.name for node in proto.graph.node for out in node.output}
+    details = interpreter.get_tensor_details()
+    kept = []
+    for op in interpreter._get_ops_details():
+        name = details[op["outputs"][0]]["name"]
+        onnx_name = mapping[name].onnx_name if name in mapping else None
+        if onnx_name is not None and producer.get(onnx_name) in float_nodes:
+            kept.append(name)
+    return kept
+
+
+def scope_regex(tensor: str) -> str:
+    """The ai-edge-quantizer scope regex of the op whose first output is `tensor` (scopes are 'out1;out2;')."""
+    return "^" + re.escape(tensor) + ";"
 
 
 def read_parameters(data: bytes) -> dict[str, dict[str, Any]]:

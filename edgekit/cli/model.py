@@ -188,6 +188,8 @@ def build(
       edgekit build unet.onnx -o art --task segment
       edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ -O dla_core=0 -o art
       edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ -O shapes=320x320 -o art"""
+    from rich.markup import escape
+
     from edgekit.api import build as build_artifact
     from edgekit.model import Model
 
@@ -217,6 +219,8 @@ def build(
     if built_task:
         source = "given" if task or postprocess else loaded.task_source
         console.print(f"task {built_task['task']} ({source}): {json.dumps(built_task)}")
+    for line in (artifact.manifest.get("quantization") or {}).get("mixed_range", []):
+        console.print(f"[yellow]{escape(line)}[/yellow]")
     for note in artifact.manifest.get("not_honoured", []):
         console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
 
@@ -280,6 +284,22 @@ def observers() -> None:
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Keep this node in float (repeatable).")
 @click.option("--equalize", is_flag=True, help="Cross-layer equalization first (Conv-ReLU-Conv chains, depthwise too).")
 @click.option("--bias-correction", is_flag=True, help="Correct each quantized Conv/Gemm bias by its mean output shift.")
+@click.option(
+    "--mixed-range",
+    "mixed_range",
+    type=click.Choice(["float", "branches", "report"]),
+    default="float",
+    show_default=True,
+    help="Concats at the outputs whose inputs' ranges differ (a detector's boxes 0..640 and scores 0..1): keep "
+    "them float, quantize each input on its own grid before a float concat, or only report them.",
+)
+@click.option(
+    "--mixed-range-factor",
+    type=float,
+    default=16.0,
+    show_default=True,
+    help="Inputs whose range widths differ by more than this factor make a concat mixed-range.",
+)
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write the report as an HTML page.")
 @click.option(
     "-o",
@@ -305,6 +325,8 @@ def quantize(
     keep_float: tuple[str, ...],
     equalize: bool,
     bias_correction: bool,
+    mixed_range: str,
+    mixed_range_factor: float,
     html_file: str | None,
     out: str,
 ) -> None:
@@ -319,7 +341,7 @@ def quantize(
       edgekit quantize m.onnx --calib images/ --eval labelled/ --max-drop 0.5 -o q
     """
     from edgekit.calibration.data import load_labelled
-    from edgekit.calibration.error_report import print_error_table
+    from edgekit.calibration.error_report import print_error_table, print_mixed_range
     from edgekit.calibration.quantize import quantize as run_quantize
     from edgekit.calibration.quantize import save_quantized
     from edgekit.device.plan import read_labels
@@ -353,9 +375,12 @@ def quantize(
         min_sqnr=min_sqnr,
         equalize=equalize,
         bias_correction=bias_correction,
+        mixed_range_factor=mixed_range_factor,
+        mixed_range_policy=mixed_range,
     )
     folder = save_quantized(result, out)
-    write_trt_cache(result.spec, folder / CACHE_FILE_NAME)  # for implicit INT8 on older JetPacks
+    # for implicit INT8 on older JetPacks; tensors the QDQ model leaves float get no scale
+    write_trt_cache(result.spec, folder / CACHE_FILE_NAME, model=result.float_model)
     if html_file:
         from edgekit.calibration.error_report import report_html
 
@@ -363,6 +388,7 @@ def quantize(
     console = make_console()
     console.print(result.spec.summary())
     print_error_table(result.errors, console)
+    print_mixed_range(result.spec.calibration.get("mixed_range"), console)
     if result.accuracy:
         console.print("top-1: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in result.accuracy.items()))
     if result.budget is not None:
