@@ -1,0 +1,53 @@
+"""Non-maximum suppression with torchvision's semantics: highest score first, a box is dropped when its IoU
+with a kept box of its class (of any class when class_agnostic) is above `iou`.
+
+OpenCV's `cv2.dnn.NMSBoxes` / `NMSBoxesBatched` do exactly this greedy pass in C++ (stable sort by score,
+suppress on IoU > threshold, the batched one offsets each class so classes never overlap, as torchvision's
+`batched_nms`). A numpy NMS needs one Python iteration per kept box; OpenCV is already the agent's
+dependency and runs the whole pass in one call. Python 3.8-compatible.
+"""
+
+from typing import Any
+
+import numpy as np
+
+# as Ultralytics' max_nms: a flat score map (an untrained or mis-preprocessed model) cannot stall a frame
+MAX_NMS = 30000
+
+
+def _cv2() -> Any:
+    import cv2  # lazily: the host imports this package to validate task configs
+
+    return cv2
+
+
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    iou: float,
+    max_det: int,
+    class_agnostic: bool = False,
+) -> np.ndarray:
+    """Indices (int64, by descending score) of the boxes kept, at most `max_det`.
+
+    boxes [K, 4] x1, y1, x2, y2; scores [K] above 0 (OpenCV drops a score of 0 or less); classes [K]."""
+    if len(scores) == 0:
+        return np.zeros(0, np.int64)
+    candidates = None
+    if len(scores) > MAX_NMS:
+        candidates = np.argpartition(-scores, MAX_NMS - 1)[:MAX_NMS]
+        boxes, scores, classes = boxes[candidates], scores[candidates], classes[candidates]
+    xywh = np.empty((len(boxes), 4), np.float64)
+    # moved so that no coordinate is negative: the batched call offsets class c by c * (max coordinate + 1),
+    # which keeps classes apart only for coordinates from 0 up (YOLO boxes may start left of the image)
+    xywh[:, :2] = boxes[:, :2] - min(float(boxes[:, :2].min()), 0.0)
+    xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
+    cv2 = _cv2()
+    scores32 = scores.astype(np.float32, copy=False)
+    if class_agnostic or classes.min() == classes.max():
+        kept = cv2.dnn.NMSBoxes(xywh, scores32, 0.0, float(iou))
+    else:
+        kept = cv2.dnn.NMSBoxesBatched(xywh, scores32, classes.astype(np.int32), 0.0, float(iou))
+    kept = np.asarray(kept, np.int64).reshape(-1)[:max_det]
+    return kept if candidates is None else candidates[kept].astype(np.int64)
