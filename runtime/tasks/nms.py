@@ -32,22 +32,34 @@ def nms(
     """Indices (int64, by descending score) of the boxes kept, at most `max_det`.
 
     boxes [K, 4] x1, y1, x2, y2; scores [K] above 0 (OpenCV drops a score of 0 or less); classes [K]."""
-    if len(scores) == 0:
+    if len(scores) == 0 or max_det < 1:
         return np.zeros(0, np.int64)
-    candidates = None
-    if len(scores) > MAX_NMS:
-        candidates = np.argpartition(-scores, MAX_NMS - 1)[:MAX_NMS]
-        boxes, scores, classes = boxes[candidates], scores[candidates], classes[candidates]
+    order = np.argsort(-scores, kind="stable")[:MAX_NMS]  # stable: ties keep their order, as OpenCV's sort
+    boxes, scores, classes = boxes[order], scores[order], classes[order]
+    # Greedy NMS keeps a box or not by the higher-scoring boxes alone, so NMS over the best `size` boxes
+    # keeps exactly the first of the full pass's kept boxes: once it keeps max_det, the rest cannot matter.
+    # OpenCV's pass costs candidates x kept; this bounds a flat score map (every anchor over conf), while a
+    # trained detector's few hundred candidates still take one call.
+    size = min(len(order), max(4 * max_det, 1024))
+    while True:
+        kept = _opencv_nms(boxes[:size], scores[:size], classes[:size], iou, class_agnostic)
+        if len(kept) >= max_det or size == len(order):
+            return order[kept[:max_det]].astype(np.int64)
+        size = min(len(order), 4 * size)
+
+
+def _opencv_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, agnostic: bool) -> np.ndarray:
+    """The kept indices (by descending score) of one OpenCV NMS call over all the boxes given."""
     xywh = np.empty((len(boxes), 4), np.float64)
     # moved so that no coordinate is negative: the batched call offsets class c by c * (max coordinate + 1),
     # which keeps classes apart only for coordinates from 0 up (YOLO boxes may start left of the image)
     xywh[:, :2] = boxes[:, :2] - min(float(boxes[:, :2].min()), 0.0)
     xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
     cv2 = _cv2()
+    rects = xywh.tolist()  # OpenCV's bindings read a list of rows into Rect2d about twice as fast as an array
     scores32 = scores.astype(np.float32, copy=False)
-    if class_agnostic or classes.min() == classes.max():
-        kept = cv2.dnn.NMSBoxes(xywh, scores32, 0.0, float(iou))
+    if agnostic or classes.min() == classes.max():
+        kept = cv2.dnn.NMSBoxes(rects, scores32, 0.0, float(iou))
     else:
-        kept = cv2.dnn.NMSBoxesBatched(xywh, scores32, classes.astype(np.int32), 0.0, float(iou))
-    kept = np.asarray(kept, np.int64).reshape(-1)[:max_det]
-    return kept if candidates is None else candidates[kept].astype(np.int64)
+        kept = cv2.dnn.NMSBoxesBatched(rects, scores32, classes.astype(np.int32), 0.0, float(iou))
+    return np.asarray(kept, np.int64).reshape(-1)
