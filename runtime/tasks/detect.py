@@ -152,13 +152,19 @@ def _xywh_to_xyxy(center: np.ndarray) -> np.ndarray:
 
 
 def _anchor_free(output: np.ndarray, config: Dict[str, Any]) -> Candidates:
-    axis = anchor_free_channel_axis(output.shape, config["num_classes"])
-    channels_by_anchor = output[0] if axis == 1 else output[0].T  # [4+nc, N] (a view for the transpose)
-    # the max over classes first: it touches every score once; argmax only runs on the few that pass
-    best = channels_by_anchor[4:].max(axis=0)
+    # the max over classes first: it reads every score once; the rest only touches the anchors that pass.
+    # Each layout is reduced along its own rows: a transposed view would make numpy stride through memory.
+    if anchor_free_channel_axis(output.shape, config["num_classes"]) == 1:
+        channels = output[0]  # [4+nc, N]
+        best = channels[4:].max(axis=0)
+        keep = np.flatnonzero(best > config["conf"])
+        chosen = channels[:, keep]
+        return _xywh_to_xyxy(chosen[:4]), best[keep], chosen[4:].argmax(axis=0)
+    anchors = output[0]  # [N, 4+nc]
+    best = anchors[:, 4:].max(axis=1)
     keep = np.flatnonzero(best > config["conf"])
-    chosen = channels_by_anchor[:, keep]
-    return _xywh_to_xyxy(chosen[:4]), best[keep], chosen[4:].argmax(axis=0)
+    chosen = anchors[keep]
+    return _xywh_to_xyxy(chosen[:, :4].T), best[keep], chosen[:, 4:].argmax(axis=1)
 
 
 def _anchor_based(rows: np.ndarray, config: Dict[str, Any]) -> Candidates:

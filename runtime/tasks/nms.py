@@ -1,10 +1,11 @@
 """Non-maximum suppression with torchvision's semantics: highest score first, a box is dropped when its IoU
 with a kept box of its class (of any class when class_agnostic) is above `iou`.
 
-OpenCV's `cv2.dnn.NMSBoxes` / `NMSBoxesBatched` do exactly this greedy pass in C++ (stable sort by score,
-suppress on IoU > threshold, the batched one offsets each class so classes never overlap, as torchvision's
-`batched_nms`). A numpy NMS needs one Python iteration per kept box; OpenCV is already the agent's
-dependency and runs the whole pass in one call. Python 3.8-compatible.
+OpenCV's `cv2.dnn.NMSBoxes` does exactly this greedy pass in C++ (stable sort by score, suppress on
+IoU > threshold); a numpy NMS needs one Python iteration per kept box, and OpenCV is the agent's dependency
+already. Classes are kept apart as torchvision's `batched_nms` and OpenCV's own `NMSBoxesBatched` do it,
+by moving each class's boxes beyond every other's; doing that here, not through NMSBoxesBatched, keeps one
+path that also runs on OpenCV before 4.7 (JetPack 5 ships 4.5). Python 3.8-compatible.
 """
 
 from typing import Any
@@ -51,15 +52,11 @@ def nms(
 def _opencv_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float, agnostic: bool) -> np.ndarray:
     """The kept indices (by descending score) of one OpenCV NMS call over all the boxes given."""
     xywh = np.empty((len(boxes), 4), np.float64)
-    # moved so that no coordinate is negative: the batched call offsets class c by c * (max coordinate + 1),
-    # which keeps classes apart only for coordinates from 0 up (YOLO boxes may start left of the image)
+    # from 0 up (YOLO boxes may start left of the image), then class c moved by c * (largest coordinate + 1)
     xywh[:, :2] = boxes[:, :2] - min(float(boxes[:, :2].min()), 0.0)
     xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
-    cv2 = _cv2()
-    rects = xywh.tolist()  # OpenCV's bindings read a list of rows into Rect2d about twice as fast as an array
-    scores32 = scores.astype(np.float32, copy=False)
-    if agnostic or classes.min() == classes.max():
-        kept = cv2.dnn.NMSBoxes(rects, scores32, 0.0, float(iou))
-    else:
-        kept = cv2.dnn.NMSBoxesBatched(rects, scores32, classes.astype(np.int32), 0.0, float(iou))
+    if not agnostic:
+        xywh[:, :2] += classes[:, None].astype(np.float64) * (float((xywh[:, :2] + xywh[:, 2:]).max()) + 1.0)
+    # a list of rows: OpenCV's bindings read it into Rect2d about twice as fast as an array
+    kept = _cv2().dnn.NMSBoxes(xywh.tolist(), scores.astype(np.float32, copy=False), 0.0, float(iou))
     return np.asarray(kept, np.int64).reshape(-1)

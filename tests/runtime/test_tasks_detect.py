@@ -3,6 +3,7 @@ detect postprocessor's frame mapping and task_output block."""
 
 import json
 
+import cv2
 import numpy as np
 import pytest
 from tasks_testkit import LetterboxGeometry, StretchGeometry, brute_force_nms, yolo_anchor_free
@@ -117,6 +118,25 @@ def test_nms_matches_brute_force(iou, agnostic):
     assert kept.dtype == np.int64
     assert kept.tolist() == expected
     assert nms(boxes, scores, classes, iou, 10, agnostic).tolist() == expected[:10]
+
+
+def test_nms_keeps_sub_pixel_precision_and_agrees_with_opencv_batched():
+    # IoU 0.923: suppressed at 0.9, kept at 0.95 (boxes rounded to integers would be one box, IoU 1)
+    boxes = np.array([[0, 0, 10, 10], [0.4, 0, 10.4, 10]], np.float32)
+    scores, classes = np.array([0.9, 0.8], np.float32), np.zeros(2, np.int64)
+    assert nms(boxes, scores, classes, 0.9, 10).tolist() == [0]
+    assert nms(boxes, scores, classes, 0.95, 10).tolist() == [0, 1]
+    batched = getattr(cv2.dnn, "NMSBoxesBatched", None)
+    if batched is None:
+        pytest.skip("this OpenCV has no NMSBoxesBatched (before 4.7)")
+    rng = np.random.default_rng(3)
+    corner = rng.uniform(0, 300, (500, 2))
+    boxes = np.concatenate([corner, corner + rng.uniform(5, 80, (500, 2))], axis=1)
+    scores = rng.uniform(0.05, 1.0, 500).astype(np.float32)
+    classes = rng.integers(0, 5, 500)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    expected = np.asarray(batched(xywh, scores, classes.astype(np.int32), 0.0, 0.5)).reshape(-1)
+    assert nms(boxes, scores, classes, 0.5, 1000).tolist() == expected.tolist()
 
 
 def test_nms_with_more_candidates_than_one_pass(monkeypatch):
