@@ -202,11 +202,14 @@ def make_postprocessor(
     `config`: the plan's postprocess block, a task config with `kind` for `task` ("classification" is
     "classify") and `keep_outputs` (per-frame outputs in task_output; default true). `geometry`:
     (frame_h, frame_w) -> Geometry, which maps model-input pixels to frame pixels. `label_masks`: for
-    segment, a folder of PNG masks named like the images, or one mask path (or None) per source position."""
+    segment, a folder of PNG masks named like the images, or one mask path (or None) per source position.
+    Without a geometry or a frame size, outputs stay in model-input pixels and task_output gives no size."""
     from .tasks import task_config  # the tasks import this module's base classes
 
-    settings = dict(config) if isinstance(config, dict) else config
-    keep_outputs = settings.pop("keep_outputs", True) if isinstance(settings, dict) else True
+    if not isinstance(config, dict):
+        raise PostprocessError("the plan's postprocess must be a JSON object, got %r" % (config,))
+    settings = dict(config)
+    keep_outputs = settings.pop("keep_outputs", True)
     if not isinstance(keep_outputs, bool):
         raise PostprocessError("postprocess keep_outputs must be true or false, got %r" % (keep_outputs,))
     task = task_config(settings)

@@ -50,6 +50,7 @@ class KeptOutputs(object):
         return True
 
     def add(self, position: int, frame_size: Optional[FrameSize], key: str, value: Any, items: int) -> None:
+        """`frame_size`: the frame the value's pixels belong to; None for model-input pixels."""
         self._seen.add(position)
         size = [int(frame_size[0]), int(frame_size[1])] if frame_size is not None else None
         self.frames.append({"frame": int(position), "size": size, key: value})
@@ -126,7 +127,8 @@ class Detector(TaskPostprocessor):
             self.frames += 1
             self.detections += len(found.scores)
             if self.kept.wants(position, len(found.scores)):
-                self.kept.add(position, frame_size, "boxes", _box_rows(found), len(found.scores))
+                mapped_to = frame_size if geometry is not None else None
+                self.kept.add(position, mapped_to, "boxes", _box_rows(found), len(found.scores))
         return found
 
     def summary(self) -> Optional[Dict[str, Any]]:
@@ -170,7 +172,7 @@ class TextDetector(Detector):
                 points = np.round(polygons.astype(np.float64), 2).tolist()
                 rounded = np.round(scores.astype(np.float64), 5).tolist()
                 rows = [[points[i], rounded[i]] for i in range(len(points))]
-                self.kept.add(position, frame_size, "polygons", rows, len(rows))
+                self.kept.add(position, frame_size if geometry is not None else None, "polygons", rows, len(rows))
         return polygons, scores
 
 
@@ -276,19 +278,18 @@ class Segmenter(TaskPostprocessor):
         if not record:
             return class_map
         self.frames += 1
-        if self.masks is None and not self.kept.wants(position, 1):
+        keep = self.kept.wants(position, 1)
+        if self.masks is None and not keep:
             return class_map
         geometry = self.geometry(frame_size)
-        if geometry is not None and frame_size is not None:
-            in_frame = class_map_to_frame(class_map, geometry, frame_size)
-        else:
-            in_frame = class_map
+        mapped = geometry is not None and frame_size is not None
+        in_frame = class_map_to_frame(class_map, geometry, frame_size) if mapped else class_map
         if self.masks is not None:
             self._score(position, in_frame, outputs[0])
-        if self.kept.wants(position, 1):
+        if keep:
             counts = np.bincount(in_frame[in_frame >= 0].reshape(-1))
             pixels = {str(c): int(counts[c]) for c in np.flatnonzero(counts)}
-            self.kept.add(position, frame_size, "pixels", pixels, 1)
+            self.kept.add(position, frame_size if mapped else None, "pixels", pixels, 1)
         return class_map
 
     def _score(self, position: int, predicted: np.ndarray, output: np.ndarray) -> None:

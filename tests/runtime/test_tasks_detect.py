@@ -194,6 +194,9 @@ def test_detector_without_geometry_and_truncation():
     block = post.task_output()
     assert block["frames"][0]["size"] is None and len(block["frames"]) == 1
     assert block["truncated"] is True and block["count"] == 4
+    unmapped = Detector(detect())  # a frame size but no geometry: model-input pixels, so no size
+    unmapped.process([out], None, 0, True, (480, 640))
+    assert unmapped.task_output()["frames"][0]["size"] is None
     assert Detector(detect(), keep_outputs=False).task_output() is None
     assert Detector(detect()).summary() is None
 
