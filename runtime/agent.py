@@ -60,7 +60,13 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
             result["warnings"].extend(str(w) for w in result["engine"].get("warnings") or [])
             _check_model_inputs(engine, manifest)
             stage = "postprocess"
-            postprocessor = make_postprocessor(plan.postprocess_kind, plan.top_k, plan.reference, engine.output_names)
+            postprocessor = make_postprocessor(
+                {"kind": plan.postprocess_kind, "top_k": plan.top_k}
+                if plan.postprocess_kind == "classification"
+                else {"kind": plan.postprocess_kind},
+                engine.output_names,
+                plan.reference,
+            )
             stage = "source"
             with open_source(
                 plan.source.kind, plan.source.uri, plan.source.loop, plan.labels, manifest.class_names

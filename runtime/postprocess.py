@@ -1,8 +1,9 @@
 """What happens to a model's outputs after inference: top-k classification with accuracy against labels,
-or raw comparison with reference outputs (via compare.py). Python 3.8-compatible."""
+raw comparison with reference outputs (via compare.py), and, through `make_postprocessor`, the vision
+tasks of runtime/tasks/ (detect, segment, text-detect). Python 3.8-compatible."""
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -13,15 +14,33 @@ class PostprocessError(ValueError):
     """Outputs that do not fit the labels or reference given; the message says which to check."""
 
 
+FrameSize = Tuple[int, int]  # (height, width) of a source frame
+
+
 class Postprocessor(object):
-    """Base: `process` is called once per frame; `summary` gives the accuracy block of the result."""
+    """Base: `check_outputs` runs at engine open; `process` is called once per frame (with the frame's
+    (height, width) when the harness knows it); `summary` gives the result's accuracy block and
+    `task_output` its per-frame task_output block (None when the postprocessor keeps none)."""
 
     kind = "none"
 
-    def process(self, outputs: List[np.ndarray], label: Optional[int], position: int, record: bool = True) -> Any:
+    def check_outputs(self, output_shapes: Sequence[Sequence[Any]]) -> None:
+        """Raise PostprocessError, naming the shapes, when the model's outputs do not fit; a no-op here."""
+
+    def process(
+        self,
+        outputs: List[np.ndarray],
+        label: Optional[int],
+        position: int,
+        record: bool = True,
+        frame_size: Optional[FrameSize] = None,
+    ) -> Any:
         raise NotImplementedError
 
     def summary(self) -> Optional[Dict[str, Any]]:
+        return None
+
+    def task_output(self) -> Optional[Dict[str, Any]]:
         return None
 
 
@@ -37,7 +56,18 @@ class Classification(Postprocessor):
         self.top1_hits = 0
         self.topk_hits = 0
 
-    def process(self, outputs: List[np.ndarray], label: Optional[int], position: int, record: bool = True) -> Any:
+    def check_outputs(self, output_shapes: Sequence[Sequence[Any]]) -> None:
+        if not output_shapes:
+            raise PostprocessError("task classify reads the scores of outputs[0]; the model has no outputs")
+
+    def process(
+        self,
+        outputs: List[np.ndarray],
+        label: Optional[int],
+        position: int,
+        record: bool = True,
+        frame_size: Optional[FrameSize] = None,
+    ) -> Any:
         logits = outputs[0]
         # one frame per batch: the scores of the first batch item, whatever trailing 1x1 axes there are
         scores = logits.reshape(logits.shape[0], -1)[0] if logits.ndim >= 2 else logits.reshape(-1)
@@ -105,7 +135,14 @@ class RawComparison(Postprocessor):
             )
         return [arrays["output_%d" % i] for i in range(len(self.output_names))]
 
-    def process(self, outputs: List[np.ndarray], label: Optional[int], position: int, record: bool = True) -> Any:
+    def process(
+        self,
+        outputs: List[np.ndarray],
+        label: Optional[int],
+        position: int,
+        record: bool = True,
+        frame_size: Optional[FrameSize] = None,
+    ) -> Any:
         if self.reference is None:
             return outputs
         rows = self.reference[0].shape[0]
@@ -154,11 +191,35 @@ class RawComparison(Postprocessor):
 
 
 def make_postprocessor(
-    kind: str, top_k: int = 5, reference_path: Optional[str] = None, output_names: Sequence[str] = ()
+    config: Dict[str, Any],
+    output_names: Sequence[str],
+    reference_path: Optional[str] = None,
+    geometry: Optional[Callable[[int, int], Any]] = None,
+    label_masks: Optional[Union[str, Sequence[Optional[str]]]] = None,
 ) -> Postprocessor:
-    """The postprocessor a plan asks for."""
-    if kind == "classification":
-        return Classification(top_k)
-    if kind == "raw":
+    """The postprocessor a plan asks for.
+
+    `config`: the plan's postprocess block, a task config with `kind` for `task` ("classification" is
+    "classify") and `keep_outputs` (per-frame outputs in task_output; default true). `geometry`:
+    (frame_h, frame_w) -> Geometry, which maps model-input pixels to frame pixels. `label_masks`: for
+    segment, a folder of PNG masks named like the images, or one mask path (or None) per source position.
+    Without a geometry or a frame size, outputs stay in model-input pixels and task_output gives no size."""
+    from .tasks import task_config  # the tasks import this module's base classes
+
+    if not isinstance(config, dict):
+        raise PostprocessError("the plan's postprocess must be a JSON object, got %r" % (config,))
+    settings = dict(config)
+    keep_outputs = settings.pop("keep_outputs", True)
+    if not isinstance(keep_outputs, bool):
+        raise PostprocessError("postprocess keep_outputs must be true or false, got %r" % (keep_outputs,))
+    task = task_config(settings)
+    name = task["task"]
+    if label_masks is not None and name != "segment":
+        raise PostprocessError("label_masks are for task segment, not %s: remove them from the plan" % name)
+    if name == "classify":
+        return Classification(task["top_k"])
+    if name == "raw":
         return RawComparison(reference_path, output_names)
-    raise PostprocessError("postprocess kind %r: use classification or raw" % kind)
+    from .tasks.postprocessors import make_task_postprocessor
+
+    return make_task_postprocessor(task, geometry, keep_outputs, label_masks)

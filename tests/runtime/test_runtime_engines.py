@@ -183,7 +183,7 @@ def test_raw_comparison_against_reference(tmp_path):
     outputs = [np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), np.array([[0.0, 2.0, 3.0, 4.0]], np.float32)]
     ref = tmp_path / "ref.npz"
     np.savez(ref, output_0=np.stack([outputs[0][0], outputs[0][0] * 1.1]), output_1=np.stack([outputs[1][0]] * 2))
-    post = make_postprocessor("raw", reference_path=str(ref), output_names=["features", "relu"])
+    post = make_postprocessor({"kind": "raw", "keep_outputs": False}, ["features", "relu"], reference_path=str(ref))
     assert isinstance(post, RawComparison)
     post.process(outputs, None, 0)
     post.process(outputs, None, 1)
@@ -211,8 +211,20 @@ def test_raw_reference_file_errors(tmp_path):
     with pytest.raises(PostprocessError, match="lacks output_1"):
         RawComparison(str(partial), ["a", "b"])
     assert RawComparison(None, ["a"]).summary() is None
-    with pytest.raises(PostprocessError, match="postprocess kind 'boxes'"):
-        make_postprocessor("boxes")
+    with pytest.raises(PostprocessError, match="task 'boxes' is not one of classify, detect"):
+        make_postprocessor({"kind": "boxes"}, ["a"])
+    with pytest.raises(PostprocessError, match="task raw has no setting 'top_k'"):
+        make_postprocessor({"kind": "raw", "top_k": 3}, ["a"])
+
+
+def test_classification_is_the_classify_task():
+    post = make_postprocessor({"kind": "classification", "top_k": 2, "keep_outputs": True}, ["logits"])
+    assert isinstance(post, Classification) and post.top_k == 2
+    assert isinstance(make_postprocessor({"task": "classify"}, ["logits"]), Classification)
+    post.check_outputs([[1, 10]])
+    with pytest.raises(PostprocessError, match="no outputs"):
+        post.check_outputs([])
+    assert post.task_output() is None
 
 
 def test_two_output_model_runs(tmp_path):
