@@ -9,97 +9,17 @@ host fills the defaults and refuses what can never run, in words that name the o
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from edgekit.errors import EdgekitError, RunError
+from edgekit.runtime.postprocess import PostprocessError
+from edgekit.runtime.tasks import DECODERS, TASKS
+from edgekit.runtime.tasks import TASK_ALIASES as ALIASES
+from edgekit.runtime.tasks import task_config as device_task_config
 
-TASKS = ("classify", "detect", "segment", "text-detect", "raw")
-DECODERS = ("yolo-anchor-free", "yolo-anchor-based", "end-to-end", "ssd")
-SEGMENT_MODES = ("argmax", "threshold")
-ALIASES = {"classification": "classify"}  # the plan's old postprocess kind
 EXAMPLE = '{"task": "detect", "conf": 0.3}'
-
-Check = Callable[[Any], Any]  # returns the value (normalised) or raises ValueError saying what it wants
-
-
-def _integer(minimum: int) -> Check:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"an integer >= {minimum}")
-        return value
-
-    return check
-
-
-def _optional(inner: Check) -> Check:
-    def check(value: Any) -> Any:
-        try:
-            return None if value is None else inner(value)
-        except ValueError as exc:
-            raise ValueError(f"null or {exc}") from None
-
-    return check
-
-
-def _number(low: float, high: float | None = None, *, open_low: bool = False) -> Check:
-    want = f"a number {'>' if open_low else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
-
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(want)
-        if value < low or (open_low and value == low) or (high is not None and value > high):
-            raise ValueError(want)
-        return value
-
-    return check
-
-
-def _choice(choices: Sequence[str]) -> Check:
-    def check(value: Any) -> str:
-        if value not in choices:
-            raise ValueError(f"one of {', '.join(choices)}")
-        return value
-
-    return check
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError("true or false")
-    return value
-
-
-_FRACTION = _number(0.0, 1.0)
-
-# Each task's settings with their defaults, in the order ISSUE14.md lists them.
-SETTINGS: dict[str, dict[str, tuple[Any, Check]]] = {
-    "classify": {"top_k": (5, _integer(1))},
-    "detect": {
-        "decoder": ("yolo-anchor-free", _choice(DECODERS)),
-        "conf": (0.25, _FRACTION),
-        "iou": (0.45, _FRACTION),
-        "max_det": (300, _integer(1)),
-        "class_agnostic": (False, _flag),
-        "num_classes": (None, _optional(_integer(1))),
-    },
-    "segment": {
-        "mode": ("argmax", _choice(SEGMENT_MODES)),
-        "threshold": (0.5, _FRACTION),
-        "num_classes": (None, _optional(_integer(1))),
-    },
-    "text-detect": {
-        "threshold": (0.3, _FRACTION),
-        "box_threshold": (0.6, _FRACTION),
-        "unclip_ratio": (1.5, _number(0.0, open_low=True)),
-        "max_candidates": (1000, _integer(1)),
-        "min_size": (3, _number(0.0)),
-    },
-    "raw": {},
-}
-# The SSD decoder's one more setting: "background" (score column 0 is the background class).
-SSD_SETTINGS: dict[str, tuple[Any, Check]] = {"background": (False, _flag)}
+__all__ = ["DECODERS", "TASKS", "apply_overrides", "guess_task", "overrides", "run_task", "task_config"]
 
 
 def task_names() -> str:
@@ -108,34 +28,20 @@ def task_names() -> str:
 
 def task_config(data: Mapping[str, Any] | str, *, where: str, error: type[EdgekitError] = EdgekitError) -> dict:
     """`data` (a task name, or an object with "task" and its settings) as the full task config: defaults
-    filled, every value checked. A problem is an `error` that starts with `where` and names the key."""
+    filled, every value checked by the agent's own validator (`edgekit.runtime.tasks.task_config`, so host
+    and device never disagree). A problem is an `error` that starts with `where` and names the key."""
     if isinstance(data, str):
         data = {"task": data}
     if not isinstance(data, Mapping):
         raise error(f"{where} must be a task name or a JSON object such as '{EXAMPLE}', got {data!r}")
     if "task" not in data:
         raise error(f"{where} names no task: add \"task\", one of {task_names()} (e.g. '{EXAMPLE}')")
-    name = ALIASES.get(data["task"], data["task"])
-    if name not in SETTINGS:
+    if ALIASES.get(data["task"], data["task"]) not in TASKS:
         raise error(f"{where}: unknown task {data['task']!r}; the tasks are {task_names()}")
-    settings = SETTINGS[name]
-    if name == "detect" and data.get("decoder") == "ssd":
-        settings = {**settings, **SSD_SETTINGS}
-    unknown = [key for key in data if key != "task" and key not in settings]
-    if unknown:
-        known = ", ".join(settings) or "none"
-        raise error(f"{where}: task {name} has no setting {unknown[0]!r}; its settings are: {known}")
-    config: dict[str, Any] = {"task": name}
-    for key, (default, check) in settings.items():
-        config[key] = _checked(data.get(key, default), check, name, key, where, error)
-    return config
-
-
-def _checked(value: Any, check: Check, task: str, key: str, where: str, error: type[EdgekitError]) -> Any:
     try:
-        return check(value)
-    except ValueError as exc:
-        raise error(f"{where}: task {task} setting {key!r} must be {exc}, got {value!r}") from None
+        return device_task_config(dict(data))
+    except PostprocessError as exc:
+        raise error(f"{where}: {exc}") from None
 
 
 def overrides(task: str | None, settings: Mapping[str, Any] | None, *, error: type[EdgekitError]) -> dict | None:

@@ -127,7 +127,7 @@ LIBRARY_ERRORS = [
     (
         "build-postprocess-unknown-key",
         lambda t: ["build", model(), "--postprocess", '{"conf": 0.3}', "-o", t / "a"],
-        "task classify has no setting 'conf'; its settings are: top_k",
+        "task classify has no setting 'conf'; its settings: top_k",
     ),
     (
         "build-postprocess-without-a-task",
@@ -163,7 +163,7 @@ LIBRARY_ERRORS = [
     (
         "run-postprocess-bad-value",
         lambda t: ["run", artifact(t), "--source", "x.mp4", "--task", "detect", "--postprocess", '{"iou": 1.5}'],
-        "setting 'iou' must be a number >= 0 and <= 1, got 1.5",
+        "iou must be a number from 0 to 1, got 1.5",
     ),
     (
         "run-detector-without-a-task",
