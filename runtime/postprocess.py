@@ -2,7 +2,7 @@
 or raw comparison with reference outputs (via compare.py). Python 3.8-compatible."""
 
 import os
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -18,7 +18,14 @@ class Postprocessor(object):
 
     kind = "none"
 
-    def process(self, outputs: List[np.ndarray], label: Optional[int], position: int, record: bool = True) -> Any:
+    def process(
+        self,
+        outputs: List[np.ndarray],
+        label: Optional[int],
+        position: int,
+        record: bool = True,
+        frame_size: Optional[Tuple[int, int]] = None,
+    ) -> Any:
         raise NotImplementedError
 
     def summary(self) -> Optional[Dict[str, Any]]:
@@ -37,7 +44,14 @@ class Classification(Postprocessor):
         self.top1_hits = 0
         self.topk_hits = 0
 
-    def process(self, outputs: List[np.ndarray], label: Optional[int], position: int, record: bool = True) -> Any:
+    def process(
+        self,
+        outputs: List[np.ndarray],
+        label: Optional[int],
+        position: int,
+        record: bool = True,
+        frame_size: Optional[Tuple[int, int]] = None,
+    ) -> Any:
         logits = outputs[0]
         # one frame per batch: the scores of the first batch item, whatever trailing 1x1 axes there are
         scores = logits.reshape(logits.shape[0], -1)[0] if logits.ndim >= 2 else logits.reshape(-1)
@@ -105,7 +119,14 @@ class RawComparison(Postprocessor):
             )
         return [arrays["output_%d" % i] for i in range(len(self.output_names))]
 
-    def process(self, outputs: List[np.ndarray], label: Optional[int], position: int, record: bool = True) -> Any:
+    def process(
+        self,
+        outputs: List[np.ndarray],
+        label: Optional[int],
+        position: int,
+        record: bool = True,
+        frame_size: Optional[Tuple[int, int]] = None,
+    ) -> Any:
         if self.reference is None:
             return outputs
         rows = self.reference[0].shape[0]
@@ -154,11 +175,16 @@ class RawComparison(Postprocessor):
 
 
 def make_postprocessor(
-    kind: str, top_k: int = 5, reference_path: Optional[str] = None, output_names: Sequence[str] = ()
+    config: Dict[str, Any],
+    output_names: Sequence[str],
+    reference_path: Optional[str] = None,
+    geometry: Optional[Callable[[int, int], Any]] = None,
+    label_masks: Optional[str] = None,
 ) -> Postprocessor:
-    """The postprocessor a plan asks for."""
-    if kind == "classification":
-        return Classification(top_k)
+    """The postprocessor a plan's postprocess block asks for (classify or raw until runtime.tasks lands)."""
+    kind = config.get("kind", "classify")
+    if kind in ("classify", "classification"):
+        return Classification(config.get("top_k", 5))
     if kind == "raw":
         return RawComparison(reference_path, output_names)
-    raise PostprocessError("postprocess kind %r: use classification or raw" % kind)
+    raise PostprocessError("postprocess kind %r: use classify or raw" % kind)
