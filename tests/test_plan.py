@@ -86,7 +86,7 @@ def test_every_run_setting_reaches_a_plan_the_agent_accepts(tmp_path):
     assert (plan.frames, plan.duration_s, plan.warmup, plan.mode, plan.queue_size) == (7, 2.5, 0, "pipelined", 2)
     assert (plan.engine_name, plan.engine_threads, plan.engine_options) == ("tflite", 3, {"delegate": "xnnpack"})
     assert plan.source.loop and plan.labels == [1, 2] and plan.power_probe == "auto"
-    assert not plan.keep_samples and plan.top_k == 2 and plan.run_id == "r1"
+    assert not plan.keep_samples and plan.postprocess["top_k"] == 2 and plan.run_id == "r1"
 
 
 def test_an_unknown_run_setting_is_a_type_error_naming_the_known_ones(tmp_path):

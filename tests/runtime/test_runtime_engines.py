@@ -183,7 +183,7 @@ def test_raw_comparison_against_reference(tmp_path):
     outputs = [np.array([[1.0, 2.0, 3.0, 4.0]], np.float32), np.array([[0.0, 2.0, 3.0, 4.0]], np.float32)]
     ref = tmp_path / "ref.npz"
     np.savez(ref, output_0=np.stack([outputs[0][0], outputs[0][0] * 1.1]), output_1=np.stack([outputs[1][0]] * 2))
-    post = make_postprocessor("raw", reference_path=str(ref), output_names=["features", "relu"])
+    post = make_postprocessor({"kind": "raw", "keep_outputs": False}, ["features", "relu"], reference_path=str(ref))
     assert isinstance(post, RawComparison)
     post.process(outputs, None, 0)
     post.process(outputs, None, 1)
@@ -211,8 +211,8 @@ def test_raw_reference_file_errors(tmp_path):
     with pytest.raises(PostprocessError, match="lacks output_1"):
         RawComparison(str(partial), ["a", "b"])
     assert RawComparison(None, ["a"]).summary() is None
-    with pytest.raises(PostprocessError, match="postprocess kind 'boxes'"):
-        make_postprocessor("boxes")
+    with pytest.raises(PostprocessError, match="'boxes'"):
+        make_postprocessor({"kind": "boxes"}, ["a"])
 
 
 def test_two_output_model_runs(tmp_path):
