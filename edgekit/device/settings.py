@@ -49,6 +49,12 @@ class RunSettings:
     """Classes kept per frame for classification."""
     reference: str | None = None
     """With postprocess "raw": the FP32 reference outputs (.npz) to compare against."""
+    task: dict | None = None
+    """The run's task config, laid over the artifact's (e.g. {"task": "detect", "conf": 0.3}; settings alone
+    change the artifact's task); `edgekit.run` fills it with the checked full config before the run."""
+    label_masks: str | Path | None = None
+    """With task segment: a folder of PNG label masks named like the images (pixel = class index, 255 =
+    ignore); the device scores mIoU against them."""
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
