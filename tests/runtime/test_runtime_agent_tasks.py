@@ -3,7 +3,9 @@ the postprocessor; outputs it refuses stop the run before any frame; what it kee
 
 import cv2
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from runtime_testkit import SIZE, make_artifact, make_plan, preprocess_dict, run_agent
 
 from edgekit.runtime import agent
@@ -133,3 +135,53 @@ def test_a_failing_task_output_is_a_warning_not_a_lost_run(tmp_path, made, monke
     )
     assert code == 0 and result["task_output"] is None
     assert "task_output not read: ZeroDivisionError" in result["warnings"][0]
+
+
+def constant_detector(rows: np.ndarray) -> onnx.ModelProto:
+    """A "detector" whose output is always `rows` ([1, 4 + nc, N], YOLOv8 layout), whatever the frame."""
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+        helper.make_node("Add", ["rows", "nothing"], ["output0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "constant_detector",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(rows.shape))],
+        [numpy_helper.from_array(rows, "rows"), numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("mode", ["sequential", "pipelined"])
+def test_detections_come_back_in_frame_pixels_through_the_letterbox(tmp_path, mode):
+    pytest.importorskip("edgekit.runtime.tasks")  # the task decoders (merged from their own branch)
+    rows = np.zeros((1, 6, 8), np.float32)  # cx, cy, w, h, score class 0, score class 1 for 8 candidates
+    rows[0, :, 0] = [8.0, 8.0, 4.0, 2.0, 0.9, 0.1]  # the box (6, 7)-(10, 9) in the 16x16 input
+    rows[0, :, 1] = [8.0, 8.0, 4.0, 2.0, 0.0, 0.05]  # below conf
+    rows[0, :, 2] = [4.0, 4.0, 2.0, 2.0, 0.2, 0.6]  # (3, 3)-(5, 5): in the grey bar above a landscape frame
+    artifact = make_artifact(
+        tmp_path / "artifact",
+        model=constant_detector(rows),
+        class_names=None,
+        preprocess=preprocess_dict(resize_mode="letterbox"),
+        outputs=[{"name": "output0", "shape": [1, 6, 8], "dtype": "float32"}],
+    )
+    root = write_sized_images(tmp_path / "imgs", [(480, 640), (640, 480)])
+    post = {"kind": "detect", "decoder": "yolo-anchor-free", "conf": 0.25}
+    code, result = run_agent(
+        tmp_path, make_plan(artifact, {"kind": "images", "uri": str(root)}, postprocess=post, mode=mode)
+    )
+    assert code == 0 and result["status"] == "ok", result["errors"]
+    landscape, portrait = result["task_output"]["frames"]
+    # 640x480 -> 16x12 at scale 1/40, 2 rows of grey above: input (x, y) is frame (40 x, 40 (y - 2))
+    assert landscape["size"] == [480, 640] and portrait["size"] == [640, 480]
+    np.testing.assert_allclose(landscape["boxes"][0][:4], [240, 200, 400, 280], atol=0.01)
+    assert landscape["boxes"][0][4:] == [pytest.approx(0.9), 0]
+    np.testing.assert_allclose(landscape["boxes"][1][:4], [120, 40, 200, 120], atol=0.01)
+    # the portrait frame has the bars at its sides: input (x, y) is frame (40 (x - 2), 40 y)
+    np.testing.assert_allclose(portrait["boxes"][0][:4], [160, 280, 320, 360], atol=0.01)
+    assert result["task_output"]["count"] == 4 and result["accuracy"]["detections"] == 4
