@@ -108,8 +108,11 @@ class PreprocessSpec(object):
         if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
             raise PreprocessError("preprocess stride must be an integer >= 1 or null, got %r" % (stride,))
         if self.resize_mode != "letterbox":
-            if stride is not None:
-                raise PreprocessError("preprocess stride is for resize_mode letterbox; remove it or set the mode")
+            for name, given in (("stride", stride is not None), ("pad_value", self.pad_value != PAD_VALUE)):
+                if given:
+                    raise PreprocessError(
+                        "preprocess %s is for resize_mode letterbox; remove it or set the mode" % name
+                    )
             return
         if self.resize is None:
             raise PreprocessError("preprocess resize_mode letterbox needs resize [height, width] to fit the frame in")
@@ -142,7 +145,9 @@ class PreprocessSpec(object):
         return Geometry((int(frame_h), int(frame_w)), steps.input_size, scale, offset)
 
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        """The spec as JSON; `pad_value` and `stride` only for letterbox, so every other spec (and its
+        artifact id) reads as it did before letterbox existed."""
+        data: Dict[str, Any] = {
             "resize": self.resize,
             "resize_mode": self.resize_mode,
             "crop": self.crop,
@@ -153,15 +158,17 @@ class PreprocessSpec(object):
             "layout": self.layout,
             "dtype": self.dtype,
             "interpolation": self.interpolation,
-            "pad_value": list(self.pad_value) if isinstance(self.pad_value, list) else self.pad_value,
-            "stride": self.stride,
         }
+        if self.resize_mode == "letterbox":
+            data["pad_value"] = list(self.pad_value) if isinstance(self.pad_value, list) else self.pad_value
+            data["stride"] = self.stride
+        return data
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "PreprocessSpec":
         if not isinstance(data, dict):
             raise PreprocessError("preprocess spec must be a JSON object, got %s" % type(data).__name__)
-        known = set(cls().to_dict())
+        known = set(cls().to_dict()) | set(_LETTERBOX_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise PreprocessError("preprocess spec has unknown keys %s; known: %s" % (unknown, sorted(known)))
@@ -186,6 +193,7 @@ class PreprocessSpec(object):
 
 
 _INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
+_LETTERBOX_KEYS = ("pad_value", "stride")
 _INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
 

@@ -92,10 +92,11 @@ def test_letterbox_feeds_a_normalised_float_input():
         ({"resize_mode": "letterbox"}, "letterbox needs resize"),
         ({"resize": [8, 8], "resize_mode": "letterbox", "crop": [4, 4]}, "crop does not go with resize_mode letterbox"),
         ({"resize": [8, 8], "stride": 32}, "stride is for resize_mode letterbox"),
+        ({"resize": [8, 8], "pad_value": 0}, "pad_value is for resize_mode letterbox"),
         ({"resize": [8, 8], "resize_mode": "letterbox", "stride": 0}, "stride must be an integer >= 1"),
         ({"resize": [8, 8], "resize_mode": "letterbox", "stride": True}, "stride must be an integer >= 1"),
-        ({"pad_value": 300}, "pad_value must be a number from 0 to 255"),
-        ({"pad_value": [1, 2]}, "pad_value must be"),
+        ({"resize": [8, 8], "resize_mode": "letterbox", "pad_value": 300}, "pad_value must be a number from 0 to 255"),
+        ({"resize": [8, 8], "resize_mode": "letterbox", "pad_value": [1, 2]}, "pad_value must be"),
         ({"pad_value": "grey"}, "pad_value must be"),
     ],
 )
@@ -108,8 +109,11 @@ def test_letterbox_keys_round_trip_and_old_specs_still_load():
     spec = PreprocessSpec(resize=[64, 64], resize_mode="letterbox", pad_value=[1, 2, 3], stride=32)
     again = PreprocessSpec.from_dict(spec.to_dict())
     assert again == spec and again.to_dict()["pad_value"] == [1, 2, 3] and again.stride == 32
+    assert set(spec.to_dict()) == set(PreprocessSpec().to_dict()) | {"pad_value", "stride"}
     old = PreprocessSpec.from_dict({"resize": [8, 8], "resize_mode": "stretch"})  # written before letterbox
     assert old.pad_value == 114 and old.stride is None
+    # every other mode writes the keys it always wrote: its JSON, and the artifact id, stay the same
+    assert "pad_value" not in old.to_dict() and "stride" not in old.to_dict()
     assert PreprocessSpec.from_dict({"pad_value": None}).pad_value == 114
 
 
