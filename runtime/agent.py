@@ -60,13 +60,7 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
             result["warnings"].extend(str(w) for w in result["engine"].get("warnings") or [])
             _check_model_inputs(engine, manifest)
             stage = "postprocess"
-            postprocessor = make_postprocessor(
-                {"kind": plan.postprocess_kind, "top_k": plan.top_k}
-                if plan.postprocess_kind == "classification"
-                else {"kind": plan.postprocess_kind},
-                engine.output_names,
-                plan.reference,
-            )
+            postprocessor = _open_postprocessor(plan, manifest, engine)
             stage = "source"
             with open_source(
                 plan.source.kind, plan.source.uri, plan.source.loop, plan.labels, manifest.class_names
@@ -88,6 +82,7 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
                 measurement = harness.run()
             fill_measurement(result, measurement, plan.keep_samples)
             result["accuracy"] = postprocessor.summary()
+            _task_output(result, postprocessor)
             _layer_times(result, engine)
     except Exception as exc:
         add_error(result, stage, _describe(exc))
@@ -128,6 +123,37 @@ def _fill_power(result: Dict[str, Any], sampler: PowerSampler, timed: int) -> No
         return
     if timed:
         result["power"] = sampler.summary(timed)
+
+
+def _open_postprocessor(plan: Plan, manifest: Any, engine: Any) -> Any:
+    """The plan's postprocessor, with model-input pixels mapped back to each frame by the artifact's
+    preprocessing; outputs that do not fit its task are refused here, before any frame runs."""
+    spec = manifest.preprocess
+    postprocessor = make_postprocessor(
+        plan.postprocess,
+        engine.output_names,
+        reference_path=plan.reference,
+        geometry=spec.geometry if spec is not None else None,
+        label_masks=plan.label_masks,
+    )
+    check = getattr(postprocessor, "check_outputs", None)
+    if callable(check):
+        check([list(output.shape) for output in engine.outputs])
+    return postprocessor
+
+
+def _task_output(result: Dict[str, Any], postprocessor: Any) -> None:
+    """The per-frame detections, polygons or class histograms, when the postprocessor kept them."""
+    read = getattr(postprocessor, "task_output", None)
+    if not callable(read):
+        return
+    try:
+        output = read()
+    except Exception as exc:  # the measured run is worth more than its per-frame outputs
+        result["warnings"].append("task_output not read: %s: %s" % (type(exc).__name__, exc))
+        return
+    if output:
+        result["task_output"] = output
 
 
 def _build_defaults(manifest: Any, engine_name: str) -> Dict[str, Any]:
@@ -214,15 +240,24 @@ def summary_line(result: Dict[str, Any]) -> str:
             parts.append("%.1f fps" % result["throughput_fps"])
         if frames.get("dropped"):
             parts.append("%d dropped" % frames["dropped"])
-    accuracy = result.get("accuracy") or {}
-    if accuracy.get("kind") == "classification":
-        parts.append("top1 %.4f" % accuracy["top1"])
-    elif accuracy.get("kind") == "raw" and accuracy.get("sqnr_db") is not None:
-        parts.append("SQNR %.1f dB" % accuracy["sqnr_db"])
+    parts.extend(_accuracy_words(result.get("accuracy") or {}))
     if result.get("errors"):
         first = result["errors"][0]
         parts.append("%s error: %s" % (first["stage"], first["message"]))
     return ", ".join(parts)
+
+
+def _accuracy_words(accuracy: Dict[str, Any]) -> List[str]:
+    kind = accuracy.get("kind")
+    if kind in ("classify", "classification") and accuracy.get("top1") is not None:
+        return ["top1 %.4f" % accuracy["top1"]]
+    if kind == "raw" and accuracy.get("sqnr_db") is not None:
+        return ["SQNR %.1f dB" % accuracy["sqnr_db"]]
+    if kind == "segment" and accuracy.get("miou") is not None:
+        return ["mIoU %.4f" % accuracy["miou"]]
+    if accuracy.get("per_frame_mean") is not None:  # detect, text-detect
+        return ["%.2f detections/frame" % accuracy["per_frame_mean"]]
+    return []
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

@@ -16,7 +16,7 @@ sampler, the idle baseline is read after warm-up and the sampler's thread runs a
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -96,6 +96,12 @@ class Measurement(object):
         samples["end_to_end"].append((t_post_end - t_capture) * 1e3)
         if gpu_ms is not None:
             samples.setdefault(GPU_KEY, []).append(float(gpu_ms))
+
+
+def frame_size(frame: Any) -> Optional[Tuple[int, int]]:
+    """(height, width) of a captured frame, which the postprocessor maps its boxes and masks back onto."""
+    shape = getattr(frame, "shape", ())
+    return (int(shape[0]), int(shape[1])) if len(shape) >= 2 else None
 
 
 def make_preprocessor(spec: Optional[PreprocessSpec]) -> Callable[[np.ndarray], np.ndarray]:
@@ -193,7 +199,7 @@ class Harness(object):
                 stage = "inference"
                 outputs = self.engine.infer(feed)
                 stage = "postprocess"
-                self.postprocessor.process(outputs, label, source.position, False)
+                self.postprocessor.process(outputs, label, source.position, False, frame_size=frame_size(frame))
                 done += 1
                 done_this_pass += 1
             if done and not live:
@@ -249,7 +255,7 @@ class Harness(object):
                 t3 = clock()
                 gpu_ms = getattr(engine, "last_gpu_ms", None)
                 stage = "postprocess"
-                post(outputs, label, source.position, True)
+                post(outputs, label, source.position, True, frame_size=frame_size(frame))
                 t4 = clock()
                 record(t0, t1, t1, t2, t2, t3, t3, t4, gpu_ms)
                 end = t4
@@ -285,9 +291,10 @@ class Harness(object):
         m.errors.sort(key=lambda e: (e["frame"] is None, e["frame"] if e["frame"] is not None else 0))
 
 
-# A frame travelling down the pipeline is a list, filled in stage by stage:
-# [index, payload, label, position, capture start/end, preprocess start/end, inference start/end, engine GPU ms]
-_PRE_START, _INF_START, _GPU_MS = 6, 8, 10
+# A frame travelling down the pipeline is a list, filled in stage by stage: [index, payload, label, position,
+# capture start/end, preprocess start/end, inference start/end, engine GPU ms, frame (height, width)]; the
+# payload is the frame, then the model input, then the outputs, so the frame's size travels beside it
+_PRE_START, _INF_START, _GPU_MS, _FRAME_SIZE = 6, 8, 10, 11
 
 
 class _Pipeline(object):
@@ -401,7 +408,8 @@ class _Pipeline(object):
                 except Exception as exc:
                     m.add_error("capture", index, exc)
                     break
-                item = [index, frame, label, source.position, t0, clock(), 0.0, 0.0, 0.0, 0.0, None]
+                t1 = clock()
+                item = [index, frame, label, source.position, t0, t1, 0.0, 0.0, 0.0, 0.0, None, frame_size(frame)]
                 if not self._hand_on(item):
                     break
                 index += 1
@@ -445,7 +453,7 @@ class _Pipeline(object):
                 break
             t0 = clock()
             try:
-                post(item[1], item[2], item[3], True)
+                post(item[1], item[2], item[3], True, frame_size=item[_FRAME_SIZE])
             except Exception as exc:
                 m.add_error("postprocess", item[0], exc)
                 break

@@ -16,7 +16,10 @@ SOURCE_KINDS = ("video", "images", "camera", "gstreamer", "rtsp")
 FILE_SOURCE_KINDS = ("video", "images")
 LIVE_SOURCE_KINDS = ("camera", "gstreamer", "rtsp")
 MODES = ("sequential", "pipelined")
-POSTPROCESS_KINDS = ("classification", "raw")
+# the plan's postprocess.kind is the task (runtime/tasks: the same names); "classification" is the kind
+# plans had before tasks, still read as "classify"
+POSTPROCESS_KINDS = ("classify", "detect", "segment", "text-detect", "raw")
+POSTPROCESS_ALIASES = {"classification": "classify"}
 
 _TOP_KEYS = (
     "schema",
@@ -33,12 +36,12 @@ _TOP_KEYS = (
     "postprocess",
     "labels",
     "reference",
+    "label_masks",
     "power",
     "keep_samples",
 )
 _SOURCE_KEYS = ("kind", "uri", "loop")
 _ENGINE_KEYS = ("name", "threads", "options")
-_POSTPROCESS_KEYS = ("kind", "top_k")
 _POWER_KEYS = ("probe", "interval_s", "idle_s", "sysfs_root")
 POWER_AUTO = "auto"  # power.probe: detect the probe from the files present
 
@@ -97,15 +100,17 @@ class Plan(object):
         self.engine_threads: Optional[int] = _int(engine, "threads", "engine", minimum=1)
         self.engine_options: Dict[str, Any] = _object(engine, "options", "engine")
 
-        post = _object(data, "postprocess", "plan")
-        _reject_unknown(post, _POSTPROCESS_KEYS, "postprocess")
-        self.postprocess_kind: str = _choice(post, "kind", "postprocess", POSTPROCESS_KINDS, "classification")
-        top_k = _int(post, "top_k", "postprocess", minimum=1)
-        self.top_k: int = 5 if top_k is None else top_k
+        # the task config with `kind` and `keep_outputs`; the task's own settings are checked by the
+        # postprocessor (runtime.tasks.task_config), which names the key
+        self.postprocess: Dict[str, Any] = _parse_postprocess(data.get("postprocess"))
+        self.postprocess_kind: str = self.postprocess["kind"]
+        self.keep_outputs: bool = self.postprocess["keep_outputs"]
 
         self.labels: Optional[List[int]] = _labels(data.get("labels"))
         reference = _optional_str(data, "reference", "plan")
         self.reference: Optional[str] = _resolve(reference, base_dir) if reference else None
+        label_masks = _optional_str(data, "label_masks", "plan")
+        self.label_masks: Optional[str] = _resolve(label_masks, base_dir) if label_masks else None
 
         power = _object(data, "power", "plan")
         _reject_unknown(power, _POWER_KEYS, "power")
@@ -135,23 +140,38 @@ class Plan(object):
         self._check_combinations()
 
     def _check_combinations(self) -> None:
+        self._check_source()
+        self._check_task_inputs()
+
+    def _check_source(self) -> None:
         if self.source.live and self.frames is None and self.duration_s is None:
             raise PlanError("source.kind %r is live and never ends: set plan frames or duration_s" % self.source.kind)
         if self.source.loop and self.frames is None and self.duration_s is None:
             raise PlanError("source.loop is true: set plan frames or duration_s so the run ends")
         if self.source.loop and self.source.live:
             raise PlanError("source.loop only applies to video and images sources; remove it for %r" % self.source.kind)
-        if self.labels is not None and self.source.live:
-            raise PlanError(
-                "plan labels need a file source (video or images), not %r: a live source has no fixed "
-                "frame order" % self.source.kind
-            )
-        if self.labels is not None and self.postprocess_kind != "classification":
-            raise PlanError("plan labels are for postprocess.kind 'classification'; for 'raw' give reference")
-        if self.reference is not None and self.postprocess_kind != "raw":
-            raise PlanError("plan reference needs postprocess.kind 'raw' (it compares raw outputs)")
-        if self.reference is not None and self.source.live:
-            raise PlanError("plan reference needs a file source: its rows are matched to frames by position")
+
+    def _check_task_inputs(self) -> None:
+        """Labels, reference outputs and label masks each belong to one task, and to a file source, whose
+        frames they are matched to by position."""
+        kind = self.postprocess_kind
+        for key, value, task, what in (
+            ("labels", self.labels, "classify", "class indices, one per frame"),
+            ("reference", self.reference, "raw", "reference outputs, compared with the raw outputs"),
+            ("label_masks", self.label_masks, "segment", "a folder of class-index PNGs, one per image"),
+        ):
+            if value is None:
+                continue
+            if kind != task:
+                raise PlanError(
+                    "plan %s (%s) are for postprocess.kind %r, not %r: remove them or change the kind"
+                    % (key, what, task, kind)
+                )
+            if self.source.live:
+                raise PlanError(
+                    "plan %s need a file source (video or images), not %r: a live source has no fixed frame "
+                    "order to match them to" % (key, self.source.kind)
+                )
 
     @classmethod
     def from_dict(cls, data: Any, base_dir: Optional[str] = None) -> "Plan":
@@ -254,6 +274,29 @@ def _object(data: Dict[str, Any], key: str, where: str) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise PlanError("%s %s must be a JSON object or null, got %r" % (where, key, value))
     return value
+
+
+def _parse_postprocess(value: Any) -> Dict[str, Any]:
+    """The postprocess block: `kind` (a task; "classification" is read as "classify", null or absent is
+    classify), `keep_outputs` (default true) and the task's settings, kept as given."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise PlanError("plan postprocess must be a JSON object or null, got %r" % (value,))
+    post = dict(value)
+    kind = post.get("kind")
+    kind = "classify" if kind is None else POSTPROCESS_ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+    if kind not in POSTPROCESS_KINDS:
+        raise PlanError(
+            "postprocess kind is %r; use one of %s (the task: classification is read as classify)"
+            % (post.get("kind"), ", ".join(POSTPROCESS_KINDS))
+        )
+    keep = post.get("keep_outputs", True)
+    if not isinstance(keep, bool):
+        raise PlanError("postprocess keep_outputs must be true or false, got %r" % (keep,))
+    post["kind"] = kind
+    post["keep_outputs"] = keep
+    return post
 
 
 def _parse_source(data: Any, base_dir: Optional[str]) -> SourceSpec:

@@ -1,18 +1,23 @@
 """Preprocessing that turns a captured BGR frame into a model input, exactly as the artifact says.
 
 The same code runs on the device (inside the agent) and on the host (calibration, reference outputs),
-so the tensors the model sees are byte-for-byte the same on both sides. Python 3.8-compatible.
+so the tensors the model sees are byte-for-byte the same on both sides. `PreprocessSpec.geometry` maps
+model-input pixels back to frame pixels (boxes, polygons and masks come back in frame coordinates).
+Python 3.8-compatible.
 """
 
 import json
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 COLOR_ORDERS = ("RGB", "BGR", "GRAY")
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = ("float32", "float16", "uint8", "int8")
-RESIZE_MODES = ("stretch", "shorter_side")
+RESIZE_MODES = ("stretch", "shorter_side", "letterbox")
+PAD_VALUE = 114  # Ultralytics' letterbox grey
+
+Size = Tuple[int, int]  # (height, width)
 
 
 class PreprocessError(ValueError):
@@ -22,9 +27,13 @@ class PreprocessError(ValueError):
 class PreprocessSpec(object):
     """What to do to a frame before inference.
 
-    Order: colour conversion -> resize -> centre crop -> scale -> (x - mean) / std -> layout -> dtype.
-    `resize` is (height, width); with `resize_mode="shorter_side"` only `resize[0]` is used as the
-    length of the shorter side (the usual ImageNet "resize 256, crop 224").
+    Order: colour conversion -> resize (and letterbox padding) -> centre crop -> scale -> (x - mean) / std
+    -> layout -> dtype. `resize` is (height, width); with `resize_mode="shorter_side"` only `resize[0]` is
+    used as the length of the shorter side (the usual ImageNet "resize 256, crop 224"). `"letterbox"` keeps
+    the aspect ratio: the frame is scaled to fit `resize` and padded, centred, with `pad_value` (one value
+    for every channel, or one per channel in the spec's colour order) as Ultralytics' `LetterBox(auto=False,
+    center=True)` does; with `stride` set the padding only reaches the next multiple of `stride` (Ultralytics'
+    `auto=True`: the input size then depends on the frame's aspect ratio, for models with a dynamic input).
     """
 
     def __init__(
@@ -39,6 +48,8 @@ class PreprocessSpec(object):
         layout: str = "NCHW",
         dtype: str = "float32",
         interpolation: str = "linear",
+        pad_value: Union[float, Sequence[float]] = PAD_VALUE,
+        stride: Optional[int] = None,
     ) -> None:
         self.resize = [int(v) for v in resize] if resize is not None else None
         self.resize_mode = resize_mode
@@ -50,6 +61,10 @@ class PreprocessSpec(object):
         self.layout = layout.upper()
         self.dtype = dtype
         self.interpolation = interpolation
+        if pad_value is None:  # null in a hand-written spec: the default grey
+            pad_value = PAD_VALUE
+        self.pad_value = list(pad_value) if isinstance(pad_value, (list, tuple)) else pad_value
+        self.stride = stride
         self.validate()
 
     def validate(self) -> None:
@@ -60,7 +75,9 @@ class PreprocessSpec(object):
         if self.dtype not in DTYPES:
             raise PreprocessError("preprocess dtype %r: use one of %s" % (self.dtype, ", ".join(DTYPES)))
         if self.resize_mode not in RESIZE_MODES:
-            raise PreprocessError("preprocess resize_mode %r: use stretch or shorter_side" % self.resize_mode)
+            raise PreprocessError(
+                "preprocess resize_mode %r: use one of %s" % (self.resize_mode, ", ".join(RESIZE_MODES))
+            )
         if self.interpolation not in _INTERPOLATIONS:
             raise PreprocessError(
                 "preprocess interpolation %r: use one of %s" % (self.interpolation, ", ".join(_INTERPOLATIONS))
@@ -78,13 +95,59 @@ class PreprocessSpec(object):
                 raise PreprocessError(
                     "preprocess %s must be [height, width] with positive values, got %r" % (name, size)
                 )
+        self._validate_letterbox()
+
+    def _validate_letterbox(self) -> None:
+        values = self.pad_value if isinstance(self.pad_value, list) else [self.pad_value]
+        if len(values) not in (1, self.channels) or not all(_is_pixel(v) for v in values):
+            raise PreprocessError(
+                "preprocess pad_value must be a number from 0 to 255, or a list of 1 or %d of them, got %r"
+                % (self.channels, self.pad_value)
+            )
+        stride = self.stride
+        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1):
+            raise PreprocessError("preprocess stride must be an integer >= 1 or null, got %r" % (stride,))
+        if self.resize_mode != "letterbox":
+            for name, given in (("stride", stride is not None), ("pad_value", self.pad_value != PAD_VALUE)):
+                if given:
+                    raise PreprocessError(
+                        "preprocess %s is for resize_mode letterbox; remove it or set the mode" % name
+                    )
+            return
+        if self.resize is None:
+            raise PreprocessError("preprocess resize_mode letterbox needs resize [height, width] to fit the frame in")
+        if self.crop is not None:
+            raise PreprocessError(
+                "preprocess crop does not go with resize_mode letterbox (the padded frame is the input); remove crop"
+            )
 
     @property
     def channels(self) -> int:
         return 1 if self.color == "GRAY" else 3
 
+    @property
+    def fixed_input_size(self) -> Optional[Size]:
+        """The (height, width) of every model input this spec makes, or None when it follows the frame."""
+        if self.crop is not None:
+            return (self.crop[0], self.crop[1])
+        if self.resize is not None and (
+            self.resize_mode == "stretch" or (self.resize_mode == "letterbox" and self.stride is None)
+        ):
+            return (self.resize[0], self.resize[1])
+        return None
+
+    def geometry(self, frame_h: int, frame_w: int) -> "Geometry":
+        """Where a frame of this size lands in the model input, and the way back to frame pixels."""
+        steps = _steps(self, int(frame_h), int(frame_w))
+        (resized_h, resized_w), (top, _bottom, left, _right), crop = steps.resized, steps.pad, steps.crop_at
+        scale = (resized_w / float(frame_w), resized_h / float(frame_h))
+        offset = (float(left - crop[1]), float(top - crop[0]))
+        return Geometry((int(frame_h), int(frame_w)), steps.input_size, scale, offset)
+
     def to_dict(self) -> Dict[str, Any]:
-        return {
+        """The spec as JSON; `pad_value` and `stride` only for letterbox, so every other spec (and its
+        artifact id) reads as it did before letterbox existed."""
+        data: Dict[str, Any] = {
             "resize": self.resize,
             "resize_mode": self.resize_mode,
             "crop": self.crop,
@@ -96,12 +159,16 @@ class PreprocessSpec(object):
             "dtype": self.dtype,
             "interpolation": self.interpolation,
         }
+        if self.resize_mode == "letterbox":
+            data["pad_value"] = list(self.pad_value) if isinstance(self.pad_value, list) else self.pad_value
+            data["stride"] = self.stride
+        return data
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "PreprocessSpec":
         if not isinstance(data, dict):
             raise PreprocessError("preprocess spec must be a JSON object, got %s" % type(data).__name__)
-        known = set(cls().to_dict())
+        known = set(cls().to_dict()) | set(_LETTERBOX_KEYS)
         unknown = sorted(set(data) - known)
         if unknown:
             raise PreprocessError("preprocess spec has unknown keys %s; known: %s" % (unknown, sorted(known)))
@@ -126,6 +193,7 @@ class PreprocessSpec(object):
 
 
 _INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
+_LETTERBOX_KEYS = ("pad_value", "stride")
 _INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 
 
@@ -165,38 +233,149 @@ def _convert_color(frame: np.ndarray, color: str) -> np.ndarray:
     return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR) if frame.shape[2] == 4 else frame
 
 
-def _resize(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+class Geometry(object):
+    """Where a frame's pixels land in the model input, per axis: input = frame * scale + offset.
+
+    Coordinates are continuous pixel coordinates (x, y), with (0, 0) the top-left corner of the first pixel,
+    the convention of OpenCV's resize and of box corners; `input_size` and `frame_size` are (height, width).
+    """
+
+    def __init__(self, frame_size: Size, input_size: Size, scale: Tuple[float, float], offset: Tuple[float, float]):
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.scale = (float(scale[0]), float(scale[1]))  # (x, y)
+        self.offset = (float(offset[0]), float(offset[1]))  # (x, y), in model-input pixels
+
+    def to_input(self, points: np.ndarray) -> np.ndarray:
+        """Frame (x, y) points [..., 2] to model-input pixels (not clipped)."""
+        points = _float_points(points)
+        return points * np.asarray(self.scale, points.dtype) + np.asarray(self.offset, points.dtype)
+
+    def to_frame(self, points: np.ndarray) -> np.ndarray:
+        """Model-input (x, y) points [..., 2] to frame pixels, clipped to the frame (padding maps to its edge)."""
+        points = _float_points(points)
+        mapped = (points - np.asarray(self.offset, points.dtype)) / np.asarray(self.scale, points.dtype)
+        height, width = self.frame_size
+        return np.clip(mapped, 0, np.asarray([width, height], points.dtype))
+
+    def to_frame_boxes(self, boxes: np.ndarray) -> np.ndarray:
+        """Model-input boxes [K, 4] (x1, y1, x2, y2) to frame pixels, clipped to the frame."""
+        boxes = np.asarray(boxes)
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise PreprocessError("boxes must be [K, 4] (x1, y1, x2, y2), got shape %s" % (boxes.shape,))
+        return self.to_frame(boxes.reshape(-1, 2, 2)).reshape(-1, 4)
+
+    def __repr__(self) -> str:
+        return "Geometry(frame_size=%r, input_size=%r, scale=%r, offset=%r)" % (
+            self.frame_size,
+            self.input_size,
+            self.scale,
+            self.offset,
+        )
+
+
+def _float_points(points: Any) -> np.ndarray:
+    points = np.asarray(points)
+    if points.dtype != np.float32:
+        points = points.astype(np.float64)  # float32 stays float32, anything else is computed in float64
+    if points.ndim == 0 or points.shape[-1] != 2:
+        raise PreprocessError("points must be [..., 2] (x, y), got shape %s" % (points.shape,))
+    return points
+
+
+def _is_pixel(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 255
+
+
+class _Steps(NamedTuple):
+    """The sizes one frame goes through: resized (h, w), padding (top, bottom, left, right), the crop's
+    top-left corner in the padded image (top, left), and the model-input size (h, w)."""
+
+    resized: Size
+    pad: Tuple[int, int, int, int]
+    crop_at: Tuple[int, int]
+    input_size: Size
+
+
+def _resized_size(spec: PreprocessSpec, height: int, width: int) -> Size:
     if spec.resize is None:
-        return frame
-    height, width = frame.shape[:2]
+        return (height, width)
+    if spec.resize_mode == "stretch":
+        return (spec.resize[0], spec.resize[1])
     if spec.resize_mode == "shorter_side":
-        short = spec.resize[0]
-        ratio = float(short) / min(height, width)
-        size = (max(1, int(round(width * ratio))), max(1, int(round(height * ratio))))
-    else:
-        size = (spec.resize[1], spec.resize[0])
-    if size == (width, height):
-        return frame
-    return _cv2().resize(frame, size, interpolation=_interpolation_flag(spec.interpolation))
+        ratio = float(spec.resize[0]) / min(height, width)
+    else:  # letterbox: fit inside resize, keep the aspect ratio
+        ratio = min(float(spec.resize[0]) / height, float(spec.resize[1]) / width)
+    return (max(1, int(round(height * ratio))), max(1, int(round(width * ratio))))
 
 
-def _center_crop(frame: np.ndarray, crop: Optional[List[int]]) -> np.ndarray:
-    if crop is None:
-        return frame
-    height, width = frame.shape[:2]
-    ch, cw = crop
-    if ch > height or cw > width:
-        raise PreprocessError("crop %dx%d is larger than the resized frame %dx%d" % (ch, cw, height, width))
-    top = (height - ch) // 2
-    left = (width - cw) // 2
-    return frame[top : top + ch, left : left + cw]
+def _letterbox_pad(spec: PreprocessSpec, resized: Size) -> Tuple[int, int, int, int]:
+    """Ultralytics' LetterBox(center=True): the padding split in two, the odd pixel on the bottom/right side
+    (round(d - 0.1), round(d + 0.1)); with a stride only up to its next multiple (auto=True)."""
+    assert spec.resize is not None
+    pad_h = spec.resize[0] - resized[0]
+    pad_w = spec.resize[1] - resized[1]
+    if spec.stride is not None:
+        pad_h, pad_w = pad_h % spec.stride, pad_w % spec.stride
+    half_h, half_w = pad_h / 2.0, pad_w / 2.0
+    return (
+        int(round(half_h - 0.1)),
+        int(round(half_h + 0.1)),
+        int(round(half_w - 0.1)),
+        int(round(half_w + 0.1)),
+    )
+
+
+def _steps(spec: PreprocessSpec, height: int, width: int) -> _Steps:
+    """What preprocessing does to a frame of this size; `preprocess` and `geometry` both follow it."""
+    if height <= 0 or width <= 0:
+        raise PreprocessError("frame size must be positive, got %dx%d" % (height, width))
+    resized = _resized_size(spec, height, width)
+    pad = _letterbox_pad(spec, resized) if spec.resize_mode == "letterbox" and spec.resize else (0, 0, 0, 0)
+    padded = (resized[0] + pad[0] + pad[1], resized[1] + pad[2] + pad[3])
+    if spec.crop is None:
+        return _Steps(resized, pad, (0, 0), padded)
+    crop_h, crop_w = spec.crop
+    if crop_h > padded[0] or crop_w > padded[1]:
+        raise PreprocessError(
+            "crop %dx%d is larger than the resized frame %dx%d" % (crop_h, crop_w, padded[0], padded[1])
+        )
+    return _Steps(resized, pad, ((padded[0] - crop_h) // 2, (padded[1] - crop_w) // 2), (crop_h, crop_w))
+
+
+def _pad_colour(spec: PreprocessSpec) -> Tuple[float, ...]:
+    values = spec.pad_value if isinstance(spec.pad_value, list) else [spec.pad_value]
+    values = [float(v) for v in values]
+    return tuple(values * spec.channels if len(values) == 1 else values) + (0.0,) * (4 - spec.channels)
+
+
+def _resize_and_pad(image: np.ndarray, spec: PreprocessSpec, steps: _Steps) -> np.ndarray:
+    cv2 = _cv2()
+    height, width = image.shape[:2]
+    if steps.resized != (height, width):
+        size = (steps.resized[1], steps.resized[0])
+        image = cv2.resize(image, size, interpolation=_interpolation_flag(spec.interpolation))
+    if any(steps.pad):
+        top, bottom, left, right = steps.pad
+        image = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=_pad_colour(spec))
+    return image
+
+
+def _center_crop(image: np.ndarray, steps: _Steps) -> np.ndarray:
+    top, left = steps.crop_at
+    height, width = steps.input_size
+    if image.shape[:2] == (height, width):
+        return image
+    return image[top : top + height, left : left + width]
 
 
 def preprocess(frame: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Turn one BGR (or grayscale) uint8 frame into a batch of one, as the spec says."""
     if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3) or frame.size == 0:
         raise PreprocessError("frame must be a non-empty HxW or HxWxC image array")
-    image = _center_crop(_resize(_convert_color(frame, spec.color), spec), spec.crop)
+    image = _convert_color(frame, spec.color)
+    steps = _steps(spec, image.shape[0], image.shape[1])
+    image = _center_crop(_resize_and_pad(image, spec, steps), steps)
     if image.ndim == 2:
         image = image[:, :, None]
     if spec.dtype in ("uint8", "int8") and spec.scale == 1.0 and spec.mean == [0.0] and spec.std == [1.0]:

@@ -59,6 +59,8 @@ def empty_result(run_id: Optional[str] = None, started_at: Optional[str] = None)
         "throughput_fps": None,
         "wall_s": None,
         "accuracy": None,
+        # per-frame detections, polygons or class histograms in frame pixels (docs/contracts.md), when kept
+        "task_output": None,
         "power": None,
         "device": {},
         "engine": {},

@@ -269,11 +269,8 @@ def _coreml_name(name: str) -> str:
 
 
 def _spatial(preprocess: Any) -> list[int] | None:
-    if preprocess.crop is not None:
-        return list(preprocess.crop)
-    if preprocess.resize is not None and preprocess.resize_mode == "stretch":
-        return list(preprocess.resize)
-    return None
+    size = preprocess.fixed_input_size  # crop, stretch or letterbox: every frame gives this size
+    return list(size) if size is not None else None
 
 
 def _image_input(preprocess: Any, shape: tuple[int, ...]) -> dict[str, Any] | None:

@@ -563,7 +563,7 @@ def _axis_from_preprocess(model: Model, rank: int, axis: int) -> int | None:
     spec = model.preprocess
     if spec is None or rank != 4:
         return None
-    size = spec.crop or (spec.resize if spec.resize_mode == "stretch" else None)
+    size = spec.fixed_input_size
     channels = 1 if spec.color == "GRAY" else 3
     layout = {"NCHW": (None, channels, "h", "w"), "NHWC": (None, "h", "w", channels)}[spec.layout]
     want = layout[axis]

@@ -86,7 +86,7 @@ def test_every_run_setting_reaches_a_plan_the_agent_accepts(tmp_path):
     assert (plan.frames, plan.duration_s, plan.warmup, plan.mode, plan.queue_size) == (7, 2.5, 0, "pipelined", 2)
     assert (plan.engine_name, plan.engine_threads, plan.engine_options) == ("tflite", 3, {"delegate": "xnnpack"})
     assert plan.source.loop and plan.labels == [1, 2] and plan.power_probe == "auto"
-    assert not plan.keep_samples and plan.top_k == 2 and plan.run_id == "r1"
+    assert not plan.keep_samples and plan.postprocess["top_k"] == 2 and plan.run_id == "r1"
 
 
 def test_an_unknown_run_setting_is_a_type_error_naming_the_known_ones(tmp_path):
@@ -104,3 +104,77 @@ def test_an_unknown_run_setting_is_a_type_error_naming_the_known_ones(tmp_path):
     assert RunSettings.merged(RunSettings(frames=5), {"pipelined": True}, caller="run") == RunSettings(
         frames=5, pipelined=True
     )
+
+
+# -- the postprocess block: the run's task ------------------------------------------------------------
+
+DETECT = {"task": "detect", "decoder": "yolo-anchor-free", "conf": 0.3, "iou": 0.45, "max_det": 300}
+
+
+def test_the_task_the_host_resolved_becomes_the_postprocess_block():
+    from edgekit.runtime.plan import Plan
+
+    data = make_plan("/a", Source("images", "/frames"), RunSettings(task=dict(DETECT)))
+    assert data["postprocess"] == {
+        "kind": "detect",
+        "decoder": "yolo-anchor-free",
+        "conf": 0.3,
+        "iou": 0.45,
+        "max_det": 300,
+        "keep_outputs": True,
+    }
+    plan = Plan.from_dict(data)
+    assert plan.postprocess_kind == "detect" and plan.keep_outputs and plan.postprocess["conf"] == 0.3
+    kept_off = make_plan("/a", Source("images", "/f"), RunSettings(task={**DETECT, "keep_outputs": False}))
+    assert kept_off["postprocess"]["keep_outputs"] is False
+    classify = make_plan("/a", Source("images", "/f"), RunSettings(task={"task": "classify", "top_k": 3}))
+    assert classify["postprocess"] == {"kind": "classify", "top_k": 3}
+
+
+def test_the_older_postprocess_fields_still_make_a_plan():
+    from edgekit.runtime.plan import Plan
+
+    source = Source("images", "/frames")
+    assert make_plan("/a", source)["postprocess"] == {"kind": "classify", "top_k": 5}
+    assert make_plan("/a", source, RunSettings(top_k=2))["postprocess"] == {"kind": "classify", "top_k": 2}
+    raw = make_plan("/a", source, RunSettings(postprocess="raw", reference="/ref.npz"))
+    assert raw["postprocess"] == {"kind": "raw"} and raw["reference"] == "/ref.npz"  # raw takes no top_k
+    assert Plan.from_dict(raw).postprocess_kind == "raw"
+
+
+def test_label_masks_go_with_segment_and_a_file_source(tmp_path, monkeypatch):
+    from edgekit.runtime.plan import Plan
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    monkeypatch.chdir(tmp_path)
+    segment = RunSettings(task={"task": "segment", "mode": "argmax"}, label_masks="masks")
+    data = make_plan("/a", Source("images", "/frames"), segment)
+    assert data["label_masks"] == str(masks)  # on this machine: absolute, as the agent reads it
+    assert data["postprocess"] == {"kind": "segment", "mode": "argmax", "keep_outputs": True}
+    assert Plan.from_dict(data).label_masks == str(masks)
+    on_device = RunSettings(task={"task": "segment"}, label_masks="/data/masks")
+    assert make_plan("/a", Source("images", "/frames"), on_device)["label_masks"] == "/data/masks"
+    assert make_plan("/a", Source("images", "/frames"))["label_masks"] is None
+    with pytest.raises(RunError, match="label masks score segmentation, and this run's task is detect"):
+        make_plan("/a", Source("images", "/f"), RunSettings(task=dict(DETECT), label_masks="masks"))
+    with pytest.raises(RunError, match="a live camera source has none"):
+        make_plan("/a", Source("camera", 0), RunSettings(task={"task": "segment"}, label_masks="m", frames=5))
+    with pytest.raises(RunError, match="class labels score classification, and this run's task is detect"):
+        make_plan("/a", Source("images", "/f"), RunSettings(task=dict(DETECT), labels=[1, 2]))
+
+
+def test_label_masks_and_reference_are_pushed_with_the_plan(monkeypatch, tmp_path):
+    from edgekit.device import push
+
+    pushed = []
+
+    def fake_push(transport, path, progress):
+        pushed.append(path)
+        return f"/device/inputs/{path.name}"
+
+    monkeypatch.setattr(push, "_push_local_path", fake_push)
+    plan = {"source": {"kind": "camera", "uri": 0}, "reference": None, "label_masks": str(tmp_path / "masks")}
+    out = push.push_plan_inputs(object(), plan)
+    assert out["label_masks"] == "/device/inputs/masks" and pushed == [tmp_path / "masks"]
+    assert plan["label_masks"] == str(tmp_path / "masks")  # the caller's plan is left as it was

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from edgekit.device.results import validate_result
@@ -108,3 +110,130 @@ def test_power_keeps_numbers_per_rail():
     assert clean["power"] == power
     with pytest.raises(RunError, match="power.avg_w"):
         validate_result(good_result(power={**power, "avg_w": float("inf")}), run_id="r1")
+
+
+# -- task_output and the task accuracy keys ------------------------------------------------------------
+
+DETECT_OUTPUT = {
+    "kind": "detect",
+    "frames": [
+        {"frame": 0, "size": [480, 640], "boxes": [[10.5, 20.0, 110.25, 220.0, 0.91, 0], [0, 0, 5, 5, 0.3, 17]]},
+        {"frame": 3, "size": [480, 640], "boxes": []},
+    ],
+    "count": 2,
+    "truncated": False,
+}
+
+
+def test_task_output_of_each_task_passes_clean():
+    clean = validate_result(good_result(task_output={**DETECT_OUTPUT, "evil": 1}), run_id="r1")["task_output"]
+    assert clean == DETECT_OUTPUT
+    text = {
+        "kind": "text-detect",
+        "frames": [{"frame": 0, "size": [32, 64], "polygons": [[[[1, 2], [30, 2], [30, 9], [1, 9]], 0.8]]}],
+        "count": 1,
+        "truncated": True,
+    }
+    assert validate_result(good_result(task_output=text), run_id="r1")["task_output"] == text
+    segment = {"kind": "segment", "frames": [{"frame": 5, "size": [4, 4], "pixels": {"0": 12, "3": 4}}]}
+    clean = validate_result(good_result(task_output=segment), run_id="r1")["task_output"]
+    assert clean == {**segment, "count": 1, "truncated": False}
+    assert validate_result(good_result(), run_id="r1")["task_output"] is None
+    # a frame whose size the agent did not know
+    unknown = {"kind": "detect", "frames": [{"frame": 0, "size": None, "boxes": []}], "count": 0}
+    assert validate_result(good_result(task_output=unknown), run_id="r1")["task_output"]["frames"][0]["size"] is None
+
+
+def detect_frame(**changes):
+    frame = {"frame": 0, "size": [480, 640], "boxes": [[1, 2, 3, 4, 0.5, 1]]}
+    frame.update(changes)
+    return {"kind": "detect", "frames": [frame], "count": 1, "truncated": False}
+
+
+@pytest.mark.parametrize(
+    ("task_output", "message"),
+    [
+        ("boxes", "task_output is not an object"),
+        ({"kind": "classify", "frames": []}, "task_output.kind is 'classify', not one of detect, segment, text-detect"),
+        ({"kind": ["detect"], "frames": []}, "task_output.kind"),
+        ({"kind": "detect", "frames": {}}, "task_output.frames is not a list"),
+        ({"kind": "detect"}, "task_output.frames is not a list"),
+        ({"kind": "detect", "frames": [[]]}, r"task_output.frames[0] is not an object"),
+        ({"kind": "detect", "frames": [{"frame": 0}]}, r"task_output.frames[0] has no 'boxes'"),
+        (detect_frame(frame=-1), r"task_output.frames[0].frame"),
+        (detect_frame(frame=1.5), r"task_output.frames[0].frame"),
+        (detect_frame(size=[480]), r"task_output.frames[0].size is not a list of 2"),
+        (detect_frame(size=[480, "640"]), r"task_output.frames[0].size"),
+        (detect_frame(size=[0, 640]), r"task_output.frames[0].size"),
+        (detect_frame(boxes="none"), r"task_output.frames[0].boxes is not a list"),
+        (detect_frame(boxes=[[1, 2, 3, 4, 0.5]]), r"task_output.frames[0].boxes[0] is not a list of 6"),
+        (detect_frame(boxes=[[1, 2, 3, float("inf"), 0.5, 1]]), r"task_output.frames[0].boxes[0] is inf"),
+        (detect_frame(boxes=[[1, 2, 3, [4], 0.5, 1]]), r"task_output.frames[0].boxes[0] is [4]"),
+        (detect_frame(boxes=[[1, 2, 3, 4, 0.5, -1]]), r"task_output.frames[0].boxes[0] class"),
+        (detect_frame(boxes=[[1, 2, 3, 4, 0.5, 1.0]]), r"task_output.frames[0].boxes[0] class"),
+        (detect_frame(boxes=[[1, 2, 3, 4, True, 1]]), r"task_output.frames[0].boxes[0] is True"),
+        ({**detect_frame(), "truncated": "no"}, "task_output.truncated"),
+        ({**detect_frame(), "count": -3}, "task_output.count"),
+        (
+            {"kind": "text-detect", "frames": [{"frame": 0, "size": None, "polygons": [[[[1, 2]] * 3, 0.5]]}]},
+            r"task_output.frames[0].polygons[0] points is not a list of 4",
+        ),
+        (
+            {"kind": "text-detect", "frames": [{"frame": 0, "size": None, "polygons": [[[[1, 2, 3]] * 4, 0.5]]}]},
+            r"task_output.frames[0].polygons[0] points is not a list of 2",
+        ),
+        (
+            {"kind": "text-detect", "frames": [{"frame": 0, "size": None, "polygons": [[[[1, 2]] * 4, "hi"]]}]},
+            r"task_output.frames[0].polygons[0] score",
+        ),
+        (
+            {"kind": "segment", "frames": [{"frame": 0, "size": None, "pixels": {"cat": 3}}]},
+            r"task_output.frames[0].pixels has key 'cat', not a class index",
+        ),
+        (
+            {"kind": "segment", "frames": [{"frame": 0, "size": None, "pixels": {"1": -3}}]},
+            r"task_output.frames[0].pixels.1",
+        ),
+        (
+            {"kind": "segment", "frames": [{"frame": 0, "size": None, "pixels": [1, 2]}]},
+            r"task_output.frames[0].pixels is not an object",
+        ),
+    ],
+)
+def test_bad_task_output_is_refused_naming_the_field(task_output, message):
+    with pytest.raises(RunError, match=re.escape(message)):
+        validate_result(good_result(task_output=task_output), run_id="r1")
+
+
+def test_task_output_caps_the_detections():
+    row = [1.0, 2.0, 3.0, 4.0, 0.5, 0]
+    frames = [{"frame": i, "size": [8, 8], "boxes": [row] * 1000} for i in range(200)]
+    output = {"kind": "detect", "frames": frames, "count": 200_000, "truncated": True}
+    assert validate_result(good_result(task_output=output), run_id="r1")["task_output"]["count"] == 200_000
+    frames.append({"frame": 200, "size": [8, 8], "boxes": [row]})
+    with pytest.raises(RunError, match="task_output holds more than 200000 detections"):
+        validate_result(good_result(task_output=output), run_id="r1")
+
+
+def test_task_accuracy_keys():
+    segment = {
+        "kind": "segment",
+        "count": 3,
+        "miou": 0.5,
+        "pixel_accuracy": 0.75,
+        "per_class_iou": {"0": 0.75, "2": 0.25},
+    }
+    assert validate_result(good_result(accuracy=segment), run_id="r1")["accuracy"] == segment
+    detect = {"kind": "detect", "count": 4, "detections": 6, "per_frame_mean": 1.5}
+    assert validate_result(good_result(accuracy=detect), run_id="r1")["accuracy"] == detect
+    empty = {"kind": "segment", "count": 0, "miou": None, "pixel_accuracy": None, "per_class_iou": {}}
+    assert validate_result(good_result(accuracy=empty), run_id="r1")["accuracy"] == empty
+    for bad, message in (
+        ({**segment, "per_class_iou": {"0": "high"}}, "accuracy.per_class_iou.0"),
+        ({**segment, "per_class_iou": {"road": 0.5}}, "accuracy.per_class_iou has key 'road'"),
+        ({**segment, "per_class_iou": [0.5]}, "accuracy.per_class_iou is not an object"),
+        ({**detect, "detections": 2.5}, "accuracy.detections"),
+        ({**detect, "per_frame_mean": "many"}, "accuracy.per_frame_mean"),
+    ):
+        with pytest.raises(RunError, match=re.escape(message)):
+            validate_result(good_result(accuracy=bad), run_id="r1")

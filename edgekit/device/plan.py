@@ -15,7 +15,10 @@ from typing import Any
 
 from edgekit.device.settings import RunSettings
 from edgekit.errors import RunError
-from edgekit.runtime.plan import LIVE_SOURCE_KINDS, PLAN_SCHEMA, PLAN_VERSION
+from edgekit.runtime.plan import LIVE_SOURCE_KINDS, PLAN_SCHEMA, PLAN_VERSION, POSTPROCESS_ALIASES
+
+# tasks whose postprocessor keeps per-frame outputs (task_output): boxes, polygons, class histograms
+TASKS_WITH_OUTPUTS = ("detect", "segment", "text-detect")
 
 
 def new_run_id() -> str:
@@ -112,6 +115,33 @@ def resolve_labels(labels: list[int] | str | Path | None, manifest: dict[str, An
     return labels
 
 
+def postprocess_block(settings: RunSettings) -> dict[str, Any]:
+    """The plan's postprocess block: the task config the host resolved (`settings.task`, its "task" as
+    "kind"), or what the older fields say (`postprocess` classification or raw, `top_k`). Tasks with
+    per-frame outputs keep them (`keep_outputs`), so the host can score and draw them."""
+    config = dict(settings.task or {})
+    kind = config.pop("task", None) or config.pop("kind", None) or settings.postprocess
+    kind = POSTPROCESS_ALIASES.get(kind, kind)
+    if kind == "classify" and settings.task is None:
+        config["top_k"] = settings.top_k
+    if kind in TASKS_WITH_OUTPUTS:
+        config.setdefault("keep_outputs", True)
+    return {"kind": kind, **config}
+
+
+def _label_masks(settings: RunSettings, kind: str, source: Source) -> str | None:
+    """The label masks' folder for the plan: absolute when it is on this machine (the agent reads relative
+    paths from the plan's folder), as given when it only exists on the device."""
+    if settings.label_masks is None:
+        return None
+    if kind != "segment":
+        raise RunError(f"label masks score segmentation, and this run's task is {kind}: drop them or set task segment")
+    if source.live:
+        raise RunError(f"label masks are matched to images by position; a live {source.kind} source has none")
+    path = Path(settings.label_masks).expanduser()
+    return str(path.resolve()) if path.exists() else str(settings.label_masks)
+
+
 def make_plan(
     artifact_dir: str,
     source: Source,
@@ -134,6 +164,13 @@ def make_plan(
     if settings.warmup < 0:
         raise RunError(f"--warmup must be zero or more, got {settings.warmup}")
     labels = read_labels(settings.labels) if isinstance(settings.labels, (str, Path)) else settings.labels
+    postprocess = postprocess_block(settings)
+    if labels is not None and postprocess["kind"] != "classify":
+        raise RunError(
+            f"per-frame class labels score classification, and this run's task is {postprocess['kind']}: "
+            "drop the labels (detections are scored against COCO annotations on the host)"
+        )
+    label_masks = _label_masks(settings, postprocess["kind"], source)
     return {
         "schema": PLAN_SCHEMA,
         "version": PLAN_VERSION,
@@ -146,9 +183,10 @@ def make_plan(
         "mode": "pipelined" if settings.pipelined else "sequential",
         "queue_size": settings.queue_size,
         "engine": {"name": engine, "threads": settings.threads, "options": dict(settings.engine_options or {})},
-        "postprocess": {"kind": settings.postprocess, "top_k": settings.top_k},
+        "postprocess": postprocess,
         "labels": labels,
         "reference": settings.reference,
+        "label_masks": label_masks,
         "power": {"probe": settings.power_probe},
         "keep_samples": settings.keep_samples,
     }

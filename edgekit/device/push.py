@@ -137,8 +137,8 @@ def push_tree(
 
 
 def push_plan_inputs(transport: Remote, plan: dict[str, Any], *, progress: ProgressFn | None = None) -> dict[str, Any]:
-    """The plan with its file source (video or image folder) and `reference` pushed, when they exist on
-    this machine, and their paths replaced by the device's copies. Other paths are left as they are."""
+    """The plan with its file source (video or image folder), `reference` and `label_masks` pushed, when they
+    exist on this machine, and their paths replaced by the device's copies. Other paths are left as they are."""
     plan = dict(plan)
     source = dict(plan.get("source") or {})
     uri = source.get("uri")
@@ -147,11 +147,12 @@ def push_plan_inputs(transport: Remote, plan: dict[str, Any], *, progress: Progr
         if pushed is not None:
             source["uri"] = pushed
             plan["source"] = source
-    reference = plan.get("reference")
-    if isinstance(reference, str) and reference:
-        pushed = _push_local_path(transport, Path(reference).expanduser(), progress)
-        if pushed is not None:
-            plan["reference"] = pushed
+    for key in ("reference", "label_masks"):
+        local = plan.get(key)
+        if isinstance(local, str) and local:
+            pushed = _push_local_path(transport, Path(local).expanduser(), progress)
+            if pushed is not None:
+                plan[key] = pushed
     return plan
 
 

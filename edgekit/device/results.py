@@ -14,6 +14,7 @@ from typing import Any
 
 from edgekit.errors import RunError
 from edgekit.runtime.harness import GPU_KEY, SAMPLE_KEYS
+from edgekit.runtime.plan import POSTPROCESS_KINDS
 from edgekit.runtime.result import RESULT_SCHEMA as SCHEMA
 from edgekit.runtime.result import RESULT_STATUSES as STATUSES
 from edgekit.runtime.result import RESULT_VERSION as VERSION
@@ -28,6 +29,10 @@ MAX_TEXT = 4000
 MAX_ERRORS = 100
 MAX_FACTS = 64
 MAX_LAYERS = 10_000
+MAX_DETECTIONS = 200_000  # boxes or polygons in one result's task_output: the agent's own cap
+MAX_CLASSES = 65_536  # classes in a segmentation histogram or per-class IoU
+# the per-frame entry of each task that keeps outputs (docs/contracts.md)
+TASK_OUTPUT_KEYS = {"detect": "boxes", "text-detect": "polygons", "segment": "pixels"}
 
 
 def _number(value: Any, where: str, *, allow_none: bool = True) -> float | None:
@@ -99,8 +104,23 @@ def _facts(value: Any, where: str) -> dict[str, Any]:
     return clean
 
 
+def _class_index(key: Any, where: str) -> str:
+    """A class index as JSON writes an object key: decimal digits."""
+    if not isinstance(key, str) or not key.isdigit() or len(key) > 6:
+        raise RunError(f"device result field {where} has key {str(key)[:32]!r}, not a class index")
+    return str(int(key))
+
+
+def _per_class(value: Any, where: str, read: Any) -> dict[str, Any]:
+    value = _mapping(value, where)
+    if len(value) > MAX_CLASSES:
+        raise RunError(f"device result field {where} has more than {MAX_CLASSES} classes")
+    return {_class_index(k, where): read(v, f"{where}.{str(k)[:16]}") for k, v in value.items()}
+
+
 def _accuracy(value: Any) -> dict[str, Any]:
-    """Accuracy figures: a kind, counts and finite numbers; for raw outputs, one entry per output."""
+    """Accuracy figures: a kind, counts and finite numbers; for raw outputs, one entry per output; for
+    segmentation the IoU of each class."""
     value = _mapping(value, "accuracy")
     clean: dict[str, Any] = {}
     if "kind" in value:
@@ -113,11 +133,96 @@ def _accuracy(value: Any) -> dict[str, Any]:
             clean["outputs"] = [_accuracy(entry) for entry in item[:MAX_FACTS]]
         elif key == "name":
             clean["name"] = _text(item, "accuracy.name", limit=256)
-        elif key in ("count", "top_k"):
+        elif key in ("count", "top_k", "detections"):
             clean[key] = _count(item, f"accuracy.{key}")
+        elif key == "per_class_iou":
+            clean[key] = _per_class(item, "accuracy.per_class_iou", _number)
         elif key != "kind":
-            clean[key] = _number(item, f"accuracy.{key}")
+            clean[key] = _number(item, f"accuracy.{key}")  # top1, sqnr_db, miou, pixel_accuracy, per_frame_mean
     return clean
+
+
+def _list(value: Any, where: str, *, length: int | None = None, limit: int = MAX_SAMPLES) -> list:
+    if not isinstance(value, list) or (length is not None and len(value) != length) or len(value) > limit:
+        shape = f"of {length} items" if length is not None else f"of at most {limit} items"
+        raise RunError(f"device result field {where} is not a list {shape}")
+    return value
+
+
+def _finite(value: Any, where: str) -> float:
+    return _number(value, where, allow_none=False)  # type: ignore[return-value]
+
+
+def _box(row: Any, where: str) -> list[Any]:
+    """[x1, y1, x2, y2, score, class]: five finite numbers and a class index."""
+    row = _list(row, where, length=6)
+    return [_finite(v, where) for v in row[:5]] + [_count(row[5], f"{where} class")]
+
+
+def _polygon(row: Any, where: str) -> list[Any]:
+    """[[[x, y] x 4], score]."""
+    points, score = _list(row, where, length=2)
+    corners = _list(points, f"{where} points", length=4)
+    return [[[_finite(v, f"{where} points") for v in _list(p, f"{where} points", length=2)] for p in corners]] + [
+        _finite(score, f"{where} score")
+    ]
+
+
+def _frame_size(value: Any, where: str) -> list[int] | None:
+    """[height, width] in pixels, or null when the agent did not know the frame's size."""
+    if value is None:
+        return None
+    size = _list(value, where, length=2)
+    if any(isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 1_000_000 for v in size):
+        raise RunError(f"device result field {where} is {str(value)[:64]}, not [height, width] in pixels")
+    return list(size)
+
+
+class _TaskOutputReader:
+    """Rebuilds task_output frame by frame, counting boxes and polygons against MAX_DETECTIONS."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.key = TASK_OUTPUT_KEYS[kind]
+        self.detections = 0
+
+    def frame(self, value: Any, where: str) -> dict[str, Any]:
+        value = _mapping(value, where)
+        if self.key not in value:
+            raise RunError(f"device result field {where} has no {self.key!r}")
+        return {
+            "frame": _count(value.get("frame"), f"{where}.frame"),
+            "size": _frame_size(value.get("size"), f"{where}.size"),
+            self.key: self.outputs(value[self.key], f"{where}.{self.key}"),
+        }
+
+    def outputs(self, value: Any, where: str) -> Any:
+        if self.key == "pixels":
+            return _per_class(value, where, _count)
+        rows = _list(value, where, limit=MAX_DETECTIONS)
+        self.detections += len(rows)
+        if self.detections > MAX_DETECTIONS:
+            raise RunError(f"device result field task_output holds more than {MAX_DETECTIONS} detections")
+        read = _box if self.key == "boxes" else _polygon
+        return [read(row, f"{where}[{index}]") for index, row in enumerate(rows)]
+
+
+def _task_output(value: Any) -> dict[str, Any]:
+    """Per-frame detections, text polygons or class histograms, in frame pixels: every number checked,
+    at most MAX_DETECTIONS boxes or polygons, the field named when anything is off."""
+    value = _mapping(value, "task_output")
+    kind = value.get("kind")
+    if not isinstance(kind, str) or kind not in TASK_OUTPUT_KEYS:
+        known = ", ".join(k for k in POSTPROCESS_KINDS if k in TASK_OUTPUT_KEYS)
+        raise RunError(f"device result field task_output.kind is {str(kind)[:32]!r}, not one of {known}")
+    reader = _TaskOutputReader(kind)
+    frames = _list(value.get("frames"), "task_output.frames")
+    clean = [reader.frame(entry, f"task_output.frames[{index}]") for index, entry in enumerate(frames)]
+    truncated = value.get("truncated", False)
+    if not isinstance(truncated, bool):
+        raise RunError("device result field task_output.truncated is not true or false")
+    count = _count(value.get("count", reader.detections if kind != "segment" else len(clean)), "task_output.count")
+    return {"kind": kind, "frames": clean, "count": count, "truncated": truncated}
 
 
 def _power(value: Any) -> dict[str, Any]:
@@ -177,6 +282,7 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "throughput_fps": _number(data.get("throughput_fps"), "throughput_fps"),
         "wall_s": _number(data.get("wall_s"), "wall_s"),
         "accuracy": _accuracy(data["accuracy"]) if data.get("accuracy") else None,
+        "task_output": _task_output(data["task_output"]) if data.get("task_output") else None,
         "power": _power(data["power"]) if data.get("power") else None,
         "device": _facts(data.get("device", {}), "device"),
         "engine": _facts(data.get("engine", {}), "engine"),

@@ -52,6 +52,9 @@ class RunSettings:
     task: dict | None = None
     """The run's task config, laid over the artifact's (e.g. {"task": "detect", "conf": 0.3}; settings alone
     change the artifact's task); `edgekit.run` fills it with the checked full config before the run."""
+    label_masks: str | Path | None = None
+    """With task segment: a folder of PNG label masks named like the images (pixel = class index, 255 =
+    ignore); the device scores mIoU against them."""
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

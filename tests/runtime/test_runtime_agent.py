@@ -45,6 +45,7 @@ RESULT_KEYS = {
     "throughput_fps",
     "wall_s",
     "accuracy",
+    "task_output",
     "power",
     "device",
     "engine",

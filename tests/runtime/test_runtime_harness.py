@@ -3,6 +3,7 @@
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 from runtime_testkit import CLASS_NAMES, classifier_model, preprocess_dict, write_image_folder
@@ -157,3 +158,33 @@ def test_bad_settings(engine):
         Harness(SyntheticCamera(), engine, make_preprocessor(None), Classification(), queue_size=0)
     raw = make_preprocessor(None)(np.zeros((4, 4, 3), np.uint8))
     assert raw.shape == (1, 4, 4, 3) and raw.dtype == np.uint8
+
+
+class RecordingPostprocessor(Classification):
+    """Classification that notes what the harness hands it per frame, and takes a known time doing it."""
+
+    def __init__(self):
+        Classification.__init__(self)
+        self.calls = []
+
+    def process(self, outputs, label, position, record=True, frame_size=None):
+        self.calls.append((position, record, frame_size))
+        time.sleep(0.004)  # the postprocess stage must be timed for real: at least this long
+        return Classification.process(self, outputs, label, position, record, frame_size)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "pipelined"])
+def test_postprocessor_gets_each_frames_size(engine, tmp_path, mode):
+    root = tmp_path / "imgs"
+    root.mkdir()
+    sizes = [(32, 32), (48, 64), (20, 10), (64, 48)]
+    for index, (height, width) in enumerate(sizes):
+        cv2.imwrite(str(root / f"{index:03d}.png"), np.full((height, width, 3), 60 * index, np.uint8))
+    post = RecordingPostprocessor()
+    with open_source("images", str(root)) as source:
+        m = Harness(source, engine, make_preprocessor(SPEC), post, mode=mode, warmup=2).run()
+    assert m.status == "ok" and m.timed == 4
+    warmup, timed = post.calls[:2], post.calls[2:]
+    assert warmup == [(0, False, sizes[0]), (1, False, sizes[1])]
+    assert [(p, r, s) for p, r, s in timed] == [(i, True, sizes[i]) for i in range(4)]
+    assert min(m.samples["postprocess"]) >= 4.0

@@ -36,7 +36,8 @@ def test_minimal_plan_gets_defaults():
     assert plan.warmup == 10 and plan.mode == "sequential" and plan.queue_size == 4
     assert plan.frames is None and plan.duration_s is None and plan.labels is None
     assert plan.engine_name is None and plan.engine_threads is None and plan.engine_options == {}
-    assert plan.postprocess_kind == "classification" and plan.top_k == 5
+    assert plan.postprocess == {"kind": "classify", "keep_outputs": True} and plan.postprocess_kind == "classify"
+    assert plan.keep_outputs is True and plan.label_masks is None
     assert plan.keep_samples is True and plan.power_probe is None and plan.run_id is None
     assert plan.source.kind == "video" and not plan.source.live and plan.source.loop is False
 
@@ -58,7 +59,9 @@ def test_full_plan_from_contract_example():
     )
     plan = Plan.from_dict(data)
     assert plan.run_id == "r1" and plan.frames == 300 and plan.mode == "pipelined" and plan.engine_threads == 2
-    assert plan.labels == [3, 7, 1] and plan.top_k == 3 and plan.keep_samples is False
+    assert plan.labels == [3, 7, 1] and plan.postprocess["top_k"] == 3 and plan.keep_samples is False
+    # "classification" is what plans said before tasks: read as classify, the settings kept as given
+    assert plan.postprocess == {"kind": "classify", "top_k": 3, "keep_outputs": True}
 
 
 @pytest.mark.parametrize(
@@ -85,8 +88,11 @@ def test_full_plan_from_contract_example():
         (plan_with(engine={"name": "onnxruntime", "thread": 2}), "engine has unknown key 'thread'"),
         (plan_with(engine={"threads": 0}), "engine threads must be an integer >= 1"),
         (plan_with(engine={"options": []}), "engine options must be a JSON object"),
-        (plan_with(postprocess={"kind": "detection"}), "postprocess kind is 'detection'"),
-        (plan_with(postprocess={"top_k": 0}), "postprocess top_k"),
+        (plan_with(postprocess={"kind": "detection"}), "postprocess kind is 'detection'; use one of classify, detect"),
+        (plan_with(postprocess={"kind": 3}), "postprocess kind is 3"),
+        (plan_with(postprocess=[1]), "plan postprocess must be a JSON object"),
+        (plan_with(postprocess={"kind": "detect", "keep_outputs": "yes"}), "keep_outputs must be true or false"),
+        (plan_with(label_masks=3), "plan label_masks must be a string or null"),
         (plan_with(labels=[1, "cat"]), "plan labels\\[1\\] is 'cat'"),
         (plan_with(labels=[1, -2]), "plan labels\\[1\\] is -2"),
         (plan_with(labels="1,2"), "plan labels must be a list"),
@@ -97,8 +103,23 @@ def test_full_plan_from_contract_example():
         (plan_with(source={"kind": "camera", "uri": 0}, frames=5, labels=[1]), "labels need a file source"),
         (plan_with(source={"kind": "camera", "uri": -1}, frames=5), "camera must be an index >= 0"),
         (plan_with(source={"kind": "rtsp", "uri": "http://x"}, frames=5), "must start with rtsp://"),
-        (plan_with(labels=[1], postprocess={"kind": "raw"}), "labels are for postprocess.kind 'classification'"),
-        (plan_with(reference="ref.npz"), "reference needs postprocess.kind 'raw'"),
+        (
+            plan_with(labels=[1], postprocess={"kind": "raw"}),
+            "labels \\(class indices.*are for postprocess.kind 'classify'",
+        ),
+        (plan_with(labels=[1], postprocess={"kind": "detect"}), "are for postprocess.kind 'classify', not 'detect'"),
+        (plan_with(reference="ref.npz"), "reference \\(reference outputs.*are for postprocess.kind 'raw'"),
+        (plan_with(label_masks="masks"), "label_masks \\(a folder.*are for postprocess.kind 'segment', not 'classify'"),
+        (
+            plan_with(source={"kind": "camera", "uri": 0}, frames=5, postprocess={"kind": "segment"}, label_masks="m"),
+            "label_masks need a file source",
+        ),
+        (
+            plan_with(
+                source={"kind": "rtsp", "uri": "rtsp://cam"}, frames=5, postprocess={"kind": "raw"}, reference="r"
+            ),
+            "reference need a file source",
+        ),
         ([1, 2], "a plan must be a JSON object"),
     ],
 )
@@ -127,6 +148,17 @@ def test_camera_index_string_and_relative_paths(tmp_path):
     plan = load_plan(str(path))
     assert plan.artifact_dir == str(tmp_path / "artifact")
     assert plan.source.uri == str(tmp_path / "frames") and plan.reference == str(tmp_path / "ref.npz")
+    data.update(postprocess={"kind": "segment", "mode": "argmax"}, reference=None, label_masks="masks")
+    path.write_text(json.dumps(data))
+    plan = load_plan(str(path))
+    assert plan.label_masks == str(tmp_path / "masks") and plan.postprocess_kind == "segment"
+    assert plan.postprocess == {"kind": "segment", "mode": "argmax", "keep_outputs": True}
+
+
+@pytest.mark.parametrize("kind", ["classify", "detect", "segment", "text-detect", "raw"])
+def test_every_task_is_a_postprocess_kind(kind):
+    plan = Plan.from_dict(plan_with(postprocess={"kind": kind, "keep_outputs": False}))
+    assert plan.postprocess_kind == kind and plan.keep_outputs is False
 
 
 def test_load_plan_file_errors(tmp_path):

@@ -93,7 +93,7 @@ def test_integer_dtypes():
         ({"color": "YUV"}, "color"),
         ({"layout": "CHW"}, "layout"),
         ({"dtype": "float64"}, "dtype"),
-        ({"resize_mode": "letterbox"}, "resize_mode"),
+        ({"resize_mode": "fit"}, "resize_mode 'fit': use one of stretch, shorter_side, letterbox"),
         ({"interpolation": "lanczos"}, "interpolation"),
         ({"mean": [0.1, 0.2]}, "mean has 2 values"),
         ({"color": "GRAY", "std": [1.0, 1.0, 1.0]}, "std has 3 values"),
