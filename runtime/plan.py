@@ -8,6 +8,7 @@ import os
 from typing import Any, Dict, List, Optional, Union
 
 from .power import available_probes
+from .tasks import TASKS
 
 PLAN_SCHEMA = "edgekit.plan"
 PLAN_VERSION = 1
@@ -18,7 +19,7 @@ LIVE_SOURCE_KINDS = ("camera", "gstreamer", "rtsp")
 MODES = ("sequential", "pipelined")
 # the plan's postprocess.kind is the task (runtime/tasks: the same names); "classification" is the kind
 # plans had before tasks, still read as "classify"
-POSTPROCESS_KINDS = ("classify", "detect", "segment", "text-detect", "raw")
+POSTPROCESS_KINDS = TASKS  # the task names: the plan's postprocess kind is the task
 POSTPROCESS_ALIASES = {"classification": "classify"}
 
 _TOP_KEYS = (
