@@ -246,19 +246,28 @@ def report(
 @click.option(
     "--workdir", type=click.Path(file_okay=False), default=None, help="Where to write the video and artifact."
 )
-@click.option("--frames", type=int, default=None, help="Frames to time (default: all held-out digits).")
+@click.option("--frames", type=int, default=None, help="Frames to time (default: the whole rendered video).")
 @click.option("--pipelined", is_flag=True, help="Run the pipeline with a thread per stage.")
 @click.option("--int8", is_flag=True, help="Also quantize (calibrating on the video) and run INT8 beside FP32.")
+@click.option(
+    "--task",
+    type=click.Choice(["classify", "detect"]),
+    default="classify",
+    show_default=True,
+    help="classify: one digit per frame, top-1; detect: 1-4 digits per frame with exact boxes, mAP.",
+)
 @db_option
 @fail_cleanly
-def demo(workdir: str | None, frames: int | None, pipelined: bool, int8: bool, db: str | None) -> None:
-    """The main job end to end on real data: a CNN trained on real handwritten digits, held-out digits
-    rendered into a video, an x86-ort artifact, the camera pipeline run on this machine."""
-    from edgekit.demo import run_demo
+def demo(workdir: str | None, frames: int | None, pipelined: bool, int8: bool, task: str, db: str | None) -> None:
+    """The main job end to end on real data: a CNN trained on real handwritten digits (or, with --task detect,
+    a detector trained on frames of them), held-out digits rendered into a video, an x86-ort artifact, the
+    camera pipeline run on this machine."""
+    from edgekit.demo import run_demo, run_detect_demo
 
     store = open_store(db)
     console = make_console()
-    records = run_demo(workdir=workdir, frames=frames, pipelined=pipelined, store=store, console=console, int8=int8)
+    chosen = run_detect_demo if task == "detect" else run_demo
+    records = chosen(workdir=workdir, frames=frames, pipelined=pipelined, store=store, console=console, int8=int8)
     for record in records:
         _print_run(record.run_id, store, console)
     if len(records) > 1:
