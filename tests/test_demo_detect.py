@@ -208,7 +208,6 @@ def test_cli_demo_offers_the_detect_task() -> None:
     assert result.exit_code == 0 and "--task" in result.output and "detect" in result.output
 
 
-@pytest.mark.skip(reason="needs RunSettings.annotations and the detect postprocess (issue 14); lead: unskip at merge")
 def test_detect_demo_measures_map_through_the_agent(tmp_path, isolated_store) -> None:
     from edgekit.demo import run_detect_demo
 
@@ -217,6 +216,6 @@ def test_detect_demo_measures_map_through_the_agent(tmp_path, isolated_store) ->
         assert record.result["status"] == "ok", record.result.get("errors")
         assert record.result["task_output"]["kind"] == "detect"
         assert len(record.result["task_output"]["frames"]) == 100
-        labels_map = record.result["accuracy"]["labels_map"]
+        labels_map = record.result["accuracy"]["labels"]
         assert labels_map["computed_on"] == "host"
         assert labels_map["map50"] > 0.9  # the script measures about 0.97 on this video
