@@ -69,6 +69,7 @@ def build(
             observer=observer,
             activations=chosen.activation_scheme,
             weights=chosen.weight_scheme,
+            limit=calib_limit,
             progress=progress,
         ).spec
     return chosen.build(model, out, precision=precision, quant_spec=quant_spec, options=options)

@@ -178,3 +178,32 @@ def test_label_masks_and_reference_are_pushed_with_the_plan(monkeypatch, tmp_pat
     out = push.push_plan_inputs(object(), plan)
     assert out["label_masks"] == "/device/inputs/masks" and pushed == [tmp_path / "masks"]
     assert plan["label_masks"] == str(tmp_path / "masks")  # the caller's plan is left as it was
+
+
+def test_build_calibrates_on_at_most_calib_limit_samples(tmp_path, monkeypatch):
+    """`calib_limit` reaches calibration (it used to be accepted and ignored)."""
+    import numpy as np
+
+    import edgekit
+    from edgekit.calibration import calibrate as calibration
+    from edgekit.demo_data import digits_model_path
+
+    seen = []
+    real = calibration.calibrate
+
+    def counting(*args, **kwargs):  # the real calibration, with what it was given recorded
+        result = real(*args, **kwargs)
+        seen.append((kwargs.get("limit"), result.spec.calibration["samples"]))
+        return result
+
+    monkeypatch.setattr(calibration, "calibrate", counting)
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).random((6, 1, 28, 28), dtype=np.float32))
+    edgekit.build(
+        digits_model_path(),
+        "x86-ort",
+        tmp_path / "art",
+        precision="int8",
+        calib=str(tmp_path / "calib.npy"),
+        calib_limit=2,
+    )
+    assert seen == [(2, 2)]
