@@ -66,6 +66,12 @@ from edgekit.cli.common import (
     "the ground truth of a reference mAP. A .npz holds the raw task's reference outputs.",
 )
 @click.option("--save-detections", type=click.Path(dir_okay=False), help="Write the detections, a JSON line per frame.")
+@click.option(
+    "--label-masks",
+    type=click.Path(file_okay=False),
+    help="With --task segment: a folder of PNG masks named like the source's images (pixel = class, 255 = "
+    "ignore); the device scores mIoU and pixel accuracy.",
+)
 @db_option
 @fail_cleanly
 def run(
@@ -90,6 +96,7 @@ def run(
     annotations: str | None,
     reference: str | None,
     save_detections: str | None,
+    label_masks: str | None,
     db: str | None,
 ) -> None:
     """Run ARTIFACT on this machine as the device (the agent in a subprocess), or with --fleet on every
@@ -125,6 +132,7 @@ def run(
         labels=labels,
         power_probe=power_probe,
         timeout_s=timeout,
+        label_masks=label_masks,
     )
     scoring = {"annotations": annotations, "reference": reference, "save_detections": save_detections}
     store = open_store(db)
@@ -199,6 +207,8 @@ def _print_run(run_id: str, store: Any, console: Any) -> None:
         line += f", top-1 accuracy {accuracy['top1'] * 100:.2f}% on {accuracy.get('count')} labelled frames"
     if accuracy.get("sqnr_db") is not None:
         line += f", SQNR {accuracy['sqnr_db']:.1f} dB vs reference"
+    if accuracy.get("miou") is not None:
+        line += f", mIoU {accuracy['miou']:.3f} (pixel accuracy {accuracy.get('pixel_accuracy', 0):.3f}) vs label masks"
     console.print(line)
     for text in task_summary(result):
         console.print(text)
