@@ -172,6 +172,9 @@ def test_cli_prints_map_and_reference(agent, artifact, frames, classifier_path, 
     assert ran.exit_code == 0, ran.output
     assert "mAP@0.5:0.95" in ran.output and "on 3 labelled images" in ran.output
     assert "vs the FP32 reference (run " in ran.output and "detections per frame 1.33 (reference 1)" in ran.output
+    run_id = ran.output.split("stored in")[-2].split("run ")[-1].split()[0]
+    shown = CliRunner(env={"COLUMNS": "200"}).invoke(main, ["report", run_id], catch_exceptions=False)
+    assert "mAP@0.5:0.95" in shown.output and "vs the FP32 reference" in shown.output  # one run: its scores too
 
     agent.main = None
     failed = CliRunner().invoke(main, [*args, str(classifier_path)], catch_exceptions=False)

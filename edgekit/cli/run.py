@@ -247,6 +247,8 @@ def report(
         reports.print_runs_table(stored, console)
         if len(runs) == 1:
             reports.print_stage_table(stored[0], console)
+            for text in reports.task_summary(stored[0].result):  # mAP, reference mAP, detections per frame
+                console.print(text)
     if html_file:
         Path(html_file).write_text(reports.to_html(stored))
         click.echo(f"HTML report written to {html_file}", err=True)
