@@ -34,7 +34,7 @@ from edgekit.errors import ModelError
 from edgekit.onnx_toolbox import fixed_input_shape
 from edgekit.targets import register_target
 from edgekit.targets.base import BuildError, Target, TargetOptions
-from edgekit.targets.coreml_onnx import SUPPORTED_OPS
+from edgekit.targets.coreml_ops import SUPPORTED_OPS
 
 if TYPE_CHECKING:
     import onnx
