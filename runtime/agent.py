@@ -18,7 +18,7 @@ from .facts import agent_facts, device_facts
 from .harness import Harness, Measurement, make_preprocessor
 from .manifest import ManifestError, load_manifest
 from .plan import POWER_AUTO, Plan, PlanError, load_plan
-from .postprocess import PostprocessError, make_postprocessor
+from .postprocess import PostprocessError, Postprocessor, make_postprocessor
 from .power import PowerError, PowerSampler, available_probes, detect_probe, open_probe
 from .result import add_error, empty_result, fill_measurement, finish, set_manifest, utc_now, write_result
 from .sources import SourceError, open_source, redact_uri
@@ -125,7 +125,7 @@ def _fill_power(result: Dict[str, Any], sampler: PowerSampler, timed: int) -> No
         result["power"] = sampler.summary(timed)
 
 
-def _open_postprocessor(plan: Plan, manifest: Any, engine: Any) -> Any:
+def _open_postprocessor(plan: Plan, manifest: Any, engine: Any) -> Postprocessor:
     """The plan's postprocessor, with model-input pixels mapped back to each frame by the artifact's
     preprocessing; outputs that do not fit its task are refused here, before any frame runs."""
     spec = manifest.preprocess
@@ -136,19 +136,14 @@ def _open_postprocessor(plan: Plan, manifest: Any, engine: Any) -> Any:
         geometry=spec.geometry if spec is not None else None,
         label_masks=plan.label_masks,
     )
-    check = getattr(postprocessor, "check_outputs", None)
-    if callable(check):
-        check([list(output.shape) for output in engine.outputs])
+    postprocessor.check_outputs([list(output.shape) for output in engine.outputs])
     return postprocessor
 
 
-def _task_output(result: Dict[str, Any], postprocessor: Any) -> None:
+def _task_output(result: Dict[str, Any], postprocessor: Postprocessor) -> None:
     """The per-frame detections, polygons or class histograms, when the postprocessor kept them."""
-    read = getattr(postprocessor, "task_output", None)
-    if not callable(read):
-        return
     try:
-        output = read()
+        output = postprocessor.task_output()
     except Exception as exc:  # the measured run is worth more than its per-frame outputs
         result["warnings"].append("task_output not read: %s: %s" % (type(exc).__name__, exc))
         return
