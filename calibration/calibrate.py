@@ -33,6 +33,10 @@ from edgekit.calibration.mixed_range import (
     check_policy,
     find_mixed_range_concats,
 )
+from edgekit.calibration.output_tail import DEFAULT_POLICY as DEFAULT_TAIL_POLICY
+from edgekit.calibration.output_tail import apply_policy as apply_tail_policy
+from edgekit.calibration.output_tail import check_policy as check_tail_policy
+from edgekit.calibration.output_tail import find_output_tail
 from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
 from edgekit.calibration.schemes import (
     activation_qparams,
@@ -106,6 +110,7 @@ def calibrate(
     bias_samples: int = 16,
     mixed_range_factor: float = DEFAULT_FACTOR,
     mixed_range_policy: str = DEFAULT_POLICY,
+    output_tail: str = DEFAULT_TAIL_POLICY,
 ) -> Calibration:
     """Observe every activation the QDQ model will quantize and write the QuantSpec.
 
@@ -113,12 +118,16 @@ def calibrate(
     Conv/Gemm bias by the mean output shift measured on `bias_samples` calibration samples. A Concat
     feeding an output whose inputs' ranges differ by more than `mixed_range_factor` (a detection head's
     boxes and scores) is handled by `mixed_range_policy` (calibration/mixed_range.py: float, branches, report).
+    The output tail (a detector's decoding after its last learned layers) follows `output_tail`
+    (calibration/output_tail.py: float, int8).
     """
     from edgekit.calibration.observers import get_observer
 
     check_policy(mixed_range_policy)
-    scheme = activation_scheme(activations)
+    check_tail_policy(output_tail)
     float_model = prepare_float_model(model.proto)
+    tail = find_output_tail(float_model)
+    scheme = activation_scheme(activations)
     transforms: list[dict[str, Any]] = []
     if equalize:
         transforms.append({"kind": "equalize", "pairs": compute_equalization(float_model)})
@@ -139,9 +148,13 @@ def calibrate(
     input_names = {i.name for i in session.get_inputs()}
     # A model input keeps its whole observed range whatever the observer: clipping there throws away what no
     # later layer can recover (the entropy search cut digits' strokes off at +0.43 and left 10 % top-1), and
-    # preprocessing already bounds an input, so it carries no outliers worth clipping.
+    # preprocessing already bounds an input, so it carries no outliers worth clipping. So does what a float
+    # output tail reads: its rare large values are the detections (output_tail.py).
+    whole_range = {name: "minmax (model input)" for name in input_names}
+    if output_tail == "float":
+        whole_range.update({name: "minmax (read by the output tail)" for name in tail.inputs})
     observers = {
-        name: get_observer("minmax") if name in input_names else get_observer(observer, **(observer_settings or {}))
+        name: get_observer("minmax") if name in whole_range else get_observer(observer, **(observer_settings or {}))
         for name in observed
     }
     for name, obs in observers.items():
@@ -174,11 +187,12 @@ def calibrate(
             "and that the calibration data is preprocessed as the model expects"
         )
     spec = _make_spec(
-        model, float_model, plan, observers, scheme, weights, observer, samples, feeds.description, input_names
+        model, float_model, plan, observers, scheme, weights, observer, samples, feeds.description, whole_range
     )
     spec.transforms = transforms
     found = find_mixed_range_concats(float_model, spec, mixed_range_factor)
     apply_policy(spec, found, mixed_range_policy, mixed_range_factor)
+    apply_tail_policy(spec, tail, output_tail)
     if bias_correction:
         again = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=bias_samples)
         deltas = bias_corrections(float_model, spec, list(again.feeds))  # corrects float_model in place
@@ -187,14 +201,14 @@ def calibrate(
 
 
 def _make_spec(
-    model, float_model, plan, observers, scheme, weights, observer, samples, description, input_names
+    model, float_model, plan, observers, scheme, weights, observer, samples, description, whole_range
 ) -> QuantSpec:
     spec = QuantSpec(
         source_model_sha256=model.sha256,
         scheme={"activations": scheme.name, "weights": weights},
         calibration={
             "observer": observer,
-            "settings": next((o.settings() for n, o in observers.items() if n not in input_names), {}),
+            "settings": next((o.settings() for n, o in observers.items() if n not in whole_range), {}),
             "samples": samples,
             "data": description,
         },
@@ -215,7 +229,7 @@ def _make_spec(
             float(scale),
             int(zero_point),
             settings=obs.settings(),
-            observer="minmax (model input)" if name in input_names else observer,
+            observer=whole_range.get(name, observer),
             range=(float(lo), float(hi)),
             observed=tuple(float(v) for v in obs.observed_range),
         )

@@ -8,13 +8,16 @@ tensor's own rounding and clipping.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
+from edgekit.calibration import mixed_range, output_tail
 from edgekit.calibration.graph import session_with_outputs
-from edgekit.calibration.mixed_range import report_lines
 from edgekit.runtime.compare import ErrorAccumulator
+
+if TYPE_CHECKING:
+    from edgekit.calibration.quant_spec import QuantSpec
 
 
 @dataclass
@@ -91,13 +94,16 @@ def print_error_table(errors: list[TensorError], console: Any = None, *, worst: 
     console.print(table)
 
 
-def print_mixed_range(record: dict[str, Any] | None, console: Any = None) -> None:
-    """A line per mixed-range concat at the outputs (calibration/mixed_range.py): ranges and what was done."""
+def print_head_notes(spec: QuantSpec, console: Any = None) -> None:
+    """A line per mixed-range concat at the outputs (calibration/mixed_range.py) and one for the output tail
+    (calibration/output_tail.py): what was found and what was done."""
     from rich.console import Console
     from rich.markup import escape
 
+    from edgekit.calibration.spec_summary import head_lines
+
     console = console or Console()
-    for line in report_lines(record):
+    for line in head_lines(spec):
         console.print(f"[yellow]{escape(line)}[/yellow]")
 
 
@@ -124,7 +130,8 @@ def report_html(report: dict[str, Any]) -> str:
         "timings (s)": {k: round(v, 3) for k, v in report["timings_s"].items()},
     }
     facts_html = "".join(f"<tr><th>{html.escape(k)}</th>{cell(v)}</tr>" for k, v in facts.items())
-    mixed = "".join(f"<li>{html.escape(line)}</li>" for line in report_lines(report.get("mixed_range")))
+    head = mixed_range.report_lines(report.get("mixed_range")) + output_tail.report_lines(report.get("output_tail"))
+    mixed = "".join(f"<li>{html.escape(line)}</li>" for line in head)
     style = (
         "body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
         "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}"
@@ -132,7 +139,7 @@ def report_html(report: dict[str, Any]) -> str:
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit quantize report</title>"
         f"<style>{style}</style></head><body><h1>Quantization report</h1><table>{facts_html}</table>"
-        + (f"<h2>Mixed-range concatenations (detection heads)</h2><ul>{mixed}</ul>" if mixed else "")
+        + (f"<h2>Detection heads: mixed-range concats and the output tail</h2><ul>{mixed}</ul>" if mixed else "")
         + "<h2>Per-tensor error, FP32 vs quantized (worst first)</h2>"
         f"<table><tr><th>tensor</th><th>SQNR dB</th><th>cosine</th><th>max abs error</th></tr>{rows}</table>"
         + (

@@ -164,10 +164,10 @@ def plan_quantization(
     plan = QuantPlan()
     activations: dict[str, None] = {}  # ordered set
 
-    types = _elem_types(model)
+    types = tensor_types(model)
 
     def is_float(name: str) -> bool:  # unknown types count as float (shape inference may not reach them)
-        return types.get(name, onnx.TensorProto.FLOAT) in _FLOAT_TYPES
+        return types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
 
     for node in graph.node:
         if node.op_type not in QUANTIZABLE_OPS or node.name in float_nodes:
@@ -224,12 +224,12 @@ def _plan_outputs(
             plan.outputs.append(name)
 
 
-_FLOAT_TYPES = frozenset(
+FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 )
 
 
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of every tensor shape inference can type (graph inputs, outputs, initializers, values)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)

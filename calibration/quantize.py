@@ -21,6 +21,7 @@ from edgekit.calibration.calibrate import calibrate
 from edgekit.calibration.error_report import TensorError, tensor_errors
 from edgekit.calibration.mixed_precision import BudgetResult, Evaluator, layer_sensitivity, meet_budget
 from edgekit.calibration.mixed_range import DEFAULT_FACTOR, DEFAULT_POLICY
+from edgekit.calibration.output_tail import DEFAULT_POLICY as DEFAULT_TAIL_POLICY
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.errors import EdgekitError
@@ -62,6 +63,7 @@ class QuantizeResult:
             "budget": budget,
             "kept_float": sorted(self.spec.float_nodes),
             "mixed_range": self.spec.calibration.get("mixed_range"),
+            "output_tail": self.spec.calibration.get("output_tail"),
             "timings_s": self.timings_s,
         }
 
@@ -86,12 +88,14 @@ def quantize(
     bias_correction: bool = False,
     mixed_range_factor: float = DEFAULT_FACTOR,
     mixed_range_policy: str = DEFAULT_POLICY,
+    output_tail: str = DEFAULT_TAIL_POLICY,
 ) -> QuantizeResult:
     """Quantize `model` with calibration `data`.
 
     With `max_drop` (top-1 points, needs `eval_feeds` + `eval_labels`) or `min_sqnr` (dB on the outputs,
     measured on `eval_feeds` or on calibration samples), the most sensitive nodes stay float until the
-    budget is met. Mixed-range concats at the outputs (detection heads) follow `mixed_range_policy`
+    budget is met. The output tail (a detector's decoding) follows `output_tail`; mixed-range concats at
+    the outputs (detection heads) follow `mixed_range_policy`
     (calibration/mixed_range.py).
     """
     if max_drop is not None and (eval_feeds is None or eval_labels is None):
@@ -112,6 +116,7 @@ def quantize(
         bias_correction=bias_correction,
         mixed_range_factor=mixed_range_factor,
         mixed_range_policy=mixed_range_policy,
+        output_tail=output_tail,
     )
     timings["calibration"] = time.perf_counter() - start
     float_model, spec = calibration.float_model, calibration.spec

@@ -526,7 +526,7 @@ def _check_scales(
     ops: list[tuple[str, str, dict]], spec: QuantSpec, quantizers: ReplayQuantizers
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Compare the program's quantize scales with the QuantSpec's activation scales (as float16 values)."""
-    from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
+    from edgekit.calibration.spec_summary import quantization_summary
 
     program_scales = sorted(float(v["scale"]) for t, _, v in ops if t == "quantize" and "scale" in v)
     wanted = {n: float(spec.tensors[n].scale) for n in quantizers.activations}
@@ -550,10 +550,7 @@ def _check_scales(
             )
         notes.append({"what": f"activation {name}", "why": why})
     summary = {
-        "scheme": spec.scheme,
-        "observer": spec.calibration.get("observer"),
-        "kept_float": sorted(spec.float_nodes),
-        "mixed_range": mixed_range_lines(spec),
+        **quantization_summary(spec),
         "activations_quantized": len(wanted) - len(missing),
         "activations_in_spec": sum(1 for e in spec.tensors.values() if e.kind == "activation"),
         "activations_kept_float": quantizers.kept_float,

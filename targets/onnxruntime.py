@@ -83,11 +83,6 @@ class OnnxRuntimeX86Target(Target):
 
 
 def _quantization_summary(spec: QuantSpec) -> dict[str, Any]:
-    from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
+    from edgekit.calibration.spec_summary import quantization_summary
 
-    return {
-        "scheme": spec.scheme,
-        "observer": spec.calibration.get("observer"),
-        "kept_float": sorted(spec.float_nodes),
-        "mixed_range": mixed_range_lines(spec),
-    }
+    return quantization_summary(spec)

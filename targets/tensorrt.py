@@ -306,19 +306,13 @@ class JetsonTensorRtTarget(Target):
             # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
             files = {"model.onnx": model.to_bytes()}
         else:
-            from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
+            from edgekit.calibration.spec_summary import quantization_summary
 
             qdq_bytes, symmetric, notes = self._int8_model(model, spec, build["profile_shapes"])
             not_honoured.extend(notes)
             files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric, model)}
             build["calibration_cache"] = CALIBRATION_CACHE
-            extra["quantization"] = {
-                "scheme": spec.scheme,
-                "observer": spec.calibration.get("observer"),
-                "created_by": spec.created_by,
-                "kept_float": sorted(spec.float_nodes),
-                "mixed_range": mixed_range_lines(spec),
-            }
+            extra["quantization"] = {**quantization_summary(spec), "created_by": spec.created_by}
         return files, {**extra, "build": build, "not_honoured": not_honoured}
 
     def _int8_model(

@@ -232,7 +232,7 @@ class AndroidTfliteTarget(Target):
         self, model: Model, spec: QuantSpec, probe: np.ndarray, nchw: bool, int8_io: bool
     ) -> tuple[bytes, onnx.ModelProto, dict[str, Any]]:
         from edgekit.calibration.calibrate import prepare_float_model
-        from edgekit.calibration.mixed_range import spec_lines as mixed_range_lines
+        from edgekit.calibration.spec_summary import quantization_summary
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
 
         prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
@@ -251,13 +251,10 @@ class AndroidTfliteTarget(Target):
             )
         not_honoured += float_node_notes(result, prepared, spec, int8_io)
         quantization = {
-            "scheme": spec.scheme,
-            "observer": spec.calibration.get("observer"),
+            **quantization_summary(spec),
             "int8_io": int8_io,
             "activations_from_spec": len(result.expected),
             "mapped": {name: m.onnx_name for name, m in sorted(result.mapping.items())},
-            "kept_float": sorted(spec.float_nodes),
-            "mixed_range": mixed_range_lines(spec),
             "float_ops": result.kept_float,  # TFLite ops left float for them (DEQUANTIZE before)
             "full_integer": not result.kept_float,
         }

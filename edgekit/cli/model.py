@@ -219,7 +219,8 @@ def build(
     if built_task:
         source = "given" if task or postprocess else loaded.task_source
         console.print(f"task {built_task['task']} ({source}): {json.dumps(built_task)}")
-    for line in (artifact.manifest.get("quantization") or {}).get("mixed_range", []):
+    quantization = artifact.manifest.get("quantization") or {}
+    for line in [*quantization.get("mixed_range", []), *quantization.get("output_tail", [])]:
         console.print(f"[yellow]{escape(line)}[/yellow]")
     for note in artifact.manifest.get("not_honoured", []):
         console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
@@ -300,6 +301,15 @@ def observers() -> None:
     show_default=True,
     help="Inputs whose range widths differ by more than this factor make a concat mixed-range.",
 )
+@click.option(
+    "--output-tail",
+    type=click.Choice(["float", "int8"]),
+    default="float",
+    show_default=True,
+    help="The cheap ops between the last learned layers and the outputs (a detector's box decoding: DFL "
+    "softmax, sigmoid, anchor arithmetic, concats): keep them float (no speed lost, boxes and scores kept "
+    "exact) or quantize them too.",
+)
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write the report as an HTML page.")
 @click.option(
     "-o",
@@ -327,6 +337,7 @@ def quantize(
     bias_correction: bool,
     mixed_range: str,
     mixed_range_factor: float,
+    output_tail: str,
     html_file: str | None,
     out: str,
 ) -> None:
@@ -341,7 +352,7 @@ def quantize(
       edgekit quantize m.onnx --calib images/ --eval labelled/ --max-drop 0.5 -o q
     """
     from edgekit.calibration.data import load_labelled
-    from edgekit.calibration.error_report import print_error_table, print_mixed_range
+    from edgekit.calibration.error_report import print_error_table, print_head_notes
     from edgekit.calibration.quantize import quantize as run_quantize
     from edgekit.calibration.quantize import save_quantized
     from edgekit.device.plan import read_labels
@@ -377,6 +388,7 @@ def quantize(
         bias_correction=bias_correction,
         mixed_range_factor=mixed_range_factor,
         mixed_range_policy=mixed_range,
+        output_tail=output_tail,
     )
     folder = save_quantized(result, out)
     # for implicit INT8 on older JetPacks; tensors the QDQ model leaves float get no scale
@@ -388,7 +400,7 @@ def quantize(
     console = make_console()
     console.print(result.spec.summary())
     print_error_table(result.errors, console)
-    print_mixed_range(result.spec.calibration.get("mixed_range"), console)
+    print_head_notes(result.spec, console)
     if result.accuracy:
         console.print("top-1: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in result.accuracy.items()))
     if result.budget is not None:

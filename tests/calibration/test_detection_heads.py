@@ -1,5 +1,8 @@
 """Detection heads: a Concat of boxes (0..320) and scores (0..1) at the output is found from the calibration
-statistics and kept accurate on every target (x86-ort, jetson-trt, android-tflite, ios-coreml w8a8)."""
+statistics and kept accurate on every target (x86-ort, jetson-trt, android-tflite, ios-coreml w8a8).
+
+These tests quantize the output tail (output_tail="int8") so that the mixed-range rule is seen alone; by
+default the whole decoding after the last learned layers stays float (tests/calibration/test_output_tail.py)."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from edgekit.targets import get_target
 
 SIZE, STRIDE, CLASSES = 320, 8, 5
 CONCAT = "/Concat_1"  # the head's Concat in the exported graph (boxes, scores)
+TAIL = "int8"  # the output tail quantized: the mixed-range rule alone
 
 
 # -- a YOLOv8-style detector in torch -------------------------------------------------------------------
@@ -118,7 +122,15 @@ def quantized(detector):
     model, photos, _ = detector
     feeds = [{"images": x[None]} for x in photos[:8]]
     return {
-        policy: quantize(model, photos, progress=False, eval_feeds=feeds, error_samples=4, mixed_range_policy=policy)
+        policy: quantize(
+            model,
+            photos,
+            progress=False,
+            eval_feeds=feeds,
+            error_samples=4,
+            mixed_range_policy=policy,
+            output_tail=TAIL,
+        )
         for policy in ("report", "float", "branches")
     }
 
@@ -181,7 +193,7 @@ def test_the_report_points_at_the_head(quantized, tmp_path):
     [line] = report_lines(report["mixed_range"])
     assert line.startswith(f"mixed-range concat {CONCAT}: inputs ") and "feeds output output0" in line
     assert line.endswith(f"kept float: {CONCAT}, /Reshape")
-    assert "Mixed-range concatenations" in report_html(json.loads(json.dumps(report)))
+    assert "mixed-range concats" in report_html(json.loads(json.dumps(report)))
     assert "left as is" in report_lines(quantized["report"].report()["mixed_range"])[0]
 
 
@@ -191,7 +203,8 @@ def test_edgekit_quantize_prints_the_line(detector, tmp_path):
     _, photos, path = detector
     np.save(tmp_path / "calib.npy", photos[:4])
     runner = CliRunner(env={"COLUMNS": "250"})
-    args = ["quantize", str(path), "--calib", str(tmp_path / "calib.npy"), "-o", str(tmp_path / "q")]
+    args = ["quantize", str(path), "--calib", str(tmp_path / "calib.npy"), "--output-tail", "int8"]
+    args += ["-o", str(tmp_path / "q")]
     result = runner.invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert f"mixed-range concat {CONCAT}: inputs" in result.output and "kept float" in result.output
@@ -214,7 +227,7 @@ def test_jetson_trt_leaves_the_head_float_in_qdq_and_cache(detector, tmp_path):
 
     model, photos, _ = detector
     target = get_target("jetson-trt")
-    spec = calibrate(model, photos, activations=target.activation_scheme, progress=False).spec
+    spec = calibrate(model, photos, activations=target.activation_scheme, progress=False, output_tail=TAIL).spec
     assert spec.float_nodes == {CONCAT, "/Reshape"}
     artifact = target.build(model, tmp_path / "trt", precision="int8", quant_spec=spec)
     assert _box_and_score_sqnr(_outputs(model.proto, photos), _outputs(artifact.model_path, photos))[1] > 20
@@ -236,7 +249,12 @@ def test_coreml_w8a8_replay_skips_the_kept_float_tensors(detector):
     scores = {}
     for policy in ("report", "float"):
         spec = calibrate(
-            model, photos, activations=target.activation_scheme, progress=False, mixed_range_policy=policy
+            model,
+            photos,
+            activations=target.activation_scheme,
+            progress=False,
+            mixed_range_policy=policy,
+            output_tail=TAIL,
         ).spec
         prepared = prepare_float_model(model.proto, spec)
         quantizers = _quantizers(spec, prepared)
@@ -260,7 +278,7 @@ def test_android_tflite_int8_dequantizes_before_the_float_head(detector, tmp_pat
 
     model, photos, _ = detector
     target = get_target("android-tflite")
-    spec = calibrate(model, photos, activations=target.activation_scheme, progress=False).spec
+    spec = calibrate(model, photos, activations=target.activation_scheme, progress=False, output_tail=TAIL).spec
     artifact = target.build(model, tmp_path / "tflite", precision="int8", quant_spec=spec)
     data = artifact.model_path.read_bytes()
     interpreter = _interpreter(data)
@@ -351,7 +369,7 @@ def test_paddleocr_det_has_no_mixed_range_head():
     model = Model.load(path)
     mean = np.array([0.485, 0.456, 0.406], np.float32).reshape(1, 3, 1, 1)
     std = np.array([0.229, 0.224, 0.225], np.float32).reshape(1, 3, 1, 1)
-    calibration = calibrate(model, (_photos(4) - mean) / std, progress=False)
+    calibration = calibrate(model, (_photos(4) - mean) / std, progress=False, output_tail=TAIL)
     concats = [
         n for n in calibration.float_model.graph.node if n.op_type == "Concat" and n.name in calibration.plan.nodes
     ]
