@@ -114,10 +114,9 @@ def test_the_reference_build_is_cached_by_content(fp32, frames, reference_cache)
     again = edgekit.run(fp32, folder, reference=str(detector_model_path()), warmup=0)
     assert list(reference_cache.iterdir()) == [built] and (built / "manifest.json").stat().st_mtime_ns == stamp
     assert again.result["accuracy"]["reference"]["artifact_id"] == versus["artifact_id"]
-    # an artifact folder is used as it is
-    third = edgekit.run(fp32, folder, reference=built, warmup=0)
-    reference_run = ResultsStore().get([third.result["accuracy"]["reference"]["run_id"]])[0]
+    reference_run = ResultsStore().get([again.result["accuracy"]["reference"]["run_id"]])[0]
     assert Path(reference_run.plan["artifact_dir"]) == built.resolve()
+    # an artifact folder given as the reference is used as it is: test_a_failed_evaluation_is_stored_with_the_run
 
 
 def test_bad_input_is_refused_before_anything_runs(fp32, frames, tmp_path, reference_cache):
@@ -164,7 +163,8 @@ def test_a_failed_evaluation_is_stored_with_the_run(fp32, frames, tmp_path):
     stored = {r.run_id: r for r in ResultsStore().get()}
     assert stored[record.run_id].result == record.result  # stored once, whole, with what failed
     [reference] = [r for r in stored.values() if r.run_id != record.run_id]
-    assert reference.status == "error" and reference.artifact_id == wrong.id
+    assert reference.status == "error" and reference.artifact_id == wrong.id  # the folder, used as it is
+    assert Path(reference.plan["artifact_dir"]) == wrong.path.resolve()
 
 
 def test_empty_detections_warn_in_the_stored_result(fp32, frames, tmp_path):
