@@ -237,3 +237,29 @@ def test_task_accuracy_keys():
     ):
         with pytest.raises(RunError, match=re.escape(message)):
             validate_result(good_result(accuracy=bad), run_id="r1")
+
+
+def test_an_ok_result_without_task_output_is_kept_with_evaluate_errors(tmp_path):
+    """A stand-in for a broken or hostile device (the real agent always returns task_output when the plan
+    asks): an "ok" result with no task_output passes validation, and the host's scoring then stores why it
+    could not score instead of scores."""
+    import cv2
+    import numpy as np
+    from test_evaluate import labels_for, write_coco
+
+    from edgekit.evaluate.host import HostEvaluation, evaluation_errors, finish
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        cv2.imwrite(str(folder / name), np.zeros((48, 64, 3), np.uint8))
+    saved = tmp_path / "dets.jsonl"
+    evaluation = HostEvaluation(labels=labels_for(folder, write_coco(tmp_path / "coco.json")), save_detections=saved)
+    device_accuracy = {"kind": "detect", "count": 3}
+    result = validate_result(good_result(accuracy=device_accuracy), run_id="r1")
+    assert result["task_output"] is None
+    finished = finish(result, evaluation, {"kind": "detect"})
+    labels_error, save_error = evaluation_errors(finished)
+    assert labels_error.startswith("the agent returned no per-frame detections (task_output): the run needs")
+    assert "no per-frame detections (task_output) to save" in save_error
+    assert finished["status"] == "ok" and finished["accuracy"] == result["accuracy"] and not saved.exists()

@@ -155,14 +155,16 @@ def run(
     with console.status(f"running {artifact} on this machine"):
         record = run_artifact(artifact, source, settings, store=store, **scoring)
     _print_run(record.run_id, store, console)
-    if record.result["status"] != "ok" or any(e.get("stage") == "evaluate" for e in record.result["errors"]):
+    if _run_failure(record.result):
         sys.exit(1)
 
 
 def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any, console: Any, **options: Any) -> None:
+    from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from edgekit.api import run_fleet
+    from edgekit.evaluate.host import evaluation_errors
     from edgekit.report import print_runs_table
 
     bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True)
@@ -177,10 +179,13 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
         return update
 
     def on_done(record: Any) -> None:
+        status = record.result["status"]
         if record.device in tasks:
-            bars.update(tasks[record.device], description=f"{record.device}: {record.result['status']}")
-        colour = "green" if record.ok else "red"
-        console.print(f"[{colour}]{record.device}: {record.result['status']}[/] (run {record.run_id})")
+            bars.update(tasks[record.device], description=f"{record.device}: {status}")
+        scored = not evaluation_errors(record.result)
+        colour = "green" if record.ok and scored else "red"
+        state = status if scored else f"{status}, evaluation failed"
+        console.print(f"[{colour}]{record.device}: {state}[/] (run {record.run_id})")
 
     with bars:
         records = run_fleet(
@@ -188,8 +193,25 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
         )
     stored = store.get([r.run_id for r in records])
     print_runs_table(stored, console)
-    if not all(r.ok for r in records):
+    failed = {r.device: _run_failure(r.result) for r in records}
+    failed = {device: why for device, why in failed.items() if why}
+    if failed:
+        listed = "; ".join(f"{device}: {why}" for device, why in failed.items())
+        console.print(f"[red]failed on {len(failed)} of {len(records)} devices:[/red] {escape(listed)}", soft_wrap=True)
         sys.exit(1)
+
+
+def _run_failure(result: dict[str, Any]) -> str | None:
+    """What makes a run count as failed, in one phrase (None if it ran and every score asked for was made):
+    a status other than ok, with its first error, or the host's evaluation errors (the run itself is kept)."""
+    from edgekit.evaluate.host import evaluation_errors
+
+    errors = result.get("errors") or []
+    if result["status"] != "ok":
+        first = errors[0] if errors else {}
+        return f"run {result['status']} ({first.get('stage', '?')}: {first.get('message', 'no message')})"
+    evaluation = evaluation_errors(result)
+    return "evaluation failed (" + "; ".join(evaluation) + ")" if evaluation else None
 
 
 def _print_run(run_id: str, store: Any, console: Any) -> None:

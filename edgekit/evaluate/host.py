@@ -155,6 +155,11 @@ class HostEvaluation:
             raise EvaluationError(f"cannot write detections to {path}: {exc}") from exc
 
 
+def evaluation_errors(result: dict[str, Any]) -> list[str]:
+    """The messages of the errors scoring added to `result` (the run itself may have gone well)."""
+    return [str(e.get("message", "")) for e in result.get("errors") or [] if e.get("stage") == STAGE]
+
+
 def _attempt(result: dict[str, Any], step: Any) -> Any:
     try:
         return step()

@@ -63,6 +63,7 @@ def test_fleet_run_and_device_check(sshd, tmp_path, digits_artifact, digits_vide
     )
     assert ran.exit_code == 1, ran.output  # the unreachable device fails alone
     assert "box-a: ok" in ran.output and "box-b: ok" in ran.output and "gone: error" in ran.output
+    assert "failed on 1 of 3 devices: gone: run error (" in ran.output
     stored = {r.device: r for r in ResultsStore(isolated_store).get()}
     assert set(stored) == {"box-a", "box-b", "gone"}
     assert stored["box-a"].result["accuracy"]["top1"] > 0.9
