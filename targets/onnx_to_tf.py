@@ -28,6 +28,7 @@ from edgekit.onnx_toolbox import attrs as node_attrs
 from edgekit.onnx_toolbox import constant_value, fixed_input_shape, graph_inputs, image_layout, node_label
 from edgekit.targets import onnx_to_tf_spatial  # noqa: F401  (registers the conv, pool and resize ops in OPS)
 from edgekit.targets.onnx_to_tf_folds import FOLDS
+from edgekit.targets.onnx_to_tf_fusions import fuse_gelu
 from edgekit.targets.onnx_to_tf_ops import NCHW_TO_NHWC, NHWC_TO_NCHW, OPS, Value
 
 # ONNX op -> the TFLite builtins it becomes (what `edgekit inspect` checks against NNAPI's list); its keys are
@@ -55,6 +56,15 @@ TFLITE_OPS: dict[str, tuple[str, ...]] = {
     "Gemm": ("FULLY_CONNECTED",),
     "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL"),
     "Softmax": ("SOFTMAX",),
+    "ConvTranspose": ("TRANSPOSE_CONV", "STRIDED_SLICE"),  # the slice only for pads
+    "Resize": ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"),
+    "Split": ("SPLIT", "STRIDED_SLICE"),  # unequal parts: a slice each
+    "Slice": ("STRIDED_SLICE",),
+    "Softplus": ("RELU", "ABS", "NEG", "EXP", "ADD", "LOG"),  # kept float in INT8 builds
+    "Gelu": ("GELU",),
+    "Erf": ("GELU",),  # only inside x * 0.5 * (1 + erf(x / sqrt(2))), fused into one GELU
+    "Sqrt": ("SQRT",),
+    "Pow": ("MUL", "SQRT", "POW"),  # x^2 and x^0.5 without POW
     "Identity": (),
     "Dropout": (),
     "Constant": (),
@@ -64,7 +74,11 @@ TFLITE_OPS: dict[str, tuple[str, ...]] = {
     "Unsqueeze": ("RESHAPE",),
     "Squeeze": ("RESHAPE",),
     "Cast": ("CAST",),
-    "Slice": ("STRIDED_SLICE",),
+    "ConstantOfShape": (),
+    "Expand": (),
+    "Range": (),
+    "Equal": (),
+    "Where": (),
 }
 
 
@@ -83,6 +97,8 @@ class Translator:
         self.graph = proto.graph
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
         self.values: dict[str, Value] = {}
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.node = onnx.NodeProto()  # the node being translated (an op function may read its outputs)
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -129,30 +145,30 @@ class Translator:
         if node.op_type == "Constant":
             self.consts[node.output[0]] = _constant_of(node)
             return
+        self.node = node
         attrs = node_attrs(node)
-        folded = self.folded(node, attrs)
-        if folded is not None:
-            self.consts[node.output[0]] = folded
-            return
-        function = OPS.lookup(node, ConversionError, _UNSUPPORTED_ADVICE)
         try:
-            result = function(self, list(node.input), attrs)
+            result = self.folded(node, attrs)
+            if result is None:
+                result = OPS.lookup(node, ConversionError, _UNSUPPORTED_ADVICE)(self, list(node.input), attrs)
         except ConversionError:
             raise
         except (NotImplementedError, ValueError) as exc:
             raise ConversionError(f"cannot convert {node.op_type} node {node_label(node)!r} to TFLite: {exc}") from exc
-        if isinstance(result, np.ndarray):
-            self.consts[node.output[0]] = result
-        else:
-            self.values[node.output[0]] = result
+        for name, value in zip(node.output, result if isinstance(result, list) else [result], strict=True):
+            if isinstance(value, np.ndarray):
+                self.consts[name] = value
+            elif name:
+                self.values[name] = value
 
-    def folded(self, node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray | None:
-        """The node's value when all its inputs are constant and it folds in numpy; else None."""
+    def folded(self, node: onnx.NodeProto, attrs: dict[str, Any]) -> np.ndarray | list[np.ndarray] | None:
+        """The node's value(s) when all its inputs are constant and it folds in numpy; else None."""
         fold = FOLDS.functions.get(node.op_type)
         names = [i for i in node.input if i]
         if fold is None or not names or not all(i in self.consts for i in names):
             return None
-        return fold([self.consts.get(i) for i in node.input], attrs)
+        value = fold([self.consts.get(i) for i in node.input], attrs)
+        return [np.asarray(v) for v in value] if isinstance(value, list) else np.asarray(value)  # numpy scalars too
 
 
 def _constant_of(node: onnx.NodeProto) -> np.ndarray:
@@ -201,7 +217,7 @@ def to_tflite(
     import tensorflow as tf
 
     n, c, h, w = static_input_shape(proto, size)
-    translator = Translator(proto, tf)
+    translator = Translator(fuse_gelu(proto), tf)
     spec = tf.TensorSpec([n, c, h, w] if nchw_input else [n, h, w, c], tf.float32, name="input")
 
     @tf.function(input_signature=[spec], autograph=False)

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from edgekit.onnx_toolbox import OpTable
 
@@ -56,7 +57,14 @@ def _fold_elementwise(fn: Callable[[Any, Any], np.ndarray]) -> Callable[..., np.
     return fold
 
 
-for _op, _fn in {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}.items():
+def _divide(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX Div: integer division truncates (shape arithmetic), float division is true division."""
+    if np.asarray(a).dtype.kind in "iu" and np.asarray(b).dtype.kind in "iu":
+        return np.trunc(np.true_divide(a, b)).astype(np.result_type(a, b))
+    return np.divide(a, b)
+
+
+for _op, _fn in {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": _divide, "Pow": np.power}.items():
     FOLDS.register(_op)(_fold_elementwise(_fn))
 
 
@@ -75,3 +83,47 @@ def _fold_slice(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.nd
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=False):
         index[int(axis)] = slice(int(start), int(min(end, 2**62)), int(step))
     return first[tuple(index)]
+
+
+@FOLDS.register("Shape")
+def _fold_shape(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    return np.array(values[0].shape, np.int64)[attrs.get("start", 0) : attrs.get("end")]
+
+
+@FOLDS.register("ConstantOfShape")
+def _fold_constant_of_shape(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    fill = attrs.get("value")
+    fill = numpy_helper.to_array(fill) if fill is not None else np.zeros(1, np.float32)
+    return np.full([int(d) for d in values[0]], fill.reshape(-1)[0], fill.dtype)
+
+
+@FOLDS.register("Expand")
+def _fold_expand(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    # ONNX Expand broadcasts both ways (a 1 in the shape keeps the input's size)
+    return values[0] * np.ones([int(d) for d in values[1]], values[0].dtype)
+
+
+@FOLDS.register("Range")
+def _fold_range(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    start, limit, delta = values
+    return np.arange(start, limit, delta, dtype=np.result_type(start, limit, delta))
+
+
+@FOLDS.register("Equal")
+def _fold_equal(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    return np.equal(values[0], values[1])
+
+
+@FOLDS.register("Where")
+def _fold_where(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    return np.where(*values)
+
+
+@FOLDS.register("Transpose")
+def _fold_transpose(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    return np.transpose(values[0], attrs.get("perm"))
+
+
+@FOLDS.register("Sqrt")
+def _fold_sqrt(values: list[np.ndarray | None], attrs: dict[str, Any]) -> np.ndarray:
+    return np.sqrt(values[0])

@@ -24,6 +24,10 @@ NHWC_TO_NCHW = (0, 3, 1, 2)
 
 OPS = OpTable("the TFLite converter", walk_ops=("Constant",))
 
+# TF name scope of ops that have no int8 kernel path of their own (Softplus's EXP/LOG decomposition): the INT8
+# build keeps the ops inside it float (targets/tflite_quant.py); the converter keeps the scope in tensor names
+FLOAT_SCOPE = "edgekit_float_"
+
 
 def decoded(value: Any) -> Any:
     """A string attribute as str (onnx gives bytes)."""
@@ -52,9 +56,70 @@ def _shape(ctx: Translator, ins: list[str], attrs: dict) -> np.ndarray:
     return np.array([shape[i] for i in NHWC_TO_NCHW] if value.nhwc else shape, np.int64)
 
 
-@OPS.register("Gather", "Cast", "Slice")
+@OPS.register("Gather", "Cast", "ConstantOfShape", "Expand", "Range", "Equal", "Where")
 def _constant_only(ctx: Translator, ins: list[str], attrs: dict) -> NoReturn:
     raise NotImplementedError("only on constant inputs (shape arithmetic), which are folded")
+
+
+def tf_axis(value: Value, axis: int) -> int:
+    """The TF axis of ONNX axis `axis` (negative counts from the end) of `value`."""
+    axis %= len(value.tensor.shape)
+    return NCHW_TO_NHWC.index(axis) if value.nhwc else axis
+
+
+def _slice_along(ctx: Translator, value: Value, axis: int, start: int, stop: int, step: int = 1) -> Any:
+    """value[start:stop:step] along TF axis `axis` (one STRIDED_SLICE)."""
+    shape = [int(d) for d in value.tensor.shape]
+    begin, end, strides = [0] * len(shape), shape, [1] * len(shape)
+    begin[axis], end[axis], strides[axis] = start, stop, step
+    return ctx.tf.strided_slice(value.tensor, begin, end, strides)
+
+
+def _slice_inputs(ctx: Translator, ins: list[str], attrs: dict) -> list[np.ndarray]:
+    """starts, ends, axes, steps: inputs since opset 10, attributes before."""
+    if "starts" in attrs:
+        starts, ends = attrs["starts"], attrs["ends"]
+        return [np.asarray(v) for v in (starts, ends, attrs.get("axes", range(len(starts))), [1] * len(starts))]
+    values = [ctx.const(i) if i else None for i in ins[1:5]] + [None] * (5 - len(ins))
+    if any(v is None for v, name in zip(values, ins[1:5], strict=False) if name):
+        raise NotImplementedError("starts, ends, axes and steps must be constants")
+    starts, ends, axes, steps = values[:4]
+    axes = range(len(starts)) if axes is None else axes
+    return [starts, ends, np.asarray(axes), np.ones(len(starts), np.int64) if steps is None else steps]
+
+
+@OPS.register("Slice")
+def _slice(ctx: Translator, ins: list[str], attrs: dict) -> Value:
+    x = ctx.values[ins[0]]
+    shape = [int(d) for d in x.tensor.shape]
+    begin, end, strides = [0] * len(shape), list(shape), [1] * len(shape)
+    for start, stop, axis, step in zip(*_slice_inputs(ctx, ins, attrs), strict=True):
+        if step <= 0:
+            raise NotImplementedError("a negative step on an activation (a flip)")
+        axis = tf_axis(x, int(axis))
+        begin[axis], end[axis], strides[axis] = slice(int(start), int(stop), int(step)).indices(shape[axis])
+    return Value(ctx.tf.strided_slice(x.tensor, begin, end, strides), x.nhwc)
+
+
+@OPS.register("Split")
+def _split(ctx: Translator, ins: list[str], attrs: dict) -> list[Value]:
+    """Equal parts: one SPLIT; unequal parts: a STRIDED_SLICE each (SPLIT_V has no int8 path in the quantizer)."""
+    x = ctx.values[ins[0]]
+    axis = tf_axis(x, attrs.get("axis", 0))
+    dim, count = int(x.tensor.shape[axis]), len(ctx.node.output)
+    sizes = attrs.get("split")  # before opset 13 an attribute, then an input
+    if len(ins) > 1 and ins[1]:
+        sizes = ctx.const(ins[1])
+        if sizes is None:
+            raise NotImplementedError("split sizes must be a constant")
+    if sizes is None:  # equal parts (opset 18 num_outputs: the last one may be smaller)
+        part = -(-dim // count)
+        sizes = [part] * (count - 1) + [dim - part * (count - 1)]
+    sizes = [int(s) for s in sizes]
+    if len(set(sizes)) == 1:
+        return [Value(t, x.nhwc) for t in ctx.tf.split(x.tensor, len(sizes), axis=axis)]
+    offsets = np.cumsum([0, *sizes]).tolist()
+    return [Value(_slice_along(ctx, x, axis, a, b), x.nhwc) for a, b in zip(offsets, offsets[1:], strict=False)]
 
 
 @OPS.register("BatchNormalization")
@@ -80,6 +145,49 @@ def _relu(ctx: Translator, ins: list[str], attrs: dict) -> Value:
 def _sigmoid(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.values[ins[0]]
     return Value(ctx.tf.math.sigmoid(x.tensor), x.nhwc)
+
+
+@OPS.register("Softplus")
+def _softplus(ctx: Translator, ins: list[str], attrs: dict) -> Value:
+    # relu(x) + log(1 + exp(-|x|)): builtins only, and no overflow where TF's own log(1 + exp(x)) gives inf
+    x = ctx.values[ins[0]]
+    tf = ctx.tf
+    with tf.name_scope(FLOAT_SCOPE + "softplus"):
+        return Value(tf.nn.relu(x.tensor) + tf.math.log(1.0 + tf.exp(-tf.abs(x.tensor))), x.nhwc)
+
+
+@OPS.register("Gelu")  # opset 20, and what onnx_to_tf_fusions makes of x * 0.5 * (1 + erf(x / sqrt(2)))
+def _gelu(ctx: Translator, ins: list[str], attrs: dict) -> Value:
+    x = ctx.values[ins[0]]
+    approximate = decoded(attrs.get("approximate", "none"))
+    if approximate not in ("none", "tanh"):
+        raise NotImplementedError(f"approximate={approximate!r}")
+    return Value(ctx.tf.nn.gelu(x.tensor, approximate=approximate == "tanh"), x.nhwc)
+
+
+@OPS.register("Erf")
+def _erf(ctx: Translator, ins: list[str], attrs: dict) -> NoReturn:
+    raise NotImplementedError(
+        "TFLite has no ERF builtin; an Erf is converted only inside GELU's x * 0.5 * (1 + erf(x / sqrt(2))), "
+        "which becomes one GELU"
+    )
+
+
+@OPS.register("Sqrt")
+def _sqrt(ctx: Translator, ins: list[str], attrs: dict) -> Value:
+    x = ctx.values[ins[0]]
+    return Value(ctx.tf.sqrt(x.tensor), x.nhwc)
+
+
+@OPS.register("Pow")
+def _pow(ctx: Translator, ins: list[str], attrs: dict) -> Value:
+    exponent = ctx.const(ins[1])
+    x = ctx.values[ins[0]]
+    if exponent is not None and exponent.size == 1 and float(exponent) == 2.0:
+        return Value(x.tensor * x.tensor, x.nhwc)  # one MUL (POW has no int8 kernel)
+    if exponent is not None and exponent.size == 1 and float(exponent) == 0.5:
+        return Value(ctx.tf.sqrt(x.tensor), x.nhwc)
+    return _binary(ctx, ins, ctx.tf.pow)
 
 
 @OPS.register("HardSwish")
@@ -242,4 +350,6 @@ def _matmul(ctx: Translator, ins: list[str], attrs: dict) -> Value:
 def _softmax(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.values[ins[0]]
     axis = attrs.get("axis", -1) % len(x.tensor.shape)
-    return Value(ctx.tf.nn.softmax(x.tensor, axis=NCHW_TO_NHWC.index(axis) if x.nhwc else axis), x.nhwc)
+    if axis == 1 and len(x.tensor.shape) == 4 and not x.nhwc:  # over channels (YOLOv8's DFL): NHWC, last axis
+        x = Value(ctx.nhwc(x), True)  # TFLite's SOFTMAX takes the last axis; the 1x1 conv after it wants NHWC
+    return Value(ctx.tf.nn.softmax(x.tensor, axis=tf_axis(x, axis)), x.nhwc)
