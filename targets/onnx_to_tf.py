@@ -56,10 +56,10 @@ TFLITE_OPS: dict[str, tuple[str, ...]] = {
     "Gemm": ("FULLY_CONNECTED",),
     "MatMul": ("FULLY_CONNECTED", "BATCH_MATMUL"),
     "Softmax": ("SOFTMAX",),
-    "ConvTranspose": ("TRANSPOSE_CONV", "STRIDED_SLICE"),  # the slice only for pads
+    "ConvTranspose": ("TRANSPOSE_CONV", "SLICE"),  # the slice only for pads
     "Resize": ("RESIZE_NEAREST_NEIGHBOR", "RESIZE_BILINEAR"),
-    "Split": ("SPLIT", "STRIDED_SLICE"),  # unequal parts: a slice each
-    "Slice": ("STRIDED_SLICE",),
+    "Split": ("SPLIT", "SLICE"),  # unequal parts: a slice each
+    "Slice": ("STRIDED_SLICE", "SLICE"),  # SLICE where the steps are 1
     "Softplus": ("RELU", "ABS", "NEG", "EXP", "ADD", "LOG"),  # kept float in INT8 builds
     "Gelu": ("GELU",),
     "Erf": ("GELU",),  # only inside x * 0.5 * (1 + erf(x / sqrt(2))), fused into one GELU
