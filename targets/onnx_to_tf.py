@@ -2,8 +2,9 @@
 
 Why our own translator: onnx2tf pins TensorFlow, numpy, ONNX Runtime and protobuf versions that clash with
 the base install (a pip extra cannot install it with --no-deps), and onnx2torch -> litert-torch pulls a
-converter that downgrades typing_extensions. The op set here covers the demo CNN, MobileNet-style networks
-and PaddleOCR's direction classifier; an op outside it is a ConversionError naming the op and node.
+converter that downgrades typing_extensions. The op set here covers the demo CNN and detector, MobileNet-style
+networks, YOLOv8 exports (static or dynamic shapes), PaddleOCR's text detector and direction classifier; an op
+or attribute variant outside it is a ConversionError naming the op and node.
 
 How: each ONNX node becomes TF ops inside one `tf.function`, by the function registered for its op in
 `OPS` (an `OpTable`, as in the Core ML replay; SUPPORTED_OPS is what is registered): elementwise, shape and
