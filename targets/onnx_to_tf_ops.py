@@ -68,7 +68,7 @@ def tf_axis(value: Value, axis: int) -> int:
 
 
 def _slice_along(ctx: Translator, value: Value, axis: int, start: int, stop: int, step: int = 1) -> Any:
-    """value[start:stop:step] along TF axis `axis` (one STRIDED_SLICE)."""
+    """value[start:stop:step] along TF axis `axis` (one STRIDED_SLICE, a SLICE once the converter is done)."""
     shape = [int(d) for d in value.tensor.shape]
     begin, end, strides = [0] * len(shape), shape, [1] * len(shape)
     begin[axis], end[axis], strides[axis] = start, stop, step
@@ -103,7 +103,7 @@ def _slice(ctx: Translator, ins: list[str], attrs: dict) -> Value:
 
 @OPS.register("Split")
 def _split(ctx: Translator, ins: list[str], attrs: dict) -> list[Value]:
-    """Equal parts: one SPLIT; unequal parts: a STRIDED_SLICE each (SPLIT_V has no int8 path in the quantizer)."""
+    """Equal parts: one SPLIT; unequal parts: a slice each (SPLIT_V has no int8 path in the quantizer)."""
     x = ctx.values[ins[0]]
     axis = tf_axis(x, attrs.get("axis", 0))
     dim, count = int(x.tensor.shape[axis]), len(ctx.node.output)
@@ -183,9 +183,10 @@ def _sqrt(ctx: Translator, ins: list[str], attrs: dict) -> Value:
 def _pow(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     exponent = ctx.const(ins[1])
     x = ctx.values[ins[0]]
-    if exponent is not None and exponent.size == 1 and float(exponent) == 2.0:
+    power = float(exponent.reshape(-1)[0]) if exponent is not None and exponent.size == 1 else None
+    if power == 2.0:
         return Value(x.tensor * x.tensor, x.nhwc)  # one MUL (POW has no int8 kernel)
-    if exponent is not None and exponent.size == 1 and float(exponent) == 0.5:
+    if power == 0.5:
         return Value(ctx.tf.sqrt(x.tensor), x.nhwc)
     return _binary(ctx, ins, ctx.tf.pow)
 
