@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 # NNAPI delegate coverage (TFLite builtins it can hand to NNAPI on Android 10+), from the NNAPI delegate's
 # op validation in the TensorFlow Lite source (delegates/nnapi/nnapi_delegate.cc); ops outside run on the CPU.
+# Op level only: the delegate also checks types (EXP, LOG, SQRT, POW float only; SPLIT not int8) and
+# attributes (no align_corners resize). GELU has no NNAPI operation.
 NNAPI_OPS = frozenset(
     {
         "ADD",
@@ -57,6 +59,17 @@ NNAPI_OPS = frozenset(
         "TRANSPOSE",
         "GATHER",
         "CAST",
+        "RESIZE_BILINEAR",
+        "RESIZE_NEAREST_NEIGHBOR",
+        "SPLIT",
+        "SLICE",
+        "TRANSPOSE_CONV",
+        "ABS",
+        "EXP",
+        "LOG",
+        "NEG",
+        "SQRT",
+        "POW",
     }
 )
 VALIDATION_INPUTS = 8
@@ -108,14 +121,12 @@ def compare_with_onnxruntime(
 def float_node_notes(
     result: QuantizedTflite, prepared: onnx.ModelProto, spec: QuantSpec, int8_io: bool
 ) -> list[dict[str, str]]:
-    """What the int8 .tflite does differently from the QDQ model for the QuantSpec's float nodes: the ops of
-    the float nodes run float after a DEQUANTIZE, but the ops feeding them stay int8 on their own grids (the
-    QDQ model computes those in float), and a float output stays float with --int8-io."""
+    """Where the int8 .tflite computes differently from the QDQ model: activations no quantized ONNX op reads
+    (the QDQ model leaves them float) are int8 here, on their QuantSpec grids, the inputs of the QuantSpec's
+    float nodes among them (dequantized before the float ops); a float output stays float with --int8-io."""
     from edgekit.calibration.qdq import quantized_tensors
     from edgekit.targets.tflite_quant import read_parameters
 
-    if not spec.float_nodes:
-        return []
     in_qdq = quantized_tensors(prepared, spec)
     params = read_parameters(result.data)
     int8_here = sorted(
@@ -128,13 +139,22 @@ def float_node_notes(
             and m.onnx_name not in in_qdq
         }
     )
+    feeding = {name for node in prepared.graph.node if node.name in spec.float_nodes for name in node.input}
     notes = []
-    if int8_here:
+    if head := [name for name in int8_here if name in feeding]:
         notes.append(
             {
-                "what": f"float inputs of the kept-float nodes: {', '.join(int8_here)}",
+                "what": f"float inputs of the kept-float nodes: {', '.join(head)}",
                 "why": "the .tflite computes them in int8, each on its own grid, and dequantizes them before the "
                 "float ops (the QDQ model computes them in float)",
+            }
+        )
+    if others := [name for name in int8_here if name not in feeding]:
+        notes.append(
+            {
+                "what": f"activations the QDQ model leaves float: {', '.join(others)}",
+                "why": "no quantized ONNX op reads them (a Resize or Split input, say); the full-integer .tflite "
+                "computes them in int8 on their QuantSpec grids",
             }
         )
     outputs = [o.name for o in prepared.graph.output]

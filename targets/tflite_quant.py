@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +29,30 @@ import numpy as np
 import onnx
 
 from edgekit.errors import EdgekitError
+from edgekit.targets.onnx_to_tf_ops import FLOAT_SCOPE
 
 if TYPE_CHECKING:
     from edgekit.calibration.quant_spec import QuantSpec
 
-# TFLite ops whose output must carry its input's quantization parameters
-_SAME_PARAMS_OPS = {"PAD", "RESHAPE", "TRANSPOSE", "SQUEEZE", "MAX_POOL_2D"}
+# TFLite ops whose outputs must carry their input's quantization parameters (the kernels move values, never
+# compute new ones), and where the data input is when it is not the first (SPLIT: axis, then data)
+_SAME_PARAMS_OPS = {
+    "PAD",
+    "RESHAPE",
+    "TRANSPOSE",
+    "SQUEEZE",
+    "MAX_POOL_2D",
+    "RESIZE_NEAREST_NEIGHBOR",
+    "SPLIT",
+    "STRIDED_SLICE",
+    "SLICE",
+}
+_DATA_INPUT = {"SPLIT": 1}
+_PERMUTING_OPS = {"RESHAPE", "TRANSPOSE", "SQUEEZE"}  # the output holds exactly the input's values
 _EXACT_TOLERANCE = 1e-4  # relative max error for "the same tensor" (float32 arithmetic in two runtimes)
+# a second, looser pass for tensors nothing matched exactly: TFLite's float LOGISTIC and GELU kernels are
+# approximations (about 1.4e-4 of the range off ONNX Runtime's sigmoid)
+_CLOSE_TOLERANCE = 1e-3
 
 
 class TfliteQuantError(EdgekitError):
@@ -117,43 +135,63 @@ def _canonical(value: np.ndarray) -> np.ndarray:
 
 
 def map_activations(
-    proto: onnx.ModelProto, float_tflite: bytes, probe: np.ndarray, *, nchw_input: bool = False
+    proto: onnx.ModelProto,
+    float_tflite: bytes,
+    probe: np.ndarray,
+    *,
+    nchw_input: bool = False,
+    prefer: Collection[str] = (),
 ) -> tuple[dict[str, Mapping], list[str], Any]:
-    """Pair TFLite activations with ONNX tensors; returns (mapping, unmapped tflite names, the interpreter)."""
+    """Pair TFLite activations with ONNX tensors; returns (mapping, unmapped tflite names, the interpreter).
+    Where several ONNX tensors hold the same values (an Identity's input and output), one in `prefer` (the
+    QuantSpec's tensors) is taken."""
     onnx_values = _onnx_activations(proto, probe)
     interpreter = _interpreter(float_tflite, preserve=True)
     tfl_values, produced_by = _tflite_activations(interpreter, probe if nchw_input else probe.transpose(0, 2, 3, 1))
     by_size: dict[int, list[str]] = {}
-    for name, value in onnx_values.items():
-        by_size.setdefault(value.size, []).append(name)
+    for name in sorted(onnx_values, key=lambda n: n not in prefer):
+        by_size.setdefault(onnx_values[name].size, []).append(name)
     mapping: dict[str, Mapping] = {}
     unmapped = []
     for name, value in tfl_values.items():
         as_is = produced_by.get(name) == "INPUT" and nchw_input
-        flat = (value if as_is else _canonical(value)).reshape(-1)
-        found = _match(flat, onnx_values, by_size.get(flat.size, []))
+        layouts = [value] if as_is or value.ndim != 4 else [_canonical(value), value]  # NHWC, or NCHW already
+        found = None
+        for laid_out in layouts:
+            flat = laid_out.reshape(-1)
+            found = found or _match(flat, onnx_values, by_size.get(flat.size, []))
         if found is not None:
             mapping[name] = found
         else:
             unmapped.append(name)
     # PAD/RESHAPE/... outputs share their input's parameters (walk in graph order so chains resolve)
-    details = interpreter.get_tensor_details()
-    for op in interpreter._get_ops_details():
-        out = details[op["outputs"][0]]["name"]
-        source = details[op["inputs"][0]]["name"] if len(op["inputs"]) else None
-        if out in unmapped and op["op_name"] in _SAME_PARAMS_OPS and source in mapping:
+    for op, source, out in same_params_edges(interpreter):
+        if out in unmapped and source in mapping:
             inherited = mapping[source]
-            mapping[out] = Mapping(inherited.onnx_name, inherited.a, inherited.b, f"input of {op['op_name']}")
+            mapping[out] = Mapping(inherited.onnx_name, inherited.a, inherited.b, f"input of {op}")
             unmapped.remove(out)
     return mapping, unmapped, interpreter
 
 
+def same_params_edges(interpreter: Any) -> list[tuple[str, str, str]]:
+    """(op name, input tensor, output tensor) of every op whose output must take its input's parameters, in
+    graph order."""
+    details = interpreter.get_tensor_details()
+    edges = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in _SAME_PARAMS_OPS:
+            source = details[op["inputs"][_DATA_INPUT.get(op["op_name"], 0)]]["name"]
+            edges += [(op["op_name"], source, details[index]["name"]) for index in op["outputs"]]
+    return edges
+
+
 def _match(flat: np.ndarray, onnx_values: dict[str, np.ndarray], candidates: list[str]) -> Mapping | None:
     scale = float(np.abs(flat).max()) + 1e-12
-    for name in candidates:
-        other = onnx_values[name].reshape(-1)
-        if other.size == flat.size and float(np.abs(other - flat).max()) / scale < _EXACT_TOLERANCE:
-            return Mapping(name)
+    for tolerance in (_EXACT_TOLERANCE, _CLOSE_TOLERANCE):
+        for name in candidates:
+            other = onnx_values[name].reshape(-1)
+            if other.size == flat.size and float(np.abs(other - flat).max()) / scale < tolerance:
+                return Mapping(name, via="same values" if tolerance == _EXACT_TOLERANCE else "close values")
     for name in candidates:  # an affine image a*t + b (a converter-folded scale and shift)
         other = onnx_values[name].reshape(-1).astype(np.float64)
         if other.size != flat.size or other.std() == 0:
@@ -190,31 +228,18 @@ def quantize_full_integer(
     from ai_edge_quantizer import qtyping, quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
-    mapping, unmapped, interpreter = map_activations(proto, float_tflite, probe, nchw_input=nchw_input)
-    activations = {n: e for n, e in spec.tensors.items() if e.kind in ("activation", "output")}
-    expected: dict[str, tuple[float, int]] = {}
-    ranges: dict[str, dict[str, np.ndarray]] = {}
-    lacking = []
-    for tfl_name, m in mapping.items():
-        entry = activations.get(m.onnx_name)
-        if entry is None:
-            lacking.append(f"{tfl_name} (= ONNX {m.onnx_name}, not in the QuantSpec)")
-            continue
-        scale, zero_point = int8_grid(entry)
-        grid = _min_max(scale, zero_point)
-        if m.via == "affine image":
-            lo, hi = (m.a * float(grid["min"]) + m.b, m.a * float(grid["max"]) + m.b)
-            scale = (hi - lo) / 255.0
-            zero_point = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
-            grid = _min_max(scale, zero_point)
-        ranges[tfl_name] = grid
-        expected[tfl_name] = (scale, zero_point)
-    lacking += [f"{n} (no ONNX tensor has its values)" for n in unmapped]
+    mapping, unmapped, interpreter = map_activations(
+        proto, float_tflite, probe, nchw_input=nchw_input, prefer=set(spec.tensors)
+    )
+    ranges, expected, lacking = spec_ranges(interpreter, mapping, unmapped, spec)
+    island = float_island_ops(interpreter)
+    lacking = {name: why for name, why in lacking.items() if FLOAT_SCOPE not in name}
     if lacking:
+        described = sorted(f"{name} ({why})" for name, why in lacking.items())
         raise TfliteQuantError(
             "these TFLite activations have no range in the QuantSpec: "
-            + "; ".join(sorted(lacking)[:8])
-            + (f" and {len(lacking) - 8} more" if len(lacking) > 8 else "")
+            + "; ".join(described[:8])
+            + (f" and {len(described) - 8} more" if len(described) > 8 else "")
             + ". Calibrate this exact model (edgekit build --calib DATA) so every tensor has a range"
         )
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,7 +258,7 @@ def quantize_full_integer(
                     activation_num_bits=8,
                     weight_num_bits=8,
                 )
-        kept_float = float_ops(interpreter, mapping, proto, spec)
+        kept_float = float_ops(interpreter, mapping, proto, spec) + island
         for scope in kept_float:
             q.update_quantization_recipe(
                 regex=scope_regex(scope),
@@ -244,8 +269,70 @@ def quantize_full_integer(
         with open(target, "rb") as handle:
             data = handle.read()
     result = QuantizedTflite(data, mapping, expected, kept_float=kept_float)
-    result.not_honoured = check_parameters(result)
+    result.not_honoured = check_parameters(result) + island_notes(island)
     return result
+
+
+def spec_ranges(
+    interpreter: Any, mapping: dict[str, Mapping], unmapped: list[str], spec: QuantSpec
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, tuple[float, int]], dict[str, str]]:
+    """The quantizer's min/max per TFLite activation from the spec, the (scale, zero point) each should get, and
+    the activations without a range (name -> why). An output of a same-params op (SPLIT, STRIDED_SLICE, ...)
+    whose ONNX tensor the calibration did not observe (it feeds no quantized ONNX op) takes its input's range:
+    TFLite would give it its input's parameters anyway; the input of a RESHAPE/TRANSPOSE takes its output's
+    range (the same values), as YOLOv8's DFL softmax before the transpose that feeds its conv."""
+    activations = {n: e for n, e in spec.tensors.items() if e.kind in ("activation", "output")}
+    expected: dict[str, tuple[float, int]] = {}
+    ranges: dict[str, dict[str, np.ndarray]] = {}
+    lacking = {n: "no ONNX tensor has its values" for n in unmapped}
+    for tfl_name, m in mapping.items():
+        entry = activations.get(m.onnx_name)
+        if entry is None:
+            lacking[tfl_name] = f"= ONNX {m.onnx_name}, not in the QuantSpec"
+            continue
+        scale, zero_point = int8_grid(entry)
+        grid = _min_max(scale, zero_point)
+        if m.via == "affine image":
+            lo, hi = (m.a * float(grid["min"]) + m.b, m.a * float(grid["max"]) + m.b)
+            scale = (hi - lo) / 255.0
+            zero_point = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
+            grid = _min_max(scale, zero_point)
+        ranges[tfl_name] = grid
+        expected[tfl_name] = (scale, zero_point)
+    edges = same_params_edges(interpreter)
+    for op, source, out in reversed(edges):  # a transposed tensor's range is its source's range too
+        if op in _PERMUTING_OPS and source in lacking and out in ranges:
+            ranges[source], expected[source] = ranges[out], expected[out]
+            del lacking[source]
+    for _, source, out in edges:
+        if out in lacking and source in ranges:
+            ranges[out], expected[out] = ranges[source], expected[source]
+            del lacking[out]
+    return ranges, expected, lacking
+
+
+def float_island_ops(interpreter: Any) -> list[str]:
+    """The TFLite ops, by first output, that the translator put in its float scope (Softplus's EXP/LOG
+    decomposition: no int8 kernels). They stay float between a DEQUANTIZE and a QUANTIZE."""
+    details = interpreter.get_tensor_details()
+    return [
+        details[op["outputs"][0]]["name"]
+        for op in interpreter._get_ops_details()
+        if any(FLOAT_SCOPE in details[index]["name"] for index in op["outputs"])
+    ]
+
+
+def island_notes(island: list[str]) -> list[dict[str, str]]:
+    """One not-honoured line per ONNX op kind computed in float in the int8 model."""
+    kinds = sorted({name.split(FLOAT_SCOPE, 1)[1].split("/", 1)[0] for name in island})
+    return [
+        {
+            "what": f"{kind} ({sum(FLOAT_SCOPE + kind in n for n in island)} TFLite ops) computed in float",
+            "why": "TFLite has no int8 kernel for it (its builtins decomposition uses EXP and LOG); "
+            "its input is dequantized and its output quantized on the QuantSpec's grid",
+        }
+        for kind in kinds
+    ]
 
 
 def float_ops(interpreter: Any, mapping: dict[str, Mapping], proto: onnx.ModelProto, spec: QuantSpec) -> list[str]:

@@ -126,8 +126,8 @@ def test_tflite_op_list_is_its_registered_functions():
     """TFLITE_OPS (ONNX op -> TFLite builtins, for the NNAPI report) cannot drift from what the translator takes."""
     from edgekit.targets import onnx_to_tf
 
-    assert set(onnx_to_tf.TFLITE_OPS) == onnx_to_tf.SUPPORTED_OPS == onnx_to_tf._OPS.ops
-    assert onnx_to_tf._FOLDS.ops <= onnx_to_tf.SUPPORTED_OPS  # every folded op also has a TF function
+    assert set(onnx_to_tf.TFLITE_OPS) == onnx_to_tf.SUPPORTED_OPS == onnx_to_tf.OPS.ops
+    assert onnx_to_tf.FOLDS.ops <= onnx_to_tf.SUPPORTED_OPS  # every folded op also has a TF function
 
 
 def test_translators_import_without_torch_or_tensorflow():
