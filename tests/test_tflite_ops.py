@@ -428,7 +428,9 @@ def test_ppocr_text_detector_int8_with_calibration_images(ppocr_det: Model, tmp_
 
     pages = _text_folder(tmp_path / "pages")
     target = get_target("android-tflite")
-    spec = calibrate(ppocr_det, pages, activations=target.activation_scheme, progress=False).spec
+    # full integer: the output tail (the final Sigmoid) quantized too; by default it stays float
+    activations = target.activation_scheme
+    spec = calibrate(ppocr_det, pages, activations=activations, progress=False, output_tail="int8").spec
     artifact = edgekit.build(ppocr_det, "android-tflite", tmp_path / "int8", precision="int8", quant_spec=spec)
     quantization = artifact.manifest["quantization"]
     assert quantization["full_integer"] and quantization["activations_from_spec"] > 100
@@ -460,7 +462,10 @@ def test_demo_detector_fp32_and_int8_from_a_video(tmp_path: Path) -> None:
     int8 = edgekit.build(model, "android-tflite", tmp_path / "int8", precision="int8", calib=str(video))
     notes = [note["what"] for note in int8.manifest["not_honoured"]]
     assert any(what.startswith("softplus (7 TFLite ops) computed in float") for what in notes)
-    assert int8.manifest["quantization"]["kept_float"] == ["/Concat_3"]  # the mixed-range head concat
+    quantization = int8.manifest["quantization"]
+    # the decoding after the last convs (the mixed-range head concat among it) stays float: the output tail
+    assert {"/Concat_3", "/Softplus", "/Sigmoid"} <= set(quantization["kept_float"])
+    assert quantization["output_tail"][0].startswith("output tail: 10 ops after the last learned layers")
     frames = np.stack([next(iter(f.values()))[0] for f in _video_feeds(model, video)])
     reference, got = _outputs(int8, model.proto, frames)
     boxes, scores = _sqnr(reference[:, :4], got[:, :4]), _sqnr(reference[:, 4:], got[:, 4:])
