@@ -119,6 +119,20 @@ def test_the_reference_build_is_cached_by_content(fp32, frames, reference_cache)
     # an artifact folder given as the reference is used as it is: test_a_failed_evaluation_is_stored_with_the_run
 
 
+def test_an_nhwc_artifact_is_scored_against_the_nchw_onnx_reference(frames, tmp_path):
+    """android-tflite takes NHWC; the reference build of the ONNX model keeps its own NCHW layout and the
+    artifact's other preprocessing (it failed on every frame when it took the artifact's layout)."""
+    for module in ("tensorflow", "ai_edge_litert"):
+        pytest.importorskip(module, reason="needs the tflite extra (pip install 'edgekit[tflite]')")
+    folder, _ = frames
+    artifact = build(detector_model_path(), "android-tflite", tmp_path / "tflite")
+    assert artifact.manifest["preprocess"]["layout"] == "NHWC"
+    record = edgekit.run(artifact, folder, reference=detector_model_path(), warmup=0, frames=4)
+    assert record.result["errors"] == []
+    versus = record.result["accuracy"]["reference"]
+    assert versus["map50"] > 0.95 and versus["frames"] == 4
+
+
 def test_bad_input_is_refused_before_anything_runs(fp32, frames, tmp_path, reference_cache):
     folder, annotations = frames
     saved = tmp_path / "dets.jsonl"

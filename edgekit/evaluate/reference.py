@@ -141,16 +141,20 @@ def reference_artifact(reference: Any, like: Any, *, cache_dir: Path | None = No
     model = Model(
         reference.proto,
         path=reference.path,
-        preprocess=_spec(like.manifest.get("preprocess")) or reference.preprocess,
+        preprocess=_same_pixels(like.manifest.get("preprocess"), reference.preprocess),
         class_names=like.manifest.get("class_names") or reference.class_names,
     )
     return _cached_build(model, cache_dir or reference_cache_dir())
 
 
-def _spec(data: dict[str, Any] | None) -> Any:
+def _same_pixels(data: dict[str, Any] | None, own: Any) -> Any:
+    """The artifact's preprocessing (the same pixels reach both models) in the reference model's own tensor
+    layout: an android-tflite artifact takes NHWC, the ONNX reference NCHW."""
     from edgekit.runtime.preprocess import PreprocessSpec
 
-    return PreprocessSpec.from_dict(data) if data else None
+    if not data:
+        return own
+    return PreprocessSpec.from_dict({**data, "layout": own.layout})
 
 
 def _cached_build(model: Any, cache_dir: Path) -> Any:
