@@ -284,7 +284,8 @@ def _anchor_rows(model: Path, folder: Path, calibration: Path) -> list[list[obje
     prepared = WORK / "doclaynet-ort-pre.onnx"
     quant_pre_process(str(upgraded), str(prepared), skip_symbolic_shape=True)
     ours = WORK / "doclaynet-x86-ort-int8-percentile-tail-float" / "model.onnx"
-    scores = {"edgekit percentile (artifact)": _scored(ours, model, loaded, folder)}
+    scored = _Scorer(model, loaded, folder)
+    scores = {"edgekit percentile (artifact)": scored(ours)}
     head = [n.name for n in loaded.proto.graph.node if n.output and n.output[0] == loaded.outputs[0].name]
     runs = [(CalibrationMethod.MinMax, []), (CalibrationMethod.Percentile, []), (CalibrationMethod.Percentile, head)]
     for method, excluded in runs:  # as users run it, and with the output concat excluded by hand
@@ -301,7 +302,7 @@ def _anchor_rows(model: Path, folder: Path, calibration: Path) -> list[list[obje
             calibrate_method=method,
             nodes_to_exclude=excluded,
         )
-        scores[name] = _scored(out, model, loaded, folder)
+        scores[name] = scored(out)
     best_anchor = max(v["map50"] or 0.0 for k, v in scores.items() if k.startswith("ORT"))
     return [
         [
@@ -336,30 +337,32 @@ def _page_inputs(model, folder: Path) -> list[dict[str, np.ndarray]]:
     return [{name: preprocess(cv2.imread(str(p)), model.preprocess)} for p in sorted(folder.glob("*.png"))]
 
 
-def _scored(path: Path, reference: Path, model, folder: Path) -> dict[str, float]:
-    """Reference mAP of the model at `path` against the FP32 `reference`, decoded by the agent's decoder."""
-    import onnxruntime as ort
+class _Scorer:
+    """Reference mAP against the FP32 model on the evaluated pages, each model decoded by the agent's own
+    Detector postprocessor in this process; the pages and the reference's detections are made once."""
 
-    from edgekit.evaluate.reference import compare_to_reference
-    from edgekit.runtime.tasks import task_config
-    from edgekit.runtime.tasks.detect import decode
+    def __init__(self, reference: Path, model, folder: Path) -> None:
+        from edgekit.runtime.tasks import task_config
 
-    feeds = _page_inputs(model, folder)
-    config = task_config(model.task)
+        self.feeds = _page_inputs(model, folder)
+        self.config = task_config(model.task)
+        self.reference = self.detections(reference)
 
-    def task_output(onnx_path: Path) -> dict:
+    def detections(self, onnx_path: Path) -> dict:
+        import onnxruntime as ort
+
+        from edgekit.runtime.tasks.postprocessors import Detector
+
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        frames = []
-        for index, feed in enumerate(feeds):
-            found = decode(session.run(None, feed), config)
-            boxes = [
-                [*map(float, b), float(s), int(c)]
-                for b, s, c in zip(found.boxes, found.scores, found.classes, strict=True)
-            ]
-            frames.append({"frame": index, "size": list(model.preprocess.resize), "boxes": boxes})
-        return {"kind": "detect", "frames": frames}
+        detector = Detector(self.config)
+        for position, feed in enumerate(self.feeds):
+            detector.process(session.run(None, feed), None, position)
+        return detector.task_output()
 
-    return compare_to_reference(task_output(path), task_output(reference))
+    def __call__(self, onnx_path: Path) -> dict[str, float]:
+        from edgekit.evaluate.reference import compare_to_reference
+
+        return compare_to_reference(self.detections(onnx_path), self.reference)
 
 
 def demo_detector(frames: int) -> list[list[object]]:

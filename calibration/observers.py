@@ -342,6 +342,9 @@ class PercentileObserver(HistogramObserver):
         return self._hist.percentile(100.0 - self._percentile), self._hist.percentile(self._percentile)
 
 
+NEAR_ONE_SIDED = 1 / 16  # a side this much smaller than the other is kept whole (entropy, asymmetric)
+
+
 @register_observer("entropy")
 class EntropyObserver(HistogramObserver):
     """TensorRT's entropy calibration: the |x| threshold whose 8-bit copy has least KL divergence."""
@@ -404,16 +407,13 @@ class EntropyObserver(HistogramObserver):
         lo, hi = self._hist.min, self._hist.max
         # Asymmetric with a small lobe on one side (SiLU's and GELU's minimum -0.28 below a maximum of 97):
         # the search runs one-sided on the large side and the small side keeps its whole range. [-T, T] there
-        # spent half the grid on values that do not exist (YOLOv8n: every detection score lost).
+        # spent half the grid on values that do not exist (YOLOv8n's first SiLU: [-12, 12] for -0.28..97).
         minority, majority = sorted((max(-lo, 0.0), max(hi, 0.0)))
         one_sided = not symmetric and minority <= NEAR_ONE_SIDED * majority
         t = self.threshold(one_sided=one_sided, num_bits=num_bits)
         if one_sided:
             return (min(lo, 0.0), t) if hi >= -lo else (-t, max(hi, 0.0))
         return -t, t
-
-
-NEAR_ONE_SIDED = 1 / 16  # a side this much smaller than the other is kept whole (entropy, asymmetric)
 
 
 @register_observer("mse")

@@ -4,9 +4,10 @@ A detector's head ends in decoding written into the graph: YOLOv8's distribution
 16 distance bins and their expectation, a 1x1 conv with the fixed weights 0..15), the anchor arithmetic that
 turns distances into box corners, the sigmoid on class logits and the concats and reshapes that lay it all
 out. On one 8-bit grid each, softmax probabilities lose most of their bins and box coordinates their
-sub-pixel offsets: on YOLOv8n DocLayNet the INT8 model kept 0.82 of the FP32 model's detections (mAP@0.5)
-with this tail quantized and 0.92 with it float, with the same latency. These ops hold a negligible share
-of the MACs, so int8 buys nothing there. Classifiers have at most a softmax here.
+sub-pixel offsets: on YOLOv8n DocLayNet (benchmarks/detection.py) the INT8 model kept 0.86 of the FP32
+model's detections (reference mAP@0.5, x86-ort) with this tail quantized and 1.00 with it float (android-tflite
+0.71 and 0.95), with the same latency. These ops hold a negligible share of the MACs, so int8 buys nothing
+there. Classifiers have at most a softmax here.
 
 The tail is found from the graph alone: walk back from the outputs through nodes whose every reader is in
 the tail (or that produce an output), stopping at learned layers (Conv, Gemm, MatMul, ...) and at
@@ -16,8 +17,9 @@ Integer-typed nodes (shape arithmetic) take part in the walk but are not listed:
 
 Policies: "float" (default): the tail runs in float on every target, the learned layers before it keep
 their int8 inputs and weights, and the tensors the tail reads keep their whole observed range whatever the
-observer (calibrate.py): there the rare large values are the detections, not outliers — an entropy search
-clipped YOLOv8's class logits and lost every score. "int8": the tail is quantized like the rest.
+observer (calibrate.py): there the rare large values are the confident detections, not outliers to clip
+(this matters on full-integer targets, which dequantize at the tail). "int8": the tail is quantized like
+the rest.
 """
 
 from __future__ import annotations
@@ -135,19 +137,13 @@ def find_output_tail(model: onnx.ModelProto) -> OutputTail:
     readers = consumers(graph)
     outputs = {o.name for o in graph.output}
     tail: set[str] = set()
-    changed = True
-    while changed:  # a node joins once all its readers have: iterate to the fixed point, outputs first
-        changed = False
-        for node in reversed(graph.node):
-            if node.name in tail or node.op_type == "Constant" or not node.output:
-                continue
-            read_by = [r for out in node.output for r in readers.get(out, [])]
-            feeds_output = any(out in outputs for out in node.output)
-            if not (feeds_output or read_by) or not all(r.name in tail for r in read_by):
-                continue
-            if _is_arithmetic(node, walk):
-                tail.add(node.name)
-                changed = True
+    for node in reversed(graph.node):  # graph order is topological: a node's readers are decided before it
+        if node.op_type == "Constant" or not node.output:
+            continue
+        read_by = [r for out in node.output for r in readers.get(out, [])]
+        feeds_output = any(out in outputs for out in node.output)
+        if (feeds_output or read_by) and all(r.name in tail for r in read_by) and _is_arithmetic(node, walk):
+            tail.add(node.name)
     types = tensor_types(model)
     ordered = [
         node
@@ -159,15 +155,11 @@ def find_output_tail(model: onnx.ModelProto) -> OutputTail:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     names = [n.name for n in ordered]
     produced_inside = {out for node in ordered for out in node.output}
-    constants = {init.name for init in graph.initializer} | {
-        out for node in graph.node if node.op_type == "Constant" for out in node.output
-    }
     inputs = [
         name
         for name in dict.fromkeys(i for node in ordered for i in node.input)
-        if name
+        if name in walk.dynamic
         and name not in produced_inside
-        and name not in constants
         and types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
     ]
     return OutputTail(names, inputs, counts, _macs_share(model, set(names)) if names else None)
@@ -184,8 +176,9 @@ def apply_policy(spec: QuantSpec, tail: OutputTail, policy: str = DEFAULT_POLICY
     if not tail.nodes:
         return
     if policy == "float":
+        already = spec.float_nodes  # a mixed-range concat keeps its own reason
         for name in tail.nodes:
-            if name not in spec.float_nodes:
+            if name not in already:
                 spec.keep_float(name, "output tail (decoding after the last learned layers)")
         tail.action = "kept float"
     else:
@@ -197,8 +190,9 @@ def report_lines(record: dict[str, Any] | None) -> list[str]:
     """The report line of the output tail from the record `apply_policy` keeps (none when there is none)."""
     if not record:
         return []
-    tail = OutputTail(record["nodes"], record.get("inputs", []), record["op_counts"], record.get("macs_share"))
-    tail.action = record["action"]
+    tail = OutputTail(
+        record["nodes"], record.get("inputs", []), record["op_counts"], record.get("macs_share"), record["action"]
+    )
     return [tail.describe()]
 
 

@@ -189,6 +189,15 @@ def write_npz(path: Path, **arrays: np.ndarray) -> None:
             archive.writestr(info, buffer.getvalue())
 
 
+def seed_everything() -> None:
+    """The same weights from the same data on every run (two threads, deterministic kernels)."""
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "edgekit" / "assets", help="assets folder")
@@ -196,11 +205,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
 
-    random.seed(SEED)
-    np.random.seed(SEED)
-    torch.manual_seed(SEED)
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
+    seed_everything()
 
     images, labels = load_mnist_5k()
     rng = np.random.default_rng(SEED)

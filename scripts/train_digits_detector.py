@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
-from train_digits_cnn import SEED, load_mnist_5k, stratified_split
+from train_digits_cnn import SEED, load_mnist_5k, seed_everything, stratified_split
 
 from edgekit.demo_data import (
     DETECT_FRAME_SIZE,
@@ -344,11 +343,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
 
-    random.seed(SEED)
-    np.random.seed(SEED)
-    torch.manual_seed(SEED)
-    torch.set_num_threads(2)
-    torch.use_deterministic_algorithms(True)
+    seed_everything()
 
     images, labels = load_mnist_5k()
     train_idx, held_idx = stratified_split(labels, np.random.default_rng(SEED))
