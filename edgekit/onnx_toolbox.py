@@ -3,13 +3,12 @@
 Calibration, the QDQ writers, `edgekit inspect` and the target translators (ONNX -> TensorFlow, ONNX -> torch)
 all need a node's attributes, a tensor's consumers, a Constant node's value and the model input's fixed
 shape; each used to carry its own copy, and the copies disagreed (one input fixer knew NHWC, the other not).
-Both translators keep their per-op functions in an `OpTable`, so their supported-op lists are the functions.
+The translators' per-op tables live in edgekit/op_support.py.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -127,56 +126,3 @@ def _named(shape: list[int | None]) -> list[int | str]:
 def node_label(node: onnx.NodeProto) -> str:
     """How messages name a node: its name, or its first output when it has none."""
     return node.name or (node.output[0] if node.output else node.op_type)
-
-
-OpFunction = Callable[..., Any]
-
-
-class OpTable:
-    """The per-op functions of one ONNX interpreter, registered by decorator: what it supports is what is registered.
-
-        table = OpTable("the TFLite converter")
-
-        @table.register("Relu")
-        def relu(ctx, inputs, attrs): ...
-
-    `walk_ops` are ops the interpreter's walk handles itself, without a function (Constant); they count as
-    supported. The function's signature is the interpreter's own business.
-    """
-
-    def __init__(self, owner: str, *, walk_ops: Iterable[str] = ()) -> None:
-        self.owner = owner  # who refuses, in messages: "the TFLite converter"
-        self.walk_ops = frozenset(walk_ops)
-        self.functions: dict[str, OpFunction] = {}
-
-    def register(self, *op_types: str) -> Callable[[OpFunction], OpFunction]:
-        """Decorator: `function` computes these ONNX ops (default domain)."""
-
-        def add(function: OpFunction) -> OpFunction:
-            for op_type in op_types:
-                if op_type in self.functions or op_type in self.walk_ops:
-                    raise ValueError(f"{self.owner}: op {op_type} is registered twice")
-                self.functions[op_type] = function
-            return function
-
-        return add
-
-    @property
-    def ops(self) -> frozenset[str]:
-        """Every op this interpreter takes: the registered ones and those its walk handles."""
-        return frozenset(self.functions) | self.walk_ops
-
-    def lookup(self, node: onnx.NodeProto, error: type[Exception], advice: str = "") -> OpFunction:
-        """The function for `node`; `error` naming the op and the node (and what it takes) when there is none."""
-        function = self.functions.get(node.op_type)
-        if function is None:
-            message = (
-                f"{self.owner} cannot take op {node.op_type} (node {node_label(node)!r}); "
-                f"it takes: {', '.join(sorted(self.ops))}"
-            )
-            raise error(f"{message}. {advice}" if advice else message)
-        return function
-
-    def unsupported(self, graph: onnx.GraphProto) -> list[str]:
-        """The op types in `graph` (sorted, once each) this interpreter does not take, other domains included."""
-        return sorted({n.op_type for n in graph.node if n.op_type not in self.ops or n.domain not in DEFAULT_DOMAINS})

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from edgekit.errors import EdgekitError
+from edgekit.onnx_toolbox import node_label
+from edgekit.op_support import Refusal, refusal_message, refused_op_counts
 
 if TYPE_CHECKING:
     import onnx
@@ -267,12 +269,22 @@ class Target:
         """(domain, op_type) pairs the target runs, or None when it does not restrict ops."""
         return None
 
-    def unsupported_ops(self, proto: onnx.ModelProto) -> dict[str, int]:
-        """Ops of `proto` this target cannot run, with how often each occurs."""
+    def refusals(self, proto: onnx.ModelProto, precision: str | None = None) -> list[Refusal]:
+        """Every node of `proto` this target cannot build, naming op, node and reason (what `build` refuses
+        before writing anything and `edgekit inspect -t` predicts). By default: ops outside `supported_ops`."""
         supported = self.supported_ops()
         if supported is None:
-            return {}
-        return count_ops(proto, lambda domain, op: (domain, op) not in supported)
+            return []
+        where = f"{self.engine or self.name}'s operator list"
+        return [
+            Refusal(node.op_type, node_label(node), f"not in {where}")
+            for node in _all_nodes(proto.graph)
+            if (_domain(node.domain), node.op_type) not in supported
+        ]
+
+    def unsupported_ops(self, proto: onnx.ModelProto) -> dict[str, int]:
+        """Ops of `proto` this target cannot run, with how often each occurs."""
+        return refused_op_counts(self.refusals(proto))
 
     def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
         """Per accelerator of the device (NNAPI, ANE, DLA): ops of `proto` it hands back to the CPU, with counts.
@@ -332,10 +344,13 @@ class Target:
             )
         if quant_spec is not None:
             quant_spec.check_model(model.sha256, label=str(model.path or "the model"))
-        missing = self.unsupported_ops(model.proto)
-        if missing:
-            listed = ", ".join(f"{op} (x{n})" for op, n in missing.items())
-            raise BuildError(f"target {self.name} cannot run these ops of the model: {listed}; see `edgekit inspect`")
+        refused = self.refusals(model.proto, precision)
+        if refused:
+            advice = (
+                f"`edgekit inspect MODEL -t {self.name}` lists them; export the model without them or pick another "
+                "target"
+            )
+            raise BuildError(refusal_message(f"target {self.name}", refused, advice))
         files, extra = self._build_impl(model, precision, quant_spec, checked)
         manifest = {
             "target": self.name,

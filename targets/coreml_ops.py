@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.onnx_toolbox import OpTable, constant_value
+from edgekit.onnx_toolbox import constant_value
+from edgekit.op_support import OpTable
 from edgekit.targets.base import BuildError
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.onnx_toolbox import OpTable
+from edgekit.op_support import OpTable
 
 FOLDS = OpTable("the TFLite converter's constant folding")
 

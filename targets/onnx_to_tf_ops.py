@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
-from edgekit.onnx_toolbox import OpTable
+from edgekit.op_support import OpTable
 
 if TYPE_CHECKING:
     from edgekit.targets.onnx_to_tf import Translator

@@ -12,7 +12,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.errors import ModelError
 from edgekit.onnx_toolbox import (
-    OpTable,
     attrs,
     constant_value,
     consumers,
@@ -92,34 +91,6 @@ def test_tflite_refuses_a_channel_last_input_instead_of_transposing_it_twice():
     assert static_input_shape(_model(["b", 3, "h", "w"]), (32, 48)) == (1, 3, 32, 48)
     with pytest.raises(ConversionError, match="channel-last"):
         static_input_shape(_model([1, 224, 224, 3]))
-
-
-def test_op_table_registers_looks_up_and_names_what_it_lacks():
-    table = OpTable("the test interpreter", walk_ops=("Constant",))
-
-    @table.register("Relu", "LeakyRelu")
-    def relu(ctx, inputs, attrs):
-        return "relu"
-
-    assert table.ops == {"Constant", "Relu", "LeakyRelu"}
-    assert table.lookup(helper.make_node("LeakyRelu", ["x"], ["y"]), ModelError) is relu
-    with pytest.raises(
-        ModelError,
-        match=r"the test interpreter cannot take op Erf \(node 'e'\); it takes: Constant, "
-        r"LeakyRelu, Relu\. Try another",
-    ):
-        table.lookup(helper.make_node("Erf", ["x"], ["y"], name="e"), ModelError, "Try another")
-    graph = _model(
-        [1, 3, 8, 8],
-        [
-            helper.make_node("Relu", ["x"], ["r"]),
-            helper.make_node("Relu", ["r"], ["c"], domain="custom"),
-            helper.make_node("Erf", ["c"], ["y"]),
-        ],
-    ).graph
-    assert table.unsupported(graph) == ["Erf", "Relu"]  # a Relu of another domain is not ours
-    with pytest.raises(ValueError, match="registered twice"):
-        table.register("Relu")(relu)
 
 
 def test_tflite_op_list_is_its_registered_functions():
