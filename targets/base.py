@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from edgekit.errors import EdgekitError
-from edgekit.onnx_toolbox import node_label
+from edgekit.onnx_toolbox import fixed_input_shape, graph_inputs, node_label
 from edgekit.op_support import Refusal, refusal_message, refused_op_counts
 
 if TYPE_CHECKING:
@@ -269,9 +269,13 @@ class Target:
         """(domain, op_type) pairs the target runs, or None when it does not restrict ops."""
         return None
 
-    def refusals(self, proto: onnx.ModelProto, precision: str | None = None) -> list[Refusal]:
+    def refusals(
+        self, proto: onnx.ModelProto, precision: str | None = None, *, size: tuple[int, int] | None = None
+    ) -> list[Refusal]:
         """Every node of `proto` this target cannot build, naming op, node and reason (what `build` refuses
-        before writing anything and `edgekit inspect -t` predicts). By default: ops outside `supported_ops`."""
+        before writing anything and `edgekit inspect -t` predicts). `size` is the input (height, width) the
+        artifact is built for (`build_size`), for targets that convert at a fixed shape. By default: ops outside
+        `supported_ops`."""
         supported = self.supported_ops()
         if supported is None:
             return []
@@ -282,9 +286,14 @@ class Target:
             if (_domain(node.domain), node.op_type) not in supported
         ]
 
-    def unsupported_ops(self, proto: onnx.ModelProto) -> dict[str, int]:
+    def model_refusals(self, model: Model, precision: str | None) -> list[Refusal]:
+        """What `build` refuses for this model and precision (a target whose route skips the ONNX graph, such as
+        a torch module converted directly, overrides this)."""
+        return self.refusals(model.proto, precision, size=build_size(model))
+
+    def unsupported_ops(self, proto: onnx.ModelProto, *, size: tuple[int, int] | None = None) -> dict[str, int]:
         """Ops of `proto` this target cannot run, with how often each occurs."""
-        return refused_op_counts(self.refusals(proto))
+        return refused_op_counts(self.refusals(proto, size=size))
 
     def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
         """Per accelerator of the device (NNAPI, ANE, DLA): ops of `proto` it hands back to the CPU, with counts.
@@ -344,7 +353,7 @@ class Target:
             )
         if quant_spec is not None:
             quant_spec.check_model(model.sha256, label=str(model.path or "the model"))
-        refused = self.refusals(model.proto, precision)
+        refused = self.model_refusals(model, precision)
         if refused:
             advice = (
                 f"`edgekit inspect MODEL -t {self.name}` lists them; export the model without them or pick another "
@@ -389,6 +398,33 @@ class Target:
         if model.preprocess is not None and len(tensor.shape) == 4:
             entry["layout"] = model.preprocess.layout
         return entry
+
+
+def build_size(model: Model) -> tuple[int, int] | None:
+    """The input (height, width) a device artifact of `model` is built for: what every frame becomes after the
+    preprocessing (crop, stretch or letterbox), else its resize; None without a preprocessing spec."""
+    preprocess = model.preprocess
+    if preprocess is None:
+        return None
+    size = preprocess.fixed_input_size or preprocess.resize
+    return (int(size[0]), int(size[1])) if size else None
+
+
+def input_refusal(proto: onnx.ModelProto, reason: str) -> Refusal:
+    """A refusal of the model's input itself (a free axis, a layout the target cannot take)."""
+    inputs = graph_inputs(proto)
+    return Refusal("input", inputs[0].name if inputs else "?", reason)
+
+
+def static_model(
+    proto: onnx.ModelProto, size: tuple[int, int] | None, layout: str | None = None
+) -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """`proto` at the one input shape a converted artifact has (batch 1, free height/width from `size`) with its
+    shape arithmetic folded (edgekit.onnx_fold), and that shape; ModelError when a free axis cannot be fixed."""
+    from edgekit.onnx_fold import fold_at_shape
+
+    shape = fixed_input_shape(proto, size, layout=layout)
+    return fold_at_shape(proto, shape), shape
 
 
 def count_ops(proto: onnx.ModelProto, keep: Callable[[str, str], bool]) -> dict[str, int]:

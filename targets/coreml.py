@@ -32,9 +32,10 @@ import numpy as np
 
 from edgekit.errors import ModelError
 from edgekit.onnx_toolbox import fixed_input_shape
+from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions
-from edgekit.targets.coreml_ops import SUPPORTED_OPS
+from edgekit.targets.base import BuildError, Target, TargetOptions, input_refusal, static_model
+from edgekit.targets.coreml_ops import REPLAY_OPS, SUPPORTED_OPS
 
 if TYPE_CHECKING:
     import onnx
@@ -91,6 +92,21 @@ class CoreMLTarget(Target):
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
 
     Options = CoreMLOptions
+
+    def refusals(
+        self, proto: onnx.ModelProto, precision: str | None = None, *, size: tuple[int, int] | None = None
+    ) -> list[Refusal]:
+        """What the ONNX-to-torch replay cannot take, on the model at its build shape (shape arithmetic folded)."""
+        try:
+            static, _ = static_model(proto, size)
+        except ModelError as exc:
+            return [input_refusal(proto, str(exc))]
+        return REPLAY_OPS.refusals(static)
+
+    def model_refusals(self, model: Model, precision: str | None) -> list[Refusal]:
+        if model.torch_module is not None and precision != "w8a8":
+            return []  # coremltools converts the torch module itself; the ONNX graph is not replayed
+        return super().model_refusals(model, precision)
 
     def ane_report(self, proto: onnx.ModelProto, precision: str | None = None) -> Any:
         """What of `proto` is known to fall back from the Neural Engine (see `edgekit.targets.coreml_ane`)."""

@@ -14,9 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.errors import ModelError
+from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions, count_ops
-from edgekit.targets.onnx_to_tf import SUPPORTED_OPS, TFLITE_OPS, ConversionError, static_input_shape, to_tflite
+from edgekit.targets.base import BuildError, Target, TargetOptions, build_size, count_ops, input_refusal, static_model
+from edgekit.targets.onnx_to_tf import (
+    OPS,
+    SUPPORTED_OPS,
+    TFLITE_OPS,
+    ConversionError,
+    static_input_shape,
+    to_tflite,
+)
+from edgekit.targets.onnx_to_tf_fusions import fuse_gelu
 
 if TYPE_CHECKING:
     import onnx
@@ -208,6 +218,17 @@ class AndroidTfliteTarget(Target):
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
 
+    def refusals(
+        self, proto: onnx.ModelProto, precision: str | None = None, *, size: tuple[int, int] | None = None
+    ) -> list[Refusal]:
+        """The translator's refusals on the model at its build shape, shape arithmetic folded (what it converts)."""
+        try:
+            static, _ = static_model(proto, size)
+            static_input_shape(static)
+        except (ModelError, ConversionError) as exc:
+            return [input_refusal(proto, str(exc))]
+        return OPS.refusals(fuse_gelu(static))
+
     def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
         """ONNX ops that become a TFLite builtin the NNAPI delegate does not take (they run on the CPU)."""
         return {"nnapi": count_ops(proto, lambda domain, op: not set(TFLITE_OPS.get(op, ())) <= NNAPI_OPS)}
@@ -216,18 +237,19 @@ class AndroidTfliteTarget(Target):
         self, model: Model, precision: str, spec: QuantSpec | None, options: TFLiteOptions
     ) -> tuple[dict[str, bytes], dict]:
         nchw = options.nchw_input
-        size = tuple(model.preprocess.resize) if model.preprocess is not None and model.preprocess.resize else None
+        size = build_size(model)
         try:
-            shape = static_input_shape(model.proto, size)
+            static, _ = static_model(model.proto, size)
+            shape = static_input_shape(static)
             probes = _probe_inputs(shape, spec, model.inputs[0].name, VALIDATION_INPUTS)
             if precision == "int8":
                 data, proto, extra = self._int8(model, spec, probes[:1], nchw, options.int8_io)
             else:
-                proto, extra = model.proto, {"not_honoured": []}
-                data = to_tflite(proto, fp16=precision == "fp16", nchw_input=nchw, size=size)
+                proto, extra = static, {"not_honoured": []}
+                data = to_tflite(proto, fp16=precision == "fp16", nchw_input=nchw)
         except ImportError as exc:
             raise _install_hint(exc) from exc
-        except ConversionError as exc:
+        except (ConversionError, ModelError) as exc:
             raise BuildError(str(exc)) from exc
         extra["validation"] = compare_with_onnxruntime(proto, data, probes, nchw_input=nchw)
         n, c, h, w = shape
@@ -256,7 +278,8 @@ class AndroidTfliteTarget(Target):
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
 
         prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
-        float_tflite = to_tflite(prepared, nchw_input=nchw, size=probe.shape[2:])
+        prepared, _ = static_model(prepared, tuple(probe.shape[2:]))  # the spec's tensor names stay
+        float_tflite = to_tflite(prepared, nchw_input=nchw)
         try:
             result = quantize_full_integer(float_tflite, prepared, spec, probe, int8_io=int8_io, nchw_input=nchw)
         except TfliteQuantError as exc:

@@ -82,7 +82,7 @@ def inspect_model(
     shapes, notes = resolve_shapes(proto, fixed)
     mac_shapes = _shapes_per_sample(proto, fixed, shapes, notes)
     layers, read = _layers(graph, shapes, mac_shapes)
-    unsupported, fallbacks, reports, target_errors = _unsupported_by_target(proto, targets)
+    unsupported, refusals, fallbacks, reports, target_errors = _unsupported_by_target(model, targets)
 
     return InspectReport(
         path=str(model.path) if model.path else None,
@@ -98,6 +98,7 @@ def inspect_model(
         layers=layers,
         totals=_totals(graph, layers, read),
         unsupported=unsupported,
+        refusals=refusals,
         target_errors=target_errors,
         notes=notes,
         fallbacks=fallbacks,
@@ -172,13 +173,23 @@ def _totals(graph: onnx.GraphProto, layers: list[LayerInfo], read: dict[str, tup
 
 
 def _unsupported_by_target(
-    proto: onnx.ModelProto, names: list[str] | None
-) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, dict[str, int]]], dict[str, dict[str, Any]], dict[str, str]]:
-    """Ops each target cannot run and those its accelerators hand back to the CPU, and (for targets named in
-    `names`) the detailed accelerator reports; a target that fails to load is reported, not fatal."""
+    model: Model, names: list[str] | None
+) -> tuple[
+    dict[str, dict[str, int]],
+    dict[str, list[dict[str, str]]],
+    dict[str, dict[str, dict[str, int]]],
+    dict[str, dict[str, Any]],
+    dict[str, str],
+]:
+    """Ops each target cannot run (counts, and for targets named in `names` every refused node with its reason:
+    what `build` would refuse), those its accelerators hand back to the CPU, and (for targets named) the detailed
+    accelerator reports; a target that fails to load is reported, not fatal."""
+    from edgekit.op_support import refused_op_counts
     from edgekit.targets import get_target, target_names
 
+    proto = model.proto
     unsupported: dict[str, dict[str, int]] = {}
+    refusals: dict[str, list[dict[str, str]]] = {}
     fallbacks: dict[str, dict[str, dict[str, int]]] = {}
     reports: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
@@ -188,14 +199,17 @@ def _unsupported_by_target(
     for name in names or target_names():
         try:
             target = get_target(name)
-            unsupported[name] = dict(target.unsupported_ops(proto))
+            refused = target.model_refusals(model, None)
+            unsupported[name] = refused_op_counts(refused)
+            if names:
+                refusals[name] = [r.to_dict() for r in refused]
             fallbacks[name] = target.accelerator_fallbacks(proto)
             report = target.accelerator_report(proto) if names else None
             if report is not None:
                 reports[name] = report
         except Exception as exc:  # a backend's optional dependency may be missing; inspect still works
             errors[name] = f"{type(exc).__name__}: {exc}"
-    return unsupported, fallbacks, reports, errors
+    return unsupported, refusals, fallbacks, reports, errors
 
 
 def _op_label(node: onnx.NodeProto) -> str:

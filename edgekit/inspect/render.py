@@ -174,6 +174,10 @@ def _target_rows(report: InspectReport) -> list[Row]:
     for target, ops_missing in report.unsupported.items():
         if ops_missing:
             rows.append((target, f"cannot run: {_op_counts(ops_missing)}", "red"))
+            rows += [(target, _refusal_line(r), "red") for r in report.refusals.get(target, [])[:SHOWN_REFUSALS]]
+            hidden = len(report.refusals.get(target, [])) - SHOWN_REFUSALS
+            if hidden > 0:
+                rows.append((target, f"  ... and {hidden} more node(s) (--json lists them all)", "red"))
         else:
             rows.append((target, "unsupported ops: none", "green"))
     for target, by_accelerator in report.fallbacks.items():
@@ -186,6 +190,13 @@ def _target_rows(report: InspectReport) -> list[Row]:
             rows.append((f"{target} ({detail.get('accelerator')})", line, style))
     rows += [(target, f"not checked: {error}", "yellow") for target, error in report.target_errors.items()]
     return rows
+
+
+SHOWN_REFUSALS = 12  # refused nodes listed per target; --json has them all
+
+
+def _refusal_line(refusal: dict[str, str]) -> str:
+    return f"  {refusal['op']} node {refusal['node']!r}: {refusal['reason']}"
 
 
 def _op_counts(ops: dict[str, int]) -> str:

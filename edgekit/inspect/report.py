@@ -81,6 +81,8 @@ class InspectReport:
     unsupported: dict[str, dict[str, int]]
     target_errors: dict[str, str]
     notes: list[str]
+    # target (those named with -t) -> every node `build` would refuse: {"op", "node", "reason"}
+    refusals: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     # target -> accelerator -> ops it hands back to the CPU (e.g. android-tflite -> nnapi -> {"MatMul": 1})
     fallbacks: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     # target -> its detailed accelerator readiness report (rules, sources, nodes), e.g. ios-coreml's ANE report
@@ -116,6 +118,7 @@ class InspectReport:
             "macs_input_shapes": {name: json_shape(s) for name, s in self.macs_input_shapes.items()},
             "totals": self.totals.to_dict(),
             "unsupported": {t: {op: int(n) for op, n in ops.items()} for t, ops in self.unsupported.items()},
+            "refusals": {t: [dict(r) for r in found] for t, found in self.refusals.items()},
             "target_errors": dict(self.target_errors),
             "fallbacks": {
                 t: {a: {op: int(n) for op, n in ops.items()} for a, ops in by.items()}
