@@ -291,6 +291,16 @@ class Target:
         a torch module converted directly, overrides this)."""
         return self.refusals(model.proto, precision, size=build_size(model))
 
+    def check_buildable(self, model: Model, precision: str) -> None:
+        """BuildError naming every node this target would refuse (the API calls it before calibrating too)."""
+        refused = self.model_refusals(model, precision)
+        if refused:
+            advice = (
+                f"`edgekit inspect MODEL -t {self.name}` lists them; export the model without them or pick another "
+                "target"
+            )
+            raise BuildError(refusal_message(f"target {self.name}", refused, advice))
+
     def unsupported_ops(self, proto: onnx.ModelProto, *, size: tuple[int, int] | None = None) -> dict[str, int]:
         """Ops of `proto` this target cannot run, with how often each occurs."""
         return refused_op_counts(self.refusals(proto, size=size))
@@ -353,13 +363,7 @@ class Target:
             )
         if quant_spec is not None:
             quant_spec.check_model(model.sha256, label=str(model.path or "the model"))
-        refused = self.model_refusals(model, precision)
-        if refused:
-            advice = (
-                f"`edgekit inspect MODEL -t {self.name}` lists them; export the model without them or pick another "
-                "target"
-            )
-            raise BuildError(refusal_message(f"target {self.name}", refused, advice))
+        self.check_buildable(model, precision)
         files, extra = self._build_impl(model, precision, quant_spec, checked)
         manifest = {
             "target": self.name,
