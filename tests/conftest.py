@@ -128,3 +128,60 @@ def isolated_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     db = tmp_path / "results.db"
     monkeypatch.setenv("EDGEKIT_DB", str(db))
     return db
+
+
+_TORCHVISION_OPS = None  # keeps the torch.library that declares torchvision's C++ op schemas alive
+
+
+def _declare_torchvision_ops() -> None:
+    """PyPI's torchvision is a CUDA build whose C++ ops cannot load beside torch's CPU wheel, and its import
+    (which timm does) registers meta kernels for them; declaring the two op schemas it looks up lets the pure
+    Python model definitions import. Nothing here runs those ops."""
+    global _TORCHVISION_OPS
+    import glob
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    if _TORCHVISION_OPS is not None or spec is None or not spec.submodule_search_locations:
+        return
+    for library in glob.glob(f"{spec.submodule_search_locations[0]}/_C*.so"):
+        try:
+            torch.ops.load_library(library)  # a CPU build's ops load: nothing to declare
+            return
+        except OSError:
+            pass
+    _TORCHVISION_OPS = torch.library.Library("torchvision", "DEF")
+    _TORCHVISION_OPS.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _TORCHVISION_OPS.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+def make_timm_model(name: str, size: int, *, seed: int = 0, **kwargs):
+    """A timm architecture with seeded random weights (nothing downloaded), in eval mode, and its ONNX export
+    (opset 17, dynamic batch) at `size` x `size`: (torch module, onnx.ModelProto)."""
+    import io
+
+    torch = pytest.importorskip("torch")
+    _declare_torchvision_ops()
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(seed)
+    module = timm.create_model(name, pretrained=False, **kwargs).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        module,
+        torch.zeros(1, 3, size, size),
+        buffer,
+        opset_version=17,
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    return module, onnx.load_from_string(buffer.getvalue())
+
+
+@pytest.fixture
+def timm_factory():
+    """`make_timm_model`: real architectures (timm) with seeded random weights and their ONNX exports."""
+    return make_timm_model
