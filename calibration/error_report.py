@@ -72,10 +72,11 @@ def tensor_errors(
 
 def print_error_table(errors: list[TensorError], console: Any = None, *, worst: int | None = 15) -> None:
     """The tensors sorted by SQNR, worst first."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from edgekit.console_text import plain_console
+
+    console = console or plain_console()
     ranked = sorted(errors, key=lambda e: e.sqnr_db if e.sqnr_db is not None else -1e9)
     shown = ranked[:worst] if worst else ranked
     table = Table(
@@ -97,14 +98,12 @@ def print_error_table(errors: list[TensorError], console: Any = None, *, worst: 
 def print_head_notes(spec: QuantSpec, console: Any = None) -> None:
     """A line per mixed-range concat at the outputs (calibration/mixed_range.py) and one for the output tail
     (calibration/output_tail.py): what was found and what was done."""
-    from rich.console import Console
-    from rich.markup import escape
-
     from edgekit.calibration.spec_summary import head_lines
+    from edgekit.console_text import plain_console, styled
 
-    console = console or Console()
+    console = console or plain_console()
     for line in head_lines(spec):
-        console.print(f"[yellow]{escape(line)}[/yellow]")
+        console.print(styled((line, "yellow")))
 
 
 def report_html(report: dict[str, Any]) -> str:

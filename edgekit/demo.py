@@ -25,11 +25,10 @@ def run_demo(
 
     With `int8`, also calibrate on the video's first 100 frames, build the int8 artifact and run it the
     same way, so FP32 and INT8 are measured side by side."""
-    from rich.console import Console
-
+    from edgekit.console_text import plain_console
     from edgekit.demo_data import digits_model_path, load_heldout_digits, render_digits_video
 
-    console = console or Console()
+    console = console or plain_console()
     workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "edgekit-demo"
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -68,11 +67,10 @@ def run_detect_demo(
     annotations so the run reports mAP, and store the run.
 
     With `int8`, also calibrate on the video's frames, build the int8 artifact and run it the same way."""
-    from rich.console import Console
-
+    from edgekit.console_text import plain_console
     from edgekit.demo_data import detector_model_path, render_detection_frames
 
-    console = console or Console()
+    console = console or plain_console()
     workdir = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "edgekit-demo-detect"
     workdir.mkdir(parents=True, exist_ok=True)
 

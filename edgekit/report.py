@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgekit.console_text import as_text, plain_console, styled
 from edgekit.device.results import STAGES
 from edgekit.store import StoredRun
 
@@ -152,10 +153,10 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
     Compact enough for an 80-column terminal; the per-stage breakdown of a run is `print_stage_table`
     (`edgekit report RUN`)."""
     from rich import box
-    from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    console = console or Console()
+    console = console or plain_console()
     devices = sorted({run.device for run in runs})
     table = Table(
         title="edgekit runs (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
@@ -185,7 +186,7 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
     for run in runs:
         row = run_row(run)
         top1 = row["top1"]
-        cells = [f"[{colours.get(run.status, 'red')}]{row['run_id']}[/]"]
+        cells: list[Any] = [Text(row["run_id"], style=colours.get(run.status, "red"))]
         if len(devices) > 1:
             cells.append(row["device"])
         cells += [
@@ -201,21 +202,21 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
         ]
         if task_columns:
             cells += [_fmt(metrics[run.run_id]["task"]), *(_fmt(metrics[run.run_id][k]) for _, k in task_columns)]
-        table.add_row(*cells)
+        table.add_row(*(as_text(c) if isinstance(c, str) else c for c in cells))  # device text is never markup
     console.print(table)
-    legend = "run colour: [green]ok[/] [yellow]partial[/] [red]error[/]"
-    console.print(legend + (f"; device: {devices[0]}" if len(devices) == 1 else ""))
+    device = f"; device: {devices[0]}" if len(devices) == 1 else ""
+    console.print(styled("run colour: ", ("ok", "green"), " ", ("partial", "yellow"), " ", ("error", "red"), device))
     for run in runs:
         for error in run.result.get("errors", []):
-            console.print(f"[red]{run.run_id} {error.get('stage', '?')}:[/red] {error.get('message', '')}")
+            where = f"{run.run_id} {error.get('stage', '?')}:"
+            console.print(styled((where, "red"), " ", str(error.get("message", ""))))
 
 
 def print_stage_table(run: StoredRun, console: Any = None) -> None:
     """Per-stage latency summary of one run (mean, p50, p90, p99, std)."""
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or plain_console()
     table = Table(title=f"run {run.run_id} on {run.device}: latency per stage (ms)", title_justify="left")
     table.add_column("stage")
     for column in ("mean", "p50", "p90", "p99", "std", "count"):

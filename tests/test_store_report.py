@@ -110,3 +110,47 @@ def test_power_columns_and_side_by_side_charts(tmp_path):
     assert "jetson-1" in text and "jetson-2" in text and "7.25" in text and "13" in text
     page = report.to_html(runs)
     assert "average power" in page and "energy per inference" in page and "7.25 W" in page
+
+
+HOSTILE = "disk [/] full on [bold]root@[::1]:22[/bold] :smile: \x1b[31mred\x1b[0m"
+
+
+def test_device_text_is_shown_as_text_in_every_report(isolated_store):
+    """Errors, warnings and facts come from devices: markup, emoji codes, IPv6 brackets and terminal escapes in
+    them are printed literally (escapes dropped), and one such run does not break the report for good."""
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+    from edgekit.device.results import failed_result
+
+    store = ResultsStore(isolated_store)
+    failed = failed_result({"run_id": "bad-1", "mode": "sequential"}, HOSTILE)
+    store.add(device="[red]dev[/]", plan={"run_id": "bad-1"}, result=failed, manifest={}, artifact_id="e" * 64)
+    ok = dict(_result("ok-2", 1.5), device={"cpu": "[/] cpu", "python": "3.11"}, warnings=[HOSTILE])
+    store.add(device="[red]dev[/]", plan={"run_id": "ok-2"}, result=ok, manifest={}, artifact_id="e" * 64)
+    runner = CliRunner(env={"COLUMNS": "400"})
+    for args in (["report"], ["report", "ok-2"], ["report", "--html", str(isolated_store.parent / "r.html")]):
+        result = runner.invoke(main, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        if args != ["report", "--html", str(isolated_store.parent / "r.html")]:
+            assert "\x1b" not in result.output
+    table = runner.invoke(main, ["report"]).output
+    assert r"disk [/] full on [bold]root@[::1]:22[/bold] :smile: \x1b[31mred\x1b[0m" in table.replace("\n", "")
+    assert "[red]dev[/]" in table
+    assert "warning: disk [/] full" in runner.invoke(main, ["report", "ok-2"]).output
+
+
+def test_device_facts_table_shows_device_text_as_text():
+    from edgekit.cli.common import make_console
+    from edgekit.cli.fleet import _print_facts
+
+    facts = [
+        {"name": "a[/]", "reachable": False, "error": HOSTILE},
+        {"name": "b", "reachable": True, "error": "[/] slow", "cpu": "[bold]ARM[/bold] \x1b]0;x\x07", "python": "3.8"},
+    ]
+    buffer = io.StringIO()
+    console = make_console()
+    console.file = buffer
+    _print_facts(facts, "fleet[/].yaml", console)
+    text = buffer.getvalue()
+    assert "a[/]" in text and "[/] slow" in text and "[bold]ARM[/bold]" in text and "\x1b" not in text

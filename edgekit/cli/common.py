@@ -39,10 +39,12 @@ def make_console() -> Any:
     """A rich Console on this moment's stdout; piped output gets $COLUMNS (default 140) instead of rich's
     80-column default. The stream is bound now: a fleet thread silencing pycocotools swaps the process-wide
     sys.stdout for a moment, and a console that follows sys.stdout lost the line it printed then."""
-    from rich.console import Console
+    from edgekit.console_text import plain_console
 
     out = sys.stdout
-    return Console(file=out) if out.isatty() else Console(file=out, width=int(os.environ.get("COLUMNS", 0)) or 140)
+    if out.isatty():
+        return plain_console(file=out)
+    return plain_console(file=out, width=int(os.environ.get("COLUMNS", 0)) or 140)
 
 
 def open_store(db: str | None) -> Any:

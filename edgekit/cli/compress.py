@@ -8,6 +8,7 @@ from typing import Any, Literal
 import click
 
 from edgekit.cli.common import fail_cleanly, make_console, parse_json_object
+from edgekit.console_text import styled
 
 
 def _model_options(func: Any) -> Any:
@@ -250,14 +251,19 @@ def _print_structured(
 ) -> None:
     """The layers channel pruning left whole, and the rounds toward --target-macs."""
     for name, reason in result.skipped.items():
-        console.print(f"[yellow]{name} not pruned:[/yellow] {reason}")
+        console.print(styled((f"{name} not pruned:", "yellow"), f" {reason}"))
     for step in result.rounds:
         verdict = "kept" if step.accepted else f"undone (more than {max_drop} pts below {result.baseline:.2f}%)"
         console.print(f"round {step.round}: {step.macs_fraction:.0%} of the MACs, top-1 {step.metric:.2f}%, {verdict}")
     if result.rounds and all(step.accepted for step in result.rounds) and not result.reached_target:
         console.print(
-            f"[yellow]{result.macs_fraction:.0%} of the MACs is as far as channels in multiples of "
-            f"{multiple_of} go on this model (target {target_macs:.0%}): lower --multiple-of[/yellow]"
+            styled(
+                (
+                    f"{result.macs_fraction:.0%} of the MACs is as far as channels in multiples of "
+                    f"{multiple_of} go on this model (target {target_macs:.0%}): lower --multiple-of",
+                    "yellow",
+                )
+            )
         )
 
 

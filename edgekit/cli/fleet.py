@@ -43,12 +43,14 @@ def devices_check(
 def _print_facts(facts: list[dict[str, Any]], fleet: str, console: Any) -> None:
     from rich.table import Table
 
+    from edgekit.console_text import as_text
+
     table = Table(title=f"devices in {fleet}", title_justify="left")
     for column in ("device", "reachable", "python", "engines", "cpu", "gpu", "free disk", "power probe"):
         table.add_column(column)
     for f in facts:
         free = f.get("disk.free_bytes")
-        table.add_row(
+        cells = (
             f["name"],
             _reachability(f),
             str(f.get("python", "-")),
@@ -58,10 +60,13 @@ def _print_facts(facts: list[dict[str, Any]], fleet: str, console: Any) -> None:
             f"{free / 1e9:.1f} GB" if isinstance(free, (int, float)) else "-",
             str(f.get("power_probe") or "-"),
         )
+        table.add_row(*(as_text(c) if isinstance(c, str) else c for c in cells))  # device text is never markup
     console.print(table)
 
 
-def _reachability(facts: dict[str, Any]) -> str:
+def _reachability(facts: dict[str, Any]) -> Any:
+    from edgekit.console_text import styled
+
     if not facts["reachable"]:
-        return f"[red]no[/]: {facts.get('error', '')}"
-    return f"[yellow]yes, but[/]: {facts['error']}" if facts.get("error") else "yes"
+        return styled(("no", "red"), f": {facts.get('error', '')}")
+    return styled(("yes, but", "yellow"), f": {facts['error']}") if facts.get("error") else "yes"

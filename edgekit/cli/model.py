@@ -188,9 +188,8 @@ def build(
       edgekit build unet.onnx -o art --task segment
       edgekit build model.onnx --target jetson-trt -p int8 --calib imgs/ -O dla_core=0 -o art
       edgekit build model.onnx --target ios-coreml -p w8a8 --calib imgs/ -O shapes=320x320 -o art"""
-    from rich.markup import escape
-
     from edgekit.api import build as build_artifact
+    from edgekit.console_text import styled
     from edgekit.model import Model
 
     loaded = Model.load(model)
@@ -214,16 +213,17 @@ def build(
         task=task,
         postprocess=postprocess,
     )
-    console.print(f"artifact [bold]{artifact.id[:16]}[/bold] ({target}/{precision}) written to {artifact.path}")
+    where = f" ({target}/{precision}) written to {artifact.path}"
+    console.print(styled("artifact ", (artifact.id[:16], "bold"), where))
     built_task = artifact.manifest.get("task")
     if built_task:
         source = "given" if task or postprocess else loaded.task_source
         console.print(f"task {built_task['task']} ({source}): {json.dumps(built_task)}")
     quantization = artifact.manifest.get("quantization") or {}
     for line in [*quantization.get("mixed_range", []), *quantization.get("output_tail", [])]:
-        console.print(f"[yellow]{escape(line)}[/yellow]")
+        console.print(styled((line, "yellow")))
     for note in artifact.manifest.get("not_honoured", []):
-        console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
+        console.print(styled(("not honoured:", "yellow"), f" {note['what']}: {note['why']}"))
 
 
 @click.command()

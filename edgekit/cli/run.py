@@ -160,14 +160,16 @@ def run(
 
 
 def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any, console: Any, **options: Any) -> None:
-    from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
     from edgekit.api import run_fleet
+    from edgekit.console_text import styled
     from edgekit.evaluate.host import evaluation_errors
     from edgekit.report import print_runs_table
 
-    bars = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), console=console, transient=True)
+    bars = Progress(
+        TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), console=console, transient=True
+    )
     tasks: dict[str, Any] = {}
 
     def progress_for(device: Any) -> Any:
@@ -185,7 +187,7 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
         scored = not evaluation_errors(record.result)
         colour = "green" if record.ok and scored else "red"
         state = status if scored else f"{status}, evaluation failed"
-        console.print(f"[{colour}]{record.device}: {state}[/] (run {record.run_id})")
+        console.print(styled((f"{record.device}: {state}", colour), f" (run {record.run_id})"))
 
     with bars:
         records = run_fleet(
@@ -197,7 +199,8 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
     failed = {device: why for device, why in failed.items() if why}
     if failed:
         listed = "; ".join(f"{device}: {why}" for device, why in failed.items())
-        console.print(f"[red]failed on {len(failed)} of {len(records)} devices:[/red] {escape(listed)}", soft_wrap=True)
+        heading = f"failed on {len(failed)} of {len(records)} devices:"
+        console.print(styled((heading, "red"), " ", listed), soft_wrap=True)
         sys.exit(1)
 
 
@@ -215,6 +218,7 @@ def _run_failure(result: dict[str, Any]) -> str | None:
 
 
 def _print_run(run_id: str, store: Any, console: Any) -> None:
+    from edgekit.console_text import styled
     from edgekit.report import print_stage_table, task_summary
 
     stored = store.get([run_id])[0]
@@ -235,10 +239,10 @@ def _print_run(run_id: str, store: Any, console: Any) -> None:
     for text in task_summary(result):
         console.print(text)
     for error in result.get("errors", []):
-        console.print(f"[red]{error.get('stage', '?')} error:[/red] {error.get('message', '')}")
+        console.print(styled((f"{error.get('stage', '?')} error:", "red"), " ", str(error.get("message", ""))))
     for warning in result.get("warnings", []):
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(f"run [bold]{run_id}[/bold] ({result['status']}) stored in {store.path}")
+        console.print(styled(("warning:", "yellow"), " ", str(warning)))
+    console.print(styled("run ", (run_id, "bold"), f" ({result['status']}) stored in {store.path}"))
 
 
 @click.command()
@@ -254,6 +258,7 @@ def report(
 ) -> None:
     """Show stored runs (by id or id prefix; default the latest) as a table, JSON, CSV or HTML."""
     from edgekit import report as reports
+    from edgekit.console_text import styled
 
     store = open_store(db)
     stored = store.get(list(runs) or None, last=last)
@@ -271,6 +276,8 @@ def report(
             reports.print_stage_table(stored[0], console)
             for text in reports.task_summary(stored[0].result):  # mAP, reference mAP, detections per frame
                 console.print(text)
+            for warning in stored[0].result.get("warnings", []):
+                console.print(styled(("warning:", "yellow"), " ", str(warning)))
     if html_file:
         Path(html_file).write_text(reports.to_html(stored))
         click.echo(f"HTML report written to {html_file}", err=True)

@@ -149,12 +149,12 @@ def _change(value: float | None, base: float | None) -> str:
 
 def print_before_after(rows: list[CompareRow], console: Any = None, *, title: str = "before / after") -> None:
     """Print the rows as a rich table; every row after the first shows its change against the first."""
-    from rich.console import Console
     from rich.table import Table
 
+    from edgekit.console_text import plain_console
     from edgekit.inspect import human_bytes, human_count
 
-    console = console or Console()
+    console = console or plain_console()
     table = Table(title=title, title_justify="left")
     table.add_column("model")
     for column in ("size", "params", "MACs", "latency ms (b1, 1 thread)", "top-1"):

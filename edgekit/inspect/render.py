@@ -39,11 +39,12 @@ def format_shape(shape: Shape) -> str:
 
 def render_table(report: InspectReport, console: Any = None, *, max_rows: int | None = None) -> None:
     """Print the per-layer table (at most `max_rows` rows; default all) and the summary to a rich Console."""
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    console = console or Console()
+    from edgekit.console_text import plain_console
+
+    console = console or plain_console()
     shown = report.layers if max_rows is None else report.layers[: max(0, max_rows)]
     table = Table(title=f"{report.path or 'model'}: {report.totals.nodes} layers", title_justify="left")
     table.add_column("#", justify="right", style="dim")
