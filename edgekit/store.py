@@ -78,10 +78,20 @@ class ResultsStore:
             db.close()
 
     def add(self, *, device: str, plan: dict, result: dict, manifest: dict, artifact_id: str) -> str:
+        """Store one run; a run id already stored is an EdgekitError (a stored run is never overwritten)."""
         run_id = result.get("run_id") or plan["run_id"]
+        try:
+            self._insert(run_id, device=device, plan=plan, result=result, manifest=manifest, artifact_id=artifact_id)
+        except sqlite3.IntegrityError as exc:
+            raise EdgekitError(
+                f"run {run_id} is already stored in {self.path}; a stored run is never overwritten"
+            ) from exc
+        return run_id
+
+    def _insert(self, run_id: str, *, device: str, plan: dict, result: dict, manifest: dict, artifact_id: str) -> None:
         with self._connect() as db:
             db.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (
                     run_id,
                     result.get("started_at") or "",
@@ -95,7 +105,6 @@ class ResultsStore:
                     json.dumps(manifest),
                 ),
             )
-        return run_id
 
     def get(self, run_ids: list[str] | None = None, *, last: int | None = None) -> list[StoredRun]:
         """Runs by id (an unambiguous prefix is enough), or the `last` N runs, oldest first."""

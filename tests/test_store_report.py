@@ -154,3 +154,13 @@ def test_device_facts_table_shows_device_text_as_text():
     _print_facts(facts, "fleet[/].yaml", console)
     text = buffer.getvalue()
     assert "a[/]" in text and "[/] slow" in text and "[bold]ARM[/bold]" in text and "\x1b" not in text
+
+
+def test_run_ids_do_not_collide_and_a_stored_run_is_never_overwritten(store):
+    from edgekit.device.plan import new_run_id
+
+    ids = {new_run_id() for _ in range(20000)}
+    assert len(ids) == 20000 and all(len(i.split("-")[2]) == 16 for i in ids)
+    with pytest.raises(EdgekitError, match="run run-1 is already stored .* never overwritten"):
+        store.add(device="other", plan={"run_id": "run-1"}, result=_result("run-1", 9.0), manifest={}, artifact_id="")
+    assert store.get(["run-1"])[0].device == "local"  # the first row is intact

@@ -22,8 +22,10 @@ TASKS_WITH_OUTPUTS = ("detect", "segment", "text-detect")
 
 
 def new_run_id() -> str:
-    """Sortable and short: UTC yymmdd-HHMMSS plus 4 random hex digits."""
-    return time.strftime("%y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+    """Sortable by time and unique: UTC yymmdd-HHMMSS plus 64 random bits (16 hex digits), so runs started in
+    the same second on a fleet of thousands collide with odds below 1e-12 (4 hex digits collided 39 % of the
+    time at 256 devices)."""
+    return time.strftime("%y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(8)
 
 
 @dataclass(frozen=True)
