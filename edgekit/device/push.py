@@ -10,7 +10,8 @@ The device keeps a content-addressed store under its work folder:
 
 A file goes up over SFTP to a temporary name, its sha256 is computed on the device, and only a match is
 renamed (atomically) to its hash; a mismatch or a failed upload is deleted. A store file whose name is
-present with the right size counts as there: its name was verified when it arrived.
+present with the right size is hashed again on the device before it counts as there: one flipped on disk
+is deleted with every folder that links it and pushed again, so a corrupted store heals on the next run.
 
 Pushing needs only a `Remote`: commands and SFTP on a connected device (`SshTransport` is one), so this
 module knows nothing of how the connection was made.
@@ -223,7 +224,8 @@ def push_blobs(
         present = {entry.filename: entry.st_size for entry in transport.sftp.listdir_attr(store)}
     except OSError as exc:
         raise DeviceError(f"device {transport.name}: cannot list {store} ({exc})") from exc
-    needed = [blob for blob in unique if present.get(blob.sha256) != blob.size]
+    corrupt = _corrupt_store_files(transport, [b.sha256 for b in unique if present.get(b.sha256) == b.size])
+    needed = [blob for blob in unique if present.get(blob.sha256) != blob.size or blob.sha256 in corrupt]
     total = sum(blob.size for blob in needed)
     if progress:
         progress(0, total)
@@ -319,17 +321,52 @@ def materialize(transport: Remote, kind: str, folder_id: str, files: dict[str, s
     return final
 
 
+# a file's sha256 on the device: sha256sum, shasum or the device's Python (py=$1 and sha256_py=$2 are set)
+_SUM_OF = (
+    "sum_of() {\n"
+    '  if command -v sha256sum >/dev/null 2>&1; then set -- $(sha256sum < "$1"); echo "$1"\n'
+    '  elif command -v shasum >/dev/null 2>&1; then set -- $(shasum -a 256 < "$1"); echo "$1"\n'
+    '  else $py -c "$sha256_py" "$1"\n'
+    "  fi\n"
+    "}\n"
+)
+
+
+def _corrupt_store_files(transport: Remote, shas: list[str]) -> set[str]:
+    """Hash the store files named `shas` on the device; a file whose content no longer matches its name is
+    deleted with every artifact/input folder holding a hard link to it (they would keep the bad bytes), and
+    its sha returned, to be pushed again."""
+    script = (
+        "py=$1; sha256_py=$2; wd=$3; shift 3\n" + _SUM_OF + "while [ $# -ge 1 ]; do\n"
+        '  f="$wd/store/$1"\n'
+        '  if [ "$(sum_of "$f")" != "$1" ]; then\n'
+        '    find "$wd/artifacts" "$wd/inputs" -samefile "$f" 2>/dev/null | while IFS= read -r link; do\n'
+        '      rel=${link#"$wd"/}; kind=${rel%%/*}; top=${rel#*/}; top=${top%%/*}\n'
+        '      case "$kind/$top" in artifacts/?*|inputs/?*) rm -rf "$wd/$kind/$top";; esac\n'
+        "    done\n"
+        '    rm -f "$f"; echo "CORRUPT $1"\n'
+        "  fi\n"
+        "  shift\n"
+        "done\n"
+    )
+    corrupt: set[str] = set()
+    for start in range(0, len(shas), _BATCH):
+        batch = shas[start : start + _BATCH]
+        argv = ["sh", "-c", script, "sh", transport.python, device_script("sha256_file"), transport.workdir, *batch]
+        rc, out, err = transport.exec(argv, timeout=600)
+        if rc != 0:
+            raise DeviceError(
+                f"device {transport.name}: cannot check the store files in {transport.workdir}/store "
+                f"({err.strip()[-300:] or f'exit code {rc}'})"
+            )
+        corrupt |= {line.split()[1] for line in out.splitlines() if line.startswith("CORRUPT ") and len(line) > 8}
+    return corrupt & set(shas)  # never trust a name the device made up
+
+
 def _verify_and_commit(transport: Remote, temps: dict[str, Blob]) -> None:
     """Hash each upload on the device; rename a match to its hash, delete a mismatch."""
     script = (
-        "py=$1; sha256_py=$2; shift 2\n"
-        "sum_of() {\n"
-        '  if command -v sha256sum >/dev/null 2>&1; then set -- $(sha256sum < "$1"); echo "$1"\n'
-        '  elif command -v shasum >/dev/null 2>&1; then set -- $(shasum -a 256 < "$1"); echo "$1"\n'
-        '  else $py -c "$sha256_py" "$1"\n'
-        "  fi\n"
-        "}\n"
-        "bad=0\n"
+        "py=$1; sha256_py=$2; shift 2\n" + _SUM_OF + "bad=0\n"
         "while [ $# -ge 3 ]; do\n"
         '  got=$(sum_of "$1")\n'
         '  if [ "$got" = "$2" ]; then chmod 444 "$1" 2>/dev/null; mv -f "$1" "$3" || { rm -f "$1"; bad=1; }\n'

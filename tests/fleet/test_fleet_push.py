@@ -16,7 +16,7 @@ from edgekit.artifact import Artifact, write_artifact
 from edgekit.device.plan import Source, make_plan
 from edgekit.device.push import Blob, push_blobs
 from edgekit.device.ssh import SshTransport
-from edgekit.errors import DeviceError
+from edgekit.errors import ArtifactError, DeviceError
 
 
 def store_listing(workdir: str | Path) -> list[str]:
@@ -46,6 +46,27 @@ def test_second_push_sends_nothing(device, digits_artifact):
         ]
     )
     assert store_listing(workdir) == expected  # named by hash, no temporary files left
+
+
+def test_a_store_file_flipped_on_disk_heals_on_the_next_push(device, digits_artifact):
+    """One byte flipped in place in a store file (the artifact folder links the same bytes): the next push hashes
+    the store, drops the bad file and the folders linking it, sends it again, and the artifact loads."""
+    with SshTransport(device) as ssh:
+        folder = Path(ssh.push_artifact(digits_artifact).remote_path)
+        model = folder / digits_artifact.manifest["model_file"]
+        stored = Path(ssh.workdir) / "store" / digits_artifact.manifest["files"][model.name]
+        assert os.path.samefile(model, stored)
+        stored.chmod(0o644)
+        with stored.open("r+b") as handle:  # in place: the hard link in the artifact folder sees it too
+            first = handle.read(1)
+            handle.seek(0)
+            handle.write(bytes([first[0] ^ 0xFF]))
+        with pytest.raises(ArtifactError):
+            Artifact.load(folder)
+        again = ssh.push_artifact(digits_artifact)
+        assert (again.files_sent, again.bytes_sent) == (1, stored.stat().st_size)
+        assert Artifact.load(again.remote_path).id == digits_artifact.id  # every file checked against its sha256
+        assert ssh.push_artifact(digits_artifact).files_sent == 0  # and then it is there
 
 
 def test_a_partial_store_file_is_replaced_and_a_stale_upload_ignored(device):
