@@ -60,6 +60,7 @@ class Artifact:
                 f"{manifest_path} has manifest version {manifest.get('version')}, newer than this edgekit "
                 f"understands ({VERSION}); upgrade edgekit"
             )
+        _check_file_names(manifest, manifest_path)
         artifact = cls(path, manifest)
         if verify:
             artifact.verify()
@@ -75,6 +76,21 @@ class Artifact:
 
     def files(self) -> list[Path]:
         return [self.path / MANIFEST, *(self.path / name for name in sorted(self.manifest.get("files", {})))]
+
+
+def _check_file_names(manifest: dict[str, Any], manifest_path: Path) -> None:
+    """Every file a manifest names is a plain file name inside the artifact folder (write_artifact makes only
+    those): an absolute path or `..` would make the host or a device read or overwrite outside it."""
+    files = manifest.get("files", {})
+    names = [*(files if isinstance(files, dict) else [files])]
+    if "model_file" in manifest:
+        names.append(manifest["model_file"])
+    for name in names:
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise ArtifactError(
+                f"{manifest_path} names the file {str(name)[:200]!r}, which is not a plain file name inside the "
+                "artifact folder; the manifest was edited or damaged: rebuild the artifact"
+            )
 
 
 def write_artifact(out_dir: str | Path, files: dict[str, bytes | Path], manifest: dict[str, Any]) -> Artifact:

@@ -9,7 +9,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,12 +61,18 @@ class ResultsStore:
         self.path = Path(path) if path else default_db_path()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create_private()
             with self._connect() as db:
                 db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise EdgekitError(
                 f"cannot open the results store {self.path} ({exc}); pass --db PATH or set EDGEKIT_DB"
             ) from exc
+
+    def _create_private(self) -> None:
+        """Results name hosts, models and their failures: the file is the user's alone (0600), like ~/.ssh."""
+        with suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -164,3 +164,15 @@ def test_run_ids_do_not_collide_and_a_stored_run_is_never_overwritten(store):
     with pytest.raises(EdgekitError, match="run run-1 is already stored .* never overwritten"):
         store.add(device="other", plan={"run_id": "run-1"}, result=_result("run-1", 9.0), manifest={}, artifact_id="")
     assert store.get(["run-1"])[0].device == "local"  # the first row is intact
+
+
+def test_the_database_is_private_and_a_long_advice_is_kept_whole(tmp_path):
+    from edgekit.device.results import failed_result
+
+    store = ResultsStore(tmp_path / "new" / "runs.db")
+    assert (store.path.stat().st_mode & 0o777) == 0o600
+    advice = "the host key of dev changed: " + "x" * 1500 + " remove the old key with ssh-keygen -R"
+    store.add(
+        device="dev", plan={"run_id": "r"}, result=failed_result({"run_id": "r"}, advice), manifest={}, artifact_id=""
+    )
+    assert store.get(["r"])[0].result["errors"][0]["message"] == advice

@@ -105,6 +105,18 @@ def test_tampered_artifact_is_detected(classifier_path, tmp_path):
         Artifact.load(tmp_path / "a")
 
 
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.onnx", "sub/model.onnx", ".."])
+def test_a_manifest_naming_a_path_outside_the_folder_is_refused_on_load(classifier_path, tmp_path, name):
+    import json
+
+    artifact = get_target("x86-ort").build(Model.load(classifier_path), tmp_path / "a")
+    manifest = json.loads((artifact.path / "manifest.json").read_text())
+    manifest["model_file"] = name
+    (artifact.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not a plain file name inside the artifact folder"):
+        Artifact.load(artifact.path, verify=False)
+
+
 def test_loading_a_folder_without_manifest_says_what_to_do(tmp_path):
     with pytest.raises(ArtifactError, match="edgekit build"):
         Artifact.load(tmp_path)

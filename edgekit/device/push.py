@@ -182,7 +182,9 @@ def prepare_workdir(transport: Remote) -> int | None:
     """
     workdir = transport.workdir
     script = (
-        'wd=$1; mkdir -p "$wd/store" "$wd/artifacts" "$wd/inputs" "$wd/runs" || exit 3\n'
+        'umask 077; wd=$1; mkdir -p "$wd/store" "$wd/artifacts" "$wd/inputs" "$wd/runs" || exit 3\n'
+        # models, inputs and results are the user's: not readable by other accounts on the device
+        'chmod 700 "$wd/store" "$wd/artifacts" "$wd/inputs" "$wd/runs" 2>/dev/null\n'
         't="$wd/store/.write-test-$$"; { : > "$t"; } || exit 4; rm -f "$t"\n'
         # temporary uploads a crash left behind, older than a day (a push in progress is younger)
         f'find "$wd/store" -name "{TEMP_PREFIX}*" -mmin +1440 -exec rm -f {{}} + 2>/dev/null\n'
@@ -369,7 +371,7 @@ def _verify_and_commit(transport: Remote, temps: dict[str, Blob]) -> None:
         "py=$1; sha256_py=$2; shift 2\n" + _SUM_OF + "bad=0\n"
         "while [ $# -ge 3 ]; do\n"
         '  got=$(sum_of "$1")\n'
-        '  if [ "$got" = "$2" ]; then chmod 444 "$1" 2>/dev/null; mv -f "$1" "$3" || { rm -f "$1"; bad=1; }\n'
+        '  if [ "$got" = "$2" ]; then chmod 400 "$1" 2>/dev/null; mv -f "$1" "$3" || { rm -f "$1"; bad=1; }\n'
         '  else rm -f "$1"; echo "MISMATCH $3 $got"; bad=1; fi\n'
         "  shift 3\n"
         "done\n"

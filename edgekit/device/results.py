@@ -85,8 +85,9 @@ def _layer_times(value: Any) -> dict[str, float]:
     }  # type: ignore[misc]
 
 
-def _facts(value: Any, where: str) -> dict[str, Any]:
-    """Flat facts (device, engine): short keys, scalar or short-list values."""
+def _facts(value: Any, where: str, *, text_limit: int = 512) -> dict[str, Any]:
+    """Flat facts (device, engine, an error): short keys, scalar or short-list values, strings up to
+    `text_limit` characters."""
     value = _mapping(value, where)
     clean: dict[str, Any] = {}
     for key, item in list(value.items())[:MAX_FACTS]:
@@ -96,7 +97,7 @@ def _facts(value: Any, where: str) -> dict[str, Any]:
         elif isinstance(item, float):
             clean[key] = _number(item, f"{where}.{key}")
         elif isinstance(item, str):
-            clean[key] = item[:512]
+            clean[key] = item[:text_limit]
         elif isinstance(item, list):
             clean[key] = [str(v)[:128] for v in item[:32]]
         elif isinstance(item, dict):
@@ -286,7 +287,7 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "power": _power(data["power"]) if data.get("power") else None,
         "device": _facts(data.get("device", {}), "device"),
         "engine": _facts(data.get("engine", {}), "engine"),
-        "errors": [_facts(e, "errors[]") for e in errors[:MAX_ERRORS]],
+        "errors": [_facts(e, "errors[]", text_limit=MAX_TEXT) for e in errors[:MAX_ERRORS]],  # whole advice kept
         # what the agent noticed but ran through (a delegate that fell back to the CPU, a charging battery)
         "warnings": [_text(w, "warnings[]") for w in warnings[:MAX_ERRORS]],
     }

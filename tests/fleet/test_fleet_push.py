@@ -67,6 +67,7 @@ def test_a_store_file_flipped_on_disk_heals_on_the_next_push(device, digits_arti
         assert (again.files_sent, again.bytes_sent) == (1, stored.stat().st_size)
         assert Artifact.load(again.remote_path).id == digits_artifact.id  # every file checked against its sha256
         assert ssh.push_artifact(digits_artifact).files_sent == 0  # and then it is there
+        assert (stored.parent.stat().st_mode & 0o777) == 0o700 and (stored.stat().st_mode & 0o777) == 0o400
 
 
 def test_a_partial_store_file_is_replaced_and_a_stale_upload_ignored(device):
