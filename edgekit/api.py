@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from edgekit.artifact import Artifact
 from edgekit.device.plan import Source, make_plan, resolve_labels
 from edgekit.device.settings import RunSettings
-from edgekit.errors import ModelError
+from edgekit.errors import ModelError, RunInterrupted
 from edgekit.fleet.runner import FleetRecord as RunRecord
 from edgekit.model import Model
 from edgekit.store import ResultsStore
@@ -262,7 +262,18 @@ def run(
         plan = evaluation.keep_outputs(plan)
         evaluation.run_reference(parsed, settings, plan, store)
     transport = LocalTransport()
-    result = finish(transport.run(artifact, plan, timeout_s=settings.timeout_s), evaluation, plan["postprocess"])
+    try:
+        result = finish(transport.run(artifact, plan, timeout_s=settings.timeout_s), evaluation, plan["postprocess"])
+    except RunInterrupted as exc:  # the agent was stopped: what it measured is stored, then the signal goes on
+        record = RunRecord(transport.name, plan["run_id"], plan, exc.result or {})
+        if store is not None and exc.result is not None:
+            store.add(device=transport.name, plan=plan, result=exc.result, **_artifact_fields(artifact))
+        exc.records = [record]
+        raise
     if store is not None:
-        store.add(device=transport.name, plan=plan, result=result, manifest=artifact.manifest, artifact_id=artifact.id)
+        store.add(device=transport.name, plan=plan, result=result, **_artifact_fields(artifact))
     return RunRecord(transport.name, plan["run_id"], plan, result)
+
+
+def _artifact_fields(artifact: Artifact) -> dict[str, Any]:
+    return {"manifest": artifact.manifest, "artifact_id": artifact.id}

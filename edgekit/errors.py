@@ -68,3 +68,18 @@ class HostKeyError(DeviceError):
 
 class DeviceTimeout(DeviceError):
     """A command on the device that did not finish in time."""
+
+
+class RunInterrupted(RunError):
+    """A run stopped by a signal (Ctrl-C, SIGTERM, SIGHUP): every agent was stopped and what each device
+    measured is stored (`partial`; devices that had not started: `cancelled`). `records` holds one
+    `FleetRecord` per device (stored); `result` is the one transport's result where a transport raised it;
+    `signum` is the signal, so the CLI exits 128 + signum like a killed process."""
+
+    def __init__(
+        self, message: str, *, signum: int = 2, records: list | None = None, result: dict | None = None
+    ) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.records = list(records or [])
+        self.result = result

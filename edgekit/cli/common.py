@@ -19,18 +19,66 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail_cleanly(func: F) -> F:
-    """Show an EdgekitError as one clear line (exit 2) instead of a traceback."""
+    """Show an EdgekitError as one clear line (exit 2) instead of a traceback; a run stopped by a signal
+    (RunInterrupted) as one line per device with what was kept, exiting 128 + the signal (130 for Ctrl-C,
+    143 for SIGTERM) like a process that signal ended."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from edgekit.errors import EdgekitError
+        from edgekit.errors import EdgekitError, RunInterrupted
         from edgekit.runtime.preprocess import PreprocessError
 
         try:
             return func(*args, **kwargs)
+        except RunInterrupted as exc:
+            _print_interrupted(exc)
+            sys.exit(128 + exc.signum)
         except (EdgekitError, PreprocessError) as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(2)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_interrupted(exc: Any) -> None:
+    from edgekit.console_text import printable
+    from edgekit.device.results import signal_name
+
+    click.secho(f"stopped by {signal_name(exc.signum)}; every agent was stopped:", fg="yellow", err=True)
+    for record in exc.records:
+        frames = (record.result.get("frames") or {}).get("timed", 0)
+        kept = f", {frames} frames timed and stored" if frames else ""
+        line = f"  {record.device}: {record.result.get('status', '?')} (run {record.run_id}{kept})"
+        click.echo(printable(line), err=True)
+
+
+class SignalInterrupt(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C's KeyboardInterrupt would be, so a run stops the same way."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def stops_on_signals(func: F) -> F:
+    """While `func` runs, SIGTERM and SIGHUP (what `timeout`, systemd, CI runners and a closed terminal send)
+    stop it like Ctrl-C: agents are stopped and what they measured is stored, instead of the process dying
+    with its agents left running."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import signal
+
+        def interrupt(signum: int, frame: Any) -> None:
+            raise SignalInterrupt(signum)
+
+        caught = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+        previous = {s: signal.signal(s, interrupt) for s in caught}
+        try:
+            return func(*args, **kwargs)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
     return wrapper  # type: ignore[return-value]
 

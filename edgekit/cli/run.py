@@ -15,6 +15,7 @@ from edgekit.cli.common import (
     open_store,
     parse_json_object,
     parse_key_values,
+    stops_on_signals,
     task_options,
 )
 
@@ -74,6 +75,7 @@ from edgekit.cli.common import (
 )
 @db_option
 @fail_cleanly
+@stops_on_signals
 def run(
     artifact: str,
     source: str,
@@ -299,6 +301,7 @@ def report(
 )
 @db_option
 @fail_cleanly
+@stops_on_signals
 def demo(workdir: str | None, frames: int | None, pipelined: bool, int8: bool, task: str, db: str | None) -> None:
     """The main job end to end on real data: a CNN trained on real handwritten digits (or, with --task detect,
     a detector trained on frames of them), held-out digits rendered into a video, an x86-ort artifact, the

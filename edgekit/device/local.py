@@ -6,7 +6,10 @@ validated), so a local number and a remote number come from the same code.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,10 +18,12 @@ from typing import Any
 
 from edgekit.artifact import Artifact
 from edgekit.device.bundle import build_agent_zipapp
-from edgekit.device.results import failed_result, validate_result
+from edgekit.device.results import exit_text, failed_result, interrupted_result, validate_result
 from edgekit.device.transport import ProgressFn
-from edgekit.errors import RunError
+from edgekit.errors import RunError, RunInterrupted
 from edgekit.hashing import sha256_file
+
+_MISSING = object()
 
 
 def agent_cache_dir() -> Path:
@@ -37,18 +42,29 @@ def local_agent() -> Path:
 
 
 class LocalTransport:
-    """Runs plans on this machine (a `Transport`); `python` is the interpreter that runs the agent."""
+    """Runs plans on this machine (a `Transport`, and `Cancellable`); `python` is the interpreter that runs
+    the agent. The agent runs in a session of its own, so a Ctrl-C in the terminal reaches only edgekit,
+    which stops the agent itself (SIGTERM: it writes what it measured) and keeps that result."""
 
     name = "local"
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
+        self._process: subprocess.Popen | None = None
+        self._cancelled: int | None = None  # the signal a fleet cancel came with
 
     def __enter__(self) -> LocalTransport:
         return self
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+    def cancel(self, signum: int = signal.SIGINT) -> None:
+        """Stop the agent of the run in progress (from another thread: the fleet runner on a signal)."""
+        self._cancelled = signum
+        process = self._process
+        if process is not None:
+            _stop(process, STOP_GRACE_S)
 
     def run(
         self,
@@ -59,24 +75,79 @@ class LocalTransport:
         progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
         """Run the plan with the agent; return the validated result (never raises for a device failure:
-        a crash or a timeout comes back as a result with status `error` and the reason). Nothing is
-        pushed, so `progress` is never called."""
+        a crash or a timeout comes back as a result with status `error` or `partial` and the reason). On
+        Ctrl-C (or a signal the CLI turns into one) the agent is stopped, its partial result kept, and
+        RunInterrupted raised with it. Nothing is pushed, so `progress` is never called."""
         plan = {**plan, "artifact_dir": str(artifact.path.resolve())}
+        if self._cancelled is not None:
+            return interrupted_result(plan, None, self._cancelled, started=False)
         with tempfile.TemporaryDirectory(prefix="edgekit-run-") as workdir:
             plan_path = Path(workdir) / "plan.json"
             result_path = Path(workdir) / "result.json"
             plan_path.write_text(json.dumps(plan))
             command = [self.python, str(local_agent()), "--plan", str(plan_path), "--result", str(result_path)]
+            process = subprocess.Popen(
+                command,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=workdir,
+                start_new_session=True,
+            )
+            self._process = process
             try:
-                completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=workdir)
+                _, stderr = process.communicate(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                return failed_result(plan, f"the agent did not finish within {timeout_s:.0f} s; raise --timeout")
-            if not result_path.is_file():
-                tail = (completed.stderr or "").strip().splitlines()[-5:]
-                return failed_result(
-                    plan, f"the agent exited with code {completed.returncode} and wrote no result: {' | '.join(tail)}"
-                )
-            try:
-                return validate_result(json.loads(result_path.read_text()), run_id=plan["run_id"])
-            except (json.JSONDecodeError, RunError) as exc:
-                return failed_result(plan, f"the agent's result could not be used: {exc}")
+                stopped = _stop(process, STOP_GRACE_S)
+                message = f"the agent did not finish within {timeout_s:g} s and was {stopped}; raise --timeout"
+                return _with_first_error(_read_result(plan, result_path, process.returncode, ""), message)
+            except KeyboardInterrupt as exc:
+                signum = getattr(exc, "signum", signal.SIGINT)
+                _stop(process, STOP_GRACE_S)
+                result = interrupted_result(plan, _read_result(plan, result_path, process.returncode, "", None), signum)
+                raise RunInterrupted(f"local: {result['status']}", signum=signum, result=result) from exc
+            finally:
+                self._process = None
+            result = _read_result(plan, result_path, process.returncode, stderr)
+            return result if self._cancelled is None else interrupted_result(plan, result, self._cancelled)
+
+
+STOP_GRACE_S = 5.0  # an agent gets this long after SIGTERM to write what it measured, then SIGKILL
+
+
+def _stop(process: subprocess.Popen, grace: float) -> str:
+    """SIGTERM to the agent's process group, SIGKILL after `grace` s; what happened, in words."""
+    if process.poll() is not None:
+        return "already finished"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace)
+        return "stopped"
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return "killed"
+
+
+def _read_result(
+    plan: dict[str, Any], result_path: Path, returncode: int | None, stderr: str, missing: Any = _MISSING
+) -> Any:
+    """The agent's validated result; without one, a failed result saying how the agent ended (or `missing`)."""
+    if not result_path.is_file():
+        if missing is not _MISSING:
+            return missing
+        tail = " | ".join(stderr.strip().splitlines()[-5:])
+        return failed_result(plan, f"the agent {exit_text(returncode)} and wrote no result: {tail}")
+    try:
+        return validate_result(json.loads(result_path.read_text()), run_id=plan["run_id"])
+    except (json.JSONDecodeError, RunError) as exc:
+        return failed_result(plan, f"the agent's result could not be used: {exc}")
+
+
+def _with_first_error(result: dict[str, Any], message: str) -> dict[str, Any]:
+    result = dict(result, errors=[{"stage": "transport", "message": message}, *result.get("errors", [])])
+    if result["status"] == "ok":
+        result["status"] = "partial"
+    return result

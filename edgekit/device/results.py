@@ -296,6 +296,46 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
     return clean
 
 
+HOST_STATUSES = (*STATUSES, "cancelled")  # cancelled: the host stopped the run before its agent started
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def exit_text(returncode: int | None) -> str:
+    """How a process ended, in words: 'exited with code 1', 'was killed by SIGKILL' (a negative code)."""
+    if returncode is None:
+        return "did not exit"
+    if returncode < 0:
+        return f"was killed by {signal_name(-returncode)}"
+    return f"exited with code {returncode}"
+
+
+def interrupted_result(
+    plan: dict[str, Any], result: dict[str, Any] | None, signum: int, *, started: bool = True
+) -> dict[str, Any]:
+    """`result` (what the stopped agent wrote, or None) marked as stopped by `signum` on the host: `partial`
+    (or `error`) with the interruption as its first error; `cancelled` when the agent never started."""
+    name = signal_name(signum)
+    if not started:
+        cancelled = failed_result(plan, f"interrupted by {name} on the host before the agent started")
+        cancelled["status"] = "cancelled"
+        return cancelled
+    if result is None:
+        return failed_result(plan, f"interrupted by {name} on the host; the agent was stopped before it wrote a result")
+    first = {"stage": "transport", "message": f"interrupted by {name} on the host; the agent was stopped"}
+    result = dict(result, errors=[first, *result.get("errors", [])])
+    if result["status"] == "ok":
+        result["status"] = "partial"
+    return result
+
+
 def failed_result(plan: dict[str, Any], message: str) -> dict[str, Any]:
     """A result for a run that produced none, so the failure is stored and reported like any run."""
     return validate_result(

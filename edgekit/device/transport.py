@@ -43,7 +43,8 @@ class Transport(Protocol):
 
 @runtime_checkable
 class Cancellable(Protocol):
-    """A transport that can stop its run in progress from another thread (the fleet runner on Ctrl-C);
-    the run then returns what the agent measured before it stopped."""
+    """A transport that can stop its run from another thread (the fleet runner on Ctrl-C or SIGTERM): a run
+    in progress returns what the agent measured before it stopped, marked with the signal; a run not started
+    yet (connecting, pushing) returns `cancelled` without starting its agent."""
 
-    def cancel(self) -> None: ...
+    def cancel(self, signum: int = 2) -> None: ...

@@ -170,3 +170,29 @@ def digits_video(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[i
     images, labels = load_heldout_digits()
     video = render_digits_video(images[:40], labels[:40], tmp_path_factory.mktemp("video") / "digits.mp4")
     return video, [int(v) for v in labels[:40]]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_fleet(path: Path, sshd: SshServer, tmp_path: Path) -> None:
+    """A fleet file: box-a and box-b on the test sshd, and "gone" on a closed port, all tagged "lab"."""
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(sshd.known_hosts_entry())
+    entries = []
+    for name, port in (("box-a", sshd.port), ("box-b", sshd.port), ("gone", _closed_port())):
+        entries.append(
+            f'[[device]]\nname = "{name}"\nhost = "{sshd.host}"\nport = {port}\nuser = "{sshd.user}"\n'
+            f'key = "{sshd.client_key}"\nknown_hosts = "{known_hosts}"\nworkdir = "{tmp_path / name}"\n'
+            f'python = "{sys.executable}"\ntarget = "x86-ort"\ntags = ["lab"]\n'
+        )
+    path.write_text("\n".join(entries))
+
+
+@pytest.fixture
+def write_fleet():
+    """`write_fleet(path, sshd, tmp_path)`: a three-device fleet file (one unreachable)."""
+    return _write_fleet

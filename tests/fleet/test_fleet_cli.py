@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 
 from click.testing import CliRunner
 
@@ -11,26 +10,7 @@ from edgekit.cli import main
 from edgekit.store import ResultsStore
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def write_fleet(path, sshd, tmp_path) -> None:
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(sshd.known_hosts_entry())
-    entries = []
-    for name, port in (("box-a", sshd.port), ("box-b", sshd.port), ("gone", _closed_port())):
-        entries.append(
-            f'[[device]]\nname = "{name}"\nhost = "{sshd.host}"\nport = {port}\nuser = "{sshd.user}"\n'
-            f'key = "{sshd.client_key}"\nknown_hosts = "{known_hosts}"\nworkdir = "{tmp_path / name}"\n'
-            f'python = "{__import__("sys").executable}"\ntarget = "x86-ort"\ntags = ["lab"]\n'
-        )
-    path.write_text("\n".join(entries))
-
-
-def test_fleet_run_and_device_check(sshd, tmp_path, digits_artifact, digits_video, isolated_store):
+def test_fleet_run_and_device_check(sshd, tmp_path, digits_artifact, digits_video, isolated_store, write_fleet):
     fleet = tmp_path / "fleet.toml"
     write_fleet(fleet, sshd, tmp_path)
     runner = CliRunner(env={"COLUMNS": "200"})

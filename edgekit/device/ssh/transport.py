@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import paramiko
 
 from edgekit.device.push import PushResult, push_agent, push_artifact, push_plan_inputs
-from edgekit.device.results import failed_result, validate_result
+from edgekit.device.results import exit_text, failed_result, interrupted_result, validate_result
 from edgekit.device.scripts import device_script
 from edgekit.device.ssh.connect import Connector
 from edgekit.device.ssh.exec import is_active, quote_argv, run_command
@@ -44,6 +44,10 @@ MAX_RESULT_BYTES = 256 << 20
 INTERRUPT_STEP_S = 10.0  # seconds for each cleanup step after Ctrl-C (stop the agent, remove its run folder)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STOP_FAILED = "possibly left running (the stop command failed)"
+
+
+class _Cancelled(Exception):
+    """The run was cancelled before its agent started (raised between steps and inside pushes)."""
 
 
 class SshTransport:
@@ -78,6 +82,7 @@ class SshTransport:
         self._sftp: paramiko.SFTPClient | None = None
         self._workdir: str | None = None
         self._current_run_dir: str | None = None  # the run in progress, for cancel()
+        self._cancelled: int | None = None  # the signal cancel() came with
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -223,12 +228,29 @@ class SshTransport:
             raise RunError(f"plan run_id {run_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
         opened_here = not self.connected
         try:
-            return self._run(artifact, plan, timeout_s=timeout_s, push_inputs=push_inputs, progress=progress)
+            result = self._run(artifact, plan, timeout_s=timeout_s, push_inputs=push_inputs, progress=progress)
+        except _Cancelled:
+            return interrupted_result(plan, None, self._cancelled or 2, started=False)
         except DeviceError as exc:
-            return failed_result(plan, str(exc))
+            result = failed_result(plan, str(exc))
         finally:
             if opened_here:
                 self.close()
+        return result if self._cancelled is None else interrupted_result(plan, result, self._cancelled)
+
+    def _check_cancelled(self) -> None:
+        if self._cancelled is not None:
+            raise _Cancelled
+
+    def _cancellable(self, progress: ProgressFn | None) -> ProgressFn:
+        """`progress`, and a push that stops (its upload removed) as soon as the run is cancelled."""
+
+        def report(sent: int, total: int) -> None:
+            self._check_cancelled()
+            if progress:
+                progress(sent, total)
+
+        return report
 
     def _run(
         self,
@@ -239,14 +261,18 @@ class SshTransport:
         push_inputs: bool,
         progress: ProgressFn | None,
     ) -> dict[str, Any]:
+        progress = self._cancellable(progress)
+        self._check_cancelled()
         agent = self.push_agent(progress=progress).remote_path
         device_plan = {**plan, "artifact_dir": self.push_artifact(artifact, progress=progress).remote_path}
         if push_inputs:
             device_plan = push_plan_inputs(self, device_plan, progress=progress)
+        self._check_cancelled()
         run_dir = self._write_plan(device_plan)
-        self._current_run_dir = run_dir
+        self._current_run_dir = run_dir  # from here cancel() stops the agent (its `stop` file: even unstarted)
         interrupted = False
         try:
+            self._check_cancelled()
             try:
                 rc, stderr = self._run_agent(agent, run_dir, timeout_s)
             except DeviceTimeout:
@@ -283,7 +309,9 @@ class SshTransport:
 
     def _run_agent(self, agent: str, run_dir: str, timeout_s: float) -> tuple[int, bytes]:
         """Run the agent in `run_dir` through the wrapper script; (exit code, stderr)."""
-        command = ["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", run_dir, *self.python_argv(), "-c"]
+        # not `exec`: the shell stays to say which signal ended the agent (SSH itself reports a bare -1)
+        script = 'cd "$1" && shift && "$@"; rc=$?; [ $rc -gt 128 ] && echo "edgekit-signal $((rc - 128))" >&2; exit $rc'
+        command = ["sh", "-c", script, "sh", run_dir, *self.python_argv(), "-c"]
         # absolute paths, so `ps` on the device shows which run an agent belongs to
         command += [device_script("agent_wrapper"), agent]
         command += ["--plan", f"{run_dir}/plan.json", "--result", f"{run_dir}/result.json"]
@@ -314,18 +342,22 @@ class SshTransport:
         except DeviceError as exc:
             return failed_result(plan, str(exc))
         if result is None:
-            tail = " | ".join(stderr.decode("utf-8", "replace").strip().splitlines()[-5:])
-            return failed_result(
-                plan, f"the agent on device {self.name} exited with code {rc} and wrote no result: {tail}"
-            )
+            lines = stderr.decode("utf-8", "replace").strip().splitlines()
+            signals = [
+                line.split()[1] for line in lines if line.startswith("edgekit-signal ") and len(line.split()) == 2
+            ]
+            ended = exit_text(-int(signals[-1])) if signals and signals[-1].isdigit() else exit_text(rc)
+            tail = " | ".join(line for line in lines[-6:] if not line.startswith("edgekit-signal "))
+            return failed_result(plan, f"the agent on device {self.name} {ended} and wrote no result: {tail}")
         return result
 
-    def cancel(self) -> None:
-        """Stop the agent of the run in progress; called from another thread (the fleet runner on Ctrl-C).
-        The run then returns what the agent measured before it stopped."""
+    def cancel(self, signum: int = 2) -> None:
+        """Stop this transport's run; called from another thread (the fleet runner on a signal). A run whose
+        agent runs returns what it measured (marked with the signal); one still pushing starts nothing."""
+        self._cancelled = signum
         run_dir = self._current_run_dir
         if run_dir and self.connected:
-            self._stop_agent(run_dir, grace=2.0)
+            self._stop_agent(run_dir, grace=2.0, timeout=INTERRUPT_STEP_S)
 
     def _fetch_result(self, plan: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
         """The validated result.json of a run, None when there is none; DeviceError when it is unusable."""
