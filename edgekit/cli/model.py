@@ -224,6 +224,25 @@ def build(
         console.print(f"[yellow]{escape(line)}[/yellow]")
     for note in artifact.manifest.get("not_honoured", []):
         console.print(f"[yellow]not honoured:[/yellow] {note['what']}: {note['why']}")
+    _print_validation(console, artifact.manifest.get("validation"))
+
+
+def _print_validation(console: Any, block: dict[str, Any] | None) -> None:
+    """The manifest's validation figures, and a warning when a quantized build is outside its budget."""
+    from rich.markup import escape
+
+    from edgekit.targets.validation import summary_lines
+
+    for line in summary_lines(block):
+        console.print(escape(line))
+    if block and block.get("skipped"):
+        console.print(f"[yellow]validation skipped:[/yellow] {escape(block['skipped'])}")
+    if block and block.get("passed") is False:
+        console.print(
+            f"[bold yellow]warning:[/bold yellow] this {block.get('precision')} build is outside its accuracy budget "
+            "against the FP32 model (figures above); calibrate on more representative data, keep sensitive layers "
+            "float (`edgekit quantize` shows the per-layer error) or build a float precision"
+        )
 
 
 @click.command()
