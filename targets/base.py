@@ -278,9 +278,14 @@ class Target:
         where = f"{self.engine or self.name}'s operator list"
         return [
             Refusal(node.op_type, node_label(node), f"not in {where}")
-            for node in _all_nodes(proto.graph)
+            for node in all_nodes(proto.graph)
             if (_domain(node.domain), node.op_type) not in supported
         ]
+
+    def build_refusals(self, proto: onnx.ModelProto, precision: str, options: TargetOptions) -> list[Refusal]:
+        """What `build` refuses with these checked `options`: `refusals`, unless an option changes what the target
+        takes (jetson-trt's `trt_version`)."""
+        return self.refusals(proto, precision)
 
     def unsupported_ops(self, proto: onnx.ModelProto) -> dict[str, int]:
         """Ops of `proto` this target cannot run, with how often each occurs."""
@@ -344,7 +349,7 @@ class Target:
             )
         if quant_spec is not None:
             quant_spec.check_model(model.sha256, label=str(model.path or "the model"))
-        refused = self.refusals(model.proto, precision)
+        refused = self.build_refusals(model.proto, precision, checked)
         if refused:
             advice = (
                 f"`edgekit inspect MODEL -t {self.name}` lists them; export the model without them or pick another "
@@ -393,7 +398,7 @@ class Target:
 
 def count_ops(proto: onnx.ModelProto, keep: Callable[[str, str], bool]) -> dict[str, int]:
     """How often each op of `proto` (subgraphs included) occurs, for the (domain, op_type) pairs `keep` accepts."""
-    counts = Counter(node.op_type for node in _all_nodes(proto.graph) if keep(_domain(node.domain), node.op_type))
+    counts = Counter(node.op_type for node in all_nodes(proto.graph) if keep(_domain(node.domain), node.op_type))
     return dict(sorted(counts.items()))
 
 
@@ -401,12 +406,12 @@ def _domain(domain: str) -> str:
     return domain or "ai.onnx"
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def all_nodes(graph: onnx.GraphProto):
     """Every node, including those inside If/Loop/Scan subgraphs."""
     for node in graph.node:
         yield node
         for attribute in node.attribute:
             if attribute.g is not None and attribute.HasField("g"):
-                yield from _all_nodes(attribute.g)
+                yield from all_nodes(attribute.g)
             for subgraph in attribute.graphs:
-                yield from _all_nodes(subgraph)
+                yield from all_nodes(subgraph)

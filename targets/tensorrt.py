@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.onnx_toolbox import node_label
+from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions
+from edgekit.targets.base import BuildError, Target, TargetOptions, all_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -30,10 +32,11 @@ if TYPE_CHECKING:
     from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
 
-# ONNX ops that TensorRT's ONNX parser imports: the "Y" rows of onnx/onnx-tensorrt docs/operators.md for
-# TensorRT 8.5 (JetPack 5, the oldest TensorRT this target builds for; opsets up to 17). TensorRT 8.6
-# (JetPack 6.0) and 10.x (JetPack 6.1+) import every op listed here and add a few (LayerNormalization,
-# ...), but an artifact must build on every JetPack the fleet runs, so the 8.5 list is the contract.
+# ONNX ops that TensorRT's ONNX parser imports, per TensorRT release: the "Y" rows of onnx/onnx-tensorrt
+# docs/operators.md on its release branches 8.5-GA (opsets up to 17), 8.6-GA (up to 17) and 10.0-GA (9 to 20).
+# No release dropped an op of the one before, so each list is the previous one plus what it added. The build
+# checks the list of the TensorRT its devices run (`-O trt_version`, default 8.5: JetPack 5, the oldest
+# this target builds for); a newer TensorRT uses the newest list at or below its version.
 TENSORRT_ONNX_OPS: frozenset[str] = frozenset(
     {
         "Abs",
@@ -181,6 +184,49 @@ TENSORRT_ONNX_OPS: frozenset[str] = frozenset(
     }
 )
 
+TENSORRT_OPS_ADDED: dict[str, frozenset[str]] = {
+    "8.6": frozenset({"GroupNormalization", "IsInf", "LayerNormalization"}),
+    "10.0": frozenset({"CastLike", "Gelu", "Hardmax", "Mish"}),
+}
+TRT_VERSIONS = ("8.5", "8.6", "10.0")  # the releases with an op list above, oldest first
+JETPACKS = {"8.5": "JetPack 5", "8.6": "JetPack 6.0", "10.0": "JetPack 6.1+"}
+DEFAULT_TRT_VERSION = "8.5"
+OP_LIST_SOURCE = "onnx/onnx-tensorrt docs/operators.md, branch {}-GA"
+
+
+def _version_key(version: str) -> tuple[int, int]:
+    major, _, minor = version.strip().partition(".")
+    return int(major), int(minor.partition(".")[0] or 0)
+
+
+def op_list_version(version: str) -> str:
+    """The op list that applies to TensorRT `version` ("8.6.2", "10.3", "10"): the newest release at or below it;
+    BuildError for an unreadable version or one older than 8.5."""
+    try:
+        key = _version_key(version)
+    except ValueError:
+        key = None
+    known = [v for v in TRT_VERSIONS if key is not None and _version_key(v) <= key]
+    if not known:
+        raise BuildError(
+            f"{TensorRTOptions.label('trt_version', version)}: give the devices' TensorRT version, {TRT_VERSIONS[0]} "
+            f"or newer ({', '.join(f'{v}: {JETPACKS[v]}' for v in TRT_VERSIONS)})"
+        )
+    return known[-1]
+
+
+def tensorrt_ops(version: str = DEFAULT_TRT_VERSION) -> frozenset[str]:
+    """The ONNX ops TensorRT `version`'s parser imports."""
+    listed = op_list_version(version)
+    added = [TENSORRT_OPS_ADDED.get(v, frozenset()) for v in TRT_VERSIONS if _version_key(v) <= _version_key(listed)]
+    return TENSORRT_ONNX_OPS.union(*added)
+
+
+def first_version_with(op: str) -> str | None:
+    """The oldest TensorRT release (of those listed) whose parser imports `op`, or None."""
+    return next((v for v in TRT_VERSIONS if op in tensorrt_ops(v)), None)
+
+
 DLA_CORES = (0, 1)  # Jetson AGX Xavier / Xavier NX / AGX Orin / Orin NX have two DLA cores (Orin Nano none)
 SPARSITY_PATTERNS = ("2:4",)  # what Ampere's sparse tensor cores run
 CALIBRATION_CACHE = "trt_calibration.cache"
@@ -228,6 +274,14 @@ class TensorRTOptions(TargetOptions):
             "example": "1024",
         },
     )
+    trt_version: str = field(
+        default=DEFAULT_TRT_VERSION,
+        metadata={
+            "help": "the TensorRT version of the devices, whose ONNX parser decides which ops build: 8.5 (JetPack 5), "
+            "8.6 (JetPack 6.0), 10 (JetPack 6.1+)",
+            "example": "8.6",
+        },
+    )
 
     def check(self, precision: str) -> None:
         if self.dla_core is not None:
@@ -252,6 +306,7 @@ class TensorRTOptions(TargetOptions):
                 f"{self.label('sparsity', self.sparsity)}: TensorRT's structured sparsity is "
                 f"{', '.join(SPARSITY_PATTERNS)}"
             )
+        op_list_version(self.trt_version)
         for name in ("max_batch", "workspace_mb"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -272,6 +327,22 @@ class JetsonTensorRtTarget(Target):
 
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in TENSORRT_ONNX_OPS}
+
+    def refusals(
+        self, proto: onnx.ModelProto, precision: str | None = None, trt_version: str = DEFAULT_TRT_VERSION
+    ) -> list[Refusal]:
+        """Every node TensorRT `trt_version`'s ONNX parser does not import, naming the release that does."""
+        listed = op_list_version(trt_version)
+        supported = tensorrt_ops(listed)
+        found = []
+        for node in all_nodes(proto.graph):
+            if node.domain in ("", "ai.onnx") and node.op_type in supported:
+                continue
+            found.append(Refusal(node.op_type, node_label(node), _refusal_reason(node, listed, trt_version)))
+        return found
+
+    def build_refusals(self, proto: onnx.ModelProto, precision: str, options: TargetOptions) -> list[Refusal]:
+        return self.refusals(proto, precision, getattr(options, "trt_version", DEFAULT_TRT_VERSION))
 
     # -- build -------------------------------------------------------------------------------------
 
@@ -301,7 +372,11 @@ class JetsonTensorRtTarget(Target):
                         "layers": not_sparse,
                     }
                 )
-        extra: dict[str, Any] = {"model_file": "model.onnx"}
+        listed = op_list_version(options.trt_version)
+        extra: dict[str, Any] = {
+            "model_file": "model.onnx",
+            "op_check": {"tensorrt": options.trt_version, "op_list": OP_LIST_SOURCE.format(listed)},
+        }
         if precision in ("fp32", "fp16"):
             # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
             files = {"model.onnx": model.to_bytes()}
@@ -335,6 +410,20 @@ class JetsonTensorRtTarget(Target):
         import onnxruntime
 
         return {**super().tool_versions(), "onnxruntime": onnxruntime.__version__}
+
+
+def _refusal_reason(node: onnx.NodeProto, listed: str, asked: str) -> str:
+    """Why TensorRT `asked` (whose op list is `listed`'s) does not take `node`, and which release would."""
+    if node.domain not in ("", "ai.onnx"):
+        return f"op of domain {node.domain!r}: TensorRT's ONNX parser takes ONNX ops (and its plugins)"
+    since = first_version_with(node.op_type)
+    source = OP_LIST_SOURCE.format(listed)
+    if since is None:
+        return f"not imported by TensorRT's ONNX parser up to {TRT_VERSIONS[-1]} ({source})"
+    return (
+        f"{node.op_type} is parsed from TensorRT {since} ({JETPACKS[since]}); this build targets {asked}: pass "
+        f"-O trt_version={since} if the devices run it"
+    )
 
 
 # -- the QuantSpec as TensorRT wants it -------------------------------------------------------------------
