@@ -63,7 +63,7 @@ def build(
     if quant_spec is None and calib is not None and precision in chosen.quantized_precisions:
         from edgekit.calibration.calibrate import calibrate
 
-        chosen.check_buildable(model, precision)  # a model the target refuses is not calibrated first
+        chosen.check_buildable(model, precision, options)  # a model the target refuses is not calibrated first
 
         quant_spec = calibrate(
             model,

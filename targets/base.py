@@ -270,30 +270,38 @@ class Target:
         return None
 
     def refusals(
-        self, proto: onnx.ModelProto, precision: str | None = None, *, size: tuple[int, int] | None = None
+        self,
+        proto: onnx.ModelProto,
+        precision: str | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        options: TargetOptions | None = None,
     ) -> list[Refusal]:
         """Every node of `proto` this target cannot build, naming op, node and reason (what `build` refuses
         before writing anything and `edgekit inspect -t` predicts). `size` is the input (height, width) the
-        artifact is built for (`build_size`), for targets that convert at a fixed shape. By default: ops outside
-        `supported_ops`."""
+        artifact is built for (`build_size`), for targets that convert at a fixed shape; `options` the checked
+        build options where one changes what the target takes (jetson-trt's `trt_version`; None: defaults).
+        By default: ops outside `supported_ops`."""
         supported = self.supported_ops()
         if supported is None:
             return []
         where = f"{self.engine or self.name}'s operator list"
         return [
             Refusal(node.op_type, node_label(node), f"not in {where}")
-            for node in _all_nodes(proto.graph)
+            for node in all_nodes(proto.graph)
             if (_domain(node.domain), node.op_type) not in supported
         ]
 
-    def model_refusals(self, model: Model, precision: str | None) -> list[Refusal]:
-        """What `build` refuses for this model and precision (a target whose route skips the ONNX graph, such as
-        a torch module converted directly, overrides this)."""
-        return self.refusals(model.proto, precision, size=build_size(model))
+    def model_refusals(
+        self, model: Model, precision: str | None, options: TargetOptions | None = None
+    ) -> list[Refusal]:
+        """What `build` refuses for this model, precision and checked `options` (None: the defaults); a target
+        whose route skips the ONNX graph, such as a torch module converted directly, overrides this."""
+        return self.refusals(model.proto, precision, size=build_size(model), options=options)
 
-    def check_buildable(self, model: Model, precision: str) -> None:
+    def check_buildable(self, model: Model, precision: str, options: TargetOptions | None = None) -> None:
         """BuildError naming every node this target would refuse (the API calls it before calibrating too)."""
-        refused = self.model_refusals(model, precision)
+        refused = self.model_refusals(model, precision, options)
         if refused:
             advice = (
                 f"`edgekit inspect MODEL -t {self.name}` lists them; export the model without them or pick another "
@@ -363,7 +371,7 @@ class Target:
             )
         if quant_spec is not None:
             quant_spec.check_model(model.sha256, label=str(model.path or "the model"))
-        self.check_buildable(model, precision)
+        self.check_buildable(model, precision, checked)
         files, extra = self._build_impl(model, precision, quant_spec, checked)
         manifest = {
             "target": self.name,
@@ -433,7 +441,7 @@ def static_model(
 
 def count_ops(proto: onnx.ModelProto, keep: Callable[[str, str], bool]) -> dict[str, int]:
     """How often each op of `proto` (subgraphs included) occurs, for the (domain, op_type) pairs `keep` accepts."""
-    counts = Counter(node.op_type for node in _all_nodes(proto.graph) if keep(_domain(node.domain), node.op_type))
+    counts = Counter(node.op_type for node in all_nodes(proto.graph) if keep(_domain(node.domain), node.op_type))
     return dict(sorted(counts.items()))
 
 
@@ -441,12 +449,12 @@ def _domain(domain: str) -> str:
     return domain or "ai.onnx"
 
 
-def _all_nodes(graph: onnx.GraphProto):
+def all_nodes(graph: onnx.GraphProto):
     """Every node, including those inside If/Loop/Scan subgraphs."""
     for node in graph.node:
         yield node
         for attribute in node.attribute:
             if attribute.g is not None and attribute.HasField("g"):
-                yield from _all_nodes(attribute.g)
+                yield from all_nodes(attribute.g)
             for subgraph in attribute.graphs:
-                yield from _all_nodes(subgraph)
+                yield from all_nodes(subgraph)

@@ -5,8 +5,10 @@ channel), w4 (4-bit palettized weights: one 16-entry k-means look-up table per w
 (int8 weights and activations with the scales of the QuantSpec, as Core ML quantize/dequantize ops).
 
 Routes to Core ML: the Model's torch module when it has one (fp32/fp16/w8/w4); otherwise, and always for
-w8a8, the ONNX graph replayed in torch (`coreml_onnx`), checked against ONNX Runtime before conversion,
-so the QuantSpec's ONNX tensor names map one to one onto the replay's tensors.
+w8a8, the ONNX graph replayed in torch (`coreml_onnx`), so the QuantSpec's ONNX tensor names map one to one
+onto the replay's tensors. Core ML cannot predict on Linux: the traced program it converts is validated
+against ONNX Runtime FP32 on the source model instead (`edgekit.targets.validation`, the manifest's
+`validation`).
 
 The .mlpackage is a folder; artifacts hold plain files, so it ships as `model.mlpackage.zip` (stored,
 fixed timestamps and package item ids, so building twice gives the same bytes) and the device engine
@@ -48,7 +50,7 @@ PACKAGE = "model.mlpackage"
 # Weights smaller than this many elements stay float16 in w8/w4 (their compression saves nothing that
 # matters and costs a dequantize op).
 WEIGHT_THRESHOLD = 512
-# The replay must agree with ONNX Runtime to this (relative to the largest reference output).
+# A traced program at an enumerated shape must agree with the model to this (relative to its largest output).
 REPLAY_TOLERANCE = 1e-3
 
 
@@ -94,7 +96,12 @@ class CoreMLTarget(Target):
     Options = CoreMLOptions
 
     def refusals(
-        self, proto: onnx.ModelProto, precision: str | None = None, *, size: tuple[int, int] | None = None
+        self,
+        proto: onnx.ModelProto,
+        precision: str | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        options: TargetOptions | None = None,
     ) -> list[Refusal]:
         """What the ONNX-to-torch replay cannot take, on the model at its build shape (shape arithmetic folded)."""
         try:
@@ -103,10 +110,12 @@ class CoreMLTarget(Target):
             return [input_refusal(proto, str(exc))]
         return REPLAY_OPS.refusals(static)
 
-    def model_refusals(self, model: Model, precision: str | None) -> list[Refusal]:
+    def model_refusals(
+        self, model: Model, precision: str | None, options: TargetOptions | None = None
+    ) -> list[Refusal]:
         if model.torch_module is not None and precision != "w8a8":
             return []  # coremltools converts the torch module itself; the ONNX graph is not replayed
-        return super().model_refusals(model, precision)
+        return super().model_refusals(model, precision, options)
 
     def ane_report(self, proto: onnx.ModelProto, precision: str | None = None) -> Any:
         """What of `proto` is known to fall back from the Neural Engine (see `edgekit.targets.coreml_ane`)."""
@@ -144,7 +153,7 @@ class CoreMLTarget(Target):
             shape = fixed_input_shape(model.proto, resize, layout=model.preprocess.layout if model.preprocess else None)
         except ModelError as exc:
             raise BuildError(f"ios-coreml: {exc}") from exc
-        make_module, route, replay_error, quantizers = self._torch_module(model, precision, spec, shape)
+        make_module, route, quantizers = self._torch_module(model, precision, spec, shape)
         input_name = _coreml_name(model.inputs[0].name)
         output_names = [_coreml_name(t.name) for t in model.outputs]
         image = _image_input(model.preprocess, shape)
@@ -158,6 +167,7 @@ class CoreMLTarget(Target):
             traced = torch.jit.trace(module.eval(), torch.zeros(shape), check_trace=False)
             if shapes:
                 _check_traced_at(traced, make_module, shapes[1:], replay=route.startswith("onnx-replay"))
+            validation = _validation(model, precision, traced, shape, image, route, spec)
             mlmodel = ct.convert(
                 traced,
                 inputs=[_input_type(ct, input_name, shape, image, shapes)],
@@ -179,9 +189,9 @@ class CoreMLTarget(Target):
                 "compute_precision": "float32" if precision == "fp32" else "float16",
                 "input": _input_summary(image),
                 "compressed_weights": _compression_summary(ops, precision),
-                "replay_max_abs_error": replay_error,
             },
             "outputs": [{**t.to_dict(), "name": n} for t, n in zip(model.outputs, output_names, strict=True)],
+            "validation": validation,
         }
         extra["inputs"] = [_manifest_input(model, input_name, shape, image)]
         if shapes:
@@ -202,17 +212,16 @@ class CoreMLTarget(Target):
 
     def _torch_module(
         self, model: Model, precision: str, quant_spec: QuantSpec | None, shape: tuple[int, ...]
-    ) -> tuple[Callable[[tuple[int, ...]], Any], str, float | None, ReplayQuantizers | None]:
-        """(module for an input shape, route, replay error vs ONNX Runtime or None, the w8a8 quantizers with the
-        notes on what could not be honoured). The replay computes shapes for one input shape, hence a module
-        per shape."""
+    ) -> tuple[Callable[[tuple[int, ...]], Any], str, ReplayQuantizers | None]:
+        """(module for an input shape, route, the w8a8 quantizers with the notes on what could not be honoured).
+        The replay computes shapes for one input shape, hence a module per shape."""
         from edgekit.targets.coreml_onnx import build_module
 
         if precision == "w8a8":
             from edgekit.calibration.calibrate import prepare_float_model
 
             float_proto = prepare_float_model(model.proto, quant_spec)
-            _, error = _checked_replay(float_proto, shape)  # the float replay, checked; quantized below
+            _checked_replay(model, float_proto, shape)  # the float replay, checked; quantized below
             quantizers = _quantizers(quant_spec, float_proto)
 
             def quantized(at: tuple[int, ...]) -> Any:
@@ -220,11 +229,11 @@ class CoreMLTarget(Target):
                     float_proto, at, activation_quant=quantizers.activations, weight_quant=quantizers.weights
                 )
 
-            return quantized, "onnx-replay (prepared float graph of the QuantSpec)", error, quantizers
+            return quantized, "onnx-replay (prepared float graph of the QuantSpec)", quantizers
         if model.torch_module is not None:
-            return lambda at: model.torch_module, "torch module", None, None
-        checked, error = _checked_replay(model.proto, shape)
-        return lambda at: checked if at == shape else build_module(model.proto, at), "onnx-replay", error, None
+            return lambda at: model.torch_module, "torch module", None
+        module = build_module(model.proto, shape)  # checked with the traced program by `_validation`
+        return lambda at: module if at == shape else build_module(model.proto, at), "onnx-replay", None
 
 
 # -- tools ----------------------------------------------------------------------------------------------
@@ -247,18 +256,56 @@ def _import_tools() -> tuple[Any, Any]:
     return ct, torch
 
 
-def _checked_replay(proto: onnx.ModelProto, shape: tuple[int, ...]) -> tuple[Any, float]:
-    """The replay of `proto` at `shape` and its max abs error against ONNX Runtime; BuildError when too far off."""
-    from edgekit.targets.coreml_onnx import build_module, replay_error
+def _checked_replay(model: Model, float_proto: onnx.ModelProto, shape: tuple[int, ...]) -> None:
+    """w8a8: the float replay of the QuantSpec's prepared graph must match ONNX Runtime FP32 on the source (the fp32
+    budget; a BuildError otherwise) before its quantized twin is converted."""
+    from edgekit.targets.coreml_onnx import build_module
+    from edgekit.targets.validation import RAN_COREML_REPLAY, probe_inputs, validate
 
-    module = build_module(proto, shape)
-    error, peak = replay_error(proto, module, shape)
-    if not error <= REPLAY_TOLERANCE * max(1.0, peak):
-        raise BuildError(
-            f"the ONNX-to-torch replay of this model differs from ONNX Runtime by {error:.3g} (max abs); "
-            "it cannot be converted faithfully: build from the torch module (Model.from_torch) instead"
+    module = build_module(float_proto, shape)
+    probes = probe_inputs(model, {model.inputs[0].name: shape}, count=2)
+    validate(model, "fp32", _torch_runner(module), ran=RAN_COREML_REPLAY, probes=probes)
+
+
+def _torch_runner(module: Any, mean: list[float] | None = None, std: list[float] | None = None) -> Any:
+    """A validation runner over a torch module: feeds in the ONNX model's layout (with `mean`/`std`, the module
+    normalizes itself and takes `x * std + mean`), outputs as a list of arrays."""
+    import torch
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (x,) = feed.values()
+        if mean is not None and std is not None:
+            x = x * np.asarray(std, np.float32).reshape(1, -1, 1, 1) + np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
+        return [o.numpy() for o in (out if isinstance(out, (tuple, list)) else (out,))]
+
+    return run
+
+
+def _validation(
+    model: Model,
+    precision: str,
+    traced: Any,
+    shape: tuple[int, ...],
+    image: dict[str, Any] | None,
+    route: str,
+    spec: QuantSpec | None,
+) -> dict[str, Any]:
+    """The traced program Core ML converts (Core ML cannot predict on Linux) vs ONNX Runtime FP32 on the source."""
+    from edgekit.targets.validation import RAN_COREML_REPLAY, RAN_COREML_TORCH, probe_inputs, validate
+
+    normalize = image is not None and image["normalize_in_graph"]
+    run = _torch_runner(traced, image["mean"], image["std"]) if normalize else _torch_runner(traced)
+    ran = RAN_COREML_TORCH if route == "torch module" else RAN_COREML_REPLAY
+    probes = probe_inputs(model, {model.inputs[0].name: shape}, spec)
+    block = validate(model, precision, run, ran=ran, probes=probes)
+    if precision != "fp32":
+        block["not_covered"] = (
+            "Core ML's float16 compute" + (" and weight compression" if precision in ("w8", "w4") else "") + " happen "
+            "in the converter after this point; the traced program runs in float32 here"
         )
-    return module, float(error)
+    return block
 
 
 def _compress(ct: Any, mlmodel: Any, precision: str) -> Any:

@@ -3,8 +3,9 @@
 fp32 ships the model as given. int8 ships a QDQ model written from the QuantSpec (calibrate for this
 target: uint8 activations, 7-bit per-channel weights); a spec with other activations is built too and
 noted in `not_honoured`, since ORT then runs Conv+Relu in float. The graph stays as written: ONNX Runtime
-optimises it when the session starts on the device. Ops are checked against ORT's CPU kernels. No build
-options.
+optimises it when the session starts on the device. Ops are checked against ORT's CPU kernels (and the
+ONNX function ops ORT expands into them). Every build is validated against ONNX Runtime FP32 on the source
+model (`edgekit.targets.validation`). No build options.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from edgekit.targets import register_target
 from edgekit.targets.base import Target, TargetOptions
 
 if TYPE_CHECKING:
+    import onnx
+
     from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
+    from edgekit.op_support import Refusal
 
 
 @cache
@@ -30,6 +34,25 @@ def ort_cpu_ops() -> frozenset[tuple[str, str]]:
         for kernel in ort_state.get_all_opkernel_def()
         if kernel.provider == "CPUExecutionProvider"
     )
+
+
+@cache
+def onnx_function_ops(opset: int) -> frozenset[str]:
+    """Default-domain ONNX ops that are functions at `opset` (a body of other ONNX ops, fixed or built from the
+    node's context): ONNX Runtime expands such a node into its body when it has no kernel for it, so it runs
+    wherever the body's ops do (HardSwish at any opset, Mish from 18: none has a CPU kernel)."""
+    import onnx.defs
+
+    names = {schema.name for schema in onnx.defs.get_all_schemas_with_history() if schema.domain == ""}
+    found = set()
+    for name in names:
+        try:
+            schema = onnx.defs.get_schema(name, opset, "")
+        except onnx.defs.SchemaError:  # not defined yet at this opset
+            continue
+        if schema.has_function or schema.has_context_dependent_function:
+            found.add(name)
+    return frozenset(found)
 
 
 @register_target
@@ -51,13 +74,28 @@ class OnnxRuntimeX86Target(Target):
         # Constant has no kernel: ONNX Runtime turns Constant nodes into initializers when it loads a model.
         return set(ort_cpu_ops()) | {("ai.onnx", "Constant")}
 
+    def refusals(
+        self,
+        proto: onnx.ModelProto,
+        precision: str | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        options: TargetOptions | None = None,
+    ) -> list[Refusal]:
+        """The base check against ORT's kernels, less the ONNX function ops (at the model's opset) that ORT
+        expands into ops it has kernels for."""
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        functions = onnx_function_ops(opset) if opset else frozenset()
+        return [r for r in super().refusals(proto, precision) if r.op not in functions]
+
     def _build_impl(
         self, model: Model, precision: str, spec: QuantSpec | None, options: TargetOptions
     ) -> tuple[dict[str, bytes], dict]:
         # The artifact keeps the graph as given (QDQ for int8); ONNX Runtime optimises it when the session
         # starts on the device, since ORT's fully optimised graphs are tied to the CPU that optimised them.
         if precision == "fp32":
-            return {"model.onnx": model.to_bytes()}, {"model_file": "model.onnx"}
+            data = model.to_bytes()
+            return {"model.onnx": data}, {"model_file": "model.onnx", "validation": _validation(model, precision, data)}
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.calibration.qdq import write_qdq
         from edgekit.model import Model as ModelClass
@@ -73,13 +111,26 @@ class OnnxRuntimeX86Target(Target):
                     "run in float. Calibrate for x86-ort (uint8_asym) for full integer speed.",
                 }
             )
-        extra = {"model_file": "model.onnx", "quantization": _quantization_summary(spec)}
-        return {"model.onnx": packaged.to_bytes()}, {**extra, "not_honoured": not_honoured}
+        data = packaged.to_bytes()
+        extra = {
+            "model_file": "model.onnx",
+            "quantization": _quantization_summary(spec),
+            "validation": _validation(model, precision, data, spec),
+        }
+        return {"model.onnx": data}, {**extra, "not_honoured": not_honoured}
 
     def tool_versions(self) -> dict[str, str]:
         import onnxruntime
 
         return {**super().tool_versions(), "onnxruntime": onnxruntime.__version__}
+
+
+def _validation(model: Model, precision: str, data: bytes, spec: QuantSpec | None = None) -> dict[str, Any]:
+    """The artifact's model in ONNX Runtime as the device opens it (graph optimisations on) vs the source FP32."""
+    from edgekit.targets.validation import RAN_ORT, RAN_ORT_QDQ, OrtRunner, validate_build
+
+    ran = RAN_ORT if precision == "fp32" else RAN_ORT_QDQ
+    return validate_build(model, precision, OrtRunner(data), ran=ran, spec=spec)
 
 
 def _quantization_summary(spec: QuantSpec) -> dict[str, Any]:

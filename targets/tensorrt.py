@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.onnx_toolbox import node_label
+from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions
+from edgekit.targets.base import BuildError, Target, TargetOptions, all_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -30,10 +32,11 @@ if TYPE_CHECKING:
     from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
 
-# ONNX ops that TensorRT's ONNX parser imports: the "Y" rows of onnx/onnx-tensorrt docs/operators.md for
-# TensorRT 8.5 (JetPack 5, the oldest TensorRT this target builds for; opsets up to 17). TensorRT 8.6
-# (JetPack 6.0) and 10.x (JetPack 6.1+) import every op listed here and add a few (LayerNormalization,
-# ...), but an artifact must build on every JetPack the fleet runs, so the 8.5 list is the contract.
+# ONNX ops that TensorRT's ONNX parser imports, per TensorRT release: the "Y" rows of onnx/onnx-tensorrt
+# docs/operators.md on its release branches 8.5-GA (opsets up to 17), 8.6-GA (up to 17) and 10.0-GA (9 to 20).
+# No release dropped an op of the one before, so each list is the previous one plus what it added. The build
+# checks the list of the TensorRT its devices run (`-O trt_version`, default 8.5: JetPack 5, the oldest
+# this target builds for); a newer TensorRT uses the newest list at or below its version.
 TENSORRT_ONNX_OPS: frozenset[str] = frozenset(
     {
         "Abs",
@@ -181,6 +184,49 @@ TENSORRT_ONNX_OPS: frozenset[str] = frozenset(
     }
 )
 
+TENSORRT_OPS_ADDED: dict[str, frozenset[str]] = {
+    "8.6": frozenset({"GroupNormalization", "IsInf", "LayerNormalization"}),
+    "10.0": frozenset({"CastLike", "Gelu", "Hardmax", "Mish"}),
+}
+TRT_VERSIONS = ("8.5", "8.6", "10.0")  # the releases with an op list above, oldest first
+JETPACKS = {"8.5": "JetPack 5", "8.6": "JetPack 6.0", "10.0": "JetPack 6.1+"}
+DEFAULT_TRT_VERSION = "8.5"
+OP_LIST_SOURCE = "onnx/onnx-tensorrt docs/operators.md, branch {}-GA"
+
+
+def _version_key(version: str) -> tuple[int, int]:
+    major, _, minor = version.strip().partition(".")
+    return int(major), int(minor.partition(".")[0] or 0)
+
+
+def op_list_version(version: str) -> str:
+    """The op list that applies to TensorRT `version` ("8.6.2", "10.3", "10"): the newest release at or below it;
+    BuildError for an unreadable version or one older than 8.5."""
+    try:
+        key = _version_key(version)
+    except ValueError:
+        key = None
+    known = [v for v in TRT_VERSIONS if key is not None and _version_key(v) <= key]
+    if not known:
+        raise BuildError(
+            f"{TensorRTOptions.label('trt_version', version)}: give the devices' TensorRT version, {TRT_VERSIONS[0]} "
+            f"or newer ({', '.join(f'{v}: {JETPACKS[v]}' for v in TRT_VERSIONS)})"
+        )
+    return known[-1]
+
+
+def tensorrt_ops(version: str = DEFAULT_TRT_VERSION) -> frozenset[str]:
+    """The ONNX ops TensorRT `version`'s parser imports."""
+    listed = op_list_version(version)
+    added = [TENSORRT_OPS_ADDED.get(v, frozenset()) for v in TRT_VERSIONS if _version_key(v) <= _version_key(listed)]
+    return TENSORRT_ONNX_OPS.union(*added)
+
+
+def first_version_with(op: str) -> str | None:
+    """The oldest TensorRT release (of those listed) whose parser imports `op`, or None."""
+    return next((v for v in TRT_VERSIONS if op in tensorrt_ops(v)), None)
+
+
 DLA_CORES = (0, 1)  # Jetson AGX Xavier / Xavier NX / AGX Orin / Orin NX have two DLA cores (Orin Nano none)
 SPARSITY_PATTERNS = ("2:4",)  # what Ampere's sparse tensor cores run
 CALIBRATION_CACHE = "trt_calibration.cache"
@@ -228,6 +274,14 @@ class TensorRTOptions(TargetOptions):
             "example": "1024",
         },
     )
+    trt_version: str = field(
+        default=DEFAULT_TRT_VERSION,
+        metadata={
+            "help": "the TensorRT version of the devices, whose ONNX parser decides which ops build: 8.5 (JetPack 5), "
+            "8.6 (JetPack 6.0), 10 (JetPack 6.1+)",
+            "example": "8.6",
+        },
+    )
 
     def check(self, precision: str) -> None:
         if self.dla_core is not None:
@@ -252,6 +306,7 @@ class TensorRTOptions(TargetOptions):
                 f"{self.label('sparsity', self.sparsity)}: TensorRT's structured sparsity is "
                 f"{', '.join(SPARSITY_PATTERNS)}"
             )
+        op_list_version(self.trt_version)
         for name in ("max_batch", "workspace_mb"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -272,6 +327,26 @@ class JetsonTensorRtTarget(Target):
 
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in TENSORRT_ONNX_OPS}
+
+    def refusals(
+        self,
+        proto: onnx.ModelProto,
+        precision: str | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        options: TargetOptions | None = None,
+    ) -> list[Refusal]:
+        """Every node the ONNX parser of the TensorRT in `options` (`trt_version`, default JetPack 5's) does not
+        import, naming the release that does."""
+        trt_version = getattr(options, "trt_version", None) or DEFAULT_TRT_VERSION
+        listed = op_list_version(trt_version)
+        supported = tensorrt_ops(listed)
+        found = []
+        for node in all_nodes(proto.graph):
+            if node.domain in ("", "ai.onnx") and node.op_type in supported:
+                continue
+            found.append(Refusal(node.op_type, node_label(node), _refusal_reason(node, listed, trt_version)))
+        return found
 
     # -- build -------------------------------------------------------------------------------------
 
@@ -301,23 +376,26 @@ class JetsonTensorRtTarget(Target):
                         "layers": not_sparse,
                     }
                 )
-        extra: dict[str, Any] = {"model_file": "model.onnx"}
+        listed = op_list_version(options.trt_version)
+        extra: dict[str, Any] = {
+            "model_file": "model.onnx",
+            "op_check": {"tensorrt": options.trt_version, "op_list": OP_LIST_SOURCE.format(listed)},
+        }
         if precision in ("fp32", "fp16"):
             # TensorRT builds FP16 itself (BuilderFlag.FP16) from the float weights: nothing to convert here
             files = {"model.onnx": model.to_bytes()}
         else:
             from edgekit.calibration.spec_summary import quantization_summary
 
-            qdq_bytes, symmetric, notes = self._int8_model(model, spec, build["profile_shapes"])
+            qdq_bytes, symmetric, notes = self._int8_model(model, spec)
             not_honoured.extend(notes)
             files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric, model)}
             build["calibration_cache"] = CALIBRATION_CACHE
             extra["quantization"] = {**quantization_summary(spec), "created_by": spec.created_by}
+        extra["validation"] = _validation(model, precision, files["model.onnx"], spec, build["profile_shapes"])
         return files, {**extra, "build": build, "not_honoured": not_honoured}
 
-    def _int8_model(
-        self, model: Model, quant_spec: QuantSpec, shapes: dict[str, list[list[int]]] | None
-    ) -> tuple[bytes, QuantSpec, list[dict[str, Any]]]:
+    def _int8_model(self, model: Model, quant_spec: QuantSpec) -> tuple[bytes, QuantSpec, list[dict[str, Any]]]:
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.calibration.qdq import write_qdq
         from edgekit.model import Model as ModelClass
@@ -330,14 +408,26 @@ class JetsonTensorRtTarget(Target):
         if bad:
             raise BuildError(f"the QDQ model has non-int8 or non-zero zero points at {', '.join(bad[:5])}: a bug")
         packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
-        data = packaged.to_bytes()
-        _check_with_onnxruntime(data, packaged, shapes)
-        return data, spec, notes
+        return packaged.to_bytes(), spec, notes
 
     def tool_versions(self) -> dict[str, str]:
         import onnxruntime
 
         return {**super().tool_versions(), "onnxruntime": onnxruntime.__version__}
+
+
+def _refusal_reason(node: onnx.NodeProto, listed: str, asked: str) -> str:
+    """Why TensorRT `asked` (whose op list is `listed`'s) does not take `node`, and which release would."""
+    if node.domain not in ("", "ai.onnx"):
+        return f"op of domain {node.domain!r}: TensorRT's ONNX parser takes ONNX ops (and its plugins)"
+    since = first_version_with(node.op_type)
+    source = OP_LIST_SOURCE.format(listed)
+    if since is None:
+        return f"not imported by TensorRT's ONNX parser up to {TRT_VERSIONS[-1]} ({source})"
+    return (
+        f"{node.op_type} is parsed from TensorRT {since} ({JETPACKS[since]}); this build targets {asked}: pass "
+        f"-O trt_version={since} if the devices run it"
+    )
 
 
 # -- the QuantSpec as TensorRT wants it -------------------------------------------------------------------
@@ -484,31 +574,36 @@ def _calibration_cache(spec: QuantSpec, model: Model) -> bytes:
     return data
 
 
-def _check_with_onnxruntime(data: bytes, model: Model, shapes: dict[str, list[list[int]]] | None) -> None:
-    """Load the QDQ model in ONNX Runtime and run one random input; any failure is a BuildError."""
-    import onnxruntime as ort
+def _validation(
+    model: Model, precision: str, data: bytes, spec: QuantSpec | None, shapes: dict[str, list[list[int]]] | None
+) -> dict[str, Any]:
+    """The emitted ONNX in ONNX Runtime (TensorRT cannot be installed here) vs ONNX Runtime FP32 on the source, at
+    the profile's opt shapes. fp16 rounds the float weights to float16, as TensorRT's FP16 engine stores them
+    (its activations stay float32 here, so the figure is a floor of what the device sees)."""
+    import onnx
 
-    rng = np.random.default_rng(0)
-    try:
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-        feed = {}
-        for tensor in model.inputs:
-            shape = (shapes or {}).get(tensor.name, [None, None])[1] or [
-                d if isinstance(d, int) and d > 0 else 1 for d in tensor.shape
-            ]
-            dtype = np.dtype(tensor.dtype)
-            if dtype.kind in "ui":
-                feed[tensor.name] = rng.integers(0, 256 if dtype.kind == "u" else 128, size=shape).astype(dtype)
-            else:
-                feed[tensor.name] = rng.standard_normal(shape).astype(dtype)
-        outputs = session.run(None, feed)
-    except Exception as exc:
-        raise BuildError(f"the int8 QDQ model does not run in ONNX Runtime ({type(exc).__name__}: {exc})") from exc
-    for meta, value in zip(session.get_outputs(), outputs, strict=True):
-        if np.issubdtype(np.asarray(value).dtype, np.floating) and not np.all(np.isfinite(value)):
-            raise BuildError(f"the int8 QDQ model gives non-finite values in output {meta.name!r} on a random input")
+    from edgekit.targets.validation import RAN_TENSORRT, OrtRunner, validate_build
+
+    if precision == "fp16":
+        data = _float16_weights(onnx.load_from_string(data)).SerializeToString()
+    fixed = None
+    if shapes is not None:
+        fixed = {t.name: tuple(shapes[t.name][1]) if t.name in shapes else tuple(t.shape) for t in model.inputs}
+    block = validate_build(model, precision, OrtRunner(data), ran=RAN_TENSORRT, spec=spec, shapes=fixed)
+    if precision == "fp16":
+        block["emulated"] = "float16 weights; TensorRT's float16 activations only on the device"
+    return block
+
+
+def _float16_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `proto` whose float32 initializers hold float16-rounded values (still float32 tensors)."""
+    from onnx import TensorProto, numpy_helper
+
+    for init in proto.graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            rounded = numpy_helper.to_array(init).astype(np.float16).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(rounded, init.name))
+    return proto
 
 
 # -- optimization profile -----------------------------------------------------------------------------

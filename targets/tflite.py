@@ -2,8 +2,8 @@
 
 fp32 and fp16 (float16 weights) convert the float model; int8 is full-integer with activation grids from the
 QuantSpec (targets/tflite_quant.py), float input/output by default or int8 I/O with `int8_io`; the QuantSpec's
-float nodes stay float behind a DEQUANTIZE. Every build is
-checked against ONNX Runtime on the same inputs and the figures go into the manifest's `validation`.
+float nodes stay float behind a DEQUANTIZE. Every build runs in
+LiteRT against ONNX Runtime FP32 on the source model (`edgekit.targets.validation`): the manifest's `validation`.
 Needs the tflite extra (TensorFlow for conversion, ai-edge-litert and ai-edge-quantizer).
 """
 
@@ -27,6 +27,7 @@ from edgekit.targets.onnx_to_tf import (
     to_tflite,
 )
 from edgekit.targets.onnx_to_tf_fusions import fuse_gelu
+from edgekit.targets.validation import RAN_LITERT, probe_inputs, validate
 
 if TYPE_CHECKING:
     import onnx
@@ -82,7 +83,6 @@ NNAPI_OPS = frozenset(
         "POW",
     }
 )
-VALIDATION_INPUTS = 8
 
 
 def _install_hint(exc: ImportError) -> BuildError:
@@ -92,40 +92,17 @@ def _install_hint(exc: ImportError) -> BuildError:
     )
 
 
-def _probe_inputs(shape: tuple[int, ...], spec: QuantSpec | None, input_name: str, count: int) -> np.ndarray:
-    """Inputs for the ORT comparison: uniform over the calibrated input range when there is one."""
-    rng = np.random.default_rng(0)
-    entry = spec.tensors.get(input_name) if spec is not None else None
-    if entry is not None and entry.observed:
-        low, high = entry.observed
-        return rng.uniform(low, high, size=(count, *shape[1:])).astype(np.float32)
-    return rng.standard_normal((count, *shape[1:])).astype(np.float32)
-
-
-def compare_with_onnxruntime(
-    proto: onnx.ModelProto, tflite: bytes, inputs: np.ndarray, *, nchw_input: bool = False
-) -> dict[str, Any]:
-    """Max abs error and top-1 agreement of the .tflite model's first output against ONNX Runtime."""
-    import onnxruntime as ort
-
+def _litert_runner(tflite: bytes, nchw_input: bool) -> Any:
+    """A validation runner over the .tflite in LiteRT: feeds in the ONNX model's NCHW layout, outputs in order."""
     from edgekit.runtime.engines.tflite import TfliteEngine
 
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    worst, agree, scale = 0.0, 0, 0.0
-    with TfliteEngine.from_bytes(tflite, {"threads": 1}) as engine:
-        for x in inputs:
-            reference = session.run(None, {name: x[None]})[0]
-            got = engine.infer({engine.input_names[0]: x[None] if nchw_input else x[None].transpose(0, 2, 3, 1)})[0]
-            worst = max(worst, float(np.abs(got.reshape(reference.shape) - reference).max()))
-            scale = max(scale, float(np.abs(reference).max()))
-            agree += int(np.argmax(got) == np.argmax(reference))
-    return {
-        "inputs": len(inputs),
-        "max_abs_error": worst,
-        "reference_abs_max": scale,
-        "top1_agreement": agree / max(1, len(inputs)),
-    }
+    engine = TfliteEngine.from_bytes(tflite, {"threads": 1})
+
+    def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (x,) = feed.values()
+        return engine.infer({engine.input_names[0]: x if nchw_input else x.transpose(0, 2, 3, 1)})
+
+    return engine, run
 
 
 def float_node_notes(
@@ -219,7 +196,12 @@ class AndroidTfliteTarget(Target):
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
 
     def refusals(
-        self, proto: onnx.ModelProto, precision: str | None = None, *, size: tuple[int, int] | None = None
+        self,
+        proto: onnx.ModelProto,
+        precision: str | None = None,
+        *,
+        size: tuple[int, int] | None = None,
+        options: TargetOptions | None = None,
     ) -> list[Refusal]:
         """The translator's refusals on the model at its build shape, shape arithmetic folded (what it converts)."""
         try:
@@ -241,17 +223,20 @@ class AndroidTfliteTarget(Target):
         try:
             static, _ = static_model(model.proto, size)
             shape = static_input_shape(static)
-            probes = _probe_inputs(shape, spec, model.inputs[0].name, VALIDATION_INPUTS)
+            probes = probe_inputs(model, {model.inputs[0].name: shape}, spec)
             if precision == "int8":
-                data, proto, extra = self._int8(model, spec, probes[:1], nchw, options.int8_io)
+                first = probes.feeds[0][model.inputs[0].name]
+                data, extra = self._int8(model, spec, first, nchw, options.int8_io)
             else:
-                proto, extra = static, {"not_honoured": []}
-                data = to_tflite(proto, fp16=precision == "fp16", nchw_input=nchw)
+                extra = {"not_honoured": []}
+                data = to_tflite(static, fp16=precision == "fp16", nchw_input=nchw)
+            engine, run = _litert_runner(data, nchw)
+            with engine:
+                extra["validation"] = validate(model, precision, run, ran=RAN_LITERT, probes=probes)
         except ImportError as exc:
             raise _install_hint(exc) from exc
         except (ConversionError, ModelError) as exc:
             raise BuildError(str(exc)) from exc
-        extra["validation"] = compare_with_onnxruntime(proto, data, probes, nchw_input=nchw)
         n, c, h, w = shape
         input_entry = {
             "name": "input",
@@ -272,7 +257,7 @@ class AndroidTfliteTarget(Target):
 
     def _int8(
         self, model: Model, spec: QuantSpec, probe: np.ndarray, nchw: bool, int8_io: bool
-    ) -> tuple[bytes, onnx.ModelProto, dict[str, Any]]:
+    ) -> tuple[bytes, dict[str, Any]]:
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.calibration.spec_summary import quantization_summary
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
@@ -301,7 +286,7 @@ class AndroidTfliteTarget(Target):
             "float_ops": result.kept_float,  # TFLite ops left float for them (DEQUANTIZE before)
             "full_integer": not result.kept_float,
         }
-        return result.data, prepared, {"not_honoured": not_honoured, "quantization": quantization}
+        return result.data, {"not_honoured": not_honoured, "quantization": quantization}
 
     def tool_versions(self) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version

@@ -231,9 +231,52 @@ def test_unsupported_op_is_refused_by_name(tmp_path):
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = 8
     with pytest.raises(
-        BuildError, match=r"jetson-trt cannot take 1 node\(s\) of this model:\n  - Hardmax node .*: not in"
+        BuildError,
+        match=r"jetson-trt cannot take 1 node\(s\) of this model:\n  - Hardmax node 'hardmax': Hardmax is parsed "
+        r"from TensorRT 10.0 \(JetPack 6.1\+\); this build targets 8.5: pass -O trt_version=10.0",
     ):
         build(Model(proto), tmp_path / "a")
+    # a TensorRT 10.3 device (JetPack 6.1+) takes it: the 10.0 list applies to every 10.x
+    artifact = build(Model(proto), tmp_path / "b", trt_version="10.3")
+    assert artifact.manifest["op_check"] == {
+        "tensorrt": "10.3",
+        "op_list": "onnx/onnx-tensorrt docs/operators.md, branch 10.0-GA",
+    }
+
+
+def _layer_norm_model() -> Model:
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 8])
+    inits = [
+        numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
+    ]
+    node = helper.make_node("LayerNormalization", ["input", "gamma", "beta"], ["out"], axis=-1, name="block0.ln")
+    proto = helper.make_model(
+        helper.make_graph([node], "ln", [x], [y], inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    proto.ir_version = 8
+    return Model(proto)
+
+
+def test_the_op_check_follows_the_devices_tensorrt_version(tmp_path):
+    """LayerNormalization (ConvNeXt, ViT) is parsed from TensorRT 8.6 (JetPack 6.0) on: refused for the default
+    8.5 with the release that takes it, built for 8.6; inspect predicts the default build's refusal."""
+    from edgekit.inspect import inspect_model
+    from edgekit.targets.tensorrt import first_version_with, op_list_version, tensorrt_ops
+
+    model = _layer_norm_model()
+    with pytest.raises(BuildError, match=r"LayerNormalization node 'block0.ln': .* from TensorRT 8.6 \(JetPack 6.0\)"):
+        build(model, tmp_path / "a", precision="fp16")
+    assert get_target("jetson-trt").unsupported_ops(model.proto) == {"LayerNormalization": 1}
+    assert inspect_model(model, targets=["jetson-trt"]).unsupported["jetson-trt"] == {"LayerNormalization": 1}
+    artifact = build(model, tmp_path / "b", precision="fp16", trt_version="8.6")
+    assert artifact.manifest["validation"]["passed"] and artifact.manifest["op_check"]["tensorrt"] == "8.6"
+    assert op_list_version("8.6.2") == "8.6" and op_list_version("10") == "10.0" and op_list_version("9.2") == "8.6"
+    assert first_version_with("Conv") == "8.5" and first_version_with("Mish") == "10.0"
+    assert first_version_with("QLinearConv") is None and tensorrt_ops("8.5") < tensorrt_ops("8.6") < tensorrt_ops("10")
+    with pytest.raises(BuildError, match=r"-O trt_version=8.4: give the devices' TensorRT version, 8.5 or newer"):
+        build(model, tmp_path / "c", trt_version="8.4")
 
 
 def test_options_are_checked_and_other_targets_refuse_them(digits, tmp_path):

@@ -224,6 +224,27 @@ def build(
         console.print(styled((line, "yellow")))
     for note in artifact.manifest.get("not_honoured", []):
         console.print(styled(("not honoured:", "yellow"), f" {note['what']}: {note['why']}"))
+    _print_validation(console, artifact.manifest.get("validation"))
+
+
+def _print_validation(console: Any, block: dict[str, Any] | None) -> None:
+    """The manifest's validation figures, and a warning when a quantized build is outside its budget."""
+    from edgekit.console_text import styled
+    from edgekit.targets.validation import summary_lines
+
+    for line in summary_lines(block):
+        console.print(line)
+    if block and block.get("skipped"):
+        console.print(styled(("validation skipped:", "yellow"), f" {block['skipped']}"))
+    if block and block.get("passed") is False:
+        console.print(
+            styled(
+                ("warning:", "bold yellow"),
+                f" this {block.get('precision')} build is outside its accuracy budget against the FP32 model "
+                "(figures above); calibrate on more representative data, keep sensitive layers float (`edgekit "
+                "quantize` shows the per-layer error) or build a float precision",
+            )
+        )
 
 
 @click.command()
