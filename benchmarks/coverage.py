@@ -204,15 +204,19 @@ class Worker:
 
 
 def _failure(exc: BaseException) -> dict[str, Any]:
+    """refused (an EdgekitError: its first line, and the lines it introduces when it ends in ':') or crash (the last
+    line of the traceback and where it was raised); `detail` keeps the whole message."""
     from edgekit.errors import EdgekitError
 
     text = str(exc).strip()
     if isinstance(exc, EdgekitError):
-        return {"status": "refused", "message": f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:400]}
+        lines = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+        message = lines[0] + (" " + "; ".join(lines[1:4]) if lines[0].endswith(":") else "")
+        return {"status": "refused", "message": f"{type(exc).__name__}: {message}"[:400], "detail": text[:2000]}
     last = traceback.format_exception_only(type(exc), exc)[-1].strip().splitlines()[0]
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    return {"status": "crash", "message": (last + where)[:400]}
+    return {"status": "crash", "message": (last + where)[:400], "detail": text[:2000]}
 
 
 def validation_figure(manifest: dict[str, Any]) -> tuple[str, bool | None]:
@@ -255,23 +259,36 @@ def _find(block: Any, keys: tuple[str, ...]) -> Any:
 
 
 def tflite_vs_ort(model: Any, data: bytes, inputs: list[Any]) -> tuple[float, float]:
-    """Max abs error of an onnx2tf .tflite (NHWC input) against ONNX Runtime FP32, and the reference's abs max."""
+    """Max abs error of an onnx2tf .tflite against ONNX Runtime FP32, and the reference's abs max."""
     import numpy as np
     import onnxruntime as ort
-
-    from edgekit.runtime.engines.tflite import TfliteEngine
 
     session = ort.InferenceSession(model.proto.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     worst, scale = 0.0, 0.0
-    with TfliteEngine.from_bytes(data, {"threads": 1}) as engine:
-        for x in inputs:
-            references = session.run(None, {name: x})
-            got = engine.infer({engine.input_names[0]: x.transpose(0, 2, 3, 1)})
-            for reference, output in zip(references, _aligned(got, references), strict=True):
-                worst = max(worst, float(np.abs(output - reference).max()))
-                scale = max(scale, float(np.abs(reference).max()))
+    for x in inputs:
+        references = session.run(None, {name: x})
+        for reference, output in zip(references, _aligned(litert_run(data, x), references), strict=True):
+            worst = max(worst, float(np.abs(output - reference).max()))
+            scale = max(scale, float(np.abs(reference).max()))
     return worst, scale
+
+
+def litert_run(data: bytes, x: Any) -> list[Any]:
+    """Run a .tflite in LiteRT's interpreter on an NCHW batch, as a user would: NHWC when its input's last axis is
+    the channel axis, the input resized first when its signature is dynamic (onnx2tf 2.x leaves it so)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=data, num_threads=1)
+    detail = interpreter.get_input_details()[0]
+    signature = list(detail.get("shape_signature", detail["shape"]))
+    feed = x.transpose(0, 2, 3, 1) if signature[-1] == x.shape[1] and signature[1] != x.shape[1] else x
+    if list(detail["shape"]) != list(feed.shape):
+        interpreter.resize_tensor_input(detail["index"], list(feed.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], feed.astype(detail["dtype"]))
+    interpreter.invoke()
+    return [interpreter.get_tensor(o["index"]) for o in interpreter.get_output_details()]
 
 
 def _aligned(outputs: list[Any], references: list[Any]) -> list[Any]:
