@@ -366,19 +366,20 @@ def _emit(record: dict[str, Any]) -> None:
 # -- the parent: workers with timeouts --------------------------------------------------------------------------
 
 
-def run_model(name: str, cells: list[str], timeout: float, log: Path) -> list[dict[str, Any]]:
-    """Every cell of one model, in workers; a crash or a hang ends only the cell it happened in."""
+def run_model(name: str, cells: list[str], timeout: float, log: Path, report: Any = None) -> list[dict[str, Any]]:
+    """Every cell of one model, in workers; a crash or a hang ends only the cell it happened in. `report` is called
+    with each cell's result as it arrives."""
     results: list[dict[str, Any]] = []
     left = list(cells)
     while left:
-        done = _one_worker(name, left, timeout, log)
+        done = _one_worker(name, left, timeout, log, report or (lambda record: None))
         results += done
         finished = {r["cell"] for r in done}
         left = [c for c in left if c not in finished]
     return results
 
 
-def _one_worker(name: str, cells: list[str], timeout: float, log: Path) -> list[dict[str, Any]]:
+def _one_worker(name: str, cells: list[str], timeout: float, log: Path, report: Any) -> list[dict[str, Any]]:
     command = [sys.executable, __file__, "--worker", name, "--cells", ",".join(cells)]
     with open(log, "a") as errors:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, start_new_session=True)
@@ -405,6 +406,7 @@ def _one_worker(name: str, cells: list[str], timeout: float, log: Path) -> list[
                 current, deadline = record.get("cell"), time.monotonic() + timeout
             elif event == "done":
                 results.append(record)
+                report(record)
                 current = None
 
 
@@ -630,9 +632,16 @@ def run(models: list[str], cells: list[str], args: argparse.Namespace) -> None:
         if not todo:
             continue
         print(f"[{time.perf_counter() - started:6.0f}s] {name}: {len(todo)} cells", flush=True)
-        for record in run_model(name, todo, args.timeout, log):
-            results.setdefault(name, {})[record["cell"]] = record
+        shown: set[str] = set()
+
+        def show(record: dict[str, Any], shown: set[str] = shown) -> None:
+            shown.add(record["cell"])
             print(f"    {record['cell']:22} {cell_text(record):28} {record.get('message', '')[:110]}", flush=True)
+
+        for record in run_model(name, todo, args.timeout, log, show):
+            results.setdefault(name, {})[record["cell"]] = record
+            if record["cell"] not in shown:  # a crash or hang the parent recorded
+                show(record)
         if args.json:
             _write_json(args.json, results, models, cells, versions)
     ran = [m for m in models if m in results]
