@@ -157,3 +157,15 @@ def test_read_only_workdir(sshd, tmp_path: Path, mount_tmpfs, digits_artifact):
     assert result["status"] == "error"
     assert "Read-only file system" in result["errors"][0]["message"]
     assert "set `workdir` in the fleet file" in result["errors"][0]["message"]
+
+
+def test_a_plan_that_cannot_be_written_leaves_no_run_folder(sshd, tmp_path: Path, mount_tmpfs):
+    disk = mount_tmpfs("full")
+    device = sshd.device(tmp_path, workdir=str(disk / "edgekit"))
+    with SshTransport(device) as ssh:
+        ssh.exec(["mkdir", "-p", f"{ssh.workdir}/runs"])
+        ssh.exec(["sh", "-c", f"cat /dev/zero > {disk}/filler 2>/dev/null; true"])  # the disk is now full
+        plan = {"run_id": "full-disk-run", "padding": "x" * 200_000}
+        with pytest.raises(DeviceError, match="cannot write the plan into"):
+            ssh._write_plan(plan)
+        assert os.listdir(disk / "edgekit" / "runs") == []

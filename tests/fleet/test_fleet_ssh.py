@@ -215,3 +215,34 @@ def test_round_trip_on_loopback(device, capsys):
     with capsys.disabled():
         print(f"\nSSH command round trip on loopback (TCP_NODELAY): median {median_ms:.1f} ms over 30")
     assert median_ms < 100
+
+
+def test_a_server_that_accepts_but_sends_no_banner_is_named_as_such(sshd, tmp_path):
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(silent.accept()[0])  # accepted, never answered: a frozen sshd
+            except OSError:
+                continue
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        device = sshd.device(tmp_path, port=silent.getsockname()[1])
+        started = time.monotonic()
+        with pytest.raises(DeviceError, match="accepted the connection but sent no banner within 1 s"):
+            SshTransport(device, connect_timeout=1.0, retries=0).connect()
+        assert time.monotonic() - started < 5
+    finally:
+        stop.set()
+        silent.close()
+        for connection in held:
+            connection.close()

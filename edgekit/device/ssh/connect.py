@@ -169,6 +169,12 @@ class Connector:
                 f"(ssh-copy-id -p {device.port} {device.user}@{device.host}) or set `key` in the fleet file"
             ) from None
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            transport = client.get_transport()
+            if transport is None or not getattr(transport, "remote_version", ""):
+                raise _Transient(
+                    f"the SSH server at {where} accepted the connection but sent no banner within {timeout:g} s "
+                    "(a frozen or overloaded sshd, or no SSH server on that port)"
+                ) from exc
             raise _Transient(f"SSH handshake with {where} failed: {exc or type(exc).__name__}") from exc
 
 

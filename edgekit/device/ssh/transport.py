@@ -301,6 +301,7 @@ class SshTransport:
                 self.exec(["mkdir", "-p", run_dir], timeout=30)  # it may exist from an earlier try
             self.sftp.putfo(io.BytesIO(json.dumps(device_plan).encode()), f"{run_dir}/plan.json")
         except OSError as exc:
+            self._cleanup(run_dir)  # a full disk must not also collect empty run folders
             raise DeviceError(
                 f"device {self.name}: cannot write the plan into {run_dir} ({exc}); check free space and "
                 f"permissions of the work folder {self.workdir}"
