@@ -74,7 +74,23 @@ def build(
             limit=calib_limit,
             progress=progress,
         ).spec
+    if isinstance(calib, (str, Path)) or hasattr(calib, "__array_interface__"):  # a stream would be spent
+        model = _with_validation_feeds(model, calib, calib_limit)
     return chosen.build(model, out, precision=precision, quant_spec=quant_spec, options=options)
+
+
+def _with_validation_feeds(model: Model, calib: Any, limit: int | None) -> Model:
+    """A copy of `model` carrying the last few of the user's calibration samples, which the build's validation
+    uses as its probe inputs (they are the user's own images, at the size the preprocessing makes)."""
+    from edgekit.calibration.data import load_calibration_data
+    from edgekit.targets.validation import PROBES
+
+    if not model.inputs:
+        return model
+    data = load_calibration_data(calib, spec=model.preprocess, input_name=model.inputs[0].name, limit=limit)
+    changed = copy.copy(model)
+    changed.validation_feeds = list(data.feeds)[-PROBES:]
+    return changed
 
 
 def _with_task(model: Model, task: str | None, postprocess: Mapping[str, Any] | None) -> Model:

@@ -106,6 +106,9 @@ class Model:
     ) -> None:
         self.proto = proto
         self.path = path
+        # a few of the user's own inputs (set by `edgekit.build` from its calibration data): the probes the
+        # build's validation runs the artifact on, when they fit the build shape
+        self.validation_feeds: list[dict[str, Any]] | None = None
         self.torch_module = torch_module
         self.example_input = example_input
         initializers = {init.name for init in proto.graph.initializer}

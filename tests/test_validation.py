@@ -118,8 +118,9 @@ def test_a_float_build_outside_budget_is_a_converter_defect(digits):
     message = str(raised.value)
     assert "validation of this fp32 build failed" in message and "output 'logits'" in message
     assert "max abs error" in message and "budget max abs error <= 1e-4 of the output range" in message
-    with pytest.raises(BuildError, match=r"output 'logits': .*SQNR 2\d\.\d dB.*budget SQNR >= 40 dB"):
-        validate(digits, "fp16", _noisy(digits, 0.05), ran="the converter", probes=probes, reference=reference)
+    # fp16 outside its budget is written and marked (half precision loses more on some real models)
+    lossy = validate(digits, "fp16", _noisy(digits, 0.05), ran="the converter", probes=probes, reference=reference)
+    assert lossy["passed"] is False and 20 <= lossy["outputs"][0]["sqnr_db"] < 40
     # 0.3 % noise is inside the fp16 budget (SQNR about 50 dB)
     assert validate(digits, "fp16", _noisy(digits, 0.003), ran="x", probes=probes, reference=reference)["passed"]
 
@@ -251,3 +252,16 @@ def test_edgekit_build_prints_the_validation_and_warns_outside_budget(digits, tm
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "validation OUTSIDE BUDGET" in text and "warning: this int8 build is outside its accuracy budget" in text
+
+
+def test_a_build_with_calibration_data_validates_on_the_users_own_samples(tmp_path):
+    from edgekit import build
+
+    images, _ = preprocessed_heldout_digits(32)
+    artifact = build(digits_model_path(), "x86-ort", tmp_path / "a", precision="int8", calib=images)
+    block = artifact.manifest["validation"]
+    assert block["probes"]["source"].startswith("8 of the calibration samples given to the build")
+    assert block["passed"] and block["outputs"][0]["top1_agreement"] >= 0.95
+    model = Model.load(digits_model_path())
+    model.validation_feeds = [{"input": np.zeros((1, 1, 20, 20), np.float32)}]  # not the build shape: unused
+    assert "calibration samples" not in probe_inputs(model, SHAPE).source
