@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 # compute new ones), and where the data input is when it is not the first (SPLIT: axis, then data)
 _SAME_PARAMS_OPS = {
     "PAD",
+    "PADV2",  # max pooling's pads (filled with the lowest float): its input's range
     "RESHAPE",
     "TRANSPOSE",
     "SQUEEZE",
@@ -294,6 +295,7 @@ def spec_ranges(
         grid = _min_max(scale, zero_point)
         if m.via == "affine image":
             lo, hi = (m.a * float(grid["min"]) + m.b, m.a * float(grid["max"]) + m.b)
+            lo, hi = min(lo, 0.0), max(hi, 0.0)  # an int8 grid holds zero (relu6(x + 3) of a HardSigmoid does not)
             scale = (hi - lo) / 255.0
             zero_point = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
             grid = _min_max(scale, zero_point)
