@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.op_support import GraphFacts
 from edgekit.targets.onnx_to_tf_ops import OPS, Value, decoded
 
 if TYPE_CHECKING:
@@ -52,35 +53,43 @@ def padded(
     return ctx.tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=fill), "VALID"
 
 
-@OPS.register("Conv")
+def _conv_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
+    weight = facts.const(node.input[1])
+    if weight is None:
+        return "the weights are computed, not constant (TFLite's CONV_2D takes constant filters)"
+    if weight.ndim != 4:
+        return f"a {weight.ndim - 2}-D convolution (TFLite's CONV_2D is 2-D)"
+    return None
+
+
+@OPS.register("Conv", check=_conv_check)
 def _conv(ctx: Translator, ins: list[str], attrs: dict) -> Value:
+    """CONV_2D; DEPTHWISE_CONV_2D where each group is one input channel; other groups (RegNet's, ResNeXt's):
+    a SPLIT of the input, one CONV_2D per group and a CONCATENATION (TFLite's CONV_2D takes no groups)."""
     tf = ctx.tf
-    x = ctx.values[ins[0]]
-    weight = ctx.const(ins[1])
-    if weight is None or weight.ndim != 4:
-        raise NotImplementedError("only 2-D convolutions with constant weights")
-    weight = weight.astype(np.float32)
-    bias = ctx.const(ins[2]) if len(ins) > 2 else None
+    weight = ctx.const(ins[1]).astype(np.float32)
+    bias = ctx.const(ins[2]) if len(ins) > 2 and ins[2] else None
     group = attrs.get("group", 1)
     kernel = list(weight.shape[2:])
     strides, dilations = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
-    data = ctx.nhwc(x)
+    data = ctx.nhwc(ctx.values[ins[0]])
     pads = explicit_pads(attrs, [int(d) for d in data.shape[1:3]], kernel, strides, dilations)
     data, padding = padded(ctx, data, pads, kernel, strides, dilations)
     channels = int(data.shape[-1])
-    if group == 1:
-        y = tf.nn.conv2d(
-            data, weight.transpose(2, 3, 1, 0), strides=[1, *strides, 1], padding=padding, dilations=dilations
-        )
-    elif group == channels and weight.shape[1] == 1:
+    options = {"strides": [1, *strides, 1], "padding": padding, "dilations": dilations}
+    if group == channels and weight.shape[1] == 1:
         multiplier = weight.shape[0] // group
         kernel_hwcm = weight.reshape(group, multiplier, *kernel).transpose(2, 3, 0, 1)
-        y = tf.nn.depthwise_conv2d(data, kernel_hwcm, strides=[1, *strides, 1], padding=padding, dilations=dilations)
-    else:
-        raise NotImplementedError(f"grouped convolution (group {group} of {channels} channels)")
-    if bias is not None:
-        y = tf.nn.bias_add(y, bias.astype(np.float32))
-    return Value(y, True)
+        y = tf.nn.depthwise_conv2d(data, kernel_hwcm, **options)
+        return Value(y if bias is None else tf.nn.bias_add(y, bias.astype(np.float32)), True)
+    parts = tf.split(data, group, axis=3) if group > 1 else [data]
+    filters = np.split(weight, group, axis=0)
+    biases = np.split(bias.astype(np.float32), group) if bias is not None else [None] * group
+    outs = []
+    for part, kernel_oihw, part_bias in zip(parts, filters, biases, strict=True):
+        y = tf.nn.conv2d(part, kernel_oihw.transpose(2, 3, 1, 0), **options)
+        outs.append(y if part_bias is None else tf.nn.bias_add(y, part_bias))
+    return Value(outs[0] if group == 1 else tf.concat(outs, axis=3), True)
 
 
 def _pool(ctx: Translator, ins: list[str], attrs: dict, kind: str) -> Value:

@@ -310,7 +310,48 @@ def spec_ranges(
         if out in lacking and source in ranges:
             ranges[out], expected[out] = ranges[source], expected[source]
             del lacking[out]
+    for source, out in clipping_inputs(interpreter):  # a tensor only a RELU reads: the RELU's range clips it so
+        if source in lacking and out in ranges:
+            ranges[source], expected[source] = ranges[out], expected[out]
+            del lacking[source]
+    for source, out in concat_inputs(interpreter):  # a grouped conv's per-group outputs: the concat's range
+        if source in lacking and out in ranges:
+            ranges[source], expected[source] = ranges[out], expected[out]
+            del lacking[source]
     return ranges, expected, lacking
+
+
+_CLIPPING_OPS = {"RELU", "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1"}
+
+
+def clipping_inputs(interpreter: Any) -> list[tuple[str, str]]:
+    """(input, output) of every RELU-like op whose input nothing else reads, in reverse graph order: the ONNX
+    model fuses a conv and its Relu (the QuantSpec has only the Relu's output) where TFLite computes the conv
+    apart (a grouped conv's concatenation before the RELU); quantizing the input on the output's grid clips
+    exactly as the op does."""
+    details = interpreter.get_tensor_details()
+    ops = interpreter._get_ops_details()
+    readers: dict[int, int] = {}
+    for op in ops:
+        for index in op["inputs"]:
+            readers[index] = readers.get(index, 0) + 1
+    return [
+        (details[op["inputs"][0]]["name"], details[op["outputs"][0]]["name"])
+        for op in reversed(ops)
+        if op["op_name"] in _CLIPPING_OPS and readers.get(op["inputs"][0]) == 1
+    ]
+
+
+def concat_inputs(interpreter: Any) -> list[tuple[str, str]]:
+    """(input, output) tensor names of every CONCATENATION: an input no ONNX tensor holds (the translator's
+    per-group convs of a grouped conv) takes the concatenation's range, which covers its values."""
+    details = interpreter.get_tensor_details()
+    return [
+        (details[index]["name"], details[op["outputs"][0]]["name"])
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "CONCATENATION"
+        for index in op["inputs"]
+    ]
 
 
 def float_island_ops(interpreter: Any) -> list[str]:
