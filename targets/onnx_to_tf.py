@@ -27,7 +27,7 @@ from onnx import numpy_helper
 from edgekit.errors import EdgekitError, ModelError
 from edgekit.onnx_toolbox import attrs as node_attrs
 from edgekit.onnx_toolbox import constant_value, fixed_input_shape, graph_inputs, image_layout, node_label
-from edgekit.targets import onnx_to_tf_spatial  # noqa: F401  (registers the conv, pool and resize ops in OPS)
+from edgekit.targets import onnx_to_tf_math, onnx_to_tf_spatial, onnx_to_tf_tensor  # noqa: F401  (they register ops in OPS)
 from edgekit.targets.onnx_to_tf_folds import FOLDS
 from edgekit.targets.onnx_to_tf_fusions import fuse_gelu
 from edgekit.targets.onnx_to_tf_ops import NCHW_TO_NHWC, NHWC_TO_NCHW, OPS, Value
@@ -49,7 +49,7 @@ TFLITE_OPS: dict[str, tuple[str, ...]] = {
     "MaxPool": ("MAX_POOL_2D", "PAD"),
     "AveragePool": ("AVERAGE_POOL_2D", "PAD"),
     "GlobalAveragePool": ("MEAN",),
-    "ReduceMean": ("MEAN",),
+    "ReduceMean": ("MEAN", "TRANSPOSE", "RESHAPE"),
     "Flatten": ("TRANSPOSE", "RESHAPE"),
     "Reshape": ("TRANSPOSE", "RESHAPE"),
     "Transpose": ("TRANSPOSE",),
@@ -63,23 +63,57 @@ TFLITE_OPS: dict[str, tuple[str, ...]] = {
     "Slice": ("STRIDED_SLICE", "SLICE"),  # SLICE where the steps are 1
     "Softplus": ("RELU", "ABS", "NEG", "EXP", "ADD", "LOG"),  # kept float in INT8 builds
     "Gelu": ("GELU",),
-    "Erf": ("GELU",),  # only inside x * 0.5 * (1 + erf(x / sqrt(2))), fused into one GELU
+    "Erf": ("GELU", "ABS", "MUL", "ADD", "DIV", "EXP", "SIGN"),  # GELU's formula fused; alone a polynomial
     "Sqrt": ("SQRT",),
     "Pow": ("MUL", "SQRT", "POW"),  # x^2 and x^0.5 without POW
     "Identity": (),
     "Dropout": (),
     "Constant": (),
-    # folded in numpy when their inputs are constant (shape arithmetic)
+    "Neg": ("NEG",),
+    "Abs": ("ABS",),
+    "Exp": ("EXP",),
+    "Log": ("LOG",),
+    "Tanh": ("TANH",),
+    "Reciprocal": ("DIV",),
+    "Floor": ("FLOOR",),
+    "Ceil": ("CEIL",),
+    "Round": ("ROUND",),
+    "Sin": ("SIN",),
+    "Cos": ("COS",),
+    "Not": ("LOGICAL_NOT",),
+    "Sign": ("SIGN",),
+    "LeakyRelu": ("LEAKY_RELU",),
+    "Elu": ("ELU", "SELECT_V2", "MUL"),  # alpha other than 1 selects alpha * elu(x) below zero
+    "PRelu": ("PRELU",),
+    "Mish": ("RELU", "ABS", "NEG", "EXP", "ADD", "LOG", "TANH", "MUL"),  # kept float in INT8 builds
+    "Min": ("MINIMUM",),
+    "Max": ("MAXIMUM",),
+    "Less": ("LESS",),
+    "LessOrEqual": ("LESS_EQUAL",),
+    "Greater": ("GREATER",),
+    "GreaterOrEqual": ("GREATER_EQUAL",),
+    "And": ("LOGICAL_AND",),
+    "Or": ("LOGICAL_OR",),
+    "Equal": ("EQUAL",),
+    "Where": ("SELECT_V2", "CAST"),
+    "ReduceMax": ("REDUCE_MAX", "TRANSPOSE", "RESHAPE"),
+    "ReduceMin": ("REDUCE_MIN", "TRANSPOSE", "RESHAPE"),
+    "ReduceSum": ("SUM", "TRANSPOSE", "RESHAPE"),
+    "ReduceProd": ("REDUCE_PROD", "TRANSPOSE", "RESHAPE"),
+    "LayerNormalization": ("MEAN", "SUB", "MUL", "RSQRT", "ADD"),  # kept float in INT8 builds
+    "Einsum": ("BATCH_MATMUL", "TRANSPOSE", "RESHAPE", "FULLY_CONNECTED"),
+    "Pad": ("PAD", "PADV2", "MIRROR_PAD", "SLICE", "TILE", "CONCATENATION"),  # edge: border slices tiled
+    "Tile": ("TILE",),
+    "TopK": ("TOPK_V2", "NEG", "CAST"),
+    # folded in numpy when their inputs are constant (shape arithmetic); on activations a TFLite op
     "Shape": (),
-    "Gather": ("GATHER",),
+    "Gather": ("GATHER", "STRIDED_SLICE"),  # a scalar index: a strided slice
     "Unsqueeze": ("RESHAPE",),
     "Squeeze": ("RESHAPE",),
     "Cast": ("CAST",),
+    "Expand": ("MUL",),
     "ConstantOfShape": (),
-    "Expand": (),
     "Range": (),
-    "Equal": (),
-    "Where": (),
 }
 
 

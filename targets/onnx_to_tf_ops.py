@@ -56,7 +56,12 @@ def _shape(ctx: Translator, ins: list[str], attrs: dict) -> np.ndarray:
     return np.array([shape[i] for i in NHWC_TO_NCHW] if value.nhwc else shape, np.int64)
 
 
-@OPS.register("Gather", "Cast", "ConstantOfShape", "Expand", "Range", "Equal", "Where")
+def _constant_inputs_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    computed = [name for name in node.input if name and facts.const(name) is None]
+    return f"input {computed[0]!r} is computed; {node.op_type} is taken on constants only (folded)" if computed else None
+
+
+@OPS.register("ConstantOfShape", "Range", check=_constant_inputs_check)
 def _constant_only(ctx: Translator, ins: list[str], attrs: dict) -> NoReturn:
     raise NotImplementedError("only on constant inputs (shape arithmetic), which are folded")
 
@@ -165,14 +170,6 @@ def _gelu(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.nn.gelu(x.tensor, approximate=approximate == "tanh"), x.nhwc)
 
 
-@OPS.register("Erf")
-def _erf(ctx: Translator, ins: list[str], attrs: dict) -> NoReturn:
-    raise NotImplementedError(
-        "TFLite has no ERF builtin; an Erf is converted only inside GELU's x * 0.5 * (1 + erf(x / sqrt(2))), "
-        "which becomes one GELU"
-    )
-
-
 @OPS.register("Sqrt")
 def _sqrt(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.values[ins[0]]
@@ -251,22 +248,6 @@ def _div(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return _binary(ctx, ins, ctx.tf.divide)
 
 
-@OPS.register("ReduceMean")
-def _reduce_mean(ctx: Translator, ins: list[str], attrs: dict) -> Value:
-    x = ctx.values[ins[0]]
-    axes = attrs.get("axes", ctx.const(ins[1]) if len(ins) > 1 else None)
-    if axes is None:
-        raise NotImplementedError("ReduceMean over all axes")
-    rank = len(x.tensor.shape)
-    axes = sorted(int(a) % rank for a in axes)
-    keep = bool(attrs.get("keepdims", 1))
-    if x.nhwc:
-        tf_axes = [NCHW_TO_NHWC.index(a) for a in axes]
-        out = ctx.tf.reduce_mean(x.tensor, axis=tf_axes, keepdims=keep)
-        return Value(out, keep)
-    return Value(ctx.tf.reduce_mean(x.tensor, axis=axes, keepdims=keep), False)
-
-
 @OPS.register("Flatten")
 def _flatten(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.nchw(ctx.values[ins[0]])
@@ -274,7 +255,7 @@ def _flatten(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.reshape(x, [int(np.prod(x.shape[:axis])), -1]), False)
 
 
-def _laid_out(ctx: Translator, y: Any) -> Value:
+def laid_out(ctx: Translator, y: Any) -> Value:
     """An NCHW-ordered result: back to NHWC when it is rank 4."""
     return Value(ctx.tf.transpose(y, NCHW_TO_NHWC), True) if len(y.shape) == 4 else Value(y, False)
 
@@ -286,14 +267,14 @@ def _reshape(ctx: Translator, ins: list[str], attrs: dict) -> Value:
         raise NotImplementedError("Reshape to a computed (non-constant) shape")
     x = ctx.nchw(ctx.values[ins[0]])
     shape = [int(x.shape[i]) if v == 0 else int(v) for i, v in enumerate(shape_value)]
-    return _laid_out(ctx, ctx.tf.reshape(x, shape))
+    return laid_out(ctx, ctx.tf.reshape(x, shape))
 
 
 @OPS.register("Squeeze")
 def _squeeze(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     axes = attrs.get("axes", ctx.const(ins[1]) if len(ins) > 1 else None)
     x = ctx.nchw(ctx.values[ins[0]])
-    return _laid_out(ctx, ctx.tf.squeeze(x, axis=None if axes is None else [int(a) for a in axes]))
+    return laid_out(ctx, ctx.tf.squeeze(x, axis=None if axes is None else [int(a) for a in axes]))
 
 
 @OPS.register("Unsqueeze")
@@ -303,7 +284,7 @@ def _unsqueeze(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     rank = len(y.shape) + len(axes)
     for axis in sorted(int(a) % rank for a in axes):
         y = ctx.tf.expand_dims(y, axis)
-    return _laid_out(ctx, y)
+    return laid_out(ctx, y)
 
 
 @OPS.register("Transpose")
