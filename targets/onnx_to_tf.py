@@ -163,9 +163,11 @@ class Translator:
 
     # -- the walk --------------------------------------------------------------------------------
 
-    def run(self, x_nhwc: Any) -> list[Any]:
+    def run(self, x: Any, nhwc: bool = True) -> list[Any]:
+        """The graph's outputs for input `x`: an NHWC image of an NCHW model (`nhwc`), or the model's own
+        input as it is (a channel-last model's NHWC input: its own Transpose makes it NCHW)."""
         inputs = [i for i in self.graph.input if i.name not in self.consts]
-        self.values[inputs[0].name] = Value(x_nhwc, True)
+        self.values[inputs[0].name] = Value(x, nhwc)
         for node in self.graph.node:
             self.visit(node)
         outputs = []
@@ -217,21 +219,23 @@ SUPPORTED_OPS = OPS.ops  # every key of TFLITE_OPS (tests/test_target_tflite.py 
 
 
 def static_input_shape(proto: onnx.ModelProto, size: tuple[int, int] | None = None) -> tuple[int, ...]:
-    """The single input's NCHW shape: a dynamic batch becomes 1, dynamic height/width come from `size` (the
-    preprocess resize); any other dynamic axis, or an input that is not an NCHW image, is a ConversionError."""
+    """The single input's shape in the model's own layout (NCHW, or NHWC for a channel-last model): a dynamic
+    batch becomes 1, dynamic height/width come from `size` (the preprocess resize); any other dynamic axis, or
+    an input that is not a rank-4 image, is a ConversionError."""
     try:
-        shape = fixed_input_shape(proto, size, layout="NCHW")
+        shape = fixed_input_shape(proto, size)
     except ModelError as exc:
         raise ConversionError(f"the TFLite target: {exc}") from exc
     name = graph_inputs(proto)[0].name
     if len(shape) != 4:
-        raise ConversionError(f"the TFLite target takes one NCHW image input; input {name!r} is {list(shape)}")
-    if image_layout(shape) == "NHWC":
-        raise ConversionError(
-            f"input {name!r} is channel-last {list(shape)}; the TFLite translator takes NCHW (channel-first) inputs "
-            "and makes the .tflite input NHWC itself: export the model channel-first"
-        )
+        raise ConversionError(f"the TFLite target takes one image input (rank 4); input {name!r} is {list(shape)}")
     return shape
+
+
+def channel_last(shape: tuple[int, ...]) -> bool:
+    """Whether a model input of `shape` is an NHWC image: its .tflite input is then the model's own, no
+    transposes added (the model's own Transpose to NCHW meets the translator's NHWC and both go)."""
+    return image_layout(shape) == "NHWC"
 
 
 def to_tflite(
@@ -244,19 +248,24 @@ def to_tflite(
 ) -> bytes:
     """Convert a float ONNX model to a float32 (or float16-weight) .tflite model.
 
-    The .tflite input is NHWC (what Android camera frames are) unless `nchw_input`; outputs keep ONNX's
-    layout, so they compare one to one with ONNX Runtime's. `converter_int8_data` (NCHW float arrays, one
-    per sample) makes TensorFlow's own full-integer model with its own min-max calibration instead: the
-    anchor the benchmarks compare the QuantSpec route against.
+    The .tflite input is NHWC (what Android camera frames are) unless `nchw_input`; a channel-last model keeps
+    its own NHWC input (`nchw_input` does not apply). Outputs keep ONNX's layout, so they compare one to one
+    with ONNX Runtime's. `converter_int8_data` (float arrays in the model's input layout, one per sample) makes
+    TensorFlow's own full-integer model with its own min-max calibration instead: the anchor the benchmarks
+    compare the QuantSpec route against.
     """
     import tensorflow as tf
 
-    n, c, h, w = static_input_shape(proto, size)
+    shape = static_input_shape(proto, size)
+    as_given = channel_last(shape)  # the model's own NHWC input: no layout change at all
+    n, c, h, w = (shape[0], shape[3], shape[1], shape[2]) if as_given else shape
     translator = Translator(fuse_gelu(proto), tf)
-    spec = tf.TensorSpec([n, c, h, w] if nchw_input else [n, h, w, c], tf.float32, name="input")
+    spec = tf.TensorSpec(list(shape) if nchw_input or as_given else [n, h, w, c], tf.float32, name="input")
 
     @tf.function(input_signature=[spec], autograph=False)
     def graph(x: Any) -> list[Any]:
+        if as_given:
+            return translator.run(x, nhwc=False)
         return translator.run(tf.transpose(x, NCHW_TO_NHWC) if nchw_input else x)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
@@ -264,10 +273,11 @@ def to_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     if converter_int8_data is not None:
-        samples = [np.asarray(x, np.float32).reshape(n, c, h, w) for x in converter_int8_data]
+        samples = [np.asarray(x, np.float32).reshape(shape) for x in converter_int8_data]
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.representative_dataset = lambda: ([x if nchw_input else x.transpose(0, 2, 3, 1)] for x in samples)
+        as_is = nchw_input or as_given
+        converter.representative_dataset = lambda: ([x if as_is else x.transpose(0, 2, 3, 1)] for x in samples)
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ... with long MLIR dumps

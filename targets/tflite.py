@@ -23,6 +23,7 @@ from edgekit.targets.onnx_to_tf import (
     SUPPORTED_OPS,
     TFLITE_OPS,
     ConversionError,
+    channel_last,
     static_input_shape,
     to_tflite,
 )
@@ -105,7 +106,8 @@ def _probe_inputs(shape: tuple[int, ...], spec: QuantSpec | None, input_name: st
 def compare_with_onnxruntime(
     proto: onnx.ModelProto, tflite: bytes, inputs: np.ndarray, *, nchw_input: bool = False
 ) -> dict[str, Any]:
-    """Max abs error and top-1 agreement of the .tflite model's first output against ONNX Runtime."""
+    """Max abs error and top-1 agreement of the .tflite model's first output against ONNX Runtime on `inputs`
+    (in the ONNX model's layout; the .tflite takes them as they are with `nchw_input`, else NHWC)."""
     import onnxruntime as ort
 
     from edgekit.runtime.engines.tflite import TfliteEngine
@@ -241,6 +243,12 @@ class AndroidTfliteTarget(Target):
         try:
             static, _ = static_model(model.proto, size)
             shape = static_input_shape(static)
+            if channel_last(shape) and nchw:
+                raise BuildError(
+                    f"{options.label('nchw_input', True)}: this model's input is channel-last {list(shape)}; its "
+                    ".tflite input is the model's own NHWC"
+                )
+            as_is = nchw or channel_last(shape)  # the .tflite input is laid out as the ONNX model's
             probes = _probe_inputs(shape, spec, model.inputs[0].name, VALIDATION_INPUTS)
             if precision == "int8":
                 data, proto, extra = self._int8(model, spec, probes[:1], nchw, options.int8_io)
@@ -251,11 +259,11 @@ class AndroidTfliteTarget(Target):
             raise _install_hint(exc) from exc
         except (ConversionError, ModelError) as exc:
             raise BuildError(str(exc)) from exc
-        extra["validation"] = compare_with_onnxruntime(proto, data, probes, nchw_input=nchw)
+        extra["validation"] = compare_with_onnxruntime(proto, data, probes, nchw_input=as_is)
         n, c, h, w = shape
         input_entry = {
             "name": "input",
-            "shape": [n, c, h, w] if nchw else [n, h, w, c],
+            "shape": list(shape) if as_is else [n, h, w, c],
             "dtype": "float32",
             "layout": "NCHW" if nchw else "NHWC",
         }
@@ -278,10 +286,11 @@ class AndroidTfliteTarget(Target):
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
 
         prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
-        prepared, _ = static_model(prepared, tuple(probe.shape[2:]))  # the spec's tensor names stay
+        prepared, shape = static_model(prepared, build_size(model))  # the spec's tensor names stay
         float_tflite = to_tflite(prepared, nchw_input=nchw)
+        as_is = nchw or channel_last(shape)
         try:
-            result = quantize_full_integer(float_tflite, prepared, spec, probe, int8_io=int8_io, nchw_input=nchw)
+            result = quantize_full_integer(float_tflite, prepared, spec, probe, int8_io=int8_io, nchw_input=as_is)
         except TfliteQuantError as exc:
             raise BuildError(str(exc)) from exc
         not_honoured = list(result.not_honoured)

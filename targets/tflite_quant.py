@@ -302,8 +302,10 @@ def spec_ranges(
         ranges[tfl_name] = grid
         expected[tfl_name] = (scale, zero_point)
     edges = same_params_edges(interpreter)
-    for op, source, out in reversed(edges):  # a transposed tensor's range is its source's range too
-        if op in _PERMUTING_OPS and source in lacking and out in ranges:
+    readers = reader_counts(interpreter)
+    for op, source, out in reversed(edges):  # a transposed tensor's range is its source's range too, and so
+        # is a sliced one's where the slice is all that reads it (a ViT's class token of the final norm)
+        if (op in _PERMUTING_OPS or readers.get(source) == 1) and source in lacking and out in ranges:
             ranges[source], expected[source] = ranges[out], expected[out]
             del lacking[source]
     for _, source, out in edges:
@@ -330,16 +332,25 @@ def clipping_inputs(interpreter: Any) -> list[tuple[str, str]]:
     apart (a grouped conv's concatenation before the RELU); quantizing the input on the output's grid clips
     exactly as the op does."""
     details = interpreter.get_tensor_details()
-    ops = interpreter._get_ops_details()
-    readers: dict[int, int] = {}
-    for op in ops:
-        for index in op["inputs"]:
-            readers[index] = readers.get(index, 0) + 1
-    return [
+    readers = reader_counts(interpreter)
+    pairs = [
         (details[op["inputs"][0]]["name"], details[op["outputs"][0]]["name"])
-        for op in reversed(ops)
-        if op["op_name"] in _CLIPPING_OPS and readers.get(op["inputs"][0]) == 1
+        for op in reversed(interpreter._get_ops_details())
+        if op["op_name"] in _CLIPPING_OPS
     ]
+    return [(source, out) for source, out in pairs if readers.get(source) == 1]
+
+
+def reader_counts(interpreter: Any) -> dict[str, int]:
+    """How many ops read each tensor, by name."""
+    details = interpreter.get_tensor_details()
+    readers: dict[str, int] = {}
+    for op in interpreter._get_ops_details():
+        for index in op["inputs"]:
+            if index >= 0:
+                name = details[index]["name"]
+                readers[name] = readers.get(name, 0) + 1
+    return readers
 
 
 def concat_inputs(interpreter: Any) -> list[tuple[str, str]]:
