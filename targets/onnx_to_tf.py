@@ -27,6 +27,7 @@ from onnx import numpy_helper
 from edgekit.errors import EdgekitError, ModelError
 from edgekit.onnx_toolbox import attrs as node_attrs
 from edgekit.onnx_toolbox import constant_value, fixed_input_shape, graph_inputs, image_layout, node_label
+from edgekit.op_support import GraphFacts
 from edgekit.targets import onnx_to_tf_math, onnx_to_tf_spatial, onnx_to_tf_tensor  # noqa: F401  (they register ops in OPS)
 from edgekit.targets.onnx_to_tf_folds import FOLDS
 from edgekit.targets.onnx_to_tf_fusions import fuse_gelu
@@ -134,6 +135,15 @@ class Translator:
         self.values: dict[str, Value] = {}
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.node = onnx.NodeProto()  # the node being translated (an op function may read its outputs)
+        self.proto = proto
+        self._facts: GraphFacts | None = None
+
+    @property
+    def facts(self) -> GraphFacts:
+        """Static shapes and constants for the op checks (computed once, on the first node that has a check)."""
+        if self._facts is None:
+            self._facts = GraphFacts(self.proto)
+        return self._facts
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -187,7 +197,11 @@ class Translator:
         try:
             result = self.folded(node, attrs)
             if result is None:
-                result = OPS.lookup(node, ConversionError, _UNSUPPORTED_ADVICE)(self, list(node.input), attrs)
+                function = OPS.lookup(node, ConversionError, _UNSUPPORTED_ADVICE)
+                check = OPS.checks.get(node.op_type)  # the reason `refusals` gives, so the two cannot disagree
+                if check is not None and (reason := check(node, attrs, self.facts)):
+                    raise NotImplementedError(reason)
+                result = function(self, list(node.input), attrs)
         except ConversionError:
             raise
         except (NotImplementedError, ValueError) as exc:

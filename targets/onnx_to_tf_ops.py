@@ -57,8 +57,9 @@ def _shape(ctx: Translator, ins: list[str], attrs: dict) -> np.ndarray:
 
 
 def _constant_inputs_check(node: Any, attrs: dict, facts: Any) -> str | None:
-    computed = [name for name in node.input if name and facts.const(name) is None]
-    return f"input {computed[0]!r} is computed; {node.op_type} is taken on constants only (folded)" if computed else None
+    if any(name and facts.const(name) is None for name in node.input):
+        return f"its inputs are computed; {node.op_type} is taken on constants only (shape arithmetic, folded)"
+    return None
 
 
 @OPS.register("ConstantOfShape", "Range", check=_constant_inputs_check)
@@ -93,7 +94,41 @@ def _slice_inputs(ctx: Translator, ins: list[str], attrs: dict) -> list[np.ndarr
     return [starts, ends, np.asarray(axes), np.ones(len(starts), np.int64) if steps is None else steps]
 
 
-@OPS.register("Slice")
+def computed_input(node: Any, facts: Any, positions: range, what: str) -> str | None:
+    """Why the node cannot be taken when an input at `positions` that must be constant is computed."""
+    for position in positions:
+        if position < len(node.input) and node.input[position] and facts.const(node.input[position]) is None:
+            return f"the {what} are computed, not constant"
+    return None
+
+
+def _slice_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    if reason := computed_input(node, facts, range(1, 5), "starts, ends, axes or steps"):
+        return reason
+    steps = facts.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    if steps is not None and (np.asarray(steps) <= 0).any() and facts.const(node.input[0]) is None:
+        return "a negative step on an activation (a flip)"
+    return None
+
+
+def _split_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    return computed_input(node, facts, range(1, 2), "split sizes")
+
+
+def _gelu_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    approximate = decoded(attrs.get("approximate", "none"))
+    return None if approximate in ("none", "tanh") else f"approximate={approximate!r}"
+
+
+def _reshape_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    return computed_input(node, facts, range(1, 2), "target shape")
+
+
+def _gemm_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    return computed_input(node, facts, range(1, 3), "B and C inputs")
+
+
+@OPS.register("Slice", check=_slice_check)
 def _slice(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.values[ins[0]]
     shape = [int(d) for d in x.tensor.shape]
@@ -106,7 +141,7 @@ def _slice(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.strided_slice(x.tensor, begin, end, strides), x.nhwc)
 
 
-@OPS.register("Split")
+@OPS.register("Split", check=_split_check)
 def _split(ctx: Translator, ins: list[str], attrs: dict) -> list[Value]:
     """Equal parts: one SPLIT; unequal parts: a slice each (SPLIT_V has no int8 path in the quantizer)."""
     x = ctx.values[ins[0]]
@@ -161,7 +196,8 @@ def _softplus(ctx: Translator, ins: list[str], attrs: dict) -> Value:
         return Value(tf.nn.relu(x.tensor) + tf.math.log(1.0 + tf.exp(-tf.abs(x.tensor))), x.nhwc)
 
 
-@OPS.register("Gelu")  # opset 20, and what onnx_to_tf_fusions makes of x * 0.5 * (1 + erf(x / sqrt(2)))
+# opset 20, and what onnx_to_tf_fusions makes of x * 0.5 * (1 + erf(x / sqrt(2)))
+@OPS.register("Gelu", check=_gelu_check)
 def _gelu(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.values[ins[0]]
     approximate = decoded(attrs.get("approximate", "none"))
@@ -260,7 +296,7 @@ def laid_out(ctx: Translator, y: Any) -> Value:
     return Value(ctx.tf.transpose(y, NCHW_TO_NHWC), True) if len(y.shape) == 4 else Value(y, False)
 
 
-@OPS.register("Reshape")
+@OPS.register("Reshape", check=_reshape_check)
 def _reshape(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     shape_value = ctx.const(ins[1])
     if shape_value is None:
@@ -302,7 +338,7 @@ def _concat(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.concat(tensors, NCHW_TO_NHWC.index(axis) if like.nhwc else axis), like.nhwc)
 
 
-@OPS.register("Gemm")
+@OPS.register("Gemm", check=_gemm_check)
 def _gemm(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.nchw(ctx.values[ins[0]])
     weight = ctx.const(ins[1])

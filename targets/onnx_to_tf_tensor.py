@@ -10,18 +10,10 @@ import numpy as np
 import onnx
 
 from edgekit.op_support import GraphFacts
-from edgekit.targets.onnx_to_tf_ops import NCHW_TO_NHWC, OPS, Value, decoded, laid_out, tf_axis
+from edgekit.targets.onnx_to_tf_ops import NCHW_TO_NHWC, OPS, Value, computed_input, decoded, laid_out, tf_axis
 
 if TYPE_CHECKING:
     from edgekit.targets.onnx_to_tf import Translator
-
-
-def _computed(node: Any, facts: GraphFacts, positions: range, what: str) -> str | None:
-    """A reason when an input at `positions` that must be constant is computed."""
-    for position in positions:
-        if position < len(node.input) and node.input[position] and facts.const(node.input[position]) is None:
-            return f"the {what} are computed, not constant"
-    return None
 
 
 def _gather_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
@@ -65,7 +57,7 @@ def _cast(ctx: Translator, ins: list[str], attrs: dict) -> Value:
 
 
 def _expand_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
-    return _computed(node, facts, range(1, 2), "target shape")
+    return computed_input(node, facts, range(1, 2), "target shape")
 
 
 @OPS.register("Expand", check=_expand_check)
@@ -79,7 +71,7 @@ def _expand(ctx: Translator, ins: list[str], attrs: dict) -> Value:
 
 
 def _pad_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
-    if reason := _computed(node, facts, range(1, 4), "pads, value or axes"):
+    if reason := computed_input(node, facts, range(1, 4), "pads, value or axes"):
         return reason
     pads = attrs.get("pads", facts.const(node.input[1]) if len(node.input) > 1 else None)
     if pads is not None and min(int(p) for p in pads) < 0:
@@ -142,7 +134,7 @@ def _repeat_edge(tf: Any, y: Any, axis: int, index: int, count: int) -> Any:
 
 
 def _tile_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
-    return _computed(node, facts, range(1, 2), "repeats")
+    return computed_input(node, facts, range(1, 2), "repeats")
 
 
 @OPS.register("Tile", check=_tile_check)
@@ -155,7 +147,7 @@ def _tile(ctx: Translator, ins: list[str], attrs: dict) -> Value:
 
 
 def _topk_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
-    if reason := _computed(node, facts, range(1, 2), "k"):
+    if reason := computed_input(node, facts, range(1, 2), "k"):
         return reason
     rank = facts.rank(node.input[0])
     axis = attrs.get("axis", -1)
