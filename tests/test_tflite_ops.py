@@ -1,7 +1,8 @@
 """The TFLite translator op by op: small ONNX graphs built with onnx.helper, converted to .tflite and compared with
 ONNX Runtime for each attribute variant the translator takes, and a refusal naming the op and node for variants
 it does not; then real models end to end: PaddleOCR's text detector (rapidocr), the shipped demo detector (FP32
-and INT8 with calibration data) and a YOLOv8n (nudenet's wheel)."""
+and INT8 with calibration data), a YOLOv8n (nudenet's wheel) and one timm architecture per family (ResNet,
+MobileNetV3, RegNet, GhostNet, DeiT, MobileViT, ConvNeXt) at fp32, fp16 and, four of them, int8."""
 
 from __future__ import annotations
 
@@ -789,3 +790,91 @@ def test_yolov8n_with_dynamic_shapes_converts_and_matches_onnxruntime(yolov8n: P
     letterboxed = dict(model.preprocess.to_dict(), stride=None)  # the .tflite input is fixed at 320x320
     reference, got = _outputs(artifact, model.proto, _preprocessed(Model(model.proto, preprocess=letterboxed), photos))
     assert _sqnr(reference, got) > 80
+
+
+
+# -- timm architectures, one per family: random seeded weights, exported at 64 px ------------------------------
+
+TIMM_MODELS = {
+    "resnet18": {},  # max pooling's PADV2
+    "mobilenetv3_small_100": {},  # HardSwish, HardSigmoid squeeze-excite
+    "regnetx_002": {},  # grouped convs
+    "ghostnet_100": {},  # channel slices of the ghost modules
+    "deit_tiny_patch16_224": {"img_size": 64, "depth": 2},  # attention, LayerNorm, GELU, class token
+    "mobilevit_xxs": {},  # unfold/fold reshapes around attention
+    "convnext_atto": {},  # channels-last LayerNorm between transposes
+}
+TIMM_INT8 = ("resnet18", "mobilenetv3_small_100", "regnetx_002", "deit_tiny_patch16_224")
+
+
+def _torchvision_stub() -> object:
+    """PyPI's torchvision here is a CUDA build whose C++ ops cannot load beside torch's CPU wheel; timm imports
+    it, and only needs its Python side: declare the two ops its meta registrations expect."""
+    import torch
+
+    library = torch.library.Library("torchvision", "DEF")
+    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    return library
+
+
+@pytest.fixture(scope="module")
+def timm_models(tmp_path_factory) -> dict[str, Path]:
+    torch = pytest.importorskip("torch")
+    keep = _torchvision_stub() if "torchvision" not in sys.modules else None
+    timm = pytest.importorskip("timm")
+    folder = tmp_path_factory.mktemp("timm")
+    paths = {}
+    for name, options in TIMM_MODELS.items():
+        torch.manual_seed(0)
+        module = timm.create_model(name, pretrained=False, num_classes=10, **options).eval()
+        paths[name] = folder / f"{name}.onnx"
+        torch.onnx.export(module, torch.randn(1, 3, 64, 64), paths[name], opset_version=17, dynamo=False)
+    del keep
+    return paths
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    return _photo_folder(tmp_path_factory.mktemp("photos"), 4)
+
+
+@pytest.mark.parametrize("name", list(TIMM_MODELS))
+def test_timm_architecture_fp32_and_fp16(name: str, timm_models: dict[str, Path], photos: Path, tmp_path: Path):
+    model = Model.load(timm_models[name])
+    assert get_target("android-tflite").model_refusals(model, "fp32") == []
+    fp32 = edgekit.build(model, "android-tflite", tmp_path / "fp32")
+    validation = fp32.manifest["validation"]
+    assert validation["max_abs_error"] <= 1e-4 * validation["reference_abs_max"]
+    fp16 = edgekit.build(model, "android-tflite", tmp_path / "fp16", precision="fp16")
+    reference, got = _outputs(fp16, model.proto, _preprocessed(model, photos))
+    print(
+        f"{name}: fp32 {validation['max_abs_error']:.2e} of {validation['reference_abs_max']:.2e}, "
+        f"fp16 {_sqnr(reference, got):.1f} dB"
+    )
+    assert _sqnr(reference, got) >= 40
+
+
+@pytest.mark.parametrize("name", TIMM_INT8)
+def test_timm_architecture_int8(name: str, timm_models: dict[str, Path], photos: Path, tmp_path: Path) -> None:
+    """Every CNN within the int8 budget (SQNR >= 20 dB or top-1 agreement); the random-weight DeiT's near-uniform
+    attention loses more on the QuantSpec's own grids (softmax at 1/256): there the .tflite must be as close to
+    FP32 as ONNX Runtime's QDQ model of the same QuantSpec."""
+    from edgekit.calibration.calibrate import calibrate, prepare_float_model
+    from edgekit.calibration.qdq import write_qdq
+
+    model = Model.load(timm_models[name])
+    spec = calibrate(model, photos, activations="int8_asym", progress=False).spec
+    int8 = edgekit.build(model, "android-tflite", tmp_path / "int8", precision="int8", quant_spec=spec)
+    x = _preprocessed(model, photos)
+    reference, got = _outputs(int8, model.proto, x)
+    qdq = ort.InferenceSession(
+        write_qdq(prepare_float_model(model.proto, spec), spec).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    qdq_out = np.concatenate([qdq.run(None, {qdq.get_inputs()[0].name: f[None]})[0] for f in x])
+    top1 = float(np.mean(reference.argmax(-1) == got.argmax(-1)))
+    sqnr, qdq_sqnr = _sqnr(reference, got), _sqnr(reference, qdq_out)
+    print(f"{name} int8: {sqnr:.1f} dB (ORT QDQ {qdq_sqnr:.1f} dB), top-1 agreement {top1:.2f}")
+    assert sqnr >= qdq_sqnr - 1.0
+    if name != "deit_tiny_patch16_224":
+        assert sqnr >= 20 or top1 >= 0.95
