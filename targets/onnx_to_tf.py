@@ -2,13 +2,17 @@
 
 Why our own translator: onnx2tf pins TensorFlow, numpy, ONNX Runtime and protobuf versions that clash with
 the base install (a pip extra cannot install it with --no-deps), and onnx2torch -> litert-torch pulls a
-converter that downgrades typing_extensions. The op set here covers the demo CNN and detector, MobileNet-style
-networks, YOLOv8 exports (static or dynamic shapes), PaddleOCR's text detector and direction classifier; an op
-or attribute variant outside it is a ConversionError naming the op and node.
+converter that downgrades typing_extensions. The op set covers CNN classifiers (grouped convs included),
+YOLOv8 exports (static or dynamic shapes), PaddleOCR's text detector and direction classifier and vision
+transformers as timm exports them (DeiT, MobileViT, ConvNeXt); a variant outside it is refused by the check
+registered with its op, before anything is converted, naming the op, the node and the reason.
 
 How: each ONNX node becomes TF ops inside one `tf.function`, by the function registered for its op in
 `OPS` (an `OpTable`, as in the Core ML replay; SUPPORTED_OPS is what is registered): elementwise, shape and
-matrix ops in targets/onnx_to_tf_ops.py, convolution, pooling and resizing in targets/onnx_to_tf_spatial.py.
+matrix ops in targets/onnx_to_tf_ops.py, convolution, pooling and resizing in targets/onnx_to_tf_spatial.py,
+unary/comparison/reduction ops, LayerNormalization and Einsum in targets/onnx_to_tf_math.py, Gather/Pad/Tile/
+TopK on activations in targets/onnx_to_tf_tensor.py. The walk runs an op's check before its function, so the
+refusals `edgekit inspect` lists (OPS.refusals) are exactly what the build refuses.
 Rank-4 activations stay NHWC (TFLite's layout, so no transposes around every conv) and are transposed back
 to NCHW only where a value leaves the 4-D world (Flatten/Reshape) or the graph. Constant sub-graphs
 (Shape -> Gather -> Concat -> Reshape) are folded in numpy (targets/onnx_to_tf_folds.py). This module holds the
