@@ -2,13 +2,17 @@
 
 Why our own translator: onnx2tf pins TensorFlow, numpy, ONNX Runtime and protobuf versions that clash with
 the base install (a pip extra cannot install it with --no-deps), and onnx2torch -> litert-torch pulls a
-converter that downgrades typing_extensions. The op set here covers the demo CNN and detector, MobileNet-style
-networks, YOLOv8 exports (static or dynamic shapes), PaddleOCR's text detector and direction classifier; an op
-or attribute variant outside it is a ConversionError naming the op and node.
+converter that downgrades typing_extensions. The op set covers CNN classifiers (grouped convs included),
+YOLOv8 exports (static or dynamic shapes), PaddleOCR's text detector and direction classifier and vision
+transformers as timm exports them (DeiT, MobileViT, ConvNeXt); a variant outside it is refused by the check
+registered with its op, before anything is converted, naming the op, the node and the reason.
 
 How: each ONNX node becomes TF ops inside one `tf.function`, by the function registered for its op in
 `OPS` (an `OpTable`, as in the Core ML replay; SUPPORTED_OPS is what is registered): elementwise, shape and
-matrix ops in targets/onnx_to_tf_ops.py, convolution, pooling and resizing in targets/onnx_to_tf_spatial.py.
+matrix ops in targets/onnx_to_tf_ops.py, convolution, pooling and resizing in targets/onnx_to_tf_spatial.py,
+unary/comparison/reduction ops, LayerNormalization and Einsum in targets/onnx_to_tf_math.py, Gather/Pad/Tile/
+TopK on activations in targets/onnx_to_tf_tensor.py. The walk runs an op's check before its function, so the
+refusals `edgekit inspect` lists (OPS.refusals) are exactly what the build refuses.
 Rank-4 activations stay NHWC (TFLite's layout, so no transposes around every conv) and are transposed back
 to NCHW only where a value leaves the 4-D world (Flatten/Reshape) or the graph. Constant sub-graphs
 (Shape -> Gather -> Concat -> Reshape) are folded in numpy (targets/onnx_to_tf_folds.py). This module holds the
@@ -27,7 +31,8 @@ from onnx import numpy_helper
 from edgekit.errors import EdgekitError, ModelError
 from edgekit.onnx_toolbox import attrs as node_attrs
 from edgekit.onnx_toolbox import constant_value, fixed_input_shape, graph_inputs, image_layout, node_label
-from edgekit.targets import onnx_to_tf_spatial  # noqa: F401  (registers the conv, pool and resize ops in OPS)
+from edgekit.op_support import GraphFacts
+from edgekit.targets import onnx_to_tf_math, onnx_to_tf_spatial, onnx_to_tf_tensor  # noqa: F401  (they register ops in OPS)
 from edgekit.targets.onnx_to_tf_folds import FOLDS
 from edgekit.targets.onnx_to_tf_fusions import fuse_gelu
 from edgekit.targets.onnx_to_tf_ops import NCHW_TO_NHWC, NHWC_TO_NCHW, OPS, Value
@@ -49,7 +54,7 @@ TFLITE_OPS: dict[str, tuple[str, ...]] = {
     "MaxPool": ("MAX_POOL_2D", "PAD"),
     "AveragePool": ("AVERAGE_POOL_2D", "PAD"),
     "GlobalAveragePool": ("MEAN",),
-    "ReduceMean": ("MEAN",),
+    "ReduceMean": ("MEAN", "TRANSPOSE", "RESHAPE"),
     "Flatten": ("TRANSPOSE", "RESHAPE"),
     "Reshape": ("TRANSPOSE", "RESHAPE"),
     "Transpose": ("TRANSPOSE",),
@@ -63,23 +68,57 @@ TFLITE_OPS: dict[str, tuple[str, ...]] = {
     "Slice": ("STRIDED_SLICE", "SLICE"),  # SLICE where the steps are 1
     "Softplus": ("RELU", "ABS", "NEG", "EXP", "ADD", "LOG"),  # kept float in INT8 builds
     "Gelu": ("GELU",),
-    "Erf": ("GELU",),  # only inside x * 0.5 * (1 + erf(x / sqrt(2))), fused into one GELU
+    "Erf": ("GELU", "ABS", "MUL", "ADD", "DIV", "EXP", "SIGN"),  # GELU's formula fused; alone a polynomial
     "Sqrt": ("SQRT",),
     "Pow": ("MUL", "SQRT", "POW"),  # x^2 and x^0.5 without POW
     "Identity": (),
     "Dropout": (),
     "Constant": (),
-    # folded in numpy when their inputs are constant (shape arithmetic)
+    "Neg": ("NEG",),
+    "Abs": ("ABS",),
+    "Exp": ("EXP",),
+    "Log": ("LOG",),
+    "Tanh": ("TANH",),
+    "Reciprocal": ("DIV",),
+    "Floor": ("FLOOR",),
+    "Ceil": ("CEIL",),
+    "Round": ("ROUND",),
+    "Sin": ("SIN",),
+    "Cos": ("COS",),
+    "Not": ("LOGICAL_NOT",),
+    "Sign": ("SIGN",),
+    "LeakyRelu": ("LEAKY_RELU",),
+    "Elu": ("ELU", "SELECT_V2", "MUL"),  # alpha other than 1 selects alpha * elu(x) below zero
+    "PRelu": ("PRELU",),
+    "Mish": ("RELU", "ABS", "NEG", "EXP", "ADD", "LOG", "TANH", "MUL"),  # kept float in INT8 builds
+    "Min": ("MINIMUM",),
+    "Max": ("MAXIMUM",),
+    "Less": ("LESS",),
+    "LessOrEqual": ("LESS_EQUAL",),
+    "Greater": ("GREATER",),
+    "GreaterOrEqual": ("GREATER_EQUAL",),
+    "And": ("LOGICAL_AND",),
+    "Or": ("LOGICAL_OR",),
+    "Equal": ("EQUAL",),
+    "Where": ("SELECT_V2", "CAST"),
+    "ReduceMax": ("REDUCE_MAX", "TRANSPOSE", "RESHAPE"),
+    "ReduceMin": ("REDUCE_MIN", "TRANSPOSE", "RESHAPE"),
+    "ReduceSum": ("SUM", "TRANSPOSE", "RESHAPE"),
+    "ReduceProd": ("REDUCE_PROD", "TRANSPOSE", "RESHAPE"),
+    "LayerNormalization": ("MEAN", "SUB", "MUL", "RSQRT", "ADD"),  # kept float in INT8 builds
+    "Einsum": ("BATCH_MATMUL", "TRANSPOSE", "RESHAPE", "FULLY_CONNECTED"),
+    "Pad": ("PAD", "PADV2", "MIRROR_PAD", "SLICE", "TILE", "CONCATENATION"),  # edge: border slices tiled
+    "Tile": ("TILE",),
+    "TopK": ("TOPK_V2", "NEG", "CAST"),
+    # folded in numpy when their inputs are constant (shape arithmetic); on activations a TFLite op
     "Shape": (),
-    "Gather": ("GATHER",),
+    "Gather": ("GATHER", "STRIDED_SLICE"),  # a scalar index: a strided slice
     "Unsqueeze": ("RESHAPE",),
     "Squeeze": ("RESHAPE",),
     "Cast": ("CAST",),
+    "Expand": ("MUL",),
     "ConstantOfShape": (),
-    "Expand": (),
     "Range": (),
-    "Equal": (),
-    "Where": (),
 }
 
 
@@ -100,6 +139,15 @@ class Translator:
         self.values: dict[str, Value] = {}
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.node = onnx.NodeProto()  # the node being translated (an op function may read its outputs)
+        self.proto = proto
+        self._facts: GraphFacts | None = None
+
+    @property
+    def facts(self) -> GraphFacts:
+        """Static shapes and constants for the op checks (computed once, on the first node that has a check)."""
+        if self._facts is None:
+            self._facts = GraphFacts(self.proto)
+        return self._facts
 
     # -- helpers ---------------------------------------------------------------------------------
 
@@ -129,9 +177,11 @@ class Translator:
 
     # -- the walk --------------------------------------------------------------------------------
 
-    def run(self, x_nhwc: Any) -> list[Any]:
+    def run(self, x: Any, nhwc: bool = True) -> list[Any]:
+        """The graph's outputs for input `x`: an NHWC image of an NCHW model (`nhwc`), or the model's own
+        input as it is (a channel-last model's NHWC input: its own Transpose makes it NCHW)."""
         inputs = [i for i in self.graph.input if i.name not in self.consts]
-        self.values[inputs[0].name] = Value(x_nhwc, True)
+        self.values[inputs[0].name] = Value(x, nhwc)
         for node in self.graph.node:
             self.visit(node)
         outputs = []
@@ -151,7 +201,11 @@ class Translator:
         try:
             result = self.folded(node, attrs)
             if result is None:
-                result = OPS.lookup(node, ConversionError, _UNSUPPORTED_ADVICE)(self, list(node.input), attrs)
+                function = OPS.lookup(node, ConversionError, _UNSUPPORTED_ADVICE)
+                check = OPS.checks.get(node.op_type)  # the reason `refusals` gives, so the two cannot disagree
+                if check is not None and (reason := check(node, attrs, self.facts)):
+                    raise NotImplementedError(reason)
+                result = function(self, list(node.input), attrs)
         except ConversionError:
             raise
         except (NotImplementedError, ValueError) as exc:
@@ -183,21 +237,23 @@ SUPPORTED_OPS = OPS.ops  # every key of TFLITE_OPS (tests/test_target_tflite.py 
 
 
 def static_input_shape(proto: onnx.ModelProto, size: tuple[int, int] | None = None) -> tuple[int, ...]:
-    """The single input's NCHW shape: a dynamic batch becomes 1, dynamic height/width come from `size` (the
-    preprocess resize); any other dynamic axis, or an input that is not an NCHW image, is a ConversionError."""
+    """The single input's shape in the model's own layout (NCHW, or NHWC for a channel-last model): a dynamic
+    batch becomes 1, dynamic height/width come from `size` (the preprocess resize); any other dynamic axis, or
+    an input that is not a rank-4 image, is a ConversionError."""
     try:
-        shape = fixed_input_shape(proto, size, layout="NCHW")
+        shape = fixed_input_shape(proto, size)
     except ModelError as exc:
         raise ConversionError(f"the TFLite target: {exc}") from exc
     name = graph_inputs(proto)[0].name
     if len(shape) != 4:
-        raise ConversionError(f"the TFLite target takes one NCHW image input; input {name!r} is {list(shape)}")
-    if image_layout(shape) == "NHWC":
-        raise ConversionError(
-            f"input {name!r} is channel-last {list(shape)}; the TFLite translator takes NCHW (channel-first) inputs "
-            "and makes the .tflite input NHWC itself: export the model channel-first"
-        )
+        raise ConversionError(f"the TFLite target takes one image input (rank 4); input {name!r} is {list(shape)}")
     return shape
+
+
+def channel_last(shape: tuple[int, ...]) -> bool:
+    """Whether a model input of `shape` is an NHWC image: its .tflite input is then the model's own, no
+    transposes added (the model's own Transpose to NCHW meets the translator's NHWC and both go)."""
+    return image_layout(shape) == "NHWC"
 
 
 def to_tflite(
@@ -210,19 +266,24 @@ def to_tflite(
 ) -> bytes:
     """Convert a float ONNX model to a float32 (or float16-weight) .tflite model.
 
-    The .tflite input is NHWC (what Android camera frames are) unless `nchw_input`; outputs keep ONNX's
-    layout, so they compare one to one with ONNX Runtime's. `converter_int8_data` (NCHW float arrays, one
-    per sample) makes TensorFlow's own full-integer model with its own min-max calibration instead: the
-    anchor the benchmarks compare the QuantSpec route against.
+    The .tflite input is NHWC (what Android camera frames are) unless `nchw_input`; a channel-last model keeps
+    its own NHWC input (`nchw_input` does not apply). Outputs keep ONNX's layout, so they compare one to one
+    with ONNX Runtime's. `converter_int8_data` (float arrays in the model's input layout, one per sample) makes
+    TensorFlow's own full-integer model with its own min-max calibration instead: the anchor the benchmarks
+    compare the QuantSpec route against.
     """
     import tensorflow as tf
 
-    n, c, h, w = static_input_shape(proto, size)
+    shape = static_input_shape(proto, size)
+    as_given = channel_last(shape)  # the model's own NHWC input: no layout change at all
+    n, c, h, w = (shape[0], shape[3], shape[1], shape[2]) if as_given else shape
     translator = Translator(fuse_gelu(proto), tf)
-    spec = tf.TensorSpec([n, c, h, w] if nchw_input else [n, h, w, c], tf.float32, name="input")
+    spec = tf.TensorSpec(list(shape) if nchw_input or as_given else [n, h, w, c], tf.float32, name="input")
 
     @tf.function(input_signature=[spec], autograph=False)
     def graph(x: Any) -> list[Any]:
+        if as_given:
+            return translator.run(x, nhwc=False)
         return translator.run(tf.transpose(x, NCHW_TO_NHWC) if nchw_input else x)
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
@@ -230,10 +291,11 @@ def to_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     if converter_int8_data is not None:
-        samples = [np.asarray(x, np.float32).reshape(n, c, h, w) for x in converter_int8_data]
+        samples = [np.asarray(x, np.float32).reshape(shape) for x in converter_int8_data]
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.representative_dataset = lambda: ([x if nchw_input else x.transpose(0, 2, 3, 1)] for x in samples)
+        as_is = nchw_input or as_given
+        converter.representative_dataset = lambda: ([x if as_is else x.transpose(0, 2, 3, 1)] for x in samples)
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ... with long MLIR dumps

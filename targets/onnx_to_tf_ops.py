@@ -56,7 +56,13 @@ def _shape(ctx: Translator, ins: list[str], attrs: dict) -> np.ndarray:
     return np.array([shape[i] for i in NHWC_TO_NCHW] if value.nhwc else shape, np.int64)
 
 
-@OPS.register("Gather", "Cast", "ConstantOfShape", "Expand", "Range", "Equal", "Where")
+def _constant_inputs_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    if any(name and facts.const(name) is None for name in node.input):
+        return f"its inputs are computed; {node.op_type} is taken on constants only (shape arithmetic, folded)"
+    return None
+
+
+@OPS.register("ConstantOfShape", "Range", check=_constant_inputs_check)
 def _constant_only(ctx: Translator, ins: list[str], attrs: dict) -> NoReturn:
     raise NotImplementedError("only on constant inputs (shape arithmetic), which are folded")
 
@@ -88,7 +94,41 @@ def _slice_inputs(ctx: Translator, ins: list[str], attrs: dict) -> list[np.ndarr
     return [starts, ends, np.asarray(axes), np.ones(len(starts), np.int64) if steps is None else steps]
 
 
-@OPS.register("Slice")
+def computed_input(node: Any, facts: Any, positions: range, what: str) -> str | None:
+    """Why the node cannot be taken when an input at `positions` that must be constant is computed."""
+    for position in positions:
+        if position < len(node.input) and node.input[position] and facts.const(node.input[position]) is None:
+            return f"the {what} are computed, not constant"
+    return None
+
+
+def _slice_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    if reason := computed_input(node, facts, range(1, 5), "starts, ends, axes or steps"):
+        return reason
+    steps = facts.const(node.input[4]) if len(node.input) > 4 and node.input[4] else None
+    if steps is not None and (np.asarray(steps) <= 0).any() and facts.const(node.input[0]) is None:
+        return "a negative step on an activation (a flip)"
+    return None
+
+
+def _split_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    return computed_input(node, facts, range(1, 2), "split sizes")
+
+
+def _gelu_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    approximate = decoded(attrs.get("approximate", "none"))
+    return None if approximate in ("none", "tanh") else f"approximate={approximate!r}"
+
+
+def _reshape_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    return computed_input(node, facts, range(1, 2), "target shape")
+
+
+def _gemm_check(node: Any, attrs: dict, facts: Any) -> str | None:
+    return computed_input(node, facts, range(1, 3), "B and C inputs")
+
+
+@OPS.register("Slice", check=_slice_check)
 def _slice(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.values[ins[0]]
     shape = [int(d) for d in x.tensor.shape]
@@ -101,7 +141,7 @@ def _slice(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.strided_slice(x.tensor, begin, end, strides), x.nhwc)
 
 
-@OPS.register("Split")
+@OPS.register("Split", check=_split_check)
 def _split(ctx: Translator, ins: list[str], attrs: dict) -> list[Value]:
     """Equal parts: one SPLIT; unequal parts: a slice each (SPLIT_V has no int8 path in the quantizer)."""
     x = ctx.values[ins[0]]
@@ -156,21 +196,14 @@ def _softplus(ctx: Translator, ins: list[str], attrs: dict) -> Value:
         return Value(tf.nn.relu(x.tensor) + tf.math.log(1.0 + tf.exp(-tf.abs(x.tensor))), x.nhwc)
 
 
-@OPS.register("Gelu")  # opset 20, and what onnx_to_tf_fusions makes of x * 0.5 * (1 + erf(x / sqrt(2)))
+# opset 20, and what onnx_to_tf_fusions makes of x * 0.5 * (1 + erf(x / sqrt(2)))
+@OPS.register("Gelu", check=_gelu_check)
 def _gelu(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.values[ins[0]]
     approximate = decoded(attrs.get("approximate", "none"))
     if approximate not in ("none", "tanh"):
         raise NotImplementedError(f"approximate={approximate!r}")
     return Value(ctx.tf.nn.gelu(x.tensor, approximate=approximate == "tanh"), x.nhwc)
-
-
-@OPS.register("Erf")
-def _erf(ctx: Translator, ins: list[str], attrs: dict) -> NoReturn:
-    raise NotImplementedError(
-        "TFLite has no ERF builtin; an Erf is converted only inside GELU's x * 0.5 * (1 + erf(x / sqrt(2))), "
-        "which becomes one GELU"
-    )
 
 
 @OPS.register("Sqrt")
@@ -251,22 +284,6 @@ def _div(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return _binary(ctx, ins, ctx.tf.divide)
 
 
-@OPS.register("ReduceMean")
-def _reduce_mean(ctx: Translator, ins: list[str], attrs: dict) -> Value:
-    x = ctx.values[ins[0]]
-    axes = attrs.get("axes", ctx.const(ins[1]) if len(ins) > 1 else None)
-    if axes is None:
-        raise NotImplementedError("ReduceMean over all axes")
-    rank = len(x.tensor.shape)
-    axes = sorted(int(a) % rank for a in axes)
-    keep = bool(attrs.get("keepdims", 1))
-    if x.nhwc:
-        tf_axes = [NCHW_TO_NHWC.index(a) for a in axes]
-        out = ctx.tf.reduce_mean(x.tensor, axis=tf_axes, keepdims=keep)
-        return Value(out, keep)
-    return Value(ctx.tf.reduce_mean(x.tensor, axis=axes, keepdims=keep), False)
-
-
 @OPS.register("Flatten")
 def _flatten(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.nchw(ctx.values[ins[0]])
@@ -274,26 +291,26 @@ def _flatten(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.reshape(x, [int(np.prod(x.shape[:axis])), -1]), False)
 
 
-def _laid_out(ctx: Translator, y: Any) -> Value:
+def laid_out(ctx: Translator, y: Any) -> Value:
     """An NCHW-ordered result: back to NHWC when it is rank 4."""
     return Value(ctx.tf.transpose(y, NCHW_TO_NHWC), True) if len(y.shape) == 4 else Value(y, False)
 
 
-@OPS.register("Reshape")
+@OPS.register("Reshape", check=_reshape_check)
 def _reshape(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     shape_value = ctx.const(ins[1])
     if shape_value is None:
         raise NotImplementedError("Reshape to a computed (non-constant) shape")
     x = ctx.nchw(ctx.values[ins[0]])
     shape = [int(x.shape[i]) if v == 0 else int(v) for i, v in enumerate(shape_value)]
-    return _laid_out(ctx, ctx.tf.reshape(x, shape))
+    return laid_out(ctx, ctx.tf.reshape(x, shape))
 
 
 @OPS.register("Squeeze")
 def _squeeze(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     axes = attrs.get("axes", ctx.const(ins[1]) if len(ins) > 1 else None)
     x = ctx.nchw(ctx.values[ins[0]])
-    return _laid_out(ctx, ctx.tf.squeeze(x, axis=None if axes is None else [int(a) for a in axes]))
+    return laid_out(ctx, ctx.tf.squeeze(x, axis=None if axes is None else [int(a) for a in axes]))
 
 
 @OPS.register("Unsqueeze")
@@ -303,7 +320,7 @@ def _unsqueeze(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     rank = len(y.shape) + len(axes)
     for axis in sorted(int(a) % rank for a in axes):
         y = ctx.tf.expand_dims(y, axis)
-    return _laid_out(ctx, y)
+    return laid_out(ctx, y)
 
 
 @OPS.register("Transpose")
@@ -321,7 +338,7 @@ def _concat(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.concat(tensors, NCHW_TO_NHWC.index(axis) if like.nhwc else axis), like.nhwc)
 
 
-@OPS.register("Gemm")
+@OPS.register("Gemm", check=_gemm_check)
 def _gemm(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     x = ctx.nchw(ctx.values[ins[0]])
     weight = ctx.const(ins[1])

@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgekit.op_support import GraphFacts
 from edgekit.targets.onnx_to_tf_ops import OPS, Value, decoded
 
 if TYPE_CHECKING:
@@ -52,58 +54,88 @@ def padded(
     return ctx.tf.pad(x, [[0, 0], [top, bottom], [left, right], [0, 0]], constant_values=fill), "VALID"
 
 
-@OPS.register("Conv")
+def _conv_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
+    weight = facts.const(node.input[1])
+    if weight is None:
+        return "the weights are computed, not constant (TFLite's CONV_2D takes constant filters)"
+    if weight.ndim != 4:
+        return f"a {weight.ndim - 2}-D convolution (TFLite's CONV_2D is 2-D)"
+    return None
+
+
+@OPS.register("Conv", check=_conv_check)
 def _conv(ctx: Translator, ins: list[str], attrs: dict) -> Value:
+    """CONV_2D; DEPTHWISE_CONV_2D where each group is one input channel; other groups (RegNet's, ResNeXt's):
+    a SPLIT of the input, one CONV_2D per group and a CONCATENATION (TFLite's CONV_2D takes no groups)."""
     tf = ctx.tf
-    x = ctx.values[ins[0]]
-    weight = ctx.const(ins[1])
-    if weight is None or weight.ndim != 4:
-        raise NotImplementedError("only 2-D convolutions with constant weights")
-    weight = weight.astype(np.float32)
-    bias = ctx.const(ins[2]) if len(ins) > 2 else None
+    weight = ctx.const(ins[1]).astype(np.float32)
+    bias = ctx.const(ins[2]) if len(ins) > 2 and ins[2] else None
     group = attrs.get("group", 1)
     kernel = list(weight.shape[2:])
     strides, dilations = list(attrs.get("strides", [1, 1])), list(attrs.get("dilations", [1, 1]))
-    data = ctx.nhwc(x)
+    data = ctx.nhwc(ctx.values[ins[0]])
     pads = explicit_pads(attrs, [int(d) for d in data.shape[1:3]], kernel, strides, dilations)
     data, padding = padded(ctx, data, pads, kernel, strides, dilations)
     channels = int(data.shape[-1])
-    if group == 1:
-        y = tf.nn.conv2d(
-            data, weight.transpose(2, 3, 1, 0), strides=[1, *strides, 1], padding=padding, dilations=dilations
-        )
-    elif group == channels and weight.shape[1] == 1:
+    options = {"strides": [1, *strides, 1], "padding": padding, "dilations": dilations}
+    if group == channels and weight.shape[1] == 1:
         multiplier = weight.shape[0] // group
         kernel_hwcm = weight.reshape(group, multiplier, *kernel).transpose(2, 3, 0, 1)
-        y = tf.nn.depthwise_conv2d(data, kernel_hwcm, strides=[1, *strides, 1], padding=padding, dilations=dilations)
-    else:
-        raise NotImplementedError(f"grouped convolution (group {group} of {channels} channels)")
-    if bias is not None:
-        y = tf.nn.bias_add(y, bias.astype(np.float32))
-    return Value(y, True)
+        y = tf.nn.depthwise_conv2d(data, kernel_hwcm, **options)
+        return Value(y if bias is None else tf.nn.bias_add(y, bias.astype(np.float32)), True)
+    parts = tf.split(data, group, axis=3) if group > 1 else [data]
+    filters = np.split(weight, group, axis=0)
+    biases = np.split(bias.astype(np.float32), group) if bias is not None else [None] * group
+    outs = []
+    for part, kernel_oihw, part_bias in zip(parts, filters, biases, strict=True):
+        y = tf.nn.conv2d(part, kernel_oihw.transpose(2, 3, 1, 0), **options)
+        outs.append(y if part_bias is None else tf.nn.bias_add(y, part_bias))
+    return Value(outs[0] if group == 1 else tf.concat(outs, axis=3), True)
+
+
+def _pool_problem(attrs: dict, size: list[int] | None, kind: str) -> str | None:
+    """Why a pooling node with these attributes over an input of spatial `size` cannot be taken, or None."""
+    if len(attrs.get("kernel_shape", [])) != 2:
+        return "only 2-D pooling"
+    if attrs.get("ceil_mode", 0):
+        return "ceil_mode=1 pooling (re-export with ceil_mode=0)"
+    if kind != "AVG" or attrs.get("count_include_pad", 0) or size is None:
+        return None
+    kernel, strides = list(attrs["kernel_shape"]), list(attrs.get("strides", [1, 1]))
+    pads = explicit_pads(attrs, size, kernel, strides, [1, 1])
+    if any(pads) and pads != explicit_pads({"auto_pad": "SAME_UPPER"}, size, kernel, strides, [1, 1]):
+        return "padded average pooling that excludes the pads, other than TF's SAME padding"
+    return None
+
+
+def _pool_check(kind: str) -> Any:
+    def check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
+        shape = facts.shape(node.input[0])
+        size = [int(d) for d in shape[2:]] if shape and len(shape) == 4 and None not in shape[2:] else None
+        return _pool_problem(attrs, size, kind)
+
+    return check
 
 
 def _pool(ctx: Translator, ins: list[str], attrs: dict, kind: str) -> Value:
-    x = ctx.values[ins[0]]
-    if attrs.get("ceil_mode", 0):
-        raise NotImplementedError("ceil_mode=1 pooling (re-export with ceil_mode=0)")
+    data = ctx.nhwc(ctx.values[ins[0]])
+    size = [int(d) for d in data.shape[1:3]]
+    if reason := _pool_problem(attrs, size, kind):
+        raise NotImplementedError(reason)
     kernel, strides = list(attrs["kernel_shape"]), list(attrs.get("strides", [1, 1]))
-    data = ctx.nhwc(x)
-    pads = explicit_pads(attrs, [int(d) for d in data.shape[1:3]], kernel, strides, [1, 1])
+    pads = explicit_pads(attrs, size, kernel, strides, [1, 1])
     include_pads = kind == "AVG" and bool(attrs.get("count_include_pad", 0))
     fill = -3.0e38 if kind == "MAX" else 0.0
     data, padding = padded(ctx, data, pads, kernel, strides, [1, 1], fill, same=not include_pads)
-    if kind == "AVG" and padding == "VALID" and any(pads) and not include_pads:
-        raise NotImplementedError("padded average pooling that excludes the pads, other than TF's SAME padding")
     return Value(ctx.tf.nn.pool(data, kernel, kind, strides=strides, padding=padding), True)
 
 
-@OPS.register("MaxPool")
+@OPS.register("MaxPool", check=_pool_check("MAX"))
 def _max_pool(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return _pool(ctx, ins, attrs, "MAX")
 
 
-@OPS.register("AveragePool")
+@OPS.register("AveragePool", check=_pool_check("AVG"))
 def _average_pool(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return _pool(ctx, ins, attrs, "AVG")
 
@@ -114,21 +146,32 @@ def _global_average_pool(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     return Value(ctx.tf.reduce_mean(ctx.nhwc(x), axis=[1, 2], keepdims=True), True)
 
 
-@OPS.register("ConvTranspose")
+def _conv_transpose_problem(weight: np.ndarray | None, attrs: dict) -> str | None:
+    if weight is None or weight.ndim != 4:
+        return "only 2-D transposed convolutions with constant weights"
+    if attrs.get("group", 1) != 1 or list(attrs.get("dilations", [1, 1])) != [1, 1]:
+        return "groups or dilations (TFLite's TRANSPOSE_CONV has neither)"
+    if decoded(attrs.get("auto_pad", "NOTSET")) != "NOTSET" or "output_shape" in attrs:
+        return "auto_pad or output_shape (re-export with explicit pads)"
+    extra, strides = list(attrs.get("output_padding", [0, 0])), list(attrs.get("strides", [1, 1]))
+    if any(e >= s for e, s in zip(extra, strides, strict=True)):
+        return f"output_padding {extra} not below the strides {strides}"
+    return None
+
+
+def _conv_transpose_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
+    return _conv_transpose_problem(facts.const(node.input[1]), attrs)
+
+
+@OPS.register("ConvTranspose", check=_conv_transpose_check)
 def _conv_transpose(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     """One TRANSPOSE_CONV over the full (VALID) output, output_padding included; ONNX pads crop it after."""
     weight = ctx.const(ins[1])
-    if weight is None or weight.ndim != 4:
-        raise NotImplementedError("only 2-D transposed convolutions with constant weights")
-    if attrs.get("group", 1) != 1 or list(attrs.get("dilations", [1, 1])) != [1, 1]:
-        raise NotImplementedError("groups or dilations (TFLite's TRANSPOSE_CONV has neither)")
-    if decoded(attrs.get("auto_pad", "NOTSET")) != "NOTSET" or "output_shape" in attrs:
-        raise NotImplementedError("auto_pad or output_shape (re-export with explicit pads)")
+    if reason := _conv_transpose_problem(weight, attrs):
+        raise NotImplementedError(reason)
     x = ctx.nhwc(ctx.values[ins[0]])
     kernel, strides = list(weight.shape[2:]), list(attrs.get("strides", [1, 1]))
     extra = list(attrs.get("output_padding", [0, 0]))
-    if any(e >= s for e, s in zip(extra, strides, strict=True)):
-        raise NotImplementedError(f"output_padding {extra} not below the strides {strides}")
     n, h, w = (int(d) for d in x.shape[:3])
     full = [(size - 1) * s + k + e for size, s, k, e in zip((h, w), strides, kernel, extra, strict=True)]
     y = ctx.tf.nn.conv2d_transpose(
@@ -230,10 +273,12 @@ def _resize_variant(sizes: list[tuple[int, int, float]], attrs: dict, opset: int
     raise NotImplementedError(f"no TFLite resize samples like {mode} with {detail} ({shapes})")
 
 
-def _resize_sizes(ctx: Translator, ins: list[str], attrs: dict, shape: list[int]) -> list[tuple[int, int, float]]:
+def _resize_sizes(
+    const: Callable[[str], np.ndarray | None], ins: list[str], attrs: dict, shape: list[int], opset: int
+) -> list[tuple[int, int, float]]:
     """(input size, output size, scale) for H and W from the scales or sizes input (NCHW `shape`)."""
-    scales = ctx.const(ins[1] if ctx.opset < 11 else (ins[2] if len(ins) > 2 else ""))  # opset 10: (X, scales)
-    sizes = ctx.const(ins[3]) if ctx.opset >= 11 and len(ins) > 3 else None
+    scales = const(ins[1] if opset < 11 else (ins[2] if len(ins) > 2 else ""))  # opset 10: (X, scales)
+    sizes = const(ins[3]) if opset >= 11 and len(ins) > 3 else None
     by_size = sizes is not None and sizes.size > 0
     if not by_size and (scales is None or scales.size == 0):
         raise NotImplementedError("scales or sizes must be constants")
@@ -250,7 +295,24 @@ def _resize_sizes(ctx: Translator, ins: list[str], attrs: dict, shape: list[int]
     return result[2:]
 
 
-@OPS.register("Resize")
+def _resize_check(node: Any, attrs: dict, facts: GraphFacts) -> str | None:
+    """The translator's own reasons, from the static NCHW shape (opset 10's Resize has two inputs: X, scales)."""
+    shape = facts.shape(node.input[0])
+    if shape is not None and len(shape) != 4:
+        return "only 4-D image tensors"
+    if attrs.get("antialias", 0):
+        return "antialias=1"
+    if shape is None or None in shape:
+        return None
+    opset = 10 if len(node.input) == 2 else 11
+    try:
+        _resize_variant(_resize_sizes(facts.const, list(node.input), attrs, list(shape), opset), attrs, opset)
+    except NotImplementedError as exc:
+        return str(exc)
+    return None
+
+
+@OPS.register("Resize", check=_resize_check)
 def _resize(ctx: Translator, ins: list[str], attrs: dict) -> Value:
     """RESIZE_NEAREST_NEIGHBOR or RESIZE_BILINEAR on NHWC, the variant found by _resize_variant."""
     x = ctx.values[ins[0]]
@@ -260,7 +322,7 @@ def _resize(ctx: Translator, ins: list[str], attrs: dict) -> Value:
         raise NotImplementedError("antialias=1")
     data = ctx.nhwc(x)
     n, h, w, c = (int(d) for d in data.shape)
-    sizes = _resize_sizes(ctx, ins, attrs, [n, c, h, w])
+    sizes = _resize_sizes(ctx.const, ins, attrs, [n, c, h, w], ctx.opset)
     align_corners, half_pixel = _resize_variant(sizes, attrs, ctx.opset)
     options = {"size": [sizes[0][1], sizes[1][1]], "align_corners": align_corners, "half_pixel_centers": half_pixel}
     if decoded(attrs.get("mode", "nearest")) == "nearest":

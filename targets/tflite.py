@@ -23,6 +23,7 @@ from edgekit.targets.onnx_to_tf import (
     SUPPORTED_OPS,
     TFLITE_OPS,
     ConversionError,
+    channel_last,
     static_input_shape,
     to_tflite,
 )
@@ -92,15 +93,16 @@ def _install_hint(exc: ImportError) -> BuildError:
     )
 
 
-def _litert_runner(tflite: bytes, nchw_input: bool) -> Any:
-    """A validation runner over the .tflite in LiteRT: feeds in the ONNX model's NCHW layout, outputs in order."""
+def _litert_runner(tflite: bytes, as_is: bool) -> Any:
+    """A validation runner over the .tflite in LiteRT: feeds in the ONNX model's layout, given as they are when
+    `as_is` (an NCHW .tflite input, or a channel-last model), else transposed to NHWC; outputs in order."""
     from edgekit.runtime.engines.tflite import TfliteEngine
 
     engine = TfliteEngine.from_bytes(tflite, {"threads": 1})
 
     def run(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         (x,) = feed.values()
-        return engine.infer({engine.input_names[0]: x if nchw_input else x.transpose(0, 2, 3, 1)})
+        return engine.infer({engine.input_names[0]: x if as_is else x.transpose(0, 2, 3, 1)})
 
     return engine, run
 
@@ -223,6 +225,12 @@ class AndroidTfliteTarget(Target):
         try:
             static, _ = static_model(model.proto, size)
             shape = static_input_shape(static)
+            if channel_last(shape) and nchw:
+                raise BuildError(
+                    f"{options.label('nchw_input', True)}: this model's input is channel-last {list(shape)}; its "
+                    ".tflite input is the model's own NHWC"
+                )
+            as_is = nchw or channel_last(shape)  # the .tflite input is laid out as the ONNX model's
             probes = probe_inputs(model, {model.inputs[0].name: shape}, spec)
             if precision == "int8":
                 first = probes.feeds[0][model.inputs[0].name]
@@ -230,7 +238,7 @@ class AndroidTfliteTarget(Target):
             else:
                 extra = {"not_honoured": []}
                 data = to_tflite(static, fp16=precision == "fp16", nchw_input=nchw)
-            engine, run = _litert_runner(data, nchw)
+            engine, run = _litert_runner(data, as_is)
             with engine:
                 extra["validation"] = validate(model, precision, run, ran=RAN_LITERT, probes=probes)
         except ImportError as exc:
@@ -240,7 +248,7 @@ class AndroidTfliteTarget(Target):
         n, c, h, w = shape
         input_entry = {
             "name": "input",
-            "shape": [n, c, h, w] if nchw else [n, h, w, c],
+            "shape": list(shape) if as_is else [n, h, w, c],
             "dtype": "float32",
             "layout": "NCHW" if nchw else "NHWC",
         }
@@ -263,10 +271,11 @@ class AndroidTfliteTarget(Target):
         from edgekit.targets.tflite_quant import TfliteQuantError, quantize_full_integer
 
         prepared = prepare_float_model(model.proto, spec)  # the spec's weight transforms, BN folded
-        prepared, _ = static_model(prepared, tuple(probe.shape[2:]))  # the spec's tensor names stay
+        prepared, shape = static_model(prepared, build_size(model))  # the spec's tensor names stay
         float_tflite = to_tflite(prepared, nchw_input=nchw)
+        as_is = nchw or channel_last(shape)
         try:
-            result = quantize_full_integer(float_tflite, prepared, spec, probe, int8_io=int8_io, nchw_input=nchw)
+            result = quantize_full_integer(float_tflite, prepared, spec, probe, int8_io=int8_io, nchw_input=as_is)
         except TfliteQuantError as exc:
             raise BuildError(str(exc)) from exc
         not_honoured = list(result.not_honoured)

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 # compute new ones), and where the data input is when it is not the first (SPLIT: axis, then data)
 _SAME_PARAMS_OPS = {
     "PAD",
+    "PADV2",  # max pooling's pads (filled with the lowest float): its input's range
     "RESHAPE",
     "TRANSPOSE",
     "SQUEEZE",
@@ -294,21 +295,74 @@ def spec_ranges(
         grid = _min_max(scale, zero_point)
         if m.via == "affine image":
             lo, hi = (m.a * float(grid["min"]) + m.b, m.a * float(grid["max"]) + m.b)
+            lo, hi = min(lo, 0.0), max(hi, 0.0)  # an int8 grid holds zero (relu6(x + 3) of a HardSigmoid does not)
             scale = (hi - lo) / 255.0
             zero_point = int(np.clip(np.rint(-128 - lo / scale), -128, 127))
             grid = _min_max(scale, zero_point)
         ranges[tfl_name] = grid
         expected[tfl_name] = (scale, zero_point)
     edges = same_params_edges(interpreter)
-    for op, source, out in reversed(edges):  # a transposed tensor's range is its source's range too
-        if op in _PERMUTING_OPS and source in lacking and out in ranges:
+    readers = reader_counts(interpreter)
+    for op, source, out in reversed(edges):  # a transposed tensor's range is its source's range too, and so
+        # is a sliced one's where the slice is all that reads it (a ViT's class token of the final norm)
+        if (op in _PERMUTING_OPS or readers.get(source) == 1) and source in lacking and out in ranges:
             ranges[source], expected[source] = ranges[out], expected[out]
             del lacking[source]
     for _, source, out in edges:
         if out in lacking and source in ranges:
             ranges[out], expected[out] = ranges[source], expected[source]
             del lacking[out]
+    for source, out in clipping_inputs(interpreter):  # a tensor only a RELU reads: the RELU's range clips it so
+        if source in lacking and out in ranges:
+            ranges[source], expected[source] = ranges[out], expected[out]
+            del lacking[source]
+    for source, out in concat_inputs(interpreter):  # a grouped conv's per-group outputs: the concat's range
+        if source in lacking and out in ranges:
+            ranges[source], expected[source] = ranges[out], expected[out]
+            del lacking[source]
     return ranges, expected, lacking
+
+
+_CLIPPING_OPS = {"RELU", "RELU6", "RELU_0_TO_1", "RELU_N1_TO_1"}
+
+
+def clipping_inputs(interpreter: Any) -> list[tuple[str, str]]:
+    """(input, output) of every RELU-like op whose input nothing else reads, in reverse graph order: the ONNX
+    model fuses a conv and its Relu (the QuantSpec has only the Relu's output) where TFLite computes the conv
+    apart (a grouped conv's concatenation before the RELU); quantizing the input on the output's grid clips
+    exactly as the op does."""
+    details = interpreter.get_tensor_details()
+    readers = reader_counts(interpreter)
+    pairs = [
+        (details[op["inputs"][0]]["name"], details[op["outputs"][0]]["name"])
+        for op in reversed(interpreter._get_ops_details())
+        if op["op_name"] in _CLIPPING_OPS
+    ]
+    return [(source, out) for source, out in pairs if readers.get(source) == 1]
+
+
+def reader_counts(interpreter: Any) -> dict[str, int]:
+    """How many ops read each tensor, by name."""
+    details = interpreter.get_tensor_details()
+    readers: dict[str, int] = {}
+    for op in interpreter._get_ops_details():
+        for index in op["inputs"]:
+            if index >= 0:
+                name = details[index]["name"]
+                readers[name] = readers.get(name, 0) + 1
+    return readers
+
+
+def concat_inputs(interpreter: Any) -> list[tuple[str, str]]:
+    """(input, output) tensor names of every CONCATENATION: an input no ONNX tensor holds (the translator's
+    per-group convs of a grouped conv) takes the concatenation's range, which covers its values."""
+    details = interpreter.get_tensor_details()
+    return [
+        (details[index]["name"], details[op["outputs"][0]]["name"])
+        for op in interpreter._get_ops_details()
+        if op["op_name"] == "CONCATENATION"
+        for index in op["inputs"]
+    ]
 
 
 def float_island_ops(interpreter: Any) -> list[str]:

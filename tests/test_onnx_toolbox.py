@@ -85,12 +85,12 @@ def test_image_layout():
     assert image_layout([1, 10]) is None
 
 
-def test_tflite_refuses_a_channel_last_input_instead_of_transposing_it_twice():
-    from edgekit.targets.onnx_to_tf import ConversionError, static_input_shape
+def test_tflite_takes_a_channel_last_input_as_it_is_instead_of_transposing_it_twice():
+    from edgekit.targets.onnx_to_tf import channel_last, static_input_shape
 
     assert static_input_shape(_model(["b", 3, "h", "w"]), (32, 48)) == (1, 3, 32, 48)
-    with pytest.raises(ConversionError, match="channel-last"):
-        static_input_shape(_model([1, 224, 224, 3]))
+    assert static_input_shape(_model(["b", "h", "w", 3]), (32, 48)) == (1, 32, 48, 3)
+    assert channel_last((1, 224, 224, 3)) and not channel_last((1, 3, 224, 224))
 
 
 def test_tflite_op_list_is_its_registered_functions():
