@@ -181,7 +181,7 @@ def make_timm_model(name: str, size: int, *, seed: int = 0, **kwargs):
     return module, onnx.load_from_string(buffer.getvalue())
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def timm_factory():
     """`make_timm_model`: real architectures (timm) with seeded random weights and their ONNX exports."""
     return make_timm_model

@@ -806,30 +806,14 @@ TIMM_MODELS = {
 TIMM_INT8 = ("resnet18", "mobilenetv3_small_100", "regnetx_002", "deit_tiny_patch16_224")
 
 
-def _torchvision_stub() -> object:
-    """PyPI's torchvision here is a CUDA build whose C++ ops cannot load beside torch's CPU wheel; timm imports
-    it, and only needs its Python side: declare the two ops its meta registrations expect."""
-    import torch
-
-    library = torch.library.Library("torchvision", "DEF")
-    library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    return library
-
-
 @pytest.fixture(scope="module")
-def timm_models(tmp_path_factory) -> dict[str, Path]:
-    torch = pytest.importorskip("torch")
-    keep = _torchvision_stub() if "torchvision" not in sys.modules else None
-    timm = pytest.importorskip("timm")
+def timm_models(tmp_path_factory, timm_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("timm")
     paths = {}
     for name, options in TIMM_MODELS.items():
-        torch.manual_seed(0)
-        module = timm.create_model(name, pretrained=False, num_classes=10, **options).eval()
+        _, proto = timm_factory(name, 64, num_classes=10, **options)
         paths[name] = folder / f"{name}.onnx"
-        torch.onnx.export(module, torch.randn(1, 3, 64, 64), paths[name], opset_version=17, dynamo=False)
-    del keep
+        onnx.save(proto, paths[name])
     return paths
 
 
