@@ -35,6 +35,7 @@ from edgekit.onnx_toolbox import fixed_input_shape
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
 from edgekit.targets.base import BuildError, Target, TargetOptions, input_refusal, static_model
+from edgekit.targets.coreml_convert import convert
 from edgekit.targets.coreml_ops import REPLAY_OPS, SUPPORTED_OPS
 
 if TYPE_CHECKING:
@@ -155,11 +156,13 @@ class CoreMLTarget(Target):
         shapes = _enumerated(shape, sizes) if sizes else None
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module.eval(), torch.zeros(shape), check_trace=False)
+            traced = _trace(torch, module, shape, route)
             if shapes:
                 _check_traced_at(traced, make_module, shapes[1:], replay=route.startswith("onnx-replay"))
-            mlmodel = ct.convert(
+            mlmodel = convert(
+                ct,
                 traced,
+                route=route,
                 inputs=[_input_type(ct, input_name, shape, image, shapes)],
                 outputs=[ct.TensorType(name=name) for name in output_names],
                 convert_to="mlprogram",
@@ -245,6 +248,18 @@ def _import_tools() -> tuple[Any, Any]:
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     return ct, torch
+
+
+def _trace(torch: Any, module: Any, shape: tuple[int, ...], route: str) -> Any:
+    """torch.jit.trace of the module (what coremltools converts); a BuildError saying why when it fails."""
+    try:
+        return torch.jit.trace(module.eval(), torch.zeros(shape), check_trace=False)
+    except BuildError:
+        raise
+    except Exception as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        other = "its ONNX export (the replay)" if route == "torch module" else "the torch module (Model.from_torch)"
+        raise BuildError(f"ios-coreml could not trace the {route} at input {list(shape)}: {said}; try {other}") from exc
 
 
 def _checked_replay(proto: onnx.ModelProto, shape: tuple[int, ...]) -> tuple[Any, float]:

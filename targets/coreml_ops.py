@@ -96,6 +96,11 @@ def replay_op(
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
+def dims(x: Any) -> list[int]:
+    """A tensor's shape as ints: while tracing, torch hands sizes out as tensors; the replay's shapes are static."""
+    return [int(d) for d in x.shape]
+
+
 def ints(value: Any) -> list[int]:
     return [int(v) for v in np.asarray(value).reshape(-1)]
 
@@ -153,7 +158,7 @@ def _pads_for(
     ctx: ReplayCall, x: Any, attrs: dict, kernel: list[int], spatial: int, fill: float = 0.0
 ) -> tuple[Any, list[int]]:
     """(x padded where ONNX pads are asymmetric, symmetric padding left for the torch op)."""
-    pads = _onnx_pads(x.shape, attrs, kernel, spatial)
+    pads = _onnx_pads(dims(x), attrs, kernel, spatial)
     begin, end = pads[:spatial], pads[spatial:]
     if begin == end:
         return x, begin
@@ -362,7 +367,7 @@ def _conv(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x, w = args[0], args[1]
     bias = args[2] if given(args, 2) else None
     spatial = w.dim() - 2
-    x, padding = _pads_for(ctx, x, attrs, list(w.shape[2:]), spatial)
+    x, padding = _pads_for(ctx, x, attrs, list(dims(w)[2:]), spatial)
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[spatial]
     strides, dilations = attrs.get("strides", [1] * spatial), attrs.get("dilations", [1] * spatial)
     return fn(x, w, bias, list(strides), padding, list(dilations), attrs.get("group", 1))
@@ -399,8 +404,8 @@ def _conv_transpose(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     F, torch = ctx.F, ctx.torch
     x, w = args[0], args[1]
     spatial = w.dim() - 2
-    kernel = list(w.shape[2:])
-    begin, end, extra = _conv_transpose_pads(attrs, list(x.shape[2:]), kernel)
+    kernel = list(dims(w)[2:])
+    begin, end, extra = _conv_transpose_pads(attrs, list(dims(x)[2:]), kernel)
     groups = attrs.get("group", 1)
     strides, dilations = list(attrs.get("strides", [1] * spatial)), list(attrs.get("dilations", [1] * spatial))
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[spatial]
@@ -515,10 +520,10 @@ def _layer_norm(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     """F.layer_norm over the axes from `axis` on; a scale or bias that only broadcasts is expanded first."""
     x = args[0]
     axis = attrs.get("axis", -1) % x.dim()
-    shape = list(x.shape[axis:])
-    weight = args[1].expand(shape) if tuple(args[1].shape) != tuple(shape) else args[1]
+    shape = list(dims(x)[axis:])
+    weight = args[1].expand(shape) if tuple(dims(args[1])) != tuple(shape) else args[1]
     bias = args[2] if given(args, 2) else None
-    bias = bias.expand(shape) if bias is not None and tuple(bias.shape) != tuple(shape) else bias
+    bias = bias.expand(shape) if bias is not None and tuple(dims(bias)) != tuple(shape) else bias
     return ctx.F.layer_norm(x, shape, weight, bias, attrs.get("epsilon", 1e-5))
 
 
@@ -535,8 +540,8 @@ def _softmax_like(name: str) -> Callable[..., Any]:
         axis = attrs.get("axis", -1 if ctx.opset >= 13 else 1) % x.dim()
         if ctx.opset >= 13 or axis == x.dim() - 1:
             return function(x, dim=axis)
-        flat = ctx.torch.reshape(x, (int(np.prod(x.shape[:axis])), -1))
-        return ctx.torch.reshape(function(flat, dim=1), x.shape)
+        flat = ctx.torch.reshape(x, (int(np.prod(dims(x)[:axis])), -1))
+        return ctx.torch.reshape(function(flat, dim=1), dims(x))
 
     return run
 

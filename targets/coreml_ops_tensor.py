@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgekit.op_support import GraphFacts
-from edgekit.targets.coreml_ops import ReplayCall, decoded, given, ints, replay_op
+from edgekit.targets.coreml_ops import ReplayCall, decoded, dims, given, ints, replay_op
 
 # -- shapes --------------------------------------------------------------------------------------------
 
@@ -21,19 +21,19 @@ from edgekit.targets.coreml_ops import ReplayCall, decoded, given, ints, replay_
 @replay_op("Shape")
 def _shape(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     """A static shape (the replay runs at one input shape): a constant of the trace."""
-    dims = list(args[0].shape)
-    return ctx.torch.tensor(dims[attrs.get("start", 0) : attrs.get("end", len(dims))], dtype=ctx.torch.int64)
+    shape = dims(args[0])
+    return ctx.torch.tensor(shape[attrs.get("start", 0) : attrs.get("end", len(shape))], dtype=ctx.torch.int64)
 
 
 @replay_op("Size")
 def _size(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
-    return ctx.torch.tensor(int(np.prod(list(args[0].shape))), dtype=ctx.torch.int64)
+    return ctx.torch.tensor(int(np.prod(list(dims(args[0])))), dtype=ctx.torch.int64)
 
 
 @replay_op("Reshape", params=(1,))
 def _reshape(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x, shape = args[0], ints(args[1])
-    shape = [x.shape[i] if s == 0 and not attrs.get("allowzero", 0) else s for i, s in enumerate(shape)]
+    shape = [dims(x)[i] if s == 0 and not attrs.get("allowzero", 0) else s for i, s in enumerate(shape)]
     return ctx.torch.reshape(x, shape)
 
 
@@ -41,7 +41,7 @@ def _reshape(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
 def _flatten(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x = args[0]
     axis = attrs.get("axis", 1) % max(x.dim(), 1) if attrs.get("axis", 1) != x.dim() else x.dim()
-    return ctx.torch.reshape(x, (int(np.prod(list(x.shape[:axis]))), -1))
+    return ctx.torch.reshape(x, (int(np.prod(list(dims(x)[:axis]))), -1))
 
 
 def _axes(args: list[Any], attrs: dict) -> list[int] | None:
@@ -56,9 +56,9 @@ def _squeeze(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x = args[0]
     axes = _axes(args, attrs)
     if axes is None:
-        return ctx.torch.reshape(x, [d for d in x.shape if d != 1])
+        return ctx.torch.reshape(x, [d for d in dims(x) if d != 1])
     drop = {a % x.dim() for a in axes}
-    return ctx.torch.reshape(x, [d for i, d in enumerate(x.shape) if i not in drop])
+    return ctx.torch.reshape(x, [d for i, d in enumerate(dims(x)) if i not in drop])
 
 
 @replay_op("Unsqueeze", params=(1,))
@@ -66,7 +66,7 @@ def _unsqueeze(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x = args[0]
     axes = _axes(args, attrs) or []
     rank = x.dim() + len(axes)
-    shape = list(x.shape)
+    shape = list(dims(x))
     for axis in sorted(a % rank for a in axes):
         shape.insert(axis, 1)
     return ctx.torch.reshape(x, shape)
@@ -88,9 +88,9 @@ def _concat(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
 def _expand(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     """ONNX Expand broadcasts both ways: the result has the broadcast of the input's and the given shape."""
     x = args[0]
-    target = np.broadcast_shapes(tuple(x.shape), tuple(ints(args[1])))
+    target = np.broadcast_shapes(tuple(dims(x)), tuple(ints(args[1])))
     if x.dim() < len(target):
-        x = ctx.torch.reshape(x, (1,) * (len(target) - x.dim()) + tuple(x.shape))
+        x = ctx.torch.reshape(x, (1,) * (len(target) - x.dim()) + tuple(dims(x)))
     return x.expand(*target)
 
 
@@ -150,7 +150,7 @@ def _slice(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     index: list[Any] = [slice(None)] * x.dim()
     reversed_axes = []
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
-        taken = _slice_indices(int(x.shape[axis]), start, end, step)
+        taken = _slice_indices(int(dims(x)[axis]), start, end, step)
         if step > 0:
             index[axis] = slice(taken.start, max(taken.start, taken.stop), step)
         else:
@@ -168,7 +168,7 @@ def _split(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     sizes = attrs.get("split") or (ints(args[1]) if given(args, 1) else None)
     if sizes is None:
         count = attrs.get("num_outputs") or len(ctx.outputs)
-        sizes = [math.ceil(x.shape[axis] / count)] * count
+        sizes = [math.ceil(dims(x)[axis] / count)] * count
     return ctx.torch.split(x, list(sizes), dim=axis)
 
 
@@ -178,23 +178,23 @@ def _gather(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     torch = ctx.torch
     data, indices = args[0], args[1]
     axis = attrs.get("axis", 0) % data.dim()
-    size = data.shape[axis]
+    size = dims(data)[axis]
     if torch.is_tensor(indices):
-        shape = tuple(indices.shape)
+        shape = tuple(dims(indices))
         flat = torch.reshape(indices, (-1,)).long()
         flat = torch.where(flat < 0, flat + size, flat)
     else:
         shape = np.shape(indices)
         flat = torch.as_tensor(np.asarray(indices, np.int64).reshape(-1) % size)
     picked = torch.index_select(data, axis, flat)
-    return torch.reshape(picked, (*data.shape[:axis], *shape, *data.shape[axis + 1 :]))
+    return torch.reshape(picked, (*dims(data)[:axis], *shape, *dims(data)[axis + 1 :]))
 
 
 @replay_op("GatherElements")
 def _gather_elements(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     data, indices = args[0], args[1].long()
     axis = attrs.get("axis", 0) % data.dim()
-    indices = ctx.torch.where(indices < 0, indices + data.shape[axis], indices)
+    indices = ctx.torch.where(indices < 0, indices + dims(data)[axis], indices)
     return ctx.torch.gather(data, axis, indices)
 
 
@@ -355,7 +355,7 @@ def _depth_to_space(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x, block = args[0], attrs["blocksize"]
     if decoded(attrs.get("mode", "DCR")) == "CRD":
         return ctx.F.pixel_shuffle(x, block)
-    n, c, h, w = x.shape
+    n, c, h, w = dims(x)
     y = ctx.torch.reshape(x, (n, block, block, c // block**2, h, w)).permute(0, 3, 4, 1, 5, 2)
     return ctx.torch.reshape(y, (n, c // block**2, h * block, w * block))
 
@@ -363,6 +363,6 @@ def _depth_to_space(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
 @replay_op("SpaceToDepth")
 def _space_to_depth(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x, block = args[0], attrs["blocksize"]
-    n, c, h, w = x.shape
+    n, c, h, w = dims(x)
     y = ctx.torch.reshape(x, (n, c, h // block, block, w // block, block)).permute(0, 3, 5, 1, 2, 4)
     return ctx.torch.reshape(y, (n, c * block**2, h // block, w // block))

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from edgekit.op_support import GraphFacts
-from edgekit.targets.coreml_ops import ReplayCall, decoded, floats, given, ints, replay_op
+from edgekit.targets.coreml_ops import ReplayCall, decoded, dims, floats, given, ints, replay_op
 
 _MODES = ("nearest", "linear", "cubic")
 _SAMPLING_ATTRS = (
@@ -74,7 +74,7 @@ def _resize(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     opset = 10 if len(args) == 2 else ctx.opset
     scales, sizes = _sampling(args, attrs, rank, opset)
     chosen = _attributes(attrs, opset)
-    shape = [int(d) for d in x.shape]
+    shape = [int(d) for d in dims(x)]
     out = [
         sizes[i] if sizes is not None and sizes[i] >= 0 else int(np.floor(shape[i] * (scales[i] or 1.0) + 1e-9))
         for i in range(rank)
