@@ -392,7 +392,7 @@ def _conv_transpose_pads(attrs: dict, in_shape: list[int], kernel: list[int]) ->
         full = strides[i] * (in_shape[i] - 1) + extra[i] + (kernel[i] - 1) * dilations[i] + 1
         total = full - wanted[i]
         small, big = total // 2, total - total // 2
-        first, last = (big, small) if auto == "SAME_LOWER" else (small, big)
+        first, last = (small, big) if auto == "SAME_UPPER" else (big, small)  # as ONNX Runtime places them
         begin.append(first)
         end.append(last)
     return begin, end, extra

@@ -168,7 +168,9 @@ def _split(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     sizes = attrs.get("split") or (ints(args[1]) if given(args, 1) else None)
     if sizes is None:
         count = attrs.get("num_outputs") or len(ctx.outputs)
-        sizes = [math.ceil(dims(x)[axis] / count)] * count
+        size = dims(x)[axis]
+        chunk = math.ceil(size / count)  # opset 18's num_outputs: equal chunks, the last one smaller
+        sizes = [chunk] * (count - 1) + [size - chunk * (count - 1)]
     return ctx.torch.split(x, list(sizes), dim=axis)
 
 

@@ -5,8 +5,9 @@ coordinates and floor rounding, as YOLO's upsample exports; linear with half_pix
 align_corners on both spatial axes of an NCHW tensor) the replay calls F.interpolate, which Core ML converts
 to its own upsample layers. Every other variant (cubic, other coordinate transformations and roundings,
 fractional scales, antialiasing, resizes of other axes) is separable, so the replay resamples one axis at a
-time with a constant matrix: the weights of each output sample, computed once at build by ONNX's reference
-Resize on an identity (so they are ONNX's by construction). Nearest becomes a gather of the chosen rows.
+time with a constant matrix: the weights of each output sample, computed once at build by ONNX Runtime's Resize
+of an identity (so they are what the reference executor computes, by construction; ONNX's own reference
+evaluator differs from ONNX Runtime on fractional scales). Nearest becomes a gather of the chosen rows.
 """
 
 from __future__ import annotations
@@ -117,8 +118,8 @@ def _interpolate(
 
 
 def resize_matrix(size: int, out: int, scale: float | None, chosen: dict[str, Any]) -> np.ndarray:
-    """The [out, size] weights of a 1-D ONNX Resize: ONNX's reference Resize of an identity."""
-    from onnx.reference import ReferenceEvaluator
+    """The [out, size] weights of a 1-D ONNX Resize: ONNX Runtime's Resize of an identity."""
+    import onnxruntime as ort
 
     inputs = ["x", "", "scales", ""] if scale is not None else ["x", "", "", "sizes"]
     node = helper.make_node("Resize", inputs, ["y"], **chosen)
@@ -135,7 +136,9 @@ def resize_matrix(size: int, out: int, scale: float | None, chosen: dict[str, An
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-    (result,) = ReferenceEvaluator(model).run(None, {"x": np.eye(size, dtype=np.float32)})
+    model.ir_version = 9
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (result,) = session.run(None, {"x": np.eye(size, dtype=np.float32)})
     return np.ascontiguousarray(np.asarray(result, np.float32).T)
 
 
