@@ -26,7 +26,7 @@ def patch_frontend() -> None:
     from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY, register_torch_op
 
     def scalar_cast(python_type: type, dtype_name: str, original: Any) -> Any:
-        def convert(context: Any, node: Any) -> None:
+        def cast(context: Any, node: Any) -> None:
             (x,) = ops._get_inputs(context, node, expected=1)
             if x.can_be_folded_to_const() and np.size(x.val) == 1:
                 value = python_type(np.asarray(x.val).reshape(-1)[0])
@@ -34,7 +34,7 @@ def patch_frontend() -> None:
                 return
             original(context, node)
 
-        return convert
+        return cast
 
     for torch_name, python_type, dtype_name in (("int", int, "int32"), ("bool", bool, "bool")):
         original = _TORCH_OPS_REGISTRY.name_to_func_mapping.get(torch_name)
@@ -44,8 +44,9 @@ def patch_frontend() -> None:
             register_torch_op(fixed, override=True)
 
 
-def failing_node(exc: BaseException) -> tuple[str, str] | None:
-    """(torch op kind, module path) of the TorchScript node coremltools was converting when `exc` was raised."""
+def failing_node(exc: BaseException) -> str | None:
+    """The TorchScript node coremltools was converting when `exc` was raised: "op 'kind' (node %name, module
+    path)", or None when the failure came from elsewhere."""
     found = None
     tb = exc.__traceback__
     while tb is not None:
@@ -59,7 +60,8 @@ def failing_node(exc: BaseException) -> tuple[str, str] | None:
         scope = "/".join(found.get_scope_info()[0])
     except Exception:  # scope info is a nicety
         scope = ""
-    return str(found.kind), scope or str(found.name)
+    module = f", module {scope}" if scope and scope != str(found.name) else ""
+    return f"torch op '{found.kind}' (node %{found.name}{module})"
 
 
 def convert(ct: Any, traced: Any, *, route: str, **options: Any) -> Any:
@@ -76,7 +78,7 @@ def conversion_failure(exc: BaseException, route: str) -> str:
     said = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     said = f"{type(exc).__name__}: {said}" if said else type(exc).__name__
     node = failing_node(exc)
-    where = f" at torch op '{node[0]}' (in {node[1]})" if node else ""
+    where = f" at {node}" if node else ""
     if route == "torch module":
         advice = (
             "build from the model's ONNX export instead (Model.load of the .onnx, or Model(model.proto, ...)): "

@@ -4,6 +4,7 @@ Prediction needs macOS and skips elsewhere."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import zipfile
@@ -371,3 +372,82 @@ def test_prediction_matches_onnx_runtime_on_macos(digits_built, tmp_path):
             (want,) = session.run(None, {"input": preprocess(frame, model.preprocess)})
             agree += int(np.argmax(got) == np.argmax(want))
     assert agree >= 15
+
+
+# -- coremltools' failures, and real architectures through both routes ------------------------------------
+
+
+def test_a_coremltools_failure_names_the_torch_op_and_the_other_route():
+    from edgekit.targets.coreml_convert import convert
+
+    class Kron(torch.nn.Module):
+        def forward(self, x):
+            return torch.kron(x, x)
+
+    traced = torch.jit.trace(Kron(), torch.rand(1, 2, 4, 4))
+    with pytest.raises(BuildError, match=r"torch op 'kron' \(node %\w+\).*build from the model's ONNX export"):
+        convert(ct, traced, route="torch module", inputs=[ct.TensorType(shape=(1, 2, 4, 4))], convert_to="mlprogram")
+
+
+_VISION_LIBS: list = []  # kept alive: the schemas live as long as their Library
+
+
+def _torchvision_shim():
+    """torchvision's C++ ops may not load beside this torch; timm and ultralytics only need their schemas."""
+    if _VISION_LIBS:
+        return
+    _VISION_LIBS.append(torch.library.Library("torchvision", "DEF"))
+    for name in ("nms", "qnms"):
+        with contextlib.suppress(RuntimeError):  # torchvision's own ops loaded
+            _VISION_LIBS[0].define(f"{name}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+
+
+def _timm(name: str, size: int, **kwargs):
+    _torchvision_shim()
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    module = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    return Model.from_torch(module, torch.zeros(1, 3, size, size), preprocess={**IMAGENET, "resize": [size, size]})
+
+
+def _build(model: Model, precision: str, out: Path, spec=None):
+    return get_target("ios-coreml").build(model, out / precision, precision=precision, quant_spec=spec)
+
+
+def test_mobilevit_builds_from_its_torch_module_and_its_onnx_export(tmp_path):
+    """MobileViT: attention with unfold/fold reshapes; its torch route needs coremltools' int() cast mended, its
+    ONNX export the folded shape arithmetic and the replay's one rule for constants (a Sqrt of a shape)."""
+    model = _timm("mobilevit_xxs", 64)
+    from_torch = _build(model, "fp16", tmp_path / "torch")
+    assert from_torch.manifest["coreml"]["route"] == "torch module"
+    from_onnx = _build(Model(model.proto, preprocess=model.preprocess), "w8", tmp_path / "onnx")
+    assert from_onnx.manifest["coreml"]["route"] == "onnx-replay"
+    assert from_onnx.manifest["coreml"]["replay_max_abs_error"] < 1e-4
+
+
+def test_deit_onnx_export_builds_w8a8(tmp_path):
+    """A ViT export: patch embedding, class-token Gather, Split of qkv, batched MatMul, Softmax, LayerNorm, Erf."""
+    model = _timm("deit_tiny_patch16_224", 32, img_size=32, depth=2)
+    onnx_only = Model(model.proto, preprocess=model.preprocess)
+    artifact = _build(onnx_only, "w8a8", tmp_path, spec=_spec(onnx_only, (1, 3, 32, 32)))
+    assert artifact.manifest["quantization"]["activations_quantized"] > 10
+    assert artifact.manifest["coreml"]["replay_max_abs_error"] < 1e-4
+
+
+def test_yolov8n_onnx_export_builds(tmp_path):
+    """YOLOv8n from ultralytics' config (random weights): anchors folded at the build shape, nearest Resize,
+    Split, Concat, the DFL Softmax; inspect predicts no refusal and the build agrees."""
+    _torchvision_shim()
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    module = DetectionModel("yolov8n.yaml", verbose=False).eval()
+    for layer in module.modules():
+        if hasattr(layer, "export"):
+            layer.export, layer.format = True, "onnx"
+    model = Model.from_torch(module, torch.zeros(1, 3, 64, 64), preprocess={"resize": [64, 64]})
+    onnx_only = Model(model.proto, preprocess=model.preprocess)
+    assert get_target("ios-coreml").model_refusals(onnx_only, "fp16") == []
+    artifact = _build(onnx_only, "fp16", tmp_path)
+    assert artifact.manifest["coreml"]["replay_max_abs_error"] < 1e-3
