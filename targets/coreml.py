@@ -6,7 +6,8 @@ channel), w4 (4-bit palettized weights: one 16-entry k-means look-up table per w
 
 Routes to Core ML: the Model's torch module when it has one (fp32/fp16/w8/w4); otherwise, and always for
 w8a8, the ONNX graph replayed in torch (`coreml_onnx`), checked against ONNX Runtime before conversion,
-so the QuantSpec's ONNX tensor names map one to one onto the replay's tensors.
+so the QuantSpec's ONNX tensor names map one to one onto the replay's tensors. Either route ends in
+coremltools' torch frontend (`coreml_convert`): what it cannot convert is a BuildError naming the torch op.
 
 The .mlpackage is a folder; artifacts hold plain files, so it ships as `model.mlpackage.zip` (stored,
 fixed timestamps and package item ids, so building twice gives the same bytes) and the device engine
