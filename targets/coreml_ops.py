@@ -165,6 +165,20 @@ def _pads_for(
     return ctx.F.pad(x, _torch_pad(begin, end), value=fill), [0] * spatial
 
 
+def padded_or_cropped(ctx: ReplayCall, x: Any, begin: list[int], end: list[int], value: float = 0.0) -> Any:
+    """x with `begin`/`end` elements added (constant `value`) or, where negative, removed on each axis: crops
+    are slices, as coremltools 9 takes no negative pad."""
+    index = tuple(slice(max(0, -b), size - max(0, -e)) for b, e, size in zip(begin, end, dims(x), strict=True))
+    x = x[index]
+    grow_begin, grow_end = [max(0, b) for b in begin], [max(0, e) for e in end]
+    if not any(grow_begin) and not any(grow_end):
+        return x
+    pad = _torch_pad(grow_begin, grow_end)
+    while len(pad) > 2 and pad[-2:] == [0, 0]:
+        pad = pad[:-2]
+    return ctx.F.pad(x, pad, value=value)
+
+
 def _spatial_rank(facts: GraphFacts, node: onnx.NodeProto, low: int = 1) -> str | None:
     rank = facts.rank(node.input[0])
     if rank is not None and not low + 2 <= rank <= 5:
@@ -232,7 +246,14 @@ def _mean(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
 
 @replay_op("Mod")
 def _mod(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
-    return ctx.torch.fmod(args[0], args[1]) if attrs.get("fmod", 0) else ctx.torch.remainder(args[0], args[1])
+    """fmod spelled out as x - trunc(x / y) * y (coremltools 9 has no fmod); Python's remainder otherwise."""
+    x, y = args[0], args[1]
+    if not attrs.get("fmod", 0):
+        return ctx.torch.remainder(x, y)
+    if not x.is_floating_point():
+        return x - ctx.torch.div(x, y, rounding_mode="trunc") * y
+    quotient = x / y
+    return x - ctx.torch.where(quotient >= 0, ctx.torch.floor(quotient), ctx.torch.ceil(quotient)) * y
 
 
 def _dropout_check(node: onnx.NodeProto, attrs: dict, facts: GraphFacts) -> str | None:
@@ -306,7 +327,10 @@ def _selu(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
 
 @replay_op("Celu")
 def _celu(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
-    return ctx.F.celu(args[0], attrs.get("alpha", 1.0))
+    """Spelled out: coremltools 9 has no celu."""
+    alpha = attrs.get("alpha", 1.0)
+    x = args[0]
+    return ctx.F.relu(x) + ctx.torch.clamp(alpha * (ctx.torch.exp(x / alpha) - 1), max=0.0)
 
 
 @replay_op("ThresholdedRelu")
@@ -414,7 +438,8 @@ def _conv_transpose(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
         bias = args[2] if given(args, 2) else None
         return fn(x, w, bias, strides, begin, extra, groups, dilations)
     y = fn(x, w, None, strides, [0] * spatial, [0] * spatial, groups, dilations)
-    y = F.pad(y, _torch_pad([-b for b in begin], [e - p for e, p in zip(extra, end, strict=True)]))
+    grow = [e - p for e, p in zip(extra, end, strict=True)]
+    y = padded_or_cropped(ctx, y, [0, 0, *(-b for b in begin)], [0, 0, *grow])
     if given(args, 2):
         y = y + torch.reshape(args[2], (1, -1, *([1] * spatial)))
     return y

@@ -13,7 +13,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgekit.op_support import GraphFacts
-from edgekit.targets.coreml_ops import ReplayCall, decoded, dims, given, ints, replay_op
+from edgekit.targets.coreml_ops import ReplayCall, decoded, dims, given, ints, padded_or_cropped, replay_op
 
 # -- shapes --------------------------------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ def _pad_check(node: onnx.NodeProto, attrs: dict, facts: GraphFacts) -> str | No
     mode = decoded(attrs.get("mode", "constant"))
     if mode not in _PAD_MODES:
         return f"pad mode {mode!r}"
-    if mode == "constant":
+    if mode in ("constant", "wrap"):  # padded_or_cropped / _wrapped take any axis and negative pads
         return None
     rank = facts.rank(node.input[0])
     pads = attrs.get("pads") or (facts.const(node.input[1]) if len(node.input) > 1 else None)
@@ -240,21 +240,38 @@ def _pad(ctx: ReplayCall, args: list[Any], attrs: dict) -> Any:
     x = args[0]
     rank = x.dim()
     pads = _full_pads(attrs.get("pads") or ints(args[1]), ints(args[3]) if given(args, 3) else None, rank)
+    begin, end = pads[:rank], pads[rank:]
     mode = _PAD_MODES[decoded(attrs.get("mode", "constant"))]
-    torch_pad: list[int] = []
-    for i in reversed(range(rank)):
-        torch_pad += [pads[i], pads[i + rank]]
-    while len(torch_pad) > 2 and torch_pad[-2:] == [0, 0]:
-        torch_pad = torch_pad[:-2]
+    if mode == "circular":  # slices and a concat: coremltools 9 has no circular pad
+        for axis in range(rank):
+            x = _wrapped(ctx, x, axis, begin[axis], end[axis])
+        return x
     if mode != "constant":
+        torch_pad: list[int] = []
+        for i in reversed(range(rank)):
+            torch_pad += [begin[i], end[i]]
+        while len(torch_pad) > 2 and torch_pad[-2:] == [0, 0]:
+            torch_pad = torch_pad[:-2]
         return ctx.F.pad(x, torch_pad, mode=mode)
     value = args[2] if given(args, 2) else attrs.get("value", 0.0)
     if ctx.torch.is_tensor(value):  # a fill computed from the image: pad with zeros, then fill the border
-        padded = ctx.F.pad(x, torch_pad)
-        mask = ctx.F.pad(ctx.torch.zeros_like(x, dtype=ctx.torch.bool), torch_pad, value=True)
+        padded = padded_or_cropped(ctx, x, begin, end)
+        mask = padded_or_cropped(ctx, ctx.torch.zeros_like(x, dtype=ctx.torch.bool), begin, end, value=True)
         return ctx.torch.where(mask, value.to(x.dtype), padded)
     value = float(np.asarray(value).reshape(-1)[0]) if np.size(value) else 0.0
-    return ctx.F.pad(x, torch_pad, mode="constant", value=value)
+    return padded_or_cropped(ctx, x, begin, end, value)
+
+
+def _wrapped(ctx: ReplayCall, x: Any, axis: int, before: int, after: int) -> Any:
+    size = dims(x)[axis]
+    if before < 0 or after < 0:
+        x = x.narrow(axis, max(0, -before), size - max(0, -before) - max(0, -after))
+        before, after, size = max(0, before), max(0, after), dims(x)[axis]
+    parts = [x.narrow(axis, size - before, before)] if before else []
+    parts.append(x)
+    if after:
+        parts.append(x.narrow(axis, 0, after))
+    return ctx.torch.cat(parts, dim=axis) if len(parts) > 1 else x
 
 
 # -- reductions --------------------------------------------------------------------------------------------
@@ -287,7 +304,7 @@ def _reduce(ctx: ReplayCall, name: str, x: Any, dims: list[int], keep: bool) -> 
         return torch.amin(x, dim=dims, keepdim=keep)
     if name == "prod":
         for d in sorted(dims, reverse=True):
-            x = torch.prod(x, dim=d, keepdim=keep)
+            x = _product(ctx, x, d, keep)
         return x
     if name == "logsumexp":
         return torch.logsumexp(x, dim=dims, keepdim=keep)
@@ -298,6 +315,18 @@ def _reduce(ctx: ReplayCall, name: str, x: Any, dims: list[int], keep: bool) -> 
     if name == "sumsquare":
         return torch.sum(x * x, dim=dims, keepdim=keep)
     return getattr(torch, name)(x, dim=dims, keepdim=keep)
+
+
+def _product(ctx: ReplayCall, x: Any, axis: int, keep: bool) -> Any:
+    """The product along `axis` by pairwise halving (coremltools 9 has no prod): log2(size) multiplications."""
+    torch = ctx.torch
+    while dims(x)[axis] > 1:
+        size = dims(x)[axis]
+        if size % 2:
+            x = torch.cat([x, torch.ones_like(x.narrow(axis, 0, 1))], dim=axis)
+            size += 1
+        x = x.narrow(axis, 0, size // 2) * x.narrow(axis, size // 2, size // 2)
+    return x if keep else torch.squeeze(x, axis)
 
 
 _REDUCERS = {

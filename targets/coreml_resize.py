@@ -148,6 +148,9 @@ def _resample_axis(ctx: ReplayCall, x: Any, axis: int, size: int, out: int, scal
     matrix = resize_matrix(size, out, scale, chosen)
     if chosen.get("mode", "nearest") == "nearest":
         return torch.index_select(x, axis, torch.as_tensor(np.argmax(matrix, axis=1).astype(np.int64)))
-    weights = torch.as_tensor(matrix)
-    moved = torch.movedim(x, axis, -1)
-    return torch.movedim(torch.matmul(moved, weights.t()), -1, axis)
+    weights = torch.as_tensor(np.ascontiguousarray(matrix.T))
+    last = x.dim() - 1
+    if axis == last:
+        return torch.matmul(x, weights)
+    # transpose, not movedim: coremltools 9 converts the one, not the other
+    return torch.matmul(x.transpose(axis, last), weights).transpose(axis, last)

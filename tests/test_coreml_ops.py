@@ -192,6 +192,17 @@ CASES = {
         {"c": _w(8)},
     ),
     "mod-fmod": _one("Mod", ["c"], _S, {"c": np.array(0.3, F32)}, fmod=1),
+    "mod-int": _model(
+        [
+            helper.make_node("Mul", ["x", "ten"], ["m"]),
+            helper.make_node("Cast", ["m"], ["i"], to=TensorProto.INT64),
+            helper.make_node("Mod", ["i", "three"], ["r"]),
+            helper.make_node("Mod", ["i", "three"], ["f"], fmod=1),
+            helper.make_node("Sub", ["r", "f"], ["y"]),
+        ],
+        _S,
+        {"ten": np.array(10.0, F32), "three": np.array(-3, I64)},
+    ),
     "where-greater": _model(
         [helper.make_node("Greater", ["x", "c"], ["g"]), helper.make_node("Where", ["g", "x", "c"], ["y"])],
         _S,
@@ -240,7 +251,8 @@ SHAPES = {
     "pad-constant-value": _one("Pad", ["p", "v"], _S, {"p": _ints(0, 0, 1, 2, 0, 0, 2, 1), "v": np.array(0.5, F32)}),
     "pad-reflect": _one("Pad", ["p"], _S, {"p": _ints(0, 0, 2, 1, 0, 0, 1, 2)}, mode="reflect"),
     "pad-edge": _one("Pad", ["p"], _S, {"p": _ints(0, 0, 1, 3, 0, 0, 2, 0)}, mode="edge"),
-    "pad-wrap-19": _one("Pad", ["p"], _S, {"p": _ints(0, 0, 1, 1, 0, 0, 2, 2)}, opset=19, mode="wrap"),
+    "pad-wrap-19": _one("Pad", ["p"], _S, {"p": _ints(0, 1, 1, -1, 0, 0, 2, 2)}, opset=19, mode="wrap"),
+    "pad-channels-constant": _one("Pad", ["p"], _S, {"p": _ints(0, 2, 0, 0, 0, 1, 0, 0)}),
     "pad-negative": _one("Pad", ["p"], _S, {"p": _ints(0, 0, -1, 2, 0, 0, 2, -3)}),
     "pad-axes-18": _one("Pad", ["p", "", "a"], _S, {"p": _ints(1, 2, 3, 4), "a": _ints(-1, 2)}, opset=18),
     "tile": _one("Tile", ["r"], _S, {"r": _ints(1, 2, 1, 3)}),
@@ -395,3 +407,22 @@ def test_parameters_arrive_as_numpy_and_data_as_tensors():
         {"c": np.array(7, I64), "g": _ints(-1)},
     )
     _assert_replays(proto, _S)
+
+
+# what the replay emits must also be what coremltools 9 converts (movedim, celu, fmod, prod, circular or
+# negative pads are not): the variants that emit something unusual, built for ios-coreml at fp16
+CONVERTED = (
+    "cubic-half_pixel-x2", "linear-antialias-down", "nearest-half_pixel-frac", "linear-axes-sizes",
+    "convT-asymmetric", "convT-output_shape", "pad-negative", "pad-wrap-19", "pad-reflect", "celu", "mod-fmod",
+    "reduce-l2-prod-lse", "einsum-attention", "gather-by-topk", "cumsum-exclusive-reverse", "depth-to-space-dcr",
+)  # fmt: skip
+_ALL = {**RESIZES, **CASES, **SHAPES}
+
+
+@pytest.mark.parametrize("case", CONVERTED)
+def test_replayed_op_converts_with_coremltools(case, tmp_path):
+    pytest.importorskip("coremltools")
+    from edgekit.model import Model
+
+    artifact = get_target("ios-coreml").build(Model(_ALL[case]), tmp_path / "a", precision="fp16")
+    assert artifact.manifest["coreml"]["replay_max_abs_error"] < 1e-4
