@@ -171,7 +171,10 @@ class CoreMLTarget(Target):
                 compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
                 skip_model_load=True,
             )
-            mlmodel = _compress(ct, mlmodel, precision)
+            try:
+                mlmodel = _compress(ct, mlmodel, precision)
+            except Exception as exc:  # coremltools' optimize passes: a clean error, not a traceback
+                raise BuildError(f"coremltools could not compress the converted program to {precision}: {exc}") from exc
         mlmodel.short_description = f"edgekit {self.name} {precision} of model {model.sha256[:12]}"
         ops = program_ops(mlmodel)
         extra: dict[str, Any] = {
