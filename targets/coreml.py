@@ -6,8 +6,9 @@ channel), w4 (4-bit palettized weights: one 16-entry k-means look-up table per w
 
 Routes to Core ML: the Model's torch module when it has one (fp32/fp16/w8/w4); otherwise, and always for
 w8a8, the ONNX graph replayed in torch (`coreml_onnx`), so the QuantSpec's ONNX tensor names map one to one
-onto the replay's tensors. Core ML cannot predict on Linux: the traced program it converts is validated
-against ONNX Runtime FP32 on the source model instead (`edgekit.targets.validation`, the manifest's
+onto the replay's tensors. Either route ends in coremltools' torch frontend (`coreml_convert`): what it cannot
+convert is a BuildError naming the torch op. Core ML cannot predict on Linux: the traced program it converts is
+validated against ONNX Runtime FP32 on the source model instead (`edgekit.targets.validation`, the manifest's
 `validation`).
 
 The .mlpackage is a folder; artifacts hold plain files, so it ships as `model.mlpackage.zip` (stored,
@@ -37,6 +38,7 @@ from edgekit.onnx_toolbox import fixed_input_shape
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
 from edgekit.targets.base import BuildError, Target, TargetOptions, input_refusal, static_model
+from edgekit.targets.coreml_convert import convert
 from edgekit.targets.coreml_ops import REPLAY_OPS, SUPPORTED_OPS
 
 if TYPE_CHECKING:
@@ -164,12 +166,14 @@ class CoreMLTarget(Target):
         shapes = _enumerated(shape, sizes) if sizes else None
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module.eval(), torch.zeros(shape), check_trace=False)
+            traced = _trace(torch, module, shape, route)
             if shapes:
                 _check_traced_at(traced, make_module, shapes[1:], replay=route.startswith("onnx-replay"))
             validation = _validation(model, precision, traced, shape, image, route, spec)
-            mlmodel = ct.convert(
+            mlmodel = convert(
+                ct,
                 traced,
+                route=route,
                 inputs=[_input_type(ct, input_name, shape, image, shapes)],
                 outputs=[ct.TensorType(name=name) for name in output_names],
                 convert_to="mlprogram",
@@ -177,7 +181,10 @@ class CoreMLTarget(Target):
                 compute_precision=ct.precision.FLOAT32 if precision == "fp32" else ct.precision.FLOAT16,
                 skip_model_load=True,
             )
-            mlmodel = _compress(ct, mlmodel, precision)
+            try:
+                mlmodel = _compress(ct, mlmodel, precision)
+            except Exception as exc:  # coremltools' optimize passes: a clean error, not a traceback
+                raise BuildError(f"coremltools could not compress the converted program to {precision}: {exc}") from exc
         mlmodel.short_description = f"edgekit {self.name} {precision} of model {model.sha256[:12]}"
         ops = program_ops(mlmodel)
         extra: dict[str, Any] = {
@@ -254,6 +261,18 @@ def _import_tools() -> tuple[Any, Any]:
 
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     return ct, torch
+
+
+def _trace(torch: Any, module: Any, shape: tuple[int, ...], route: str) -> Any:
+    """torch.jit.trace of the module (what coremltools converts); a BuildError saying why when it fails."""
+    try:
+        return torch.jit.trace(module.eval(), torch.zeros(shape), check_trace=False)
+    except BuildError:
+        raise
+    except Exception as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        other = "its ONNX export (the replay)" if route == "torch module" else "the torch module (Model.from_torch)"
+        raise BuildError(f"ios-coreml could not trace the {route} at input {list(shape)}: {said}; try {other}") from exc
 
 
 def _checked_replay(model: Model, float_proto: onnx.ModelProto, shape: tuple[int, ...]) -> None:

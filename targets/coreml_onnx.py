@@ -2,9 +2,10 @@
 
 Every ONNX tensor keeps its name inside the module, so the W8A8 fake quantizers land on exactly the
 tensors the QuantSpec names (and the weights it names), and the module is checked against ONNX Runtime
-on the same input before anything is converted. Integer tensors (shapes, indices, slice bounds) are
-computed once by ONNX Runtime for the fixed input shape and become constants, which is what a Core ML
-program with fixed shapes wants anyway.
+on the same input before anything is converted. The replay runs the graph folded at its one input shape
+(`edgekit.onnx_fold.fold_at_shape`): shapes, indices and slice bounds are initializers then, which is what a
+Core ML program with fixed shapes wants anyway, and what the ops read as parameters (targets/coreml_ops.py
+says the rule: parameters are numpy initializers, everything else a torch tensor).
 
 Each op is a function registered in `REPLAY_OPS` (targets/coreml_ops.py). torch is imported on first use:
 the module class is built then (`_replay_class`).
@@ -19,11 +20,16 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, node_label
 from edgekit.onnx_toolbox import attrs as node_attrs
+from edgekit.op_support import refusal_message
 from edgekit.targets.base import BuildError
-from edgekit.targets.coreml_ops import REPLAY_OPS, ReplayCall, initializer_values
+from edgekit.targets.coreml_ops import LITERALS, PARAMETERS, REPLAY_OPS, ReplayCall, initializer_values
 
-_INT_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
+ROUTE_ADVICE = (
+    "Build from the torch module instead (Model.from_torch), where coremltools converts the module itself, "
+    "or replace those nodes in the export."
+)
 
 
 @dataclass(frozen=True)
@@ -42,20 +48,6 @@ class WeightQuant:
     axis: int | None
 
 
-def _integer_tensors(proto: onnx.ModelProto, probe: np.ndarray) -> dict[str, np.ndarray]:
-    """Values of every integer tensor for this input shape (shapes, indices): constants of the replay."""
-    from edgekit.calibration.graph import session_with_outputs
-
-    inferred = onnx.shape_inference.infer_shapes(proto)
-    types = {v.name: v.type.tensor_type.elem_type for v in (*inferred.graph.value_info, *inferred.graph.output)}
-    wanted = [out for node in proto.graph.node for out in node.output if types.get(out) in _INT_TYPES]
-    if not wanted:
-        return {}
-    session = session_with_outputs(proto, wanted, optimization="none")
-    values = session.run(wanted, {session.get_inputs()[0].name: probe})
-    return dict(zip(wanted, values, strict=True))
-
-
 def build_module(
     proto: onnx.ModelProto,
     input_shape: tuple[int, ...],
@@ -63,16 +55,18 @@ def build_module(
     activation_quant: dict[str, ActivationQuant] | None = None,
     weight_quant: dict[str, WeightQuant] | None = None,
 ) -> Any:
-    """A torch module that computes `proto` for inputs of `input_shape`, with optional fake quantizers."""
-    missing = REPLAY_OPS.unsupported(proto.graph)
-    if missing:
-        raise BuildError(
-            f"the ONNX-to-torch route of ios-coreml does not implement ops {', '.join(missing)}; build from the "
-            "torch module instead (Model.from_torch) or replace those ops"
-        )
-    probe = np.random.default_rng(0).random(input_shape, dtype=np.float32)
-    integers = _integer_tensors(proto, probe)
-    return _replay_class()(proto, integers, activation_quant or {}, weight_quant or {})
+    """A torch module that computes `proto` for inputs of `input_shape`, with optional fake quantizers; BuildError
+    naming every node the replay cannot take (the same refusals `edgekit inspect -t ios-coreml` lists)."""
+    from edgekit.onnx_fold import fold_at_shape
+
+    try:
+        folded = fold_at_shape(proto, input_shape)
+    except ValueError as exc:
+        raise BuildError(f"ios-coreml: {exc}") from exc
+    refusals = REPLAY_OPS.refusals(folded)
+    if refusals:
+        raise BuildError(refusal_message(REPLAY_OPS.owner, refusals, ROUTE_ADVICE))
+    return _replay_class()(folded, activation_quant or {}, weight_quant or {})
 
 
 @cache
@@ -92,7 +86,6 @@ class _ReplayBody:
     def __init__(
         self,
         proto: onnx.ModelProto,
-        integers: dict[str, np.ndarray],
         activation_quant: dict[str, ActivationQuant],
         weight_quant: dict[str, WeightQuant],
     ) -> None:
@@ -100,14 +93,17 @@ class _ReplayBody:
 
         super().__init__()
         graph = proto.graph
-        self.nodes = [(n.op_type, list(n.input), list(n.output), node_attrs(n)) for n in graph.node]
+        self.opset = next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), 17)
+        self.nodes = [
+            (n.op_type, list(n.input), list(n.output), node_attrs(n), node_label(n))
+            for n in graph.node
+            if n.op_type != "Constant"
+        ]
         inits = initializer_values(graph)
-        self.consts: dict[str, Any] = dict(integers)
-        self.slots: dict[str, str] = {}
+        self.consts: dict[str, np.ndarray] = dict(inits)  # every initializer, as parameters read it
+        self.slots: dict[str, str] = {}  # float initializers: buffers, as data inputs read them (weights)
         for index, (name, value) in enumerate(sorted(inits.items())):
-            if value.dtype.kind in "iub":
-                self.consts[name] = value
-            else:
+            if value.dtype.kind == "f":
                 slot = f"t{index}"
                 self.register_buffer(slot, torch.from_numpy(np.array(value, dtype=np.float32)))
                 self.slots[name] = slot
@@ -134,15 +130,20 @@ class _ReplayBody:
 
     # -- values --------------------------------------------------------------------------------------
 
-    def _value(self, env: dict[str, Any], name: str) -> Any:
+    def _value(self, env: dict[str, Any], name: str, *, numpy: bool) -> Any:
+        """A node input: a numpy initializer where the op reads a parameter (`numpy`), else a torch tensor."""
+        import torch
+
         if not name:
             return None
         if name in env:
             return env[name]
-        if name in self.consts:
+        if numpy:
             return self.consts[name]
-        value = getattr(self, self.slots[name])
-        return self._weight_quantized(name, value) if name in self.weight_quant else value
+        if name in self.slots:
+            value = getattr(self, self.slots[name])
+            return self._weight_quantized(name, value) if name in self.weight_quant else value
+        return torch.as_tensor(self.consts[name])  # an integer or boolean initializer read as data
 
     def _weight_quantized(self, name: str, value: Any) -> Any:
         import torch
@@ -176,23 +177,35 @@ class _ReplayBody:
 
     def forward(self, x: Any) -> Any:
         import torch
-        import torch.nn.functional as F
 
         self.quantized = []
         env: dict[str, Any] = {self.input_name: self._fake_quant(self.input_name, x)}
         if self.input_name in self.activation_quant:
             self.quantized.append(self.input_name)
-        for op, inputs, outputs, attrs in self.nodes:
-            if all(o in self.consts for o in outputs if o) or op == "Constant":
-                continue
-            args = [self._value(env, name) for name in inputs]
-            result = REPLAY_OPS.functions[op](ReplayCall(torch, F, outputs), args, attrs)
-            results = result if isinstance(result, (list, tuple)) else [result]
-            for name, value in zip(outputs, results, strict=False):
-                if name:
-                    self._store(env, name, value)
+        for node in self.nodes:
+            self._run_node(env, *node)
         found = [env[name] if name in env else torch.as_tensor(self.consts[name]) for name in self.output_names]
         return found[0] if len(found) == 1 else tuple(found)
+
+    def _run_node(self, env: dict[str, Any], op: str, inputs: list[str], outputs: list[str], attrs: dict, label: str):
+        import torch
+        import torch.nn.functional as F
+
+        constant_inputs = PARAMETERS.get(op, frozenset()) | LITERALS.get(op, frozenset())
+        args = [self._value(env, name, numpy=k in constant_inputs) for k, name in enumerate(inputs)]
+        try:
+            result = REPLAY_OPS.functions[op](ReplayCall(torch, F, outputs, self.opset), args, attrs)
+        except BuildError:
+            raise
+        except Exception as exc:  # an input this op's function does not expect: name the node
+            raise BuildError(
+                f"the ONNX-to-torch replay of ios-coreml failed on {op} node {label!r}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}. {ROUTE_ADVICE}"
+            ) from exc
+        results = result if isinstance(result, (list, tuple)) else [result]
+        for name, value in zip(outputs, results, strict=False):
+            if name:
+                self._store(env, name, value)
 
 
 def verify_against_ort(proto: onnx.ModelProto, module: Any, input_shape: tuple[int, ...]) -> float:

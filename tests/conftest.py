@@ -185,3 +185,10 @@ def make_timm_model(name: str, size: int, *, seed: int = 0, **kwargs):
 def timm_factory():
     """`make_timm_model`: real architectures (timm) with seeded random weights and their ONNX exports."""
     return make_timm_model
+
+
+@pytest.fixture(scope="session")
+def torchvision_ops() -> None:
+    """torchvision (and what imports it: timm, ultralytics) importable beside the CPU torch (see above)."""
+    pytest.importorskip("torch")
+    _declare_torchvision_ops()

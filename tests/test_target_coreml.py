@@ -206,11 +206,11 @@ def _graph(nodes, inputs, outputs, inits=(), opset=17):
 
 def test_onnx_only_model_with_an_op_the_replay_lacks_is_refused(tmp_path):
     proto = _graph(
-        [helper.make_node("Einsum", ["x", "x"], ["y"], equation="bij,bjk->bik")],
+        [helper.make_node("Hardmax", ["x"], ["y"], name="hm")],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 4])],
     )
-    with pytest.raises(BuildError, match="Einsum"):
+    with pytest.raises(BuildError, match="Hardmax node 'hm'"):
         get_target("ios-coreml").build(Model(proto), tmp_path / "a", precision="fp16")
 
 
@@ -371,3 +371,71 @@ def test_prediction_matches_onnx_runtime_on_macos(digits_built, tmp_path):
             (want,) = session.run(None, {"input": preprocess(frame, model.preprocess)})
             agree += int(np.argmax(got) == np.argmax(want))
     assert agree >= 15
+
+
+# -- coremltools' failures, and real architectures through both routes ------------------------------------
+
+
+def test_a_coremltools_failure_names_the_torch_op_and_the_other_route():
+    from edgekit.targets.coreml_convert import convert
+
+    class Kron(torch.nn.Module):
+        def forward(self, x):
+            return torch.kron(x, x)
+
+    traced = torch.jit.trace(Kron(), torch.rand(1, 2, 4, 4))
+    with pytest.raises(BuildError, match=r"torch op 'kron' \(node %\w+\).*build from the model's ONNX export"):
+        convert(ct, traced, route="torch module", inputs=[ct.TensorType(shape=(1, 2, 4, 4))], convert_to="mlprogram")
+
+
+def _timm(factory, name: str, size: int, **kwargs):
+    module, _ = factory(name, size, num_classes=10, **kwargs)
+    return Model.from_torch(module, torch.zeros(1, 3, size, size), preprocess={**IMAGENET, "resize": [size, size]})
+
+
+def _build(model: Model, precision: str, out: Path, spec=None):
+    return get_target("ios-coreml").build(model, out / precision, precision=precision, quant_spec=spec)
+
+
+def _float_replay_exact(manifest: dict) -> bool:
+    """The replay (or traced module) Core ML converts matches ONNX Runtime FP32 within the fp32 budget."""
+    validation = manifest["validation"]
+    return validation["max_abs_error"] <= 1e-4 * max(1.0, validation["reference_abs_max"])
+
+
+def test_mobilevit_builds_from_its_torch_module_and_its_onnx_export(tmp_path, timm_factory):
+    """MobileViT: attention with unfold/fold reshapes; its torch route needs coremltools' int() cast mended, its
+    ONNX export the folded shape arithmetic and the replay's one rule for constants (a Sqrt of a shape)."""
+    model = _timm(timm_factory, "mobilevit_xxs", 64)
+    from_torch = _build(model, "fp16", tmp_path / "torch")
+    assert from_torch.manifest["coreml"]["route"] == "torch module"
+    from_onnx = _build(Model(model.proto, preprocess=model.preprocess), "w8", tmp_path / "onnx")
+    assert from_onnx.manifest["coreml"]["route"] == "onnx-replay"
+    assert _float_replay_exact(from_onnx.manifest)
+
+
+def test_deit_onnx_export_builds_w8a8(tmp_path, timm_factory):
+    """A ViT export: patch embedding, class-token Gather, Split of qkv, batched MatMul, Softmax, LayerNorm, Erf."""
+    model = _timm(timm_factory, "deit_tiny_patch16_224", 32, img_size=32, depth=2)
+    onnx_only = Model(model.proto, preprocess=model.preprocess)
+    artifact = _build(onnx_only, "w8a8", tmp_path, spec=_spec(onnx_only, (1, 3, 32, 32)))
+    assert artifact.manifest["quantization"]["activations_quantized"] > 10
+    assert artifact.manifest["validation"]["ran"].startswith("torch replay")  # its float twin passed fp32 first
+
+
+def test_yolov8n_onnx_export_builds(tmp_path, torchvision_ops):
+    """YOLOv8n from ultralytics' config (random weights): anchors folded at the build shape, nearest Resize,
+    Split, Concat, the DFL Softmax; inspect predicts no refusal and the build agrees."""
+    pytest.importorskip("ultralytics")
+    from ultralytics.nn.tasks import DetectionModel
+
+    torch.manual_seed(0)
+    module = DetectionModel("yolov8n.yaml", verbose=False).eval()
+    for layer in module.modules():
+        if hasattr(layer, "export"):
+            layer.export, layer.format = True, "onnx"
+    model = Model.from_torch(module, torch.zeros(1, 3, 64, 64), preprocess={"resize": [64, 64]})
+    onnx_only = Model(model.proto, preprocess=model.preprocess)
+    assert get_target("ios-coreml").model_refusals(onnx_only, "fp16") == []
+    artifact = _build(onnx_only, "fp16", tmp_path)
+    assert _float_replay_exact(artifact.manifest)

@@ -200,34 +200,10 @@ def test_x86_ort_builds_hardswish_a_function_op_ort_expands(tmp_path):
     assert refusal.op == "FancyOp" and refusal.node == "fancyop0"
 
 
-def _timm():
-    torch = pytest.importorskip("torch")
-    try:  # PyPI's torchvision is a CUDA build: its C++ ops cannot load beside the CPU torch; timm needs only Python
-        torch.ops.torchvision.nms  # noqa: B018
-    except (AttributeError, RuntimeError):
-        library = torch.library.Library("torchvision", "DEF")
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _KEEP.append(library)
-    return torch, pytest.importorskip("timm")
-
-
-_KEEP: list = []
-
-
-def test_a_real_mobilenet_v3_builds_for_x86_ort(tmp_path):
-    import io
-
-    import onnx
-
+def test_a_real_mobilenet_v3_builds_for_x86_ort(tmp_path, timm_factory):
     from edgekit.inspect import inspect_model
 
-    torch, timm = _timm()
-    torch.manual_seed(0)
-    module = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
-    buffer = io.BytesIO()
-    torch.onnx.export(module, torch.zeros(1, 3, 64, 64), buffer, opset_version=17, dynamo=False)
-    proto = onnx.load_from_string(buffer.getvalue())
+    _, proto = timm_factory("mobilenetv3_small_050", 64)
     assert sum(n.op_type == "HardSwish" for n in proto.graph.node) >= 10
     model = Model(proto, preprocess={"resize": [64, 64], "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
     assert inspect_model(model, targets=["x86-ort"]).unsupported["x86-ort"] == {}
