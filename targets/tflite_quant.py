@@ -235,7 +235,8 @@ def quantize_full_integer(
     ranges, expected, lacking = spec_ranges(interpreter, mapping, unmapped, spec)
     island = float_island_ops(interpreter)
     lacking = {name: why for name, why in lacking.items() if FLOAT_SCOPE not in name}
-    if lacking:
+    unranged = unranged_ops(interpreter, lacking)
+    if any(name in lacking for name in _edge_tensors(interpreter)):
         described = sorted(f"{name} ({why})" for name, why in lacking.items())
         raise TfliteQuantError(
             "these TFLite activations have no range in the QuantSpec: "
@@ -259,7 +260,7 @@ def quantize_full_integer(
                     activation_num_bits=8,
                     weight_num_bits=8,
                 )
-        kept_float = float_ops(interpreter, mapping, proto, spec) + island
+        kept_float = float_ops(interpreter, mapping, proto, spec) + island + unranged
         for scope in kept_float:
             q.update_quantization_recipe(
                 regex=scope_regex(scope),
@@ -270,8 +271,41 @@ def quantize_full_integer(
         with open(target, "rb") as handle:
             data = handle.read()
     result = QuantizedTflite(data, mapping, expected, kept_float=kept_float)
-    result.not_honoured = check_parameters(result) + island_notes(island)
+    result.not_honoured = check_parameters(result) + island_notes(island) + unranged_notes(unranged, lacking)
     return result
+
+
+def unranged_ops(interpreter: Any, lacking: dict[str, str]) -> list[str]:
+    """The TFLite ops, by first output, that make or read an activation the QuantSpec has no range for (the
+    statistics of a LayerNorm the ONNX graph spells out in ReduceMean/Sub/Pow: float in the QDQ model too,
+    never observed): they stay float, their ranged inputs dequantized and their ranged outputs quantized."""
+    if not lacking:
+        return []
+    details = interpreter.get_tensor_details()
+    kept = []
+    for op in interpreter._get_ops_details():
+        touched = [details[i]["name"] for i in (*op["inputs"], *op["outputs"]) if i >= 0]
+        if any(name in lacking for name in touched):
+            kept.append(details[op["outputs"][0]]["name"])
+    return kept
+
+
+def unranged_notes(unranged: list[str], lacking: dict[str, str]) -> list[dict[str, str]]:
+    if not unranged:
+        return []
+    shown = ", ".join(sorted(lacking)[:6]) + (f" and {len(lacking) - 6} more" if len(lacking) > 6 else "")
+    return [
+        {
+            "what": f"{len(unranged)} TFLite ops computed in float",
+            "why": f"the QuantSpec has no range for the activations they make or read ({shown}): the QDQ model "
+            "keeps those float too; their inputs are dequantized and their outputs quantized on the spec's grids",
+        }
+    ]
+
+
+def _edge_tensors(interpreter: Any) -> set[str]:
+    """The model's input and output tensors (an int8 edge needs a range: it cannot be left float)."""
+    return {d["name"] for d in (*interpreter.get_input_details(), *interpreter.get_output_details())}
 
 
 def spec_ranges(

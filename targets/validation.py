@@ -8,7 +8,8 @@ real images (edgekit's own held-out digits, drawn into frames) brought through t
 where it has a spec whose output fits the input, else seeded random inputs (uniform over the calibrated input
 range when a QuantSpec has one).
 
-Budgets, per output (issue 15): fp32: max abs error <= 1e-4 of the reference output's range; fp16: SQNR >=
+Budgets, per output (issue 15): fp32: max abs error <= 1e-4 of the reference output's range (or <= 1e-3 of it
+with SQNR >= 80 dB: other float32 kernels stray that far on a few of millions of outputs); fp16: SQNR >=
 40 dB; quantized precisions (int8, w8, w4, w8a8): SQNR >= 20 dB, or top-1 agreement >= 0.95 for a
 classifier's scores. An fp32 build outside its budget is a converter defect: `validate` raises BuildError
 naming the output, the figure and the budget, so nothing is written. An fp16 or quantized build outside its
@@ -36,6 +37,11 @@ PROBES = 8
 LARGE_INPUT = 3 * 320 * 320  # inputs at least this many elements get PROBES_LARGE probes (builds stay fast)
 PROBES_LARGE = 4
 FP32_RELATIVE_ERROR = 1e-4  # of the reference output's range
+# Another runtime's float32 kernels (XNNPACK's approximated sigmoid, other summation orders) stray further on a
+# few of millions of outputs: PP-OCR's text detector through LiteRT, 640x640 probability maps of real pages,
+# max abs 1.9e-4 at 93.9 dB. Such an output still passes; a converter defect shows in the SQNR too.
+FP32_RELATIVE_ERROR_WIDE = 1e-3
+FP32_SQNR_DB = 80.0
 FP16_SQNR_DB = 40.0
 QUANTIZED_SQNR_DB = 20.0
 QUANTIZED_TOP1 = 0.95
@@ -213,7 +219,11 @@ class OrtRunner:
 def budget_for(precision: str, classifier: bool) -> dict[str, Any]:
     """The budget of one output at `precision`: the rule in words and its figures."""
     if precision == "fp32":
-        return {"rule": "max abs error <= 1e-4 of the output range", "max_abs_error_of_range": FP32_RELATIVE_ERROR}
+        return {
+            "rule": f"max abs error <= 1e-4 of the output range, or <= 1e-3 of it at SQNR >= {FP32_SQNR_DB:g} dB",
+            "max_abs_error_of_range": FP32_RELATIVE_ERROR,
+            "or": {"max_abs_error_of_range": FP32_RELATIVE_ERROR_WIDE, "sqnr_db": FP32_SQNR_DB},
+        }
     if precision == "fp16":
         return {"rule": f"SQNR >= {FP16_SQNR_DB:g} dB", "sqnr_db": FP16_SQNR_DB}
     if classifier:
@@ -257,7 +267,15 @@ def output_figures(
 
 def _within(entry: dict[str, Any], budget: dict[str, Any]) -> bool:
     if "max_abs_error_of_range" in budget:
-        return entry["max_abs_error"] <= budget["max_abs_error_of_range"] * entry["range"]
+        if entry["max_abs_error"] <= budget["max_abs_error_of_range"] * entry["range"]:
+            return True
+        wide = budget.get("or")
+        sqnr = entry["sqnr_db"]
+        return (
+            bool(wide)
+            and entry["max_abs_error"] <= wide["max_abs_error_of_range"] * entry["range"]
+            and (sqnr is None or sqnr >= wide["sqnr_db"])
+        )
     sqnr = entry["sqnr_db"]
     if sqnr is None or sqnr >= budget["sqnr_db"]:  # None: no error at all
         return True

@@ -861,3 +861,36 @@ def test_timm_architecture_int8(name: str, timm_models: dict[str, Path], photos:
     assert sqnr >= qdq_sqnr - 1.0
     if name != "deit_tiny_patch16_224":
         assert sqnr >= 20 or top1 >= 0.95
+
+
+def test_int8_keeps_float_what_the_quantspec_has_no_range_for(tmp_path: Path) -> None:
+    """A LayerNorm spelled out in ONNX ops (PP-OCR's recognizer): its statistics are float in the QDQ model and
+    never observed, so the full-integer .tflite computes them in float between a DEQUANTIZE and a QUANTIZE,
+    says so, and stays close to ONNX Runtime."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("ReduceMean", ["c", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Sub", ["c", "mean"], ["centred"]),
+        helper.make_node("Pow", ["centred", "two"], ["square"]),
+        helper.make_node("ReduceMean", ["square", "axes"], ["variance"], keepdims=1),
+        helper.make_node("Add", ["variance", "eps"], ["padded"]),
+        helper.make_node("Sqrt", ["padded"], ["deviation"]),
+        helper.make_node("Div", ["centred", "deviation"], ["normed"]),
+        helper.make_node("Conv", ["normed", "w2", "b2"], ["y"]),
+    ]
+    inits = {
+        "w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+        "b": rng.standard_normal(8).astype(np.float32),
+        "axes": np.array([1], np.int64),
+        "two": np.array(2.0, np.float32),
+        "eps": np.array(1e-5, np.float32),
+        "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32) * 0.3,
+        "b2": np.zeros(4, np.float32),
+    }
+    model = Model(_model(nodes, [1, 3, 16, 16], inits, opset=18), preprocess={"resize": [16, 16]})
+    images = rng.random((16, 3, 16, 16), dtype=np.float32)
+    artifact = edgekit.build(model, "android-tflite", tmp_path / "a", precision="int8", calib=images)
+    notes = [n["what"] for n in artifact.manifest["not_honoured"]]
+    assert any(note.endswith("TFLite ops computed in float") for note in notes), notes
+    assert artifact.manifest["validation"]["sqnr_db"] >= 20
