@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from edgekit.errors import EdgekitError
 from edgekit.onnx_toolbox import fixed_input_shape, graph_inputs, node_label
-from edgekit.op_support import Refusal, refusal_message, refused_op_counts
+from edgekit.op_support import OpTable, Refusal, refusal_message, refused_op_counts
 
 if TYPE_CHECKING:
     import onnx
@@ -420,6 +420,26 @@ def build_size(model: Model) -> tuple[int, int] | None:
         return None
     size = preprocess.fixed_input_size or preprocess.resize
     return (int(size[0]), int(size[1])) if size else None
+
+
+def translator_refusals(
+    proto: onnx.ModelProto,
+    size: tuple[int, int] | None,
+    table: OpTable,
+    *,
+    check_input: Callable[[onnx.ModelProto], Any] | None = None,
+    rewrite: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+) -> list[Refusal]:
+    """What one of our translators (its op `table`) refuses of `proto` at its build shape, shape arithmetic
+    folded: the input itself when it cannot be fixed (or `check_input` raises), else every node it cannot take
+    after its own `rewrite` (the TFLite translator fuses GELU first)."""
+    try:
+        static, _ = static_model(proto, size)
+        if check_input is not None:
+            check_input(static)
+    except EdgekitError as exc:
+        return [input_refusal(proto, str(exc))]
+    return table.refusals(rewrite(static) if rewrite is not None else static)
 
 
 def input_refusal(proto: onnx.ModelProto, reason: str) -> Refusal:

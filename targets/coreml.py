@@ -37,7 +37,7 @@ from edgekit.errors import ModelError
 from edgekit.onnx_toolbox import fixed_input_shape
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions, input_refusal, static_model
+from edgekit.targets.base import BuildError, Target, TargetOptions, translator_refusals
 from edgekit.targets.coreml_convert import convert
 from edgekit.targets.coreml_ops import REPLAY_OPS, SUPPORTED_OPS
 
@@ -106,11 +106,7 @@ class CoreMLTarget(Target):
         options: TargetOptions | None = None,
     ) -> list[Refusal]:
         """What the ONNX-to-torch replay cannot take, on the model at its build shape (shape arithmetic folded)."""
-        try:
-            static, _ = static_model(proto, size)
-        except ModelError as exc:
-            return [input_refusal(proto, str(exc))]
-        return REPLAY_OPS.refusals(static)
+        return translator_refusals(proto, size, REPLAY_OPS)
 
     def model_refusals(
         self, model: Model, precision: str | None, options: TargetOptions | None = None

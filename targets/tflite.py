@@ -17,7 +17,15 @@ import numpy as np
 from edgekit.errors import ModelError
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions, build_size, count_ops, input_refusal, static_model
+from edgekit.targets.base import (
+    BuildError,
+    Target,
+    TargetOptions,
+    build_size,
+    count_ops,
+    static_model,
+    translator_refusals,
+)
 from edgekit.targets.onnx_to_tf import (
     OPS,
     SUPPORTED_OPS,
@@ -206,12 +214,7 @@ class AndroidTfliteTarget(Target):
         options: TargetOptions | None = None,
     ) -> list[Refusal]:
         """The translator's refusals on the model at its build shape, shape arithmetic folded (what it converts)."""
-        try:
-            static, _ = static_model(proto, size)
-            static_input_shape(static)
-        except (ModelError, ConversionError) as exc:
-            return [input_refusal(proto, str(exc))]
-        return OPS.refusals(fuse_gelu(static))
+        return translator_refusals(proto, size, OPS, check_input=static_input_shape, rewrite=fuse_gelu)
 
     def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
         """ONNX ops that become a TFLite builtin the NNAPI delegate does not take (they run on the CPU)."""
