@@ -239,8 +239,8 @@ def test_jetson_trt_leaves_the_head_float_in_qdq_and_cache(detector, tmp_path):
 
 
 def test_coreml_w8a8_replay_skips_the_kept_float_tensors(detector):
-    from edgekit.targets.coreml import _quantizers
     from edgekit.targets.coreml_onnx import build_module
+    from edgekit.targets.coreml_w8a8 import replay_quantizers
 
     torch = pytest.importorskip("torch")
     model, photos, _ = detector
@@ -257,7 +257,7 @@ def test_coreml_w8a8_replay_skips_the_kept_float_tensors(detector):
             output_tail=TAIL,
         ).spec
         prepared = prepare_float_model(model.proto, spec)
-        quantizers = _quantizers(spec, prepared)
+        quantizers = replay_quantizers(spec, prepared)
         module = build_module(
             prepared, (1, 3, SIZE, SIZE), activation_quant=quantizers.activations, weight_quant=quantizers.weights
         )
