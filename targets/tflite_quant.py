@@ -267,7 +267,14 @@ def quantize_full_integer(
                 operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
                 algorithm_key=AlgorithmName.NO_QUANTIZE,
             )
-        q.quantize(ranges, enable_progress_report=False).export_model(target, overwrite=True)
+        try:
+            q.quantize(ranges, enable_progress_report=False).export_model(target, overwrite=True)
+        except (ValueError, KeyError, RuntimeError) as exc:  # ai-edge-quantizer's own limits, named
+            said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TfliteQuantError(
+                f"ai-edge-quantizer could not quantize this model: {said[:300]}; build fp16 for android-tflite, or "
+                "int8 for another target"
+            ) from exc
         with open(target, "rb") as handle:
             data = handle.read()
     result = QuantizedTflite(data, mapping, expected, kept_float=kept_float)
