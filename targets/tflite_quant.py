@@ -234,7 +234,8 @@ def quantize_full_integer(
     )
     ranges, expected, lacking = spec_ranges(interpreter, mapping, unmapped, spec)
     island = float_island_ops(interpreter)
-    lacking = {name: why for name, why in lacking.items() if FLOAT_SCOPE not in name}
+    internal = island_internal_tensors(interpreter)
+    lacking = {name: why for name, why in lacking.items() if name not in internal}
     unranged = unranged_ops(interpreter, lacking)
     if any(name in lacking for name in _edge_tensors(interpreter)):
         described = sorted(f"{name} ({why})" for name, why in lacking.items())
@@ -260,7 +261,8 @@ def quantize_full_integer(
                     activation_num_bits=8,
                     weight_num_bits=8,
                 )
-        kept_float = float_ops(interpreter, mapping, proto, spec) + island + unranged
+        divisions = activation_divisions(interpreter)
+        kept_float = float_ops(interpreter, mapping, proto, spec) + island + unranged + divisions
         for scope in kept_float:
             q.update_quantization_recipe(
                 regex=scope_regex(scope),
@@ -279,6 +281,13 @@ def quantize_full_integer(
             data = handle.read()
     result = QuantizedTflite(data, mapping, expected, kept_float=kept_float)
     result.not_honoured = check_parameters(result) + island_notes(island) + unranged_notes(unranged, lacking)
+    if divisions:
+        result.not_honoured.append(
+            {
+                "what": f"{len(divisions)} divisions by an activation computed in float",
+                "why": "TFLite's int8 DIV stops the interpreter when a divisor rounds to its zero point",
+            }
+        )
     return result
 
 
@@ -415,6 +424,28 @@ def float_island_ops(interpreter: Any) -> list[str]:
         for op in interpreter._get_ops_details()
         if any(FLOAT_SCOPE in details[index]["name"] for index in op["outputs"])
     ]
+
+
+def activation_divisions(interpreter: Any) -> list[str]:
+    """DIV ops (by first output) dividing by an activation: TFLite's int8 DIV stops the interpreter when a
+    divisor rounds to its zero point (EfficientViT's linear attention divides by a sum ReLU can make ~0), so
+    they stay float. A division by a constant is a MUL by then."""
+    details = interpreter.get_tensor_details()
+    ops = interpreter._get_ops_details()
+    computed = {i for op in ops for i in op["outputs"]} | {d["index"] for d in interpreter.get_input_details()}
+    return [details[op["outputs"][0]]["name"] for op in ops if op["op_name"] == "DIV" and op["inputs"][1] in computed]
+
+
+def island_internal_tensors(interpreter: Any) -> set[str]:
+    """Tensors of the float scope that only float-scope ops read: they need no range. An island's output that
+    an int8 op reads (a LayerNorm before a HARD_SWISH) does, like any activation."""
+    details = interpreter.get_tensor_details()
+    ops = interpreter._get_ops_details()
+    in_island = [any(FLOAT_SCOPE in details[i]["name"] for i in op["outputs"]) for op in ops]
+    read_outside = {details[i]["name"] for op, inside in zip(ops, in_island, strict=True) if not inside
+                    for i in op["inputs"] if i >= 0}  # fmt: skip
+    outputs = {d["name"] for d in interpreter.get_output_details()}
+    return {d["name"] for d in details if FLOAT_SCOPE in d["name"] and d["name"] not in read_outside | outputs}
 
 
 def island_notes(island: list[str]) -> list[dict[str, str]]:

@@ -894,3 +894,31 @@ def test_int8_keeps_float_what_the_quantspec_has_no_range_for(tmp_path: Path) ->
     notes = [n["what"] for n in artifact.manifest["not_honoured"]]
     assert any(note.endswith("TFLite ops computed in float") for note in notes), notes
     assert artifact.manifest["validation"]["sqnr_db"] >= 20
+
+
+def test_int8_divides_by_an_activation_in_float(tmp_path: Path) -> None:
+    """EfficientViT's linear attention divides by a sum ReLU can bring to ~0; TFLite's int8 DIV would stop the
+    interpreter there (a divisor at its zero point), so the division stays float and the model runs."""
+    rng = np.random.default_rng(0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("ReduceSum", ["r", "axes"], ["total"], keepdims=1),
+        helper.make_node("Add", ["total", "eps"], ["divisor"]),
+        helper.make_node("Div", ["r", "divisor"], ["share"]),
+        helper.make_node("Conv", ["share", "w2", "b2"], ["y"]),
+    ]
+    inits = {
+        "w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.3,
+        "b": np.full(8, -0.5, np.float32),  # most of the ReLU's outputs are 0: sums near 0 occur
+        "axes": np.array([1], np.int64),
+        "eps": np.array(1e-6, np.float32),
+        "w2": rng.standard_normal((4, 8, 1, 1)).astype(np.float32),
+        "b2": np.zeros(4, np.float32),
+    }
+    model = Model(_model(nodes, [1, 3, 16, 16], inits), preprocess={"resize": [16, 16]})
+    images = rng.random((16, 3, 16, 16), dtype=np.float32)
+    artifact = edgekit.build(model, "android-tflite", tmp_path / "a", precision="int8", calib=images)
+    notes = [n["what"] for n in artifact.manifest["not_honoured"]]
+    assert "1 divisions by an activation computed in float" in notes
+    assert "DIV" in _ops(artifact.path.joinpath("model.tflite").read_bytes())
