@@ -245,6 +245,20 @@ def _from_text(text: str, hint: Any) -> Any:
 # -- the target ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BuildAt:
+    """What a target's refusals may depend on besides the graph: the precision, the input (height, width) the
+    artifact is built for (`build_size`: targets that convert at a fixed shape) and the checked build options
+    (jetson-trt's `trt_version`); None: not known, the defaults."""
+
+    precision: str | None = None
+    size: tuple[int, int] | None = None
+    options: TargetOptions | None = None
+
+
+DEFAULTS = BuildAt()
+
+
 class Target:
     """One backend. Subclasses set the class attributes (`Options`: the build options dataclass) and implement
     `_build_impl`.
@@ -269,19 +283,10 @@ class Target:
         """(domain, op_type) pairs the target runs, or None when it does not restrict ops."""
         return None
 
-    def refusals(
-        self,
-        proto: onnx.ModelProto,
-        precision: str | None = None,
-        *,
-        size: tuple[int, int] | None = None,
-        options: TargetOptions | None = None,
-    ) -> list[Refusal]:
+    def refusals(self, proto: onnx.ModelProto, at: BuildAt = DEFAULTS) -> list[Refusal]:
         """Every node of `proto` this target cannot build, naming op, node and reason (what `build` refuses
-        before writing anything and `edgekit inspect -t` predicts). `size` is the input (height, width) the
-        artifact is built for (`build_size`), for targets that convert at a fixed shape; `options` the checked
-        build options where one changes what the target takes (jetson-trt's `trt_version`; None: defaults).
-        By default: ops outside `supported_ops`."""
+        before writing anything and `edgekit inspect -t` predicts), for the build `at` (precision, input size,
+        options). By default: ops outside `supported_ops`."""
         supported = self.supported_ops()
         if supported is None:
             return []
@@ -297,7 +302,7 @@ class Target:
     ) -> list[Refusal]:
         """What `build` refuses for this model, precision and checked `options` (None: the defaults); a target
         whose route skips the ONNX graph, such as a torch module converted directly, overrides this."""
-        return self.refusals(model.proto, precision, size=build_size(model), options=options)
+        return self.refusals(model.proto, BuildAt(precision, build_size(model), options))
 
     def check_buildable(self, model: Model, precision: str, options: TargetOptions | None = None) -> None:
         """BuildError naming every node this target would refuse (the API calls it before calibrating too)."""
@@ -311,7 +316,7 @@ class Target:
 
     def unsupported_ops(self, proto: onnx.ModelProto, *, size: tuple[int, int] | None = None) -> dict[str, int]:
         """Ops of `proto` this target cannot run, with how often each occurs."""
-        return refused_op_counts(self.refusals(proto, size=size))
+        return refused_op_counts(self.refusals(proto, BuildAt(size=size)))
 
     def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
         """Per accelerator of the device (NNAPI, ANE, DLA): ops of `proto` it hands back to the CPU, with counts.

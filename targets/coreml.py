@@ -37,7 +37,7 @@ from edgekit.errors import ModelError
 from edgekit.onnx_toolbox import fixed_input_shape
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions, translator_refusals
+from edgekit.targets.base import DEFAULTS, BuildAt, BuildError, Target, TargetOptions, translator_refusals
 from edgekit.targets.coreml_convert import convert
 from edgekit.targets.coreml_ops import REPLAY_OPS, SUPPORTED_OPS
 from edgekit.targets.coreml_w8a8 import ReplayQuantizers, check_scales, replay_quantizers
@@ -98,16 +98,9 @@ class CoreMLTarget(Target):
 
     Options = CoreMLOptions
 
-    def refusals(
-        self,
-        proto: onnx.ModelProto,
-        precision: str | None = None,
-        *,
-        size: tuple[int, int] | None = None,
-        options: TargetOptions | None = None,
-    ) -> list[Refusal]:
+    def refusals(self, proto: onnx.ModelProto, at: BuildAt = DEFAULTS) -> list[Refusal]:
         """What the ONNX-to-torch replay cannot take, on the model at its build shape (shape arithmetic folded)."""
-        return translator_refusals(proto, size, REPLAY_OPS)
+        return translator_refusals(proto, at.size, REPLAY_OPS)
 
     def model_refusals(
         self, model: Model, precision: str | None, options: TargetOptions | None = None

@@ -14,7 +14,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from edgekit.targets import register_target
-from edgekit.targets.base import Target, TargetOptions
+from edgekit.targets.base import DEFAULTS, BuildAt, Target, TargetOptions
 
 if TYPE_CHECKING:
     import onnx
@@ -74,19 +74,12 @@ class OnnxRuntimeX86Target(Target):
         # Constant has no kernel: ONNX Runtime turns Constant nodes into initializers when it loads a model.
         return set(ort_cpu_ops()) | {("ai.onnx", "Constant")}
 
-    def refusals(
-        self,
-        proto: onnx.ModelProto,
-        precision: str | None = None,
-        *,
-        size: tuple[int, int] | None = None,
-        options: TargetOptions | None = None,
-    ) -> list[Refusal]:
+    def refusals(self, proto: onnx.ModelProto, at: BuildAt = DEFAULTS) -> list[Refusal]:
         """The base check against ORT's kernels, less the ONNX function ops (at the model's opset) that ORT
         expands into ops it has kernels for."""
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         functions = onnx_function_ops(opset) if opset else frozenset()
-        return [r for r in super().refusals(proto, precision) if r.op not in functions]
+        return [r for r in super().refusals(proto, at) if r.op not in functions]
 
     def _build_impl(
         self, model: Model, precision: str, spec: QuantSpec | None, options: TargetOptions

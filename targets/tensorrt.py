@@ -24,7 +24,7 @@ import numpy as np
 from edgekit.onnx_toolbox import node_label
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
-from edgekit.targets.base import BuildError, Target, TargetOptions, all_nodes
+from edgekit.targets.base import DEFAULTS, BuildAt, BuildError, Target, TargetOptions, all_nodes
 
 if TYPE_CHECKING:
     import onnx
@@ -328,17 +328,10 @@ class JetsonTensorRtTarget(Target):
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in TENSORRT_ONNX_OPS}
 
-    def refusals(
-        self,
-        proto: onnx.ModelProto,
-        precision: str | None = None,
-        *,
-        size: tuple[int, int] | None = None,
-        options: TargetOptions | None = None,
-    ) -> list[Refusal]:
+    def refusals(self, proto: onnx.ModelProto, at: BuildAt = DEFAULTS) -> list[Refusal]:
         """Every node the ONNX parser of the TensorRT in `options` (`trt_version`, default JetPack 5's) does not
         import, naming the release that does."""
-        trt_version = getattr(options, "trt_version", None) or DEFAULT_TRT_VERSION
+        trt_version = getattr(at.options, "trt_version", None) or DEFAULT_TRT_VERSION
         listed = op_list_version(trt_version)
         supported = tensorrt_ops(listed)
         found = []

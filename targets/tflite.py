@@ -18,6 +18,8 @@ from edgekit.errors import ModelError
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
 from edgekit.targets.base import (
+    DEFAULTS,
+    BuildAt,
     BuildError,
     Target,
     TargetOptions,
@@ -205,16 +207,9 @@ class AndroidTfliteTarget(Target):
     def supported_ops(self) -> set[tuple[str, str]]:
         return {("ai.onnx", op) for op in SUPPORTED_OPS}
 
-    def refusals(
-        self,
-        proto: onnx.ModelProto,
-        precision: str | None = None,
-        *,
-        size: tuple[int, int] | None = None,
-        options: TargetOptions | None = None,
-    ) -> list[Refusal]:
+    def refusals(self, proto: onnx.ModelProto, at: BuildAt = DEFAULTS) -> list[Refusal]:
         """The translator's refusals on the model at its build shape, shape arithmetic folded (what it converts)."""
-        return translator_refusals(proto, size, OPS, check_input=static_input_shape, rewrite=fuse_gelu)
+        return translator_refusals(proto, at.size, OPS, check_input=static_input_shape, rewrite=fuse_gelu)
 
     def accelerator_fallbacks(self, proto: onnx.ModelProto) -> dict[str, dict[str, int]]:
         """ONNX ops that become a TFLite builtin the NNAPI delegate does not take (they run on the CPU)."""
