@@ -21,8 +21,9 @@ from edgekit.demo_data import digits_model_path, preprocessed_heldout_digits
 from edgekit.model import Model
 from edgekit.runtime.engines.tensorrt import validate_options
 from edgekit.targets import BuildError, TargetError, get_target, target_names
-from edgekit.targets.tensorrt import TENSORRT_ONNX_OPS, is_2_4_sparse, not_2_4_sparse_layers
+from edgekit.targets.tensorrt import is_2_4_sparse, not_2_4_sparse_layers
 from edgekit.targets.tensorrt_cache import read_trt_cache
+from edgekit.targets.tensorrt_ops import TENSORRT_ONNX_OPS
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +264,7 @@ def test_the_op_check_follows_the_devices_tensorrt_version(tmp_path):
     """LayerNormalization (ConvNeXt, ViT) is parsed from TensorRT 8.6 (JetPack 6.0) on: refused for the default
     8.5 with the release that takes it, built for 8.6; inspect predicts the default build's refusal."""
     from edgekit.inspect import inspect_model
-    from edgekit.targets.tensorrt import first_version_with, op_list_version, tensorrt_ops
+    from edgekit.targets.tensorrt_ops import first_version_with, op_list_version, tensorrt_ops
 
     model = _layer_norm_model()
     with pytest.raises(BuildError, match=r"LayerNormalization node 'block0.ln': .* from TensorRT 8.6 \(JetPack 6.0\)"):
