@@ -280,6 +280,26 @@ def test_the_op_check_follows_the_devices_tensorrt_version(tmp_path):
         build(model, tmp_path / "c", trt_version="8.4")
 
 
+def test_inspect_predicts_the_build_with_its_options(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+    from edgekit.inspect import inspect_model
+    from edgekit.targets import TargetError
+
+    model = _layer_norm_model()
+    assert inspect_model(model, targets=["jetson-trt"], options={"trt_version": "10.3"}).unsupported["jetson-trt"] == {}
+    with pytest.raises(TargetError, match="build option.s. bogus are not taken by jetson-trt"):
+        inspect_model(model, targets=["jetson-trt"], options={"bogus": "1"})
+    path = tmp_path / "ln.onnx"
+    model.save(path)
+    runner = CliRunner(env={"COLUMNS": "200"})
+    default = runner.invoke(main, ["inspect", str(path), "-t", "jetson-trt"])
+    newer = runner.invoke(main, ["inspect", str(path), "-t", "jetson-trt", "-O", "trt_version=10.3"])
+    assert "pass -O trt_version=8.6" in " ".join(default.output.split()) and newer.exit_code == 0
+    assert "jetson-trt unsupported ops: none" in " ".join(newer.output.replace("│", " ").split())
+
+
 def test_options_are_checked_and_other_targets_refuse_them(digits, tmp_path):
     import edgekit
 

@@ -31,20 +31,43 @@ from edgekit.cli.common import fail_cleanly, make_console, parse_json_object, pa
     help="Check only this target (repeatable) and show its accelerator report, e.g. -t ios-coreml for "
     "the ops and shapes known to leave the Neural Engine, each with its source.",
 )
+@click.option(
+    "-O",
+    "--option",
+    "option_items",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A build option of the targets named with -t, so the refusals are those of that build, e.g. "
+    "-t jetson-trt -O trt_version=10.3 (repeatable; `edgekit targets --options NAME` lists them).",
+)
 @fail_cleanly
-def inspect(model: str, as_json: bool, shapes: tuple[str, ...], max_rows: int | None, targets: tuple[str, ...]) -> None:
+def inspect(
+    model: str,
+    as_json: bool,
+    shapes: tuple[str, ...],
+    max_rows: int | None,
+    targets: tuple[str, ...],
+    option_items: tuple[str, ...],
+) -> None:
     """Per-layer table of MODEL (op, output shape, parameters, MACs), totals, size, opset, the ops each
-    registered target cannot run and the ops an accelerator (NNAPI, Neural Engine) hands back.
+    registered target cannot run (with -t: every node its build would refuse, and why) and the ops an
+    accelerator (NNAPI, Neural Engine) hands back.
 
     \b
     Examples:
       edgekit inspect model.onnx --shape images=1,3,640,640
-      edgekit inspect model.onnx -t ios-coreml          Neural Engine readiness, rule by rule"""
+      edgekit inspect model.onnx -t ios-coreml          Neural Engine readiness, rule by rule
+      edgekit inspect vit.onnx -t jetson-trt -O trt_version=10.3   what TensorRT 10.3 (JetPack 6.1+) refuses"""
     from edgekit.inspect import inspect_model, render_table
     from edgekit.model import Model
 
     input_shapes = _input_shapes(shapes)
-    report = inspect_model(Model.load(model), input_shapes=input_shapes or None, targets=list(targets) or None)
+    options = parse_key_values(option_items, option_name="-O", example="-O trt_version=10.3", json_values=False)
+    if options and not targets:
+        raise click.UsageError("-O sets build options of the targets named with -t; name one, e.g. -t jetson-trt")
+    report = inspect_model(
+        Model.load(model), input_shapes=input_shapes or None, targets=list(targets) or None, options=options
+    )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:

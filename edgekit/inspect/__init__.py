@@ -36,6 +36,7 @@ input shapes gets concrete shapes throughout. The Model itself is never modified
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import onnx
@@ -66,7 +67,11 @@ __all__ = [
 
 
 def inspect_model(
-    model: Model, *, input_shapes: dict[str, list[int]] | None = None, targets: list[str] | None = None
+    model: Model,
+    *,
+    input_shapes: dict[str, list[int]] | None = None,
+    targets: list[str] | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> InspectReport:
     """Inspect `model`: one LayerInfo per node of the main graph (graph order), totals and model facts.
 
@@ -75,6 +80,9 @@ def inspect_model(
     rank >= 2 that the caller leaves open is taken as batch = 1 for the MACs only; the shapes shown keep it
     symbolic. See the module docstring for what is counted. `targets` limits the per-target checks to those
     (default: every registered target) and adds each one's detailed accelerator report (ios-coreml: the ANE).
+    `options` are build options (`-O` text) of the named targets: each target takes the keys it knows, and
+    its refusals are those of a build with them (jetson-trt's `trt_version`); a key no named target takes is
+    a TargetError naming it.
     """
     proto = model.proto
     graph = proto.graph
@@ -82,7 +90,7 @@ def inspect_model(
     shapes, notes = resolve_shapes(proto, fixed)
     mac_shapes = _shapes_per_sample(proto, fixed, shapes, notes)
     layers, read = _layers(graph, shapes, mac_shapes)
-    unsupported, refusals, fallbacks, reports, target_errors = _unsupported_by_target(model, targets)
+    unsupported, refusals, fallbacks, reports, target_errors = _unsupported_by_target(model, targets, options)
 
     return InspectReport(
         path=str(model.path) if model.path else None,
@@ -173,7 +181,7 @@ def _totals(graph: onnx.GraphProto, layers: list[LayerInfo], read: dict[str, tup
 
 
 def _unsupported_by_target(
-    model: Model, names: list[str] | None
+    model: Model, names: list[str] | None, options: Mapping[str, str] | None
 ) -> tuple[
     dict[str, dict[str, int]],
     dict[str, list[dict[str, str]]],
@@ -196,10 +204,11 @@ def _unsupported_by_target(
     unknown = sorted(set(names or ()) - set(target_names()))
     if unknown:
         get_target(unknown[0])  # the TargetError that lists the known targets
+    per_target = _options_per_target(names or [], options or {})
     for name in names or target_names():
         try:
             target = get_target(name)
-            refused = target.model_refusals(model, None)
+            refused = target.model_refusals(model, None, per_target.get(name))
             unsupported[name] = refused_op_counts(refused)
             if names:
                 refusals[name] = [r.to_dict() for r in refused]
@@ -210,6 +219,29 @@ def _unsupported_by_target(
         except Exception as exc:  # a backend's optional dependency may be missing; inspect still works
             errors[name] = f"{type(exc).__name__}: {exc}"
     return unsupported, refusals, fallbacks, reports, errors
+
+
+def _options_per_target(names: list[str], options: Mapping[str, str]) -> dict[str, Any]:
+    """Each named target's checked Options from the `-O` items it knows; TargetError for a key none takes."""
+    import dataclasses
+
+    from edgekit.targets import TargetError, get_target
+
+    checked, taken = {}, set()
+    for name in names:
+        target = get_target(name)
+        fields = {f.name for f in dataclasses.fields(target.Options)}
+        given = {k: v for k, v in options.items() if k in fields}
+        taken |= given.keys()
+        if given:
+            checked[name] = target.make_options(given, target.precisions[0])
+    unknown = sorted(set(options) - taken)
+    if unknown:
+        raise TargetError(
+            f"build option(s) {', '.join(unknown)} are not taken by {', '.join(names)}; "
+            "`edgekit targets --options NAME` lists each target's options"
+        )
+    return checked
 
 
 def _op_label(node: onnx.NodeProto) -> str:
