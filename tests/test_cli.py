@@ -327,3 +327,31 @@ def test_spec_for_another_model_is_refused(tmp_path, classifier_path):
         ],
     )
     assert result.exit_code == 2 and "calibrate this model again" in result.output
+
+
+def test_quantize_takes_preprocess_for_a_dynamic_model_and_mixed_size_images(tmp_path):
+    """A model with free height/width and photos of several sizes: --preprocess brings every image to one input
+    size (without it each image kept its own size and ONNX Runtime failed mid-calibration)."""
+    import cv2
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["images", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        "dynamic",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["b", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 4, "h", "w"])],
+        initializer=[weight],
+    )
+    model = tmp_path / "dynamic.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for index, (h, w) in enumerate([(40, 60), (64, 48), (33, 70), (50, 50)]):
+        cv2.imwrite(str(photos / f"{index}.png"), rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+    spec = '{"resize": [32, 32], "resize_mode": "letterbox"}'
+    result = invoke("quantize", model, "--calib", photos, "--preprocess", spec, "-o", tmp_path / "q")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "q" / "quant_spec.json").is_file()

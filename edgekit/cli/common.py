@@ -158,6 +158,24 @@ def task_options(func: F) -> F:
     )(func)
 
 
+preprocess_option = click.option(
+    "--preprocess",
+    "preprocess_json",
+    default=None,
+    metavar="JSON",
+    help='Override the preprocessing spec, e.g. \'{"resize": [224, 224], "color": "RGB", "mean": [0.485, 0.456, '
+    '0.406], "std": [0.229, 0.224, 0.225]}\' (resize_mode: stretch, letterbox or crop). Keys left out take their '
+    "defaults; calibration images are brought to the model's input by it.",
+)
+
+
+def with_preprocess(model: Any, preprocess_json: str | None) -> Any:
+    """`model` with the --preprocess spec laid over what it carries (its metadata, an exporter's, a guess)."""
+    if preprocess_json:
+        model.preprocess = parse_json_object(preprocess_json, option_name="--preprocess")
+    return model
+
+
 db_option = click.option(
     "--db",
     type=click.Path(dir_okay=False),

@@ -8,7 +8,15 @@ from typing import Any
 
 import click
 
-from edgekit.cli.common import fail_cleanly, make_console, parse_json_object, parse_key_values, task_options
+from edgekit.cli.common import (
+    fail_cleanly,
+    make_console,
+    parse_json_object,
+    parse_key_values,
+    preprocess_option,
+    task_options,
+    with_preprocess,
+)
 
 
 @click.command()
@@ -151,14 +159,7 @@ def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
     "-p", "--precision", default="fp32", show_default=True, help="fp32, fp16, int8, ... as the target allows."
 )
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Artifact folder to write.")
-@click.option(
-    "--preprocess",
-    "preprocess_json",
-    default=None,
-    metavar="JSON",
-    help='Override the preprocessing spec, e.g. \'{"resize": [224, 224], "color": "RGB", "mean": [0.485, 0.456, '
-    '0.406], "std": [0.229, 0.224, 0.225]}\'. Keys left out take their defaults.',
-)
+@preprocess_option
 @task_options
 @click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
@@ -216,8 +217,7 @@ def build(
     from edgekit.model import Model
 
     loaded = Model.load(model)
-    if preprocess_json:
-        loaded.preprocess = parse_json_object(preprocess_json, option_name="--preprocess")
+    with_preprocess(loaded, preprocess_json)
     aliases = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None}
     options: dict[str, Any] = {**aliases, "shapes": shapes}
     options.update(parse_key_values(option_items, option_name="-O", example="-O dla_core=0", json_values=False))
@@ -362,6 +362,7 @@ def observers() -> None:
     required=True,
     help="Folder for model.onnx (QDQ), quant_spec.json and report.json.",
 )
+@preprocess_option
 @fail_cleanly
 def quantize(
     model: str,
@@ -384,6 +385,7 @@ def quantize(
     output_tail: str,
     html_file: str | None,
     out: str,
+    preprocess_json: str | None,
 ) -> None:
     """Post-training quantization of MODEL: one streaming calibration pass, a QuantSpec, a QDQ model, and
     a per-tensor error report. With --max-drop or --min-sqnr the most sensitive layers stay float until
@@ -394,6 +396,7 @@ def quantize(
       edgekit quantize m.onnx --calib images/ -o q
       edgekit quantize m.onnx --calib images/ --observer percentile --setting percentile=99.9 -o q
       edgekit quantize m.onnx --calib images/ --eval labelled/ --max-drop 0.5 -o q
+      edgekit quantize yolo.onnx --calib photos/ --preprocess '{"resize": [640, 640], "resize_mode": "letterbox"}' -o q
     """
     from edgekit.calibration.data import load_labelled
     from edgekit.calibration.error_report import print_error_table, print_head_notes
@@ -404,7 +407,7 @@ def quantize(
     from edgekit.targets import get_target
     from edgekit.targets.tensorrt_cache import CACHE_FILE_NAME, write_trt_cache
 
-    loaded = Model.load(model)
+    loaded = with_preprocess(Model.load(model), preprocess_json)
     observer_settings = parse_key_values(settings, option_name="--setting", example="--setting percentile=99.9")
     eval_feeds = eval_labels = None
     if eval_data:
