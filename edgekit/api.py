@@ -80,16 +80,18 @@ def build(
 
 
 def _with_validation_feeds(model: Model, calib: Any, limit: int | None) -> Model:
-    """A copy of `model` carrying the last few of the user's calibration samples, which the build's validation
-    uses as its probe inputs (they are the user's own images, at the size the preprocessing makes)."""
+    """A copy of `model` carrying the first few of the user's calibration samples, which the build's validation
+    uses as its probe inputs (they are the user's own images, at the size the preprocessing makes). Only those
+    few are read again: a folder of a thousand photos is not decoded twice."""
     from edgekit.calibration.data import load_calibration_data
     from edgekit.targets.validation import PROBES
 
     if not model.inputs:
         return model
-    data = load_calibration_data(calib, spec=model.preprocess, input_name=model.inputs[0].name, limit=limit)
+    count = PROBES if limit is None else min(limit, PROBES)
+    data = load_calibration_data(calib, spec=model.preprocess, input_name=model.inputs[0].name, limit=count)
     changed = copy.copy(model)
-    changed.validation_feeds = list(data.feeds)[-PROBES:]
+    changed.validation_feeds = list(data.feeds)
     return changed
 
 

@@ -158,6 +158,16 @@ def task_options(func: F) -> F:
     )(func)
 
 
+def build_options_option(help: str) -> Callable[[F], F]:
+    """-O/--option KEY=VALUE (repeatable): build options of a target, as text its Options read by their types."""
+    return click.option("-O", "--option", "option_items", multiple=True, metavar="KEY=VALUE", help=help)
+
+
+def build_option_values(items: Iterable[str], example: str) -> dict[str, str]:
+    """The -O items as {key: text} (a target's Options parse the text by their field types)."""
+    return parse_key_values(items, option_name="-O", example=example, json_values=False)
+
+
 preprocess_option = click.option(
     "--preprocess",
     "preprocess_json",

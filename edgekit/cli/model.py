@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from edgekit.cli.common import (
+    build_option_values,
+    build_options_option,
     fail_cleanly,
     make_console,
     parse_json_object,
@@ -39,14 +41,9 @@ from edgekit.cli.common import (
     help="Check only this target (repeatable) and show its accelerator report, e.g. -t ios-coreml for "
     "the ops and shapes known to leave the Neural Engine, each with its source.",
 )
-@click.option(
-    "-O",
-    "--option",
-    "option_items",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A build option of the targets named with -t, so the refusals are those of that build, e.g. "
-    "-t jetson-trt -O trt_version=10.3 (repeatable; `edgekit targets --options NAME` lists them).",
+@build_options_option(
+    "A build option of the targets named with -t, so the refusals are those of that build, e.g. "
+    "-t jetson-trt -O trt_version=10.3 (repeatable; `edgekit targets --options NAME` lists them)."
 )
 @fail_cleanly
 def inspect(
@@ -70,7 +67,7 @@ def inspect(
     from edgekit.model import Model
 
     input_shapes = _input_shapes(shapes)
-    options = parse_key_values(option_items, option_name="-O", example="-O trt_version=10.3", json_values=False)
+    options = build_option_values(option_items, example="-O trt_version=10.3")
     if options and not targets:
         raise click.UsageError("-O sets build options of the targets named with -t; name one, e.g. -t jetson-trt")
     report = inspect_model(
@@ -164,14 +161,9 @@ def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
 @click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
-@click.option(
-    "-O",
-    "--option",
-    "option_items",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="A build option of the target (repeatable), e.g. -O dla_core=0 for jetson-trt; "
-    "`edgekit targets --options NAME` lists a target's options.",
+@build_options_option(
+    "A build option of the target (repeatable), e.g. -O dla_core=0 for jetson-trt; "
+    "`edgekit targets --options NAME` lists a target's options."
 )
 # the flags of the options before -O, kept as hidden aliases that feed the same options
 @click.option("--dla", "dla_core", type=int, default=None, hidden=True)
@@ -220,7 +212,7 @@ def build(
     with_preprocess(loaded, preprocess_json)
     aliases = {"dla_core": dla_core, "sparsity": sparsity, "max_batch": max_batch, "int8_io": int8_io or None}
     options: dict[str, Any] = {**aliases, "shapes": shapes}
-    options.update(parse_key_values(option_items, option_name="-O", example="-O dla_core=0", json_values=False))
+    options.update(build_option_values(option_items, example="-O dla_core=0"))
     postprocess = parse_json_object(postprocess_json, option_name="--postprocess") if postprocess_json else None
     console = make_console()
     artifact = build_artifact(
