@@ -9,13 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
 
+from edgekit.calibration.canonical import canonicalize, remove_identities
 from edgekit.calibration.data import CalibrationDataError, load_calibration_data, warn_skipped
 from edgekit.calibration.equalize import apply_transforms, bias_corrections, compute_equalization
 from edgekit.calibration.graph import (
@@ -55,14 +56,16 @@ MIN_OPSET = 13
 
 
 def prepare_float_model(proto: onnx.ModelProto, spec: QuantSpec | None = None) -> onnx.ModelProto:
-    """The float graph quantization works on: opset >= 13, constants as initializers, BatchNorm folded,
-    every node named, and the spec's recorded weight transforms (equalization, bias correction) replayed."""
+    """The float graph quantization works on: opset >= 13, constants as initializers, Identity nodes gone,
+    BatchNorm and bias Adds folded into their Conv (calibration/canonical.py), every node named, and the
+    spec's recorded weight transforms (equalization, bias correction) replayed."""
     opset = next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), 0)
     if opset < MIN_OPSET:
         proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
-    prepared = node_names(fold_batchnorm(constants_to_initializers(copy)))
+    prepared = fold_batchnorm(remove_identities(constants_to_initializers(copy)))
+    prepared = node_names(canonicalize(prepared))
     if spec is not None and spec.transforms:
         apply_transforms(prepared, spec.transforms)
     return prepared
@@ -233,6 +236,7 @@ def _make_spec(
             range=(float(lo), float(hi)),
             observed=tuple(float(v) for v in obs.observed_range),
         )
+    _share_scales(spec, plan.shared)
     inits = {init.name: init for init in float_model.graph.initializer}
     weight_scales: dict[str, np.ndarray] = {}
     for entry in plan.weights:
@@ -266,3 +270,14 @@ def _make_spec(
             axis=0 if per_channel else None,
         )
     return spec
+
+
+def _share_scales(spec: QuantSpec, shared: dict[str, str]) -> None:
+    """Outputs of data-movement ops take their input's scale, zero point and range (graph.SHARED_SCALE_OPS)."""
+    for out, source in shared.items():
+        if out in spec.tensors and source in spec.tensors:
+            entry = spec.tensors[source]
+            spec.tensors[out] = replace(
+                spec.tensors[out], scale=entry.scale, zero_point=entry.zero_point, range=entry.range,
+                observer=f"shared with {source}", settings={},
+            )  # fmt: skip

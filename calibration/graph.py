@@ -14,12 +14,20 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgekit.calibration.fused_patterns import float_fused_nodes
 from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
 
 # Ops with weights that become integer kernels (QLinearConv, QGemm, MatMulInteger, ...).
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
 # Ops without weights that integer runtimes run on quantized tensors (QLinearAdd, QLinearConcat, ...).
 ACTIVATION_OPS = {"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu"}
+# Ops that move or select values without computing new ones: their output takes their input's scale and zero
+# point, so runtimes drop the DQ -> op -> Q around them and run them on the integers (ORT's DropQDQ rules,
+# TFLite's same-scale MAX_POOL_2D/RESHAPE). Resize qualifies in nearest and linear modes (convex combinations).
+SHARED_SCALE_OPS = {
+    "MaxPool", "Resize", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "DepthToSpace", "SpaceToDepth",
+    "Slice", "Gather",
+}  # fmt: skip
 # Activations that fuse into the op before them: the quantizer goes after them, not between.
 FUSED_ACTIVATIONS = {"Relu", "Clip"}
 QUANTIZABLE_OPS = set(WEIGHT_OPS) | ACTIVATION_OPS
@@ -137,6 +145,8 @@ class QuantPlan:
     activations: list[str] = field(default_factory=list)
     # graph outputs of quantized nodes: QDQ writers leave them float; full-integer targets (TFLite) need ranges
     outputs: list[str] = field(default_factory=list)
+    # output -> input of data-movement ops (SHARED_SCALE_OPS): the output is quantized with the input's parameters
+    shared: dict[str, str] = field(default_factory=dict)
     weights: list[WeightEntry] = field(default_factory=list)
     biases: list[BiasEntry] = field(default_factory=list)
 
@@ -169,9 +179,13 @@ def plan_quantization(
     def is_float(name: str) -> bool:  # unknown types count as float (shape inference may not reach them)
         return types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
 
+    fused = float_fused_nodes(model)
+    bias_adds = {add.name: node for node in graph.node if (add := matmul_bias_add(node, consumers_of, inits))}
     for node in graph.node:
-        if node.op_type not in QUANTIZABLE_OPS or node.name in float_nodes:
+        if node.op_type not in QUANTIZABLE_OPS or node.name in float_nodes or node.name in fused:
             continue
+        if node.name in bias_adds and bias_adds[node.name].name not in float_nodes:
+            continue  # quantized as the output of its MatMul
         if not all(is_float(name) for name in (*node.input, *node.output) if name):
             continue  # integer arithmetic (shape computations): nothing to quantize
         if not _plan_weight(node, inits, plan, per_channel):
@@ -179,13 +193,38 @@ def plan_quantization(
         plan.nodes.append(node.name)
         # its computed inputs (never an initializer: a weight, bias or constant operand)
         activations.update(dict.fromkeys(name for name in node.input if name and name not in inits))
-        _plan_outputs(node, consumers_of, graph_outputs, activations, plan)
+        _plan_outputs(node, consumers_of, graph_outputs, activations, plan, inits)
     # every graph output gets a range (a softmax after the last Gemm too): full-integer targets quantize them all
     plan.outputs += [
         o.name for o in graph.output if o.name not in plan.outputs and o.name not in activations and is_float(o.name)
     ]
+    plan.shared = _shared_scales(graph, activations, float_nodes, graph_outputs)
     plan.activations = list(activations)
     return plan
+
+
+def _shared_scales(
+    graph: onnx.GraphProto, activations: dict[str, None], float_nodes: set[str], graph_outputs: set[str]
+) -> dict[str, str]:
+    """Data-movement ops whose input is quantized: their output is quantized too (added to `activations`), with
+    the parameters of the tensor returned for it (followed through chains such as Reshape -> Transpose ->
+    Slice), so integers flow through them to the next integer kernel."""
+    shared: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type not in SHARED_SCALE_OPS or node.name in float_nodes or not node.input:
+            continue
+        source, out = node.input[0], node.output[0]
+        if node.op_type == "Resize" and _attr(node, "mode", b"nearest") not in (b"nearest", b"linear"):
+            continue  # cubic overshoots its input's range
+        if source in activations and out not in graph_outputs:
+            activations[out] = None
+            shared[out] = shared.get(source, source)
+    return shared
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    attribute = next((a for a in node.attribute if a.name == name), None)
+    return onnx.helper.get_attribute_value(attribute) if attribute is not None else default
 
 
 def _plan_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], plan: QuantPlan, per_channel: bool) -> bool:
@@ -205,17 +244,36 @@ def _plan_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], plan:
     return True
 
 
+def matmul_bias_add(
+    node: onnx.NodeProto, consumers_of: dict[str, list[onnx.NodeProto]], inits: dict[str, onnx.TensorProto]
+) -> onnx.NodeProto | None:
+    """The Add of a constant (a Linear layer's bias) that is the only reader of a MatMul's output, or None.
+    Its quantizer goes after the Add, as after a fused Relu: ONNX Runtime then runs MatMul + bias as one
+    integer kernel instead of a float Add between a DequantizeLinear and a QuantizeLinear."""
+    if node.op_type != "MatMul":
+        return None
+    followers = consumers_of.get(node.output[0], [])
+    if len(followers) != 1 or followers[0].op_type != "Add":
+        return None
+    add = followers[0]
+    others = [name for name in add.input if name != node.output[0]]
+    return add if len(others) == 1 and others[0] in inits else None
+
+
 def _plan_outputs(
     node: onnx.NodeProto,
     consumers_of: dict[str, list[onnx.NodeProto]],
     graph_outputs: set[str],
     activations: dict[str, None],
     plan: QuantPlan,
+    inits: dict[str, onnx.TensorProto],
 ) -> None:
     """Quantize each output of the node, after the Relu/Clip that fuses into it; graph outputs stay float in
     QDQ and are listed in `plan.outputs` for the targets that need their ranges."""
     for name in node.output:
         followers = consumers_of.get(name, [])
+        if name not in graph_outputs and matmul_bias_add(node, consumers_of, inits):
+            name, followers = followers[0].output[0], consumers_of.get(followers[0].output[0], [])
         if len(followers) == 1 and followers[0].op_type in FUSED_ACTIVATIONS and name not in graph_outputs:
             name = followers[0].output[0]
         if name not in graph_outputs:

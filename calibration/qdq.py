@@ -12,11 +12,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.calibration.graph import QUANTIZABLE_OPS
+from edgekit.calibration.graph import QUANTIZABLE_OPS, SHARED_SCALE_OPS
 from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
 from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
+QUANTIZED_PRODUCERS = QUANTIZABLE_OPS | SHARED_SCALE_OPS  # ops whose quantized output their readers read
 
 
 def _np_dtype(name: str) -> type:
@@ -126,9 +127,10 @@ def quantized_readers(
     graph: onnx.GraphProto, spec: QuantSpec, consumers_of: dict[str, list[onnx.NodeProto]] | None = None
 ) -> dict[str, list[onnx.NodeProto]]:
     """For each activation of the spec, the readers that read it after its quantizer (none: the tensor stays
-    float). Quantized readers do; so do other ops (Identity, Reshape, ...) when the producer runs quantized, so
-    ORT still finds op -> Q to fuse. Readers kept float, and other ops after a float producer, read the float
-    tensor, except float nodes that keep their inputs' quantizers (a mixed-range concat, policy "branches")."""
+    float). Quantized readers do; so do other ops (Identity, Reshape, ...) when the producer runs quantized or
+    moves quantized values (Reshape, MaxPool, ...), so ORT still finds op -> Q to fuse. Readers kept float,
+    and other ops after a float producer, read the float tensor, except float nodes that keep their inputs'
+    quantizers (a mixed-range concat, policy "branches")."""
     consumers_of = consumers(graph) if consumers_of is None else consumers_of
     float_nodes, reading_quantized = spec.float_nodes, spec.float_nodes_reading_quantized
     producers = {out: node for node in graph.node for out in node.output}
@@ -139,7 +141,7 @@ def quantized_readers(
         if reader.op_type in QUANTIZABLE_OPS:
             return True
         producer = producers.get(name)
-        return producer is not None and producer.op_type in QUANTIZABLE_OPS and producer.name not in float_nodes
+        return producer is not None and producer.op_type in QUANTIZED_PRODUCERS and producer.name not in float_nodes
 
     return {
         name: [n for n in consumers_of.get(name, []) if reads_quantized(n, name)]

@@ -92,8 +92,10 @@ class OnnxRuntimeX86Target(Target):
         from edgekit.calibration.calibrate import prepare_float_model
         from edgekit.calibration.qdq import write_qdq
         from edgekit.model import Model as ModelClass
+        from edgekit.targets.onnxruntime_graph import fuse_for_ort
 
         qdq = write_qdq(prepare_float_model(model.proto, spec), spec)
+        fuse_for_ort(qdq)  # ORT cannot fuse GELU/LayerNorm between quantizers itself (targets/onnxruntime_graph.py)
         packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
         not_honoured = []
         if spec.scheme.get("activations") != self.activation_scheme:
