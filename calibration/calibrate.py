@@ -256,6 +256,13 @@ def _make_spec(
             observer="minmax",
             range=(float(values.min()), float(values.max())),
         )
+    for name in plan.constants:
+        values = onnx.numpy_helper.to_array(inits[name])
+        lo, hi = float(values.min()), float(values.max())
+        scale, zero_point = activation_qparams(lo, hi, scheme)
+        spec.tensors[name] = TensorQuant(
+            "constant", scheme.dtype, float(scale), int(zero_point), observer="minmax", range=(lo, hi)
+        )
     for entry in plan.biases:
         act = spec.tensors.get(entry.input_tensor)
         if act is None or entry.weight not in weight_scales:

@@ -2,14 +2,15 @@
 
 Exporters spell the same computation in ways that hide it from the QDQ fusions of integer runtimes:
 Paddle writes every convolution as a bias-less Conv, an Add of a [1, C, 1, 1] constant and an Identity; some
-exporters write global average pooling as ReduceMean over H, W. A quantizer between the Conv and its bias Add
-(or before a Relu behind an Identity) leaves ONNX Runtime a float Add with a DequantizeLinear before and a
-QuantizeLinear after it, per convolution (measured on PP-OCRv6 det: 90 float Adds, 156 Q / 158 DQ nodes left
-after ORT's optimiser). Every rewrite here is exact in float arithmetic.
+exporters write global average pooling as ReduceMean over H, W, a division by a constant as Div, and store
+equal biases once. A quantizer between the Conv and its bias Add (or before a Relu behind an Identity) leaves
+ONNX Runtime a float Add with a DequantizeLinear before and a QuantizeLinear after it, per convolution
+(measured on PP-OCRv6 det: 90 float Adds, 156 Q / 158 DQ nodes left after ORT's optimiser). Every rewrite
+here is exact in float arithmetic but Div -> Mul (one rounding).
 
 Patterns that integer runtimes run faster as one fused float op (GELU spelled with Erf, LayerNorm spelled with
-ReduceMean) are named by `float_fused_nodes`, so the plan quantizes their inputs and outputs but not the pieces
-between them (ONNX Runtime then fuses them into Gelu / LayerNormalization).
+ReduceMean) are named by `fused_patterns.float_fused_nodes`, so the plan quantizes their inputs and outputs but
+not the pieces between them (ONNX Runtime then fuses them into Gelu / LayerNormalization).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ def canonicalize(model: onnx.ModelProto) -> onnx.ModelProto:
     of a 4-D tensor written as GlobalAveragePool (Identity nodes go first: `remove_identities`, before
     BatchNorm folding, which an Identity between Conv and BatchNormalization would block too)."""
     fold_bias_adds(model)
+    unshare_biases(model)
+    divisions_to_products(model)
     spatial_means_to_pooling(model)
     drop_unused_initializers(model.graph)
     return model
@@ -153,6 +156,50 @@ def _add_to_bias(graph, conv, inits, readers_of, vector: np.ndarray) -> None:
         conv.input.append(name)
     else:
         conv.input[2] = name
+
+
+def unshare_biases(model: onnx.ModelProto) -> None:
+    """Give each Conv/ConvTranspose/Gemm its own bias initializer. Exporters store equal constants once (all
+    zero biases, or the equal biases of freshly initialised BatchNorms), but an integer bias is quantized with
+    its own layer's input scale x weight scale: a shared one fits only the first reader, and ONNX Runtime
+    then runs the others in float (7 of MobileNetV2's 52 convolutions)."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 3 or node.input[2] not in inits:
+            continue
+        name = node.input[2]
+        if name not in seen:
+            seen.add(name)
+            continue
+        copy_name = f"{name}_{node.name or node.output[0]}"
+        copy = onnx.TensorProto()
+        copy.CopyFrom(inits[name])
+        copy.name = copy_name
+        graph.initializer.append(copy)
+        inits[copy_name] = copy
+        node.input[2] = copy_name
+
+
+def divisions_to_products(model: onnx.ModelProto) -> None:
+    """Div by a float constant without zeros becomes Mul by its reciprocal (within one rounding of the
+    quotient): Mul has integer kernels (QLinearMul), Div none (a hard-swish's / 6, a GELU's / sqrt 2)."""
+    graph = model.graph
+    inits = {init.name: init for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "Div" or len(node.input) != 2 or node.input[1] not in inits:
+            continue
+        divisor = inits[node.input[1]]
+        values = numpy_helper.to_array(divisor)
+        if divisor.data_type != onnx.TensorProto.FLOAT or not np.all(values != 0):
+            continue
+        name = f"{node.input[1]}_reciprocal"
+        if name not in inits:
+            inits[name] = numpy_helper.from_array((1.0 / values.astype(np.float64)).astype(np.float32), name)
+            graph.initializer.append(inits[name])
+        node.op_type = "Mul"
+        node.input[1] = name
 
 
 def spatial_means_to_pooling(model: onnx.ModelProto) -> None:

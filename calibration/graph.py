@@ -21,6 +21,9 @@ from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initial
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
 # Ops without weights that integer runtimes run on quantized tensors (QLinearAdd, QLinearConcat, ...).
 ACTIVATION_OPS = {"Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "MaxPool", "Sigmoid", "LeakyRelu"}
+# Binary ops whose constant operand is quantized too: ORT's QLinearAdd/QLinearMul need both inputs integer
+# (a hard-swish's x + 3, a scale's x * gamma).
+CONSTANT_OPERAND_OPS = {"Add", "Mul"}
 # Ops that move or select values without computing new ones: their output takes their input's scale and zero
 # point, so runtimes drop the DQ -> op -> Q around them and run them on the integers (ORT's DropQDQ rules,
 # TFLite's same-scale MAX_POOL_2D/RESHAPE). Resize qualifies in nearest and linear modes (convex combinations).
@@ -147,6 +150,8 @@ class QuantPlan:
     outputs: list[str] = field(default_factory=list)
     # output -> input of data-movement ops (SHARED_SCALE_OPS): the output is quantized with the input's parameters
     shared: dict[str, str] = field(default_factory=dict)
+    # constant operands of Add/Mul: quantized like activations (from their values), so both inputs are integers
+    constants: list[str] = field(default_factory=list)
     weights: list[WeightEntry] = field(default_factory=list)
     biases: list[BiasEntry] = field(default_factory=list)
 
@@ -193,6 +198,8 @@ def plan_quantization(
         plan.nodes.append(node.name)
         # its computed inputs (never an initializer: a weight, bias or constant operand)
         activations.update(dict.fromkeys(name for name in node.input if name and name not in inits))
+        if node.op_type in CONSTANT_OPERAND_OPS:
+            plan.constants += [n for n in node.input if n in inits and is_float(n) and n not in plan.constants]
         _plan_outputs(node, consumers_of, graph_outputs, activations, plan, inits)
     # every graph output gets a range (a softmax after the last Gemm too): full-integer targets quantize them all
     plan.outputs += [

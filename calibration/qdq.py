@@ -17,6 +17,7 @@ from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuan
 from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
+INITIALIZER_KINDS = ("weight", "bias", "constant")  # spec entries stored as integers with a DequantizeLinear
 QUANTIZED_PRODUCERS = QUANTIZABLE_OPS | SHARED_SCALE_OPS  # ops whose quantized output their readers read
 
 
@@ -97,7 +98,7 @@ def _dequantize_weights(
     inits = {init.name: init for init in graph.initializer}
     dq_nodes: list[onnx.NodeProto] = []
     for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
-        if entry.kind not in ("weight", "bias"):
+        if entry.kind not in INITIALIZER_KINDS:
             continue
         if name not in inits:
             raise QuantSpecError(f"QuantSpec lists {entry.kind} {name!r}, which the model does not have")
@@ -158,7 +159,7 @@ def quantized_tensors(model: onnx.ModelProto, spec: QuantSpec) -> set[str]:
     initializers = {
         name
         for name, entry in spec.tensors.items()
-        if entry.kind in ("weight", "bias") and any(n.name not in spec.float_nodes for n in consumers_of.get(name, []))
+        if entry.kind in INITIALIZER_KINDS and any(n.name not in spec.float_nodes for n in consumers_of.get(name, []))
     }
     return activations | initializers
 

@@ -23,7 +23,9 @@ VERSION = 1
 class TensorQuant:
     """How one tensor is quantized: q = clamp(round(x / scale) + zero_point)."""
 
-    kind: str  # "activation" | "weight" | "bias" | "output" (a graph output's range; QDQ writers leave it float)
+    # "activation" | "weight" | "bias" | "constant" (an Add/Mul operand) | "output" (a graph output's range;
+    # QDQ writers leave it float)
+    kind: str
     dtype: str  # "uint8" | "int8" | "int32"
     scale: float | list[float]
     zero_point: int | list[int]
