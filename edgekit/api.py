@@ -65,12 +65,13 @@ def build(
 
         chosen.check_buildable(model, precision, options)  # a model the target refuses is not calibrated first
 
+        activations, weights = chosen.calibration_schemes(options)
         quant_spec = calibrate(
             model,
             calib,
             observer=observer,
-            activations=chosen.activation_scheme,
-            weights=chosen.weight_scheme,
+            activations=activations,
+            weights=weights,
             limit=calib_limit,
             progress=progress,
         ).spec

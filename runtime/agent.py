@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 from .engines import EngineError, open_engine
 from .facts import agent_facts, device_facts
 from .harness import Harness, Measurement, make_preprocessor
+from .isa import saturation_warning
 from .manifest import ManifestError, load_manifest
 from .plan import POWER_AUTO, Plan, PlanError, load_plan
 from .postprocess import PostprocessError, Postprocessor, make_postprocessor
@@ -46,6 +47,7 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
     try:
         manifest = load_manifest(plan.artifact_dir)
         set_manifest(result, manifest.data)
+        _isa_warning(manifest.data, result)
         stage = "engine"
         name = plan.engine_name or manifest.engine
         if not name:
@@ -91,6 +93,16 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
     if sampler is not None:
         _fill_power(result, sampler, measurement.timed if measurement is not None else 0)
     return finish(result, measurement.timed if measurement is not None else 0)
+
+
+def _isa_warning(manifest: Dict[str, Any], result: Dict[str, Any]) -> None:
+    """Say loudly when an artifact's 8-bit weights meet an x86 CPU whose int8 kernels can saturate."""
+    quantization = manifest.get("quantization")
+    scheme = quantization.get("scheme") if isinstance(quantization, dict) else None
+    weights = scheme.get("weights") if isinstance(scheme, dict) else None
+    warning = saturation_warning(weights, (result.get("device") or {}).get("isa"))
+    if warning and manifest.get("engine") == "onnxruntime":
+        result["warnings"].append(warning)
 
 
 def _open_power(plan: Plan, warnings: List[str]) -> Optional[PowerSampler]:

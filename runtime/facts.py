@@ -8,6 +8,8 @@ import socket
 import subprocess
 from typing import Any, Dict, List, Optional
 
+from .isa import isa_facts
+
 FACTS_SCHEMA = "edgekit.facts"
 FACTS_VERSION = 1
 
@@ -48,6 +50,7 @@ def device_facts() -> Dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "numpy": _version("numpy"),
         "opencv": _version("cv2"),
+        "isa": isa_facts(),  # x86: VNNI/AMX or not, and the weight scheme safe on this CPU (runtime/isa.py)
     }
 
 

@@ -304,6 +304,10 @@ class Target:
         whose route skips the ONNX graph, such as a torch module converted directly, overrides this."""
         return self.refusals(model.proto, BuildAt(precision, build_size(model), options))
 
+    def calibration_schemes(self, options: TargetOptions | None = None) -> tuple[str, str]:
+        """(activation scheme, weight scheme) calibration should produce for this target built with `options`."""
+        return self.activation_scheme, self.weight_scheme
+
     def check_buildable(self, model: Model, precision: str, options: TargetOptions | None = None) -> None:
         """BuildError naming every node this target would refuse (the API calls it before calibrating too)."""
         refused = self.model_refusals(model, precision, options)

@@ -5,16 +5,18 @@ target: uint8 activations, 7-bit per-channel weights); a spec with other activat
 noted in `not_honoured`, since ORT then runs Conv+Relu in float. The graph stays as written: ONNX Runtime
 optimises it when the session starts on the device. Ops are checked against ORT's CPU kernels (and the
 ONNX function ops ORT expands into them). Every build is validated against ONNX Runtime FP32 on the source
-model (`edgekit.targets.validation`). No build options.
+model (`edgekit.targets.validation`). Option `isa` picks 8-bit (VNNI/AMX CPUs) or 7-bit weights.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from edgekit.runtime.isa import WEIGHTS_7BIT, WEIGHTS_8BIT, cpu_flags, is_x86, x86_weight_scheme
 from edgekit.targets import register_target
-from edgekit.targets.base import DEFAULTS, BuildAt, Target, TargetOptions
+from edgekit.targets.base import DEFAULTS, BuildAt, BuildError, Target, TargetOptions
 
 if TYPE_CHECKING:
     import onnx
@@ -55,6 +57,32 @@ def onnx_function_ops(opset: int) -> frozenset[str]:
     return frozenset(found)
 
 
+ISA_CHOICES = ("auto", "vnni", "avx2")
+
+
+@dataclass(frozen=True)
+class OnnxRuntimeOptions(TargetOptions):
+    isa: str = field(
+        default="auto",
+        metadata={
+            "help": "the devices' CPU class, which decides the INT8 weights: vnni (AVX512-VNNI, AVX-VNNI or AMX: "
+            "8-bit), avx2 (no VNNI: 7-bit, as 8-bit can saturate there) or auto (this machine's CPU)",
+            "example": "avx2",
+        },
+    )
+
+    def check(self, precision: str) -> None:
+        if self.isa not in ISA_CHOICES:
+            raise BuildError(f"{self.label('isa', self.isa)}: use one of {', '.join(ISA_CHOICES)}")
+
+
+def weight_scheme_for(isa: str) -> str:
+    """8-bit weights for VNNI CPUs, 7-bit for the others; `auto` reads this machine's CPU."""
+    if isa == "auto":
+        return x86_weight_scheme(cpu_flags()) if is_x86() else WEIGHTS_7BIT
+    return WEIGHTS_8BIT if isa == "vnni" else WEIGHTS_7BIT
+
+
 @register_target
 class OnnxRuntimeX86Target(Target):
     name = "x86-ort"
@@ -63,12 +91,28 @@ class OnnxRuntimeX86Target(Target):
     engine = "onnxruntime"
     precisions = ("fp32", "int8")
     quantized_precisions = ("int8",)
+    Options = OnnxRuntimeOptions
     # u8 activations with s8 weights hit ORT's VNNI kernels and let Relu fold into the quantizer;
     # int8 activations leave Conv+Relu in float.
     activation_scheme = "uint8_asym"
-    # 7-bit weights: without VNNI (AVX2 CPUs, this machine's EPYC) u8 x s8 pairs saturate int16 in ORT's
-    # kernels; int8_per_channel is safe only on VNNI CPUs (edgekit quantize --weights int8_per_channel).
-    weight_scheme = "int7_per_channel"
+    # 7-bit weights unless the CPU sums u8 x s8 in 32 bits (VNNI/AMX): `-O isa` and runtime/isa.py say which.
+    weight_scheme = WEIGHTS_7BIT
+
+    def calibration_schemes(self, options: TargetOptions | None = None) -> tuple[str, str]:
+        isa = getattr(options, "isa", "auto")
+        return self.activation_scheme, weight_scheme_for(isa)
+
+    def accelerator_report(self, proto: onnx.ModelProto) -> dict[str, Any] | None:
+        """Which INT8 weights this machine's CPU takes (runtime/isa.py); `edgekit devices check` says it per device."""
+        from edgekit.runtime.isa import isa_facts
+
+        facts = isa_facts()
+        if facts is None:
+            return None
+        bits = "8-bit" if facts["x86_weights"] == WEIGHTS_8BIT else "7-bit"
+        why = f"this CPU has {facts['vnni']}" if facts["vnni"] else "this CPU has no VNNI/AMX"
+        line = f"INT8 weights {bits} ({facts['x86_weights']}): {why}; -O isa=vnni|avx2 builds for other CPUs"
+        return {"accelerator": "cpu int8", **facts, "lines": [line]}
 
     def supported_ops(self) -> set[tuple[str, str]]:
         # Constant has no kernel: ONNX Runtime turns Constant nodes into initializers when it loads a model.
@@ -104,6 +148,15 @@ class OnnxRuntimeX86Target(Target):
                     "what": f"activations {spec.scheme.get('activations')}",
                     "why": "ONNX Runtime's CPU kernels fuse Conv+Relu only with uint8 activations; such convolutions "
                     "run in float. Calibrate for x86-ort (uint8_asym) for full integer speed.",
+                }
+            )
+        isa = getattr(options, "isa", "auto")
+        if spec.scheme.get("weights", "").startswith("int8") and weight_scheme_for(isa) == WEIGHTS_7BIT:
+            not_honoured.append(
+                {
+                    "what": f"weights {spec.scheme.get('weights')} for -O isa={isa}",
+                    "why": "CPUs without VNNI/AMX sum u8 x s8 products in int16, where 8-bit weights can saturate; "
+                    "calibrate with int7_per_channel weights (the x86-ort default there) for these devices.",
                 }
             )
         data = packaged.to_bytes()

@@ -80,4 +80,3 @@ def _replace(replaced: dict[str, onnx.NodeProto | None], nodes: list[onnx.NodePr
     for node in nodes:
         replaced[node.name] = None
     replaced[nodes[-1].name] = fused
-

@@ -46,7 +46,8 @@ def _print_facts(facts: list[dict[str, Any]], fleet: str, console: Any) -> None:
     from edgekit.console_text import as_text
 
     table = Table(title=f"devices in {fleet}", title_justify="left")
-    for column in ("device", "reachable", "python", "engines", "cpu", "gpu", "free disk", "power probe"):
+    columns = ("device", "reachable", "python", "engines", "cpu", "int8 weights", "gpu", "free disk", "power probe")
+    for column in columns:
         table.add_column(column)
     for f in facts:
         free = f.get("disk.free_bytes")
@@ -56,12 +57,22 @@ def _print_facts(facts: list[dict[str, Any]], fleet: str, console: Any) -> None:
             str(f.get("python", "-")),
             ", ".join(f.get("engines") or []) or "-",
             str(f.get("cpu", "-")),
+            _int8_weights(f),
             ", ".join(f.get("gpu.names") or []) or "-",
             f"{free / 1e9:.1f} GB" if isinstance(free, (int, float)) else "-",
             str(f.get("power_probe") or "-"),
         )
         table.add_row(*(as_text(c) if isinstance(c, str) else c for c in cells))  # device text is never markup
     console.print(table)
+
+
+def _int8_weights(facts: dict[str, Any]) -> str:
+    """The x86-ort INT8 weights safe on the device's CPU (runtime/isa.py), or `-` off x86."""
+    scheme = facts.get("isa.x86_weights")
+    if scheme not in ("int8_per_channel", "int7_per_channel"):
+        return "-"
+    vnni = facts.get("isa.vnni")
+    return f"8-bit ({vnni})" if scheme == "int8_per_channel" else "7-bit (no VNNI)"
 
 
 def _reachability(facts: dict[str, Any]) -> Any:

@@ -305,8 +305,8 @@ def observers() -> None:
 @click.option(
     "--weights",
     default=None,
-    help="Override the weight scheme: int8_per_channel, int7_per_channel "
-    "(x86 without VNNI), int8_per_tensor, int7_per_tensor.",
+    help="Override the weight scheme: int8_per_channel, int7_per_channel (x86 without VNNI), int8_per_tensor, "
+    "int7_per_tensor. Default: the target's; for x86-ort 8-bit on a CPU with VNNI/AMX, else 7-bit.",
 )
 @click.option("--limit", type=int, default=None, help="Use at most this many calibration samples.")
 @click.option(
@@ -415,8 +415,8 @@ def quantize(
         calib,
         observer=observer,
         observer_settings=observer_settings,
-        activations=activations or get_target(target).activation_scheme,
-        weights=weights or get_target(target).weight_scheme,
+        activations=activations or get_target(target).calibration_schemes()[0],
+        weights=weights or get_target(target).calibration_schemes()[1],
         float_nodes=keep_float,
         limit=limit,
         eval_feeds=eval_feeds,
