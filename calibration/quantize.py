@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from edgekit.errors import EdgekitError
 from edgekit.staging import staged_folder
 
 if TYPE_CHECKING:
+    from edgekit.calibration.latency_plan import PrecisionPlan
     from edgekit.model import Model
 
 
@@ -41,6 +42,7 @@ class QuantizeResult:
     budget: BudgetResult | None = None
     accuracy: dict[str, float] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    precision_plan: PrecisionPlan | None = None
 
     def report(self) -> dict[str, Any]:
         budget = None
@@ -65,6 +67,7 @@ class QuantizeResult:
             "mixed_range": self.spec.calibration.get("mixed_range"),
             "output_tail": self.spec.calibration.get("output_tail"),
             "timings_s": self.timings_s,
+            "precision_plan": self.precision_plan.to_dict() if self.precision_plan else None,
         }
 
 
@@ -89,14 +92,16 @@ def quantize(
     mixed_range_factor: float = DEFAULT_FACTOR,
     mixed_range_policy: str = DEFAULT_POLICY,
     output_tail: str = DEFAULT_TAIL_POLICY,
+    latency_plan: Callable[[onnx.ModelProto, QuantSpec], onnx.ModelProto] | None = None,
 ) -> QuantizeResult:
     """Quantize `model` with calibration `data`.
 
     With `max_drop` (top-1 points, needs `eval_feeds` + `eval_labels`) or `min_sqnr` (dB on the outputs,
     measured on `eval_feeds` or on calibration samples), the most sensitive nodes stay float until the
     budget is met. The output tail (a detector's decoding) follows `output_tail`; mixed-range concats at
-    the outputs (detection heads) follow `mixed_range_policy`
-    (calibration/mixed_range.py).
+    the outputs (detection heads) follow `mixed_range_policy` (calibration/mixed_range.py). `latency_plan`
+    (a target's `timed_model(float_model, spec)`) instead times regions of the artifact on this machine and
+    keeps float where INT8 does not pay, then where the budget needs it (calibration/latency_plan.py).
     """
     if max_drop is not None and (eval_feeds is None or eval_labels is None):
         raise EdgekitError("--max-drop needs labelled evaluation data: pass --eval DATA (and --labels for a video)")
@@ -124,7 +129,11 @@ def quantize(
         eval_feeds = _sample_feeds(model, data, error_samples)
     result = QuantizeResult(write_qdq(float_model, spec), spec, float_model, timings_s=timings)
 
-    if max_drop is not None or min_sqnr is not None:
+    if latency_plan is not None:
+        start = time.perf_counter()
+        _plan_latency(result, calibration.plan.nodes, latency_plan, eval_feeds, eval_labels, max_drop, min_sqnr)
+        timings["latency_plan"] = time.perf_counter() - start
+    elif max_drop is not None or min_sqnr is not None:
         start = time.perf_counter()
         if max_drop is not None:
             evaluator = Evaluator.for_top1(eval_feeds, eval_labels or [])
@@ -163,6 +172,40 @@ def quantize(
     )
     timings["error_report"] = time.perf_counter() - start
     return result
+
+
+def _budget(
+    result: QuantizeResult, feeds: list[dict[str, np.ndarray]], labels, max_drop: float | None, min_sqnr: float | None
+) -> tuple[Evaluator, float | None]:
+    """The evaluator for the budget and its target score (None: no budget; SQNR is still measured)."""
+    if max_drop is not None:
+        evaluator = Evaluator.for_top1(feeds, labels or [])
+        result.accuracy["float_top1"] = evaluator(result.float_model)
+        return evaluator, result.accuracy["float_top1"] - max_drop / 100.0
+    return Evaluator.for_sqnr(result.float_model, feeds), min_sqnr
+
+
+def _plan_latency(result, nodes, artifact_of, feeds, labels, max_drop, min_sqnr) -> None:
+    from edgekit.calibration.latency_plan import plan_precision, with_float_regions
+
+    evaluator, target = _budget(result, feeds, labels, max_drop, min_sqnr)
+    plan = plan_precision(
+        result.float_model, result.spec, nodes, evaluator, lambda spec: artifact_of(result.float_model, spec), feeds[0],
+        target=target,
+        metric=evaluator.metric,
+    )  # fmt: skip
+    result.precision_plan = plan
+    result.spec = with_float_regions(result.spec, plan.regions, plan.chosen.float_regions)
+    result.spec.calibration["precision_plan"] = {
+        "chosen": plan.chosen.label, "latency_ms": plan.chosen.latency_ms, "fp32_latency_ms": plan.fp32.latency_ms,
+        "score": plan.chosen.score, "metric": plan.metric, "slower_than_fp32": plan.slower_than_fp32,
+    }  # fmt: skip
+    result.qdq_model = write_qdq(result.float_model, result.spec)
+    if not plan.met:
+        raise EdgekitError(
+            f"no mix of float and int8 regions meets the budget (best {plan.chosen.score:.4g} vs target "
+            f"{target:.4g}); loosen --max-drop / --min-sqnr or calibrate with another observer"
+        )
 
 
 def _sample_feeds(model: Model, data: Any, count: int) -> list[dict[str, np.ndarray]]:

@@ -304,6 +304,11 @@ class Target:
         whose route skips the ONNX graph, such as a torch module converted directly, overrides this."""
         return self.refusals(model.proto, BuildAt(precision, build_size(model), options))
 
+    def timed_model(self, float_model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto | None:
+        """The ONNX model this target ships for `spec`, when ONNX Runtime on this machine runs it as the device
+        does (the latency plan times it); None for targets whose engine does not run here."""
+        return None
+
     def calibration_schemes(self, options: TargetOptions | None = None) -> tuple[str, str]:
         """(activation scheme, weight scheme) calibration should produce for this target built with `options`."""
         return self.activation_scheme, self.weight_scheme

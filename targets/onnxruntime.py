@@ -114,6 +114,14 @@ class OnnxRuntimeX86Target(Target):
         line = f"INT8 weights {bits} ({facts['x86_weights']}): {why}; -O isa=vnni|avx2 builds for other CPUs"
         return {"accelerator": "cpu int8", **facts, "lines": [line]}
 
+    def timed_model(self, float_model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
+        from edgekit.calibration.qdq import write_qdq
+        from edgekit.targets.onnxruntime_graph import fuse_for_ort
+
+        qdq = write_qdq(float_model, spec)
+        fuse_for_ort(qdq)  # ORT cannot fuse GELU/LayerNorm between quantizers itself (targets/onnxruntime_graph.py)
+        return qdq
+
     def supported_ops(self) -> set[tuple[str, str]]:
         # Constant has no kernel: ONNX Runtime turns Constant nodes into initializers when it loads a model.
         return set(ort_cpu_ops()) | {("ai.onnx", "Constant")}
@@ -134,12 +142,9 @@ class OnnxRuntimeX86Target(Target):
             data = model.to_bytes()
             return {"model.onnx": data}, {"model_file": "model.onnx", "validation": _validation(model, precision, data)}
         from edgekit.calibration.calibrate import prepare_float_model
-        from edgekit.calibration.qdq import write_qdq
         from edgekit.model import Model as ModelClass
-        from edgekit.targets.onnxruntime_graph import fuse_for_ort
 
-        qdq = write_qdq(prepare_float_model(model.proto, spec), spec)
-        fuse_for_ort(qdq)  # ORT cannot fuse GELU/LayerNorm between quantizers itself (targets/onnxruntime_graph.py)
+        qdq = self.timed_model(prepare_float_model(model.proto, spec), spec)
         packaged = ModelClass(qdq, preprocess=model.preprocess, class_names=model.class_names)
         not_honoured = []
         if spec.scheme.get("activations") != self.activation_scheme:

@@ -242,6 +242,19 @@ def build(
     _print_validation(console, artifact.manifest.get("validation"))
 
 
+def _latency_timer(target: str) -> Any:
+    """The target's `timed_model` for --latency-plan, or a usage error for targets whose engine is not here."""
+    from edgekit.targets import Target, get_target
+
+    chosen = get_target(target)
+    if type(chosen).timed_model is Target.timed_model:
+        raise click.UsageError(
+            f"--latency-plan times the artifact with ONNX Runtime on this machine; {target}'s engine does not run "
+            "here. Use -t x86-ort (on the device itself), or --max-drop/--min-sqnr alone."
+        )
+    return chosen.timed_model
+
+
 def _print_validation(console: Any, block: dict[str, Any] | None) -> None:
     """The manifest's validation figures, and a warning when a quantized build is outside its budget."""
     from edgekit.console_text import styled
@@ -319,6 +332,13 @@ def observers() -> None:
 @click.option("--max-drop", type=float, default=None, help="Accuracy budget: top-1 may fall at most this many points.")
 @click.option("--min-sqnr", type=float, default=None, help="Accuracy budget: output SQNR at least this many dB.")
 @click.option("--keep-float", multiple=True, metavar="NODE", help="Keep this node in float (repeatable).")
+@click.option(
+    "--latency-plan",
+    is_flag=True,
+    help="Time regions of the INT8 model on this machine (ONNX Runtime, one thread: run it on the device) and keep "
+    "float where INT8 does not pay, then where --max-drop/--min-sqnr need it; prints the latency vs accuracy front. "
+    "Targets whose engine runs here (x86-ort).",
+)
 @click.option("--equalize", is_flag=True, help="Cross-layer equalization first (Conv-ReLU-Conv chains, depthwise too).")
 @click.option("--bias-correction", is_flag=True, help="Correct each quantized Conv/Gemm bias by its mean output shift.")
 @click.option(
@@ -370,6 +390,7 @@ def quantize(
     max_drop: float | None,
     min_sqnr: float | None,
     keep_float: tuple[str, ...],
+    latency_plan: bool,
     equalize: bool,
     bias_correction: bool,
     mixed_range: str,
@@ -400,6 +421,7 @@ def quantize(
     from edgekit.targets.tensorrt_cache import CACHE_FILE_NAME, write_trt_cache
 
     loaded = with_preprocess(Model.load(model), preprocess_json)
+    artifact_of = _latency_timer(target) if latency_plan else None
     observer_settings = parse_key_values(settings, option_name="--setting", example="--setting percentile=99.9")
     eval_feeds = eval_labels = None
     if eval_data:
@@ -428,6 +450,7 @@ def quantize(
         mixed_range_factor=mixed_range_factor,
         mixed_range_policy=mixed_range,
         output_tail=output_tail,
+        latency_plan=artifact_of,
     )
     folder = save_quantized(result, out)
     # for implicit INT8 on older JetPacks; tensors the QDQ model leaves float get no scale
@@ -442,6 +465,10 @@ def quantize(
     print_head_notes(result.spec, console)
     if result.accuracy:
         console.print("top-1: " + ", ".join(f"{k} {v * 100:.2f}%" for k, v in result.accuracy.items()))
+    if result.precision_plan is not None:
+        from edgekit.calibration.latency_plan import print_precision_plan
+
+        print_precision_plan(result.precision_plan, console)
     if result.budget is not None:
         console.print(
             f"budget met with {len(result.budget.float_nodes)} node(s) kept float: "
