@@ -304,6 +304,11 @@ class Target:
         whose route skips the ONNX graph, such as a torch module converted directly, overrides this."""
         return self.refusals(model.proto, BuildAt(precision, build_size(model), options))
 
+    def latency_check(self, model: Model, artifact: Artifact) -> dict[str, Any] | None:
+        """A quantized artifact's latency against the FP32 model on this machine, where its engine runs here (the
+        CLI prints it, loudly when INT8 is slower); None elsewhere."""
+        return None
+
     def timed_model(self, float_model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto | None:
         """The ONNX model this target ships for `spec`, when ONNX Runtime on this machine runs it as the device
         does (the latency plan times it); None for targets whose engine does not run here."""

@@ -21,6 +21,7 @@ from edgekit.targets.base import DEFAULTS, BuildAt, BuildError, Target, TargetOp
 if TYPE_CHECKING:
     import onnx
 
+    from edgekit.artifact import Artifact
     from edgekit.calibration.quant_spec import QuantSpec
     from edgekit.model import Model
     from edgekit.op_support import Refusal
@@ -114,6 +115,13 @@ class OnnxRuntimeX86Target(Target):
         line = f"INT8 weights {bits} ({facts['x86_weights']}): {why}; -O isa=vnni|avx2 builds for other CPUs"
         return {"accelerator": "cpu int8", **facts, "lines": [line]}
 
+    def latency_check(self, model: Model, artifact: Artifact) -> dict[str, Any] | None:
+        if artifact.precision != "int8":
+            return None
+        import onnx as onnx_module
+
+        return latency_check(model, onnx_module.load(artifact.model_path))
+
     def timed_model(self, float_model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
         from edgekit.calibration.qdq import write_qdq
         from edgekit.targets.onnxruntime_graph import fuse_for_ort
@@ -176,6 +184,35 @@ class OnnxRuntimeX86Target(Target):
         import onnxruntime
 
         return {**super().tool_versions(), "onnxruntime": onnxruntime.__version__}
+
+
+LATENCY_RUNS = 10
+
+
+def latency_check(model: Model, int8_proto: onnx.ModelProto) -> dict[str, Any] | None:
+    """FP32 and INT8 median latency on this machine (one thread, interleaved rounds), for `edgekit build` to say
+    when INT8 made the model slower. Not in the manifest: the artifact's id is its content, and timings vary."""
+    from edgekit.calibration.latency_plan import median_latency_ms
+    from edgekit.runtime.facts import device_facts
+    from edgekit.targets.validation import probe_inputs, probe_shapes
+
+    shapes = probe_shapes(model)
+    if isinstance(shapes, str):  # no fixed input shape to time at (the validation block says why)
+        return None
+    feed = probe_inputs(model, shapes, count=1).feeds[0]
+    fp32, int8 = [], []
+    for _ in range(3):  # interleaved rounds, so a busy moment hits both
+        fp32.append(median_latency_ms(model.proto, feed, LATENCY_RUNS, 1))
+        int8.append(median_latency_ms(int8_proto, feed, LATENCY_RUNS, 1))
+    fp32_ms, int8_ms = float(sorted(fp32)[1]), float(sorted(int8)[1])
+    return {
+        "fp32_ms": fp32_ms,
+        "int8_ms": int8_ms,
+        "int8_over_fp32": int8_ms / fp32_ms if fp32_ms > 0 else 0.0,
+        "cpu": device_facts().get("cpu"),
+        "threads": 1,
+        "runs": 3 * LATENCY_RUNS,
+    }
 
 
 def _validation(model: Model, precision: str, data: bytes, spec: QuantSpec | None = None) -> dict[str, Any]:

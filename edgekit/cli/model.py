@@ -240,6 +240,9 @@ def build(
     for note in artifact.manifest.get("not_honoured", []):
         console.print(styled(("not honoured:", "yellow"), f" {note['what']}: {note['why']}"))
     _print_validation(console, artifact.manifest.get("validation"))
+    from edgekit.targets import get_target
+
+    _print_latency_check(console, get_target(target).latency_check(loaded, artifact))
 
 
 def _latency_timer(target: str) -> Any:
@@ -253,6 +256,25 @@ def _latency_timer(target: str) -> Any:
             "here. Use -t x86-ort (on the device itself), or --max-drop/--min-sqnr alone."
         )
     return chosen.timed_model
+
+
+def _print_latency_check(console: Any, block: dict[str, Any] | None) -> None:
+    """INT8 vs FP32 latency measured by the build (x86-ort), loud when INT8 is slower."""
+    from edgekit.console_text import styled
+
+    if not block:
+        return
+    ratio = block["int8_over_fp32"]
+    line = f"latency here: fp32 {block['fp32_ms']:.2f} ms, int8 {block['int8_ms']:.2f} ms ({ratio:.2f}x, 1 thread)"
+    console.print(line)
+    if ratio > 1.0:
+        console.print(
+            styled(
+                ("warning:", "bold red"),
+                " this INT8 build is SLOWER than FP32 on this machine; run `edgekit quantize --latency-plan` on the "
+                "device to keep float where INT8 does not pay, or ship fp32",
+            )
+        )
 
 
 def _print_validation(console: Any, block: dict[str, Any] | None) -> None:

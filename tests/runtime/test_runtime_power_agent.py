@@ -42,7 +42,7 @@ FACTS_KEYS = {
     "tegrastats",
     "warnings",
 }
-DEVICE_KEYS = {"hostname", "os", "machine", "python", "cpu", "cpu_count", "numpy", "opencv"}
+DEVICE_KEYS = {"hostname", "os", "machine", "python", "cpu", "cpu_count", "numpy", "opencv", "isa"}
 
 # a RAPL counter advanced by another process at RATE_W, as the CPU would: no thread of the agent's competes
 RATE_W = 12.0
