@@ -13,7 +13,8 @@ with SQNR >= 80 dB: other float32 kernels stray that far on a few of millions of
 40 dB; bf16 (x86-openvino): SQNR >= 20 dB; quantized precisions (int8, w8, w4, w8a8): SQNR >= 20 dB, or top-1
 agreement >= 0.95 for a classifier's scores. An fp32 build outside its budget is a converter defect: `validate`
 raises BuildError naming the output, the figure and the budget, so nothing is written. An fp16, bf16 or
-quantized build outside its budget is recorded with `passed: false` (the CLI warns): precision loss is the user's trade-off to see.
+quantized build outside its budget is recorded with `passed: false` (the CLI warns): precision loss is the
+user's trade-off to see.
 """
 
 from __future__ import annotations
