@@ -57,6 +57,7 @@ class OpenVinoX86Target(Target):
 
     def refusals(self, proto: onnx.ModelProto, at: BuildAt = DEFAULTS) -> list[Refusal]:
         """Nodes OpenVINO's ONNX frontend cannot convert, else ops its CPU plugin cannot run."""
+        require_openvino()
         return openvino_refusals(proto)
 
     def _build_impl(
@@ -88,6 +89,16 @@ class OpenVinoX86Target(Target):
         import openvino
 
         return {**super().tool_versions(), "openvino": openvino.__version__}
+
+
+def require_openvino() -> None:
+    """BuildError with the install line when OpenVINO is not installed."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        raise BuildError(
+            f"the x86-openvino target needs OpenVINO ({exc.name or exc} is missing): pip install 'edgekit[openvino]'"
+        ) from exc
 
 
 def _qdq_model(model: Model, spec: QuantSpec | None) -> onnx.ModelProto:
@@ -151,15 +162,20 @@ def openvino_refusals(proto: onnx.ModelProto) -> list[Refusal]:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         path.write_bytes(proto.SerializeToString())
-        frontend = FrontEndManager().load_by_framework("onnx")
+        # the frontend and its input model own what the converted nodes point to: all stay alive until the
+        # refusals are read out (dropping them first gives empty attributes, then a crash)
+        manager = FrontEndManager()
+        frontend = manager.load_by_framework("onnx")
         try:
-            partial = frontend.convert_partially(frontend.load(str(path)))
+            source = frontend.load(str(path))
+            partial = frontend.convert_partially(source)
         except Exception as exc:
             return [Refusal("model", proto.graph.name or "graph", f"OpenVINO's ONNX frontend cannot read it: {exc}")]
         failures = _conversion_messages(str(path)) if _has_unconverted(partial) else {}
         refused = [_frontend_refusal(op, labels, failures) for op in partial.get_ordered_ops()]
-        found = [r for r in refused if r is not None]
-        return found or _plugin_refusals(partial, labels)
+        found = [r for r in refused if r is not None] or _plugin_refusals(partial, labels)
+        del partial, source, frontend, manager  # in this order: the model before what it points into
+        return found
 
 
 def _has_unconverted(converted: Any) -> bool:
@@ -250,10 +266,12 @@ def _validation(
     shapes: dict[str, tuple[int, ...]] | None,
 ) -> tuple[dict[str, Any], str]:
     """The validation block of the IR compiled here with `hint`, and the precision OpenVINO reports it ran at."""
-    from edgekit.targets.validation import OpenVinoRunner, validate_build
+    from edgekit.targets.validation import RAN_OPENVINO, OpenVinoRunner, validate_build
 
     runner = OpenVinoRunner(xml, weights, hint)
-    ran = f"OpenVINO CPU on the IR at inference precision {runner.inference_precision}"
+    ran = f"{RAN_OPENVINO} at inference precision {runner.inference_precision}"
+    if precision == "int8":
+        ran += " (FakeQuantize layers in int8)"
     native = _NATIVE.get(runner.inference_precision)
     if native and native not in cpu_capabilities():
         ran += " (emulated: this CPU lacks it natively)"

@@ -5,7 +5,9 @@ The x86-openvino target writes the hint into the manifest's `build` section (`in
 agent passes as this engine's default options; the plan's options override it. What OpenVINO actually uses
 (the precision it reads back, the devices it runs on, its threads and streams) goes into the result's engine
 facts: a CPU without f16 runs an f16 hint at f32, and without a hint a CPU with AMX runs float models in bf16.
-`openvino` is imported when the engine loads. Python 3.8-compatible.
+The facts are flat (`inference_precision`, `execution_devices`, `threads`, `streams`, `performance_hint`: read back
+from the compiled model; `requested_inference_precision`: the option). `openvino` is imported when the engine
+loads. Python 3.8-compatible.
 """
 
 from dataclasses import dataclass, field
@@ -129,17 +131,21 @@ class OpenVinoEngine(Engine):
         return used
 
     def facts(self) -> Dict[str, Any]:
+        """Flat facts (the result's engine facts are one level): what OpenVINO reports it uses, and what was asked
+        where it may differ (`requested_inference_precision`)."""
         import openvino as ov
 
         used = self.used() if self._compiled is not None else {}
-        return {
+        facts = {
             "name": self.name,
             "version": ov.__version__,
             "providers": list(used.get("execution_devices") or [self.config.device]),
-            "threads": used.get("threads", self.config.threads),
-            "requested": {"inference_precision": self.config.inference_precision, "device": self.config.device},
-            "used": used,
-        }
+            "device": self.config.device,
+            "requested_inference_precision": self.config.inference_precision,
+        }  # type: Dict[str, Any]
+        facts.update(used)
+        facts.setdefault("threads", self.config.threads)
+        return facts
 
 
 def _plain(value: Any) -> Any:
