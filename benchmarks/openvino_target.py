@@ -82,7 +82,8 @@ def build(model, calibration: np.ndarray, folder: Path) -> dict[str, Path]:
     print(f"  built in {time.perf_counter() - started:.1f} s")
     for name, artifact in artifacts.items():
         validation = artifact.manifest["validation"]
-        print(f"  {name}: validation {'passed' if validation.get('passed') else validation}, ran {validation['ran']}")
+        verdict = "passed" if validation.get("passed") else f"OUTSIDE BUDGET (SQNR {validation.get('sqnr_db')} dB)"
+        print(f"  {name}: validation {verdict} on {validation['probes']['source']}; ran {validation['ran']}")
     return {name: artifact.model_path for name, artifact in artifacts.items()}
 
 
