@@ -15,6 +15,7 @@ from edgekit.targets.base import BuildError, Target, TargetError, TargetOptions,
 # The registry: name -> module that registers it, imported the first time its target is needed.
 _BUILTIN_MODULES = {
     "x86-ort": "edgekit.targets.onnxruntime",
+    "x86-openvino": "edgekit.targets.openvino",
     "android-tflite": "edgekit.targets.tflite",
     "jetson-trt": "edgekit.targets.tensorrt",
     "ios-coreml": "edgekit.targets.coreml",

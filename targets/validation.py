@@ -10,10 +10,11 @@ range when a QuantSpec has one).
 
 Budgets, per output (issue 15): fp32: max abs error <= 1e-4 of the reference output's range (or <= 1e-3 of it
 with SQNR >= 80 dB: other float32 kernels stray that far on a few of millions of outputs); fp16: SQNR >=
-40 dB; quantized precisions (int8, w8, w4, w8a8): SQNR >= 20 dB, or top-1 agreement >= 0.95 for a
-classifier's scores. An fp32 build outside its budget is a converter defect: `validate` raises BuildError
-naming the output, the figure and the budget, so nothing is written. An fp16 or quantized build outside its
-budget is recorded with `passed: false` (the CLI warns): precision loss is the user's trade-off to see.
+40 dB; bf16 (x86-openvino): SQNR >= 20 dB; quantized precisions (int8, w8, w4, w8a8): SQNR >= 20 dB, or top-1
+agreement >= 0.95 for a classifier's scores. An fp32 build outside its budget is a converter defect: `validate`
+raises BuildError naming the output, the figure and the budget, so nothing is written. An fp16, bf16 or
+quantized build outside its budget is recorded with `passed: false` (the CLI warns): precision loss is the
+user's trade-off to see.
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ FP32_RELATIVE_ERROR_WIDE = 1e-3
 FP32_SQNR_DB = 80.0
 FP16_SQNR_DB = 40.0
 QUANTIZED_SQNR_DB = 20.0
+# bfloat16 keeps 8 significant bits (float16: 11): its rounding noise is of an 8-bit grid's order, so it has the
+# quantized precisions' SQNR budget
+BF16_SQNR_DB = QUANTIZED_SQNR_DB
 QUANTIZED_TOP1 = 0.95
 # outside budget a converter defect, and the build fails; fp16 and quantized builds outside budget are written,
 # marked passed: false and warned about (half precision loses more on some real models: PP-OCR's text detector
@@ -57,6 +61,7 @@ RAN_ORT_QDQ = "ONNX Runtime on the QDQ model"
 RAN_COREML_REPLAY = "torch replay of the ONNX graph (Core ML cannot run on Linux)"
 RAN_COREML_TORCH = "the traced torch module Core ML converts (Core ML cannot run on Linux)"
 RAN_TENSORRT = "ONNX Runtime on the emitted ONNX (TensorRT not installed here)"
+RAN_OPENVINO = "OpenVINO CPU on the IR"  # x86-openvino adds the inference precision that ran
 
 Runner = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 
@@ -216,6 +221,31 @@ class OrtRunner:
         return [self(feed) for feed in feeds]
 
 
+class OpenVinoRunner:
+    """A runner over an OpenVINO IR (model.xml text and model.bin bytes) compiled for this machine's CPU with the
+    inference precision `hint` (f32, f16, bf16); `inference_precision` is what OpenVINO reports it runs at (a
+    CPU without f16 runs an f16 hint at f32)."""
+
+    def __init__(self, xml: bytes, weights: bytes, hint: str, *, threads: int | None = None) -> None:
+        import openvino as ov
+
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": hint}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            model = core.read_model(xml.decode(), ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+            self.compiled = core.compile_model(model, "CPU", config)
+        except Exception as exc:  # OpenVINO raises its own GeneralFailure types
+            raise BuildError(f"OpenVINO cannot compile the IR to validate ({type(exc).__name__}: {exc})") from exc
+        self.inference_precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.request = self.compiled.create_infer_request()
+
+    def __call__(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results = self.request.infer(feed)
+        return [np.array(results[output]) for output in self.compiled.outputs]
+
+
 def budget_for(precision: str, classifier: bool) -> dict[str, Any]:
     """The budget of one output at `precision`: the rule in words and its figures."""
     if precision == "fp32":
@@ -226,6 +256,8 @@ def budget_for(precision: str, classifier: bool) -> dict[str, Any]:
         }
     if precision == "fp16":
         return {"rule": f"SQNR >= {FP16_SQNR_DB:g} dB", "sqnr_db": FP16_SQNR_DB}
+    if precision == "bf16":
+        return {"rule": f"SQNR >= {BF16_SQNR_DB:g} dB", "sqnr_db": BF16_SQNR_DB}
     if classifier:
         return {
             "rule": f"SQNR >= {QUANTIZED_SQNR_DB:g} dB or top-1 agreement >= {QUANTIZED_TOP1:g}",

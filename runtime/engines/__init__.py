@@ -33,6 +33,7 @@ __all__ = [
 _BUILTIN_MODULES = {
     "coreml": ".coreml",
     "onnxruntime": ".onnxruntime",
+    "openvino": ".openvino",
     "tensorrt": ".tensorrt",
     "tflite": ".tflite",
 }

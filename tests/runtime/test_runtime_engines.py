@@ -122,7 +122,7 @@ def test_the_registry_imports_an_engine_module_when_it_is_needed():
         "print(sorted(m for m in sys.modules if m.startswith('edgekit.runtime.engines.')), names)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "['edgekit.runtime.engines.base'] ['coreml', 'onnxruntime', 'tensorrt', 'tflite']"
+    assert out.strip() == "['edgekit.runtime.engines.base'] ['coreml', 'onnxruntime', 'openvino', 'tensorrt', 'tflite']"
 
 
 def test_corrupt_model_names_the_file(tmp_path):
@@ -133,8 +133,8 @@ def test_corrupt_model_names_the_file(tmp_path):
 
 
 def test_unknown_and_missing_engines(model_path):
-    with pytest.raises(EngineUnavailable, match="unknown engine 'openvino'; this agent knows .*onnxruntime"):
-        open_engine("openvino", model_path)
+    with pytest.raises(EngineUnavailable, match="unknown engine 'snpe'; this agent knows .*onnxruntime"):
+        open_engine("snpe", model_path)
     if importlib.util.find_spec("tflite_runtime") or importlib.util.find_spec("ai_edge_litert"):
         pytest.skip("a TFLite runtime is installed here")
     with pytest.raises(EngineUnavailable) as info:

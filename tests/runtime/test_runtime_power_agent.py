@@ -219,6 +219,7 @@ def test_facts_on_the_host(tmp_path):
         for name, modules in {
             "coreml": ["coremltools"],
             "onnxruntime": ["onnxruntime"],
+            "openvino": ["openvino"],
             "tensorrt": ["tensorrt"],
             "tflite": ["tflite_runtime", "ai_edge_litert"],
         }.items()
