@@ -91,3 +91,51 @@ def print_table(title: str, header: list[str], rows: list[list[object]]) -> None
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+
+
+def text_images(count: int, size: tuple[int, int], *, seed: int = 0, lines: int | None = None):
+    """Rendered text (random words, four Hershey fonts, dark ink) on lightened crops of scikit-learn's two sample
+    photographs, ImageNet normalisation, NCHW float32: what a text detector (several lines per image) or a text
+    recogniser (`lines=1`, a line filling the height) sees. Real photographs, synthetic text."""
+    import cv2
+    import numpy as np
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    words = [
+        "edge",
+        "kit",
+        "quantize",
+        "latency",
+        "model",
+        "device",
+        "int8",
+        "float",
+        "onnx",
+        "runtime",
+        "camera",
+        "pipeline",
+        "2026",
+        "text",
+        "OCR",
+    ]
+    fonts = [cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX]
+    mean, std = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
+    height, width = size
+    out = np.empty((count, 3, height, width), np.float32)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        y, x = int(rng.integers(0, photo.shape[0] - height)), int(rng.integers(0, photo.shape[1] - width))
+        image = photo[y : y + height, x : x + width] * rng.uniform(0.2, 0.6) + rng.uniform(100, 200)
+        image = image.clip(0, 255).astype(np.uint8)
+        for _ in range(lines or int(rng.integers(2, 7))):
+            text = " ".join(rng.choice(words, int(rng.integers(1, 4))))
+            scale = height / 40 if lines == 1 else rng.uniform(0.4, 1.2) * height / 160
+            origin = (int(rng.integers(0, width // 4 if lines == 1 else width // 2)),
+                      int(height * 0.75) if lines == 1 else int(rng.integers(20, height)))  # fmt: skip
+            ink = tuple(int(c) for c in rng.integers(0, 80, 3))
+            font = fonts[int(rng.integers(len(fonts)))]
+            cv2.putText(image, text, origin, font, scale, ink, max(1, int(scale * 2)), cv2.LINE_AA)
+        out[i] = ((image.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+    return out
