@@ -142,10 +142,11 @@ def calibrate(
     input_name = model.inputs[0].name
     feeds = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=limit, batch=batch)
     observed = plan.activations + [o for o in plan.outputs if o not in plan.activations]
-    # basic optimisations only: fusing nodes would hide tensors the quantizers need to observe
+    # every observed tensor is a graph output of this session, which ORT's fusions never hide: full optimisation
+    # (fused Conv+Relu, NCHWc kernels) runs calibration about a fifth faster than basic on PP-OCR det
     graph_inputs = {i.name for i in float_model.graph.input}
     session = session_with_outputs(
-        float_model, [t for t in observed if t not in graph_inputs], optimization="basic", threads=threads
+        float_model, [t for t in observed if t not in graph_inputs], optimization="all", threads=threads
     )
     output_names = [o.name for o in session.get_outputs()]
     input_names = {i.name for i in session.get_inputs()}
@@ -166,19 +167,20 @@ def calibrate(
     workers = max(1, min(threads or os.cpu_count() or 1, 8))
     with _progress(feeds.count, progress) as bar, ThreadPoolExecutor(workers) as pool:
         task = bar.add_task("calibrating", total=feeds.count)
+        pending: list[Any] = []
         for feed in feeds.feeds:
             missing = input_names - set(feed)
             if missing:
                 raise CalibrationDataError(f"calibration sample lacks input(s) {sorted(missing)}")
-            outputs = session.run(output_names, feed)
-            values = dict(zip(output_names, outputs, strict=True))
-            # numpy releases the GIL in its array passes, so observers of different tensors run in parallel
-            updates = [pool.submit(obs.update, feed[n] if n in feed else values[n]) for n, obs in observers.items()]
-            for update in updates:
-                update.result()
-            del outputs, values  # this batch's activations go before the next batch runs
+            # ORT runs this sample while the observers still fold in the previous one (both release the GIL);
+            # then that one's activations go, so at most two samples' activations are ever held
+            values = dict(zip(output_names, session.run(output_names, feed), strict=True))
+            _wait(pending)
+            pending = [pool.submit(obs.update, feed[n] if n in feed else values[n]) for n, obs in observers.items()]
+            del values
             samples += 1
             bar.advance(task)
+        _wait(pending)
     warn_skipped(feeds.skipped)
     if samples == 0:
         raise CalibrationDataError(f"calibration data ({feeds.description}) gave no samples")
@@ -201,6 +203,11 @@ def calibrate(
         deltas = bias_corrections(float_model, spec, list(again.feeds))  # corrects float_model in place
         spec.transforms.append({"kind": "bias_correction", "biases": deltas})
     return Calibration(float_model, plan, spec, observers, samples)
+
+
+def _wait(updates: list[Any]) -> None:
+    for update in updates:
+        update.result()
 
 
 def _make_spec(

@@ -188,7 +188,7 @@ def test_options_reach_the_build_typed_and_every_target_describes_its_options(cl
     assert from_text.id == typed.id and typed.manifest["build"]["dla_core"] == 1
     assert typed.manifest["build"]["profile_shapes"]["input"][2][0] == 4
     described = {t.name: t.describe()["options"] for t in list_targets()}
-    assert described["x86-ort"] == []
+    assert [(o["name"], o["default"]) for o in described["x86-ort"]] == [("isa", "auto")]
     assert [o["name"] for o in described["android-tflite"]] == ["int8_io", "nchw_input"]
     shapes = described["ios-coreml"][0]
     assert shapes["type"] == "list of int x int or none" and shapes["default"] is None and shapes["help"]
