@@ -5,8 +5,9 @@ INT8, timed in ONNX Runtime on this machine (the device, when the CLI runs on it
 what the target writes, at one thread by default) and scored against the float model. A region whose float
 version is faster keeps float: INT8 does not pay there. When the result misses the accuracy budget, the
 regions that gain most accuracy go float next, one at a time, until it is met. Every configuration measured is
-a point of the latency vs accuracy front; the chosen one is the fastest that meets the budget. An INT8 plan
-slower than FP32 is never chosen silently: `slower_than_fp32` says so and the CLI warns.
+a point of the latency vs accuracy front; the chosen one is the fastest that meets the budget. When even that is
+slower than FP32, the plan falls back to every region float (the QDQ graph then holds no quantizer that runs);
+should that still time slower than the FP32 model, `slower_than_fp32` says so and the CLI warns.
 
 Cost: 2 x regions + a few more model timings and evaluations (about a minute on PP-OCR det at 320x320),
 against one evaluation per node for the per-layer sensitivity sweep.
@@ -166,9 +167,11 @@ def plan_precision(
             current = measure((*current.float_regions, r), f"+ region {r + 1} float for accuracy")
             if current.score >= target:
                 break
-    points = [fp32, *cache.values()]
     meeting = [p for p in cache.values() if target is None or p.score >= target]
     chosen = min(meeting, key=lambda p: p.latency_ms) if meeting else max(cache.values(), key=lambda p: p.score)
+    if chosen.latency_ms > fp32.latency_ms:  # INT8 does not pay here at all: fall back to float everywhere
+        chosen = measure(tuple(range(len(cut))), "float everywhere (INT8 does not pay here)")
+    points = [fp32, *cache.values()]
     return PrecisionPlan(
         cut, fp32, int8, points, chosen, metric, target, time.perf_counter() - start, front=pareto_front(points)
     )
@@ -208,6 +211,10 @@ def print_precision_plan(plan: PrecisionPlan, console: Any) -> None:
             style=style,
         )
     console.print(table)
+    if plan.chosen.float_regions == tuple(range(len(plan.regions))):
+        console.print(
+            "[bold yellow]INT8 does not pay on this machine:[/] every region stays float; ship the fp32 artifact"
+        )
     if plan.slower_than_fp32:
         console.print(
             f"[bold red]warning:[/] the chosen INT8 plan runs at {plan.chosen.latency_ms:.2f} ms, slower than FP32 "
