@@ -150,15 +150,15 @@ def quantizers_left(data: bytes, folder: Path) -> str:
     return f"{ops['QuantizeLinear']}/{ops['DequantizeLinear']}"
 
 
-def plan_point(calibration, held: np.ndarray, target_db: float) -> tuple[bytes, str]:
-    """The latency plan's choice at `target_db` SQNR: its model and the float share it needed."""
+def plan_point(calibration, samples: np.ndarray, target_db: float) -> tuple[bytes, str]:
+    """The latency plan's choice at `target_db` SQNR, searched on calibration `samples`: its model and float share."""
     from edgekit.calibration.latency_plan import plan_precision, with_float_regions
     from edgekit.calibration.mixed_precision import Evaluator
     from edgekit.targets import get_target
 
     target = get_target("x86-ort")
     name = calibration.float_model.graph.input[0].name
-    feeds = [{name: held[i : i + 1]} for i in range(len(held))]
+    feeds = [{name: samples[i : i + 1]} for i in range(len(samples))]
     float_model = calibration.float_model
     plan = plan_precision(
         float_model,
@@ -196,7 +196,7 @@ def measure(name, proto, calib, held, args) -> list[list[object]]:
     if args.plan:
         ort_best = max(v for k, v in scores.items() if k.startswith("ORT"))
         key = f"edgekit plan >= {ort_best + 6:.1f} dB"
-        candidates[key], notes[key] = plan_point(best_calibration, held, ort_best + 6.0)
+        candidates[key], notes[key] = plan_point(best_calibration, calib[:16], ort_best + 6.0)  # judged on held-out
         scores[key] = sqnr_db(reference, candidates[key], held)
     timing = interleaved_latency(candidates, held[:1], rounds=3 if args.quick else 5, runs=10 if args.quick else 30)
     ort_fastest = min((k for k in candidates if k.startswith("ORT")), key=timing.ms)
