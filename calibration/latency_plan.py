@@ -6,8 +6,7 @@ what the target writes, at one thread by default) and scored against the float m
 version is faster keeps float: INT8 does not pay there. When the result misses the accuracy budget, the
 regions that gain most accuracy go float next, one at a time, until it is met. Every configuration measured is
 a point of the latency vs accuracy front; the chosen one is the fastest that meets the budget. When even that is
-slower than FP32, the plan falls back to every region float (the QDQ graph then holds no quantizer that runs);
-should that still time slower than the FP32 model, `slower_than_fp32` says so and the CLI warns.
+slower than FP32, the plan falls back to FP32 (every region float) and the CLI says to ship the fp32 artifact.
 
 Cost: 2 x regions + a few more model timings and evaluations (about a minute on PP-OCR det at 320x320),
 against one evaluation per node for the per-layer sensitivity sweep.
@@ -65,7 +64,12 @@ class PrecisionPlan:
 
     @property
     def slower_than_fp32(self) -> bool:
-        return self.chosen.latency_ms > self.fp32.latency_ms
+        """True only when the budget forced a slower plan: without one, the plan falls back to FP32."""
+        return self.chosen is not self.fp32 and self.chosen.latency_ms > self.fp32.latency_ms
+
+    @property
+    def int8_does_not_pay(self) -> bool:
+        return self.chosen is self.fp32
 
     @property
     def met(self) -> bool:
@@ -83,6 +87,7 @@ class PrecisionPlan:
             "points": [p.to_dict() for p in self.points],
             "float_nodes": self.float_nodes,
             "slower_than_fp32": self.slower_than_fp32,
+            "int8_does_not_pay": self.int8_does_not_pay,
             "met": self.met,
             "seconds": self.seconds,
         }
@@ -169,8 +174,8 @@ def plan_precision(
                 break
     meeting = [p for p in cache.values() if target is None or p.score >= target]
     chosen = min(meeting, key=lambda p: p.latency_ms) if meeting else max(cache.values(), key=lambda p: p.score)
-    if chosen.latency_ms > fp32.latency_ms:  # INT8 does not pay here at all: fall back to float everywhere
-        chosen = measure(tuple(range(len(cut))), "float everywhere (INT8 does not pay here)")
+    if chosen.latency_ms > fp32.latency_ms:  # INT8 does not pay here at all: fall back to the float model
+        chosen = fp32
     points = [fp32, *cache.values()]
     return PrecisionPlan(
         cut, fp32, int8, points, chosen, metric, target, time.perf_counter() - start, front=pareto_front(points)
@@ -211,9 +216,10 @@ def print_precision_plan(plan: PrecisionPlan, console: Any) -> None:
             style=style,
         )
     console.print(table)
-    if plan.chosen.float_regions == tuple(range(len(plan.regions))):
+    if plan.int8_does_not_pay:
         console.print(
-            "[bold yellow]INT8 does not pay on this machine:[/] every region stays float; ship the fp32 artifact"
+            "[bold yellow]INT8 does not pay on this machine:[/] every INT8 plan measured ran slower than FP32; "
+            "the plan keeps every region float: ship the fp32 artifact"
         )
     if plan.slower_than_fp32:
         console.print(

@@ -8,17 +8,18 @@ same graph as explicit quantization. Nothing here knows how the QuantSpec was co
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.calibration.graph import QUANTIZABLE_OPS, SHARED_SCALE_OPS
+from edgekit.calibration.graph import FUSED_ACTIVATIONS, SHARED_SCALE_OPS, plan_quantization
 from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
 from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 INITIALIZER_KINDS = ("weight", "bias", "constant")  # spec entries stored as integers with a DequantizeLinear
-QUANTIZED_PRODUCERS = QUANTIZABLE_OPS | SHARED_SCALE_OPS  # ops whose quantized output their readers read
 
 
 def _np_dtype(name: str) -> type:
@@ -53,9 +54,10 @@ def write_qdq(model: onnx.ModelProto, spec: QuantSpec) -> onnx.ModelProto:
     qdq.CopyFrom(model)
     graph = qdq.graph
     consumers_of = consumers(graph)  # read before any rewrite
+    readers_of = quantized_readers(model, spec, consumers_of)
     new_inits: list[onnx.TensorProto] = []
     dq_nodes = _dequantize_weights(graph, spec, consumers_of, new_inits)
-    inserts = _quantize_activations(graph, spec, consumers_of, new_inits)
+    inserts = _quantize_activations(graph, spec, readers_of, new_inits)
 
     # Rebuild the node list in topological order: weight DQs and graph-input quantizers first.
     ordered = [*dq_nodes, *inserts.get(-1, [])]
@@ -125,24 +127,43 @@ def _dequantize_weights(
 
 
 def quantized_readers(
-    graph: onnx.GraphProto, spec: QuantSpec, consumers_of: dict[str, list[onnx.NodeProto]] | None = None
+    model: onnx.ModelProto, spec: QuantSpec, consumers_of: dict[str, list[onnx.NodeProto]] | None = None
 ) -> dict[str, list[onnx.NodeProto]]:
     """For each activation of the spec, the readers that read it after its quantizer (none: the tensor stays
     float). Quantized readers do; so do other ops (Identity, Reshape, ...) when the producer runs quantized or
     moves quantized values (Reshape, MaxPool, ...), so ORT still finds op -> Q to fuse. Readers kept float,
     and other ops after a float producer, read the float tensor, except float nodes that keep their inputs'
     quantizers (a mixed-range concat, policy "branches")."""
+    graph = model.graph
     consumers_of = consumers(graph) if consumers_of is None else consumers_of
     float_nodes, reading_quantized = spec.float_nodes, spec.float_nodes_reading_quantized
     producers = {out: node for node in graph.node for out in node.output}
+    # the nodes that run quantized: not the insides of GELU/LayerNorm or a MatMul's bias Add (graph.py)
+    planned = set(plan_quantization(model, float_nodes=float_nodes).nodes)
+    constants = {init.name for init in graph.initializer}
 
     def reads_quantized(reader: onnx.NodeProto, name: str) -> bool:
         if reader.name in float_nodes:
             return reader.name in reading_quantized
-        if reader.op_type in QUANTIZABLE_OPS:
+        if reader.name in planned:
             return True
+        return produced_quantized(name)
+
+    @cache
+    def produced_quantized(name: str) -> bool:
+        """A quantized node made it (directly, or behind the Relu/Clip or bias Add quantized as its output), or a
+        data-movement op that itself reads its input quantized."""
         producer = producers.get(name)
-        return producer is not None and producer.op_type in QUANTIZED_PRODUCERS and producer.name not in float_nodes
+        if producer is None or producer.name in float_nodes:
+            return False
+        if producer.name in planned:
+            return True
+        computed = [i for i in producer.input if i and i not in constants]
+        if producer.op_type in SHARED_SCALE_OPS:
+            return producer.input[0] in spec.tensors and reads_quantized(producer, producer.input[0])
+        if producer.op_type in FUSED_ACTIVATIONS or (producer.op_type == "Add" and len(computed) == 1):
+            return len(computed) == 1 and produced_quantized(computed[0])
+        return False
 
     return {
         name: [n for n in consumers_of.get(name, []) if reads_quantized(n, name)]
@@ -155,7 +176,7 @@ def quantized_tensors(model: onnx.ModelProto, spec: QuantSpec) -> set[str]:
     """The activations, weights and biases that `write_qdq` puts quantizers on (what other targets replay)."""
     graph = model.graph
     consumers_of = consumers(graph)
-    activations = {name for name, readers in quantized_readers(graph, spec, consumers_of).items() if readers}
+    activations = {name for name, readers in quantized_readers(model, spec, consumers_of).items() if readers}
     initializers = {
         name
         for name, entry in spec.tensors.items()
@@ -167,13 +188,12 @@ def quantized_tensors(model: onnx.ModelProto, spec: QuantSpec) -> set[str]:
 def _quantize_activations(
     graph: onnx.GraphProto,
     spec: QuantSpec,
-    consumers_of: dict[str, list[onnx.NodeProto]],
+    readers_of: dict[str, list[onnx.NodeProto]],
     new_inits: list[onnx.TensorProto],
 ) -> dict[int, list[onnx.NodeProto]]:
     """Activations: Q -> DQ right after the tensor is produced, returned by the index of the producer (-1: a
     graph input); the readers `quantized_readers` names read the DQ output."""
     producer_index = {out: i for i, node in enumerate(graph.node) for out in node.output}
-    readers_of = quantized_readers(graph, spec, consumers_of)
     inserts: dict[int, list[onnx.NodeProto]] = {}
     for name, entry in sorted(spec.tensors.items()):  # sorted: the same spec always writes the same bytes
         readers = readers_of.get(name)
