@@ -56,6 +56,7 @@ BINFMT_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 SSHD = "/usr/sbin/sshd"
 STAMP = ".edgekit-recipe"
+DEFAULT_STATE = Path("/tmp/edgekit-arm64")
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,16 @@ class CpuModel:
 
 _V8_2 = "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"
 CPU_MODELS = {
-    # qemu's default model ("max": every feature it implements) under a Cortex-A78 cpuinfo, as issue 17 tried
-    "cortex-a78": CpuModel("max", "0xd41", "0x1", 1, _V8_2 + " ssbs"),
+    # The default: qemu's Cortex-A76 (Armv8.2 with dotprod, as in Snapdragon 855/865 or a Raspberry Pi 5).
     "cortex-a76": CpuModel("cortex-a76", "0xd0b", "0x4", 1, _V8_2 + " ssbs"),
     "neoverse-n1": CpuModel("neoverse-n1", "0xd0c", "0x3", 1, _V8_2 + " ssbs"),
     "cortex-a72": CpuModel("cortex-a72", "0xd08", "0x0", 2, "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),
     "cortex-a53": CpuModel("cortex-a53", "0xd03", "0x0", 4, "fp asimd evtstrm aes pmull sha1 sha2 crc32 cpuid"),
+    # Every feature qemu implements (SVE, SVE2, SME, i8mm, bf16 ...) under issue 17's Cortex-A78 cpuinfo. Under
+    # qemu 7.2 XNNPACK's INT8 GEMMs are wrong here: it picks SME kernels, and 7.2 emulates SME wrongly.
+    "max": CpuModel("max", "0xd41", "0x1", 1, _V8_2 + " ssbs"),
 }
+DEFAULT_CPU = "cortex-a76"
 
 
 def default_rootfs() -> Path:
@@ -162,6 +166,21 @@ def register_binfmt() -> None:
         (BINFMT_DIR / "register").write_text(_binfmt_line())
     except OSError as exc:
         raise Unavailable(f"cannot register the aarch64 binfmt handler: {exc}") from exc
+
+
+def qemu_version() -> tuple[int, ...]:
+    """The version of the qemu that runs aarch64 programs here (the registered binfmt interpreter)."""
+    interpreter = "/usr/bin/qemu-aarch64-static"
+    entry = BINFMT_DIR / "qemu-aarch64"
+    if entry.exists():
+        interpreter = next(
+            (line.split()[1] for line in entry.read_text().splitlines() if line.startswith("interpreter")), interpreter
+        )
+    # the registered name may be a wrapper that runs only under binfmt_misc: ask the binary it points to
+    shown = subprocess.run([os.path.realpath(interpreter), "--version"], capture_output=True, text=True).stdout
+    words = shown.split()
+    version = words[words.index("version") + 1] if "version" in words else "0"
+    return tuple(int(part) for part in version.split(".") if part.isdigit())
 
 
 def prepare_host() -> None:
@@ -399,7 +418,7 @@ def _write_state_files(state: Path, port: int, cpu: CpuModel) -> tuple[str, str]
 
 
 def start(
-    state: Path, *, rootfs: Path | None = None, cpu: str = "cortex-a78", port: int | None = None, timeout: float = 60.0
+    state: Path, *, rootfs: Path | None = None, cpu: str = DEFAULT_CPU, port: int | None = None, timeout: float = 60.0
 ) -> Arm64Device:
     """Start the device (the rootfs must be built); its facts are also written to `state`/device.json."""
     rootfs = (rootfs or default_rootfs()).resolve()
@@ -459,7 +478,7 @@ def start(
 
 
 def run_in_device(
-    command: list[str], *, rootfs: Path | None = None, cpu: str = "cortex-a78", state: Path | None = None
+    command: list[str], *, rootfs: Path | None = None, cpu: str = DEFAULT_CPU, state: Path | None = None
 ) -> int:
     """Run one command as root in the device's surroundings (ARM cpuinfo, QEMU_CPU, private mounts), with no
     sshd: for experiments and by-hand checks. `state`/… is /run/edgekit inside. Returns its exit status."""
@@ -542,13 +561,20 @@ def stop(state: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("command", choices=("build", "start", "stop", "check", "exec"))
-    parser.add_argument("argv", nargs="*", help="exec: the command to run inside the device (after --)")
     parser.add_argument("--rootfs", type=Path, default=None, help="root filesystem folder (default %(default)s)")
-    parser.add_argument("--state", type=Path, default=Path("/tmp/edgekit-arm64"), help="the device's keys and config")
-    parser.add_argument("--cpu", choices=sorted(CPU_MODELS), default="cortex-a78")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        help="start/stop: the device's keys and config (default /tmp/edgekit-arm64); exec: files to see at "
+        "/run/edgekit (default: an empty temporary folder)",
+    )
+    parser.add_argument("--cpu", choices=sorted(CPU_MODELS), default=DEFAULT_CPU)
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--force", action="store_true", help="build: rebuild even when the cache is current")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[argv.index("--") + 1 :] if "--" in argv else []  # exec: what to run inside the device
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     try:
         if args.command == "check":
             prepare_host()
@@ -561,13 +587,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"build step took {time.monotonic() - started:.1f} s")
         elif args.command == "start":
             started = time.monotonic()
-            device = start(args.state, rootfs=args.rootfs, cpu=args.cpu, port=args.port)
+            device = start(args.state or DEFAULT_STATE, rootfs=args.rootfs, cpu=args.cpu, port=args.port)
             print(json.dumps(asdict(device), indent=1))
             log(f"started in {time.monotonic() - started:.1f} s")
         elif args.command == "exec":
-            return run_in_device(args.argv or ["/bin/sh"], rootfs=args.rootfs, cpu=args.cpu)
+            return run_in_device(command or ["/bin/sh"], rootfs=args.rootfs, cpu=args.cpu, state=args.state)
         else:
-            print("stopped" if stop(args.state) else "no device was running")
+            print("stopped" if stop(args.state or DEFAULT_STATE) else "no device was running")
     except Unavailable as exc:
         print(f"unavailable: {exc}", file=sys.stderr)
         return 3
