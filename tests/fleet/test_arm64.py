@@ -160,6 +160,8 @@ def test_mixed_fleet_x86_and_aarch64_in_one_run(arm64, sshd, tmp_path, artifacts
     assert all(record.ok for record in records), [r.result.get("errors") for r in records]
     assert by_name["arm64"].result["device"]["machine"] == "aarch64"
     assert by_name["x86"].result["device"]["machine"] == "x86_64"
+    p50 = {name: record.result["latency_ms"]["inference"]["p50"] for name, record in by_name.items()}
+    print(f"inference p50: aarch64 (emulated) {p50['arm64']:.3f} ms, x86 {p50['x86']:.3f} ms")
     top1 = {name: record.result["accuracy"]["top1"] for name, record in by_name.items()}
     assert top1["arm64"] == top1["x86"] >= 0.9, top1
 
