@@ -212,6 +212,12 @@ def _arm64_script():
     return sys.modules["arm64_device"]
 
 
+@pytest.fixture
+def arm64_script():
+    """scripts/arm64_device.py as a module, for tests of its parts that need no device."""
+    return _arm64_script()
+
+
 def _reaches(host: str, port: int = 80) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=5):
         return True

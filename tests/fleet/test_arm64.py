@@ -196,3 +196,23 @@ def test_xnnpack_int8_is_exact_on_arm_and_wrong_only_under_qemu_7_2_sme(arm64, t
         assert xnnpack < 10.0, f"XNNPACK INT8 under qemu {qemu} with SME is right now ({xnnpack} dB): was 7.2 fixed?"
     elif qemu >= (10,):
         assert xnnpack == 999.0, f"XNNPACK INT8 with SME under qemu {qemu}: {xnnpack} dB"
+
+
+def test_device_script_recipe_stamp_binfmt_flags_and_cpuinfo(arm64_script, tmp_path, monkeypatch):
+    """No device needed: a changed recipe means a rebuild, the handler gets the F flag, cpuinfo says ARM."""
+    script = arm64_script
+    rootfs = tmp_path / "rootfs"
+    rootfs.mkdir()
+    assert not script.rootfs_ready(rootfs)
+    (rootfs / script.STAMP).write_text(script.recipe_stamp() + "\n{}\n")
+    assert script.rootfs_ready(rootfs)
+    monkeypatch.setattr(script, "WHEELS", (*script.WHEELS, "pillow==11.0.0"))
+    assert not script.rootfs_ready(rootfs)  # another recipe: rebuilt, not reused
+
+    conf = tmp_path / "qemu-aarch64.conf"
+    conf.write_text("# comment\n:qemu-aarch64:M::\\x7fELF:\\xff\\xff:/usr/libexec/qemu-binfmt/aarch64-binfmt-P:OP\n")
+    monkeypatch.setattr(script, "BINFMT_CONF", conf)
+    assert script._binfmt_line().endswith(":/usr/libexec/qemu-binfmt/aarch64-binfmt-P:FOP")
+
+    text = script.cpuinfo_text(script.CPU_MODELS[script.DEFAULT_CPU], 2)
+    assert text.count("processor\t:") == 2 and "CPU implementer\t: 0x41" in text and "CPU part\t: 0xd0b" in text
