@@ -196,3 +196,87 @@ def _write_fleet(path: Path, sshd: SshServer, tmp_path: Path) -> None:
 def write_fleet():
     """`write_fleet(path, sshd, tmp_path)`: a three-device fleet file (one unreachable)."""
     return _write_fleet
+
+
+_ARM64_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "arm64_device.py"
+
+
+def _arm64_script():
+    """scripts/arm64_device.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("arm64_device", _ARM64_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("arm64_device", module)
+    spec.loader.exec_module(module)
+    return sys.modules["arm64_device"]
+
+
+@pytest.fixture
+def arm64_script():
+    """scripts/arm64_device.py as a module, for tests of its parts that need no device."""
+    return _arm64_script()
+
+
+def _reaches(host: str, port: int = 80) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=5):
+        return True
+    return False
+
+
+@dataclass(frozen=True)
+class Arm64Server:
+    """The emulated aarch64 device (scripts/arm64_device.py): its own sshd on loopback, root inside it."""
+
+    facts: object  # arm64_device.Arm64Device
+    qemu_version: tuple[int, ...]
+
+    def device(self, tmp_path: Path, **overrides) -> Device:
+        settings = {
+            "name": "arm64",
+            "host": self.facts.host,
+            "port": self.facts.port,
+            "user": self.facts.user,
+            "key": Path(self.facts.client_key),
+            "target": "android-tflite",
+            "tags": ("arm64",),
+            "workdir": self.facts.workdir,  # a tmpfs of the device: pushes are shared by the session's tests
+            "python": self.facts.python,
+            "known_hosts": Path(self.facts.known_hosts),
+            **overrides,
+        }
+        return Device(**settings)
+
+    def fleet_entry(self, name: str = "arm64", cpu: str | None = None) -> str:
+        """A fleet file entry; `cpu` (a qemu CPU model, e.g. "max") runs the agent on that CPU instead."""
+        python = f"/usr/bin/env QEMU_CPU={cpu} {self.facts.python}" if cpu else self.facts.python
+        return (
+            f'[[device]]\nname = "{name}"\nhost = "{self.facts.host}"\nport = {self.facts.port}\n'
+            f'user = "{self.facts.user}"\nkey = "{self.facts.client_key}"\nknown_hosts = "{self.facts.known_hosts}"\n'
+            f'workdir = "{self.facts.workdir}"\npython = "{python}"\ntarget = "android-tflite"\n'
+            'tags = ["arm64"]\n'
+        )
+
+
+@pytest.fixture(scope="session")
+def arm64(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64Server]:
+    """An aarch64 Debian under qemu-user with its own sshd, started once per session. Builds the cached root
+    filesystem when missing (minutes; .ci/run builds it before the tests); skips only where this machine
+    cannot run aarch64 programs (no root, no binfmt_misc) or cannot download the root filesystem."""
+    script = _arm64_script()
+    try:
+        script.prepare_host()
+    except script.Unavailable as exc:
+        pytest.skip(f"no emulated ARM64 device: {exc}")
+    if not script.rootfs_ready(script.default_rootfs()) and not _reaches("deb.debian.org"):
+        pytest.skip(
+            f"the aarch64 root filesystem is not built ({script.default_rootfs()}) and deb.debian.org cannot be "
+            "reached to build it: run scripts/arm64_device.py build where it can"
+        )
+    script.build_rootfs()
+    state = tmp_path_factory.mktemp("arm64-device")
+    facts = script.start(state)
+    try:
+        yield Arm64Server(facts, script.qemu_version())
+    finally:
+        script.stop(state)
