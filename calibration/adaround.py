@@ -25,8 +25,10 @@ target's round-to-nearest from the spec gives back q exactly.
 from __future__ import annotations
 
 import base64
+import contextlib
 import math
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgekit.calibration.schemes import weight_qmax
 from edgekit.errors import CalibrationError
 from edgekit.onnx_toolbox import consumers
 
@@ -55,6 +58,9 @@ class AdaRoundSettings:
     beta_end: float = 2.0
     warmup: float = 0.2
     stages: int = 16  # QDQ passes that refresh the layers' inputs (each stage's layers read one pass)
+    # torch threads while learning: a step is many small ops, which OpenMP threads slow down (measured here, a
+    # loaded 2-core box: the digits CNN took 63 s on 2 threads, 6 s on 1)
+    threads: int = 1
     seed: int = 0
 
 
@@ -407,6 +413,16 @@ def _progress(enabled: bool) -> Any:
     return Progress(*columns, disable=not enabled, transient=True)
 
 
+@contextlib.contextmanager
+def _torch_threads(torch: Any, threads: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def adaround(
     float_model: onnx.ModelProto,
     spec: Any,
@@ -418,20 +434,18 @@ def adaround(
     """Learn the rounding of every quantized Conv/Gemm/MatMul weight of `float_model` (prepared, with `spec`
     written for it) on `feeds`; the weights are snapped in place. Returns the "adaround" transform for
     `spec.transforms` and each layer's outcome."""
-    from edgekit.calibration.schemes import weight_qmax
-
     torch = _torch()
-    qmax = weight_qmax(spec.scheme["weights"])
     layers = find_layers(float_model, spec)
     transform: dict[str, Any] = {"kind": "adaround", "settings": {**asdict(settings), "samples": len(feeds)}}
     if not layers or not feeds:
         return {**transform, "weights": {}}, []
     per_sample = math.ceil(settings.rows / len(feeds))
     targets, picks = _float_targets(float_model, layers, feeds, per_sample, settings.seed)  # before any snapping
+    qmax = weight_qmax(spec.scheme["weights"])
     inits = {i.name: i for i in float_model.graph.initializer}
     records: dict[str, dict[str, Any]] = {}
     outcomes = []
-    with _progress(progress) as bar:
+    with _progress(progress) as bar, _torch_threads(torch, settings.threads):
         task = bar.add_task("adaround", total=len(layers))
         for stage in _stages(len(layers), settings.stages):
             group = [layers[i] for i in stage]
