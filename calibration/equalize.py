@@ -10,6 +10,8 @@ same weights calibration saw.
   positively homogeneous, so outputs are unchanged. Clip/ReLU6 is not, so such pairs are skipped.
 - Empirical bias correction: the mean per-channel difference between float and quantized outputs of
   each quantized Conv/Gemm, measured on calibration samples, is added to its bias.
+
+AdaRound's learned rounding (calibration/adaround.py) is replayed here too, between the two.
 """
 
 from __future__ import annotations
