@@ -7,15 +7,20 @@ sigmoid h(V) = clip(sigmoid(V) * (zeta - gamma) + gamma, 0, 1), minimising the l
 reconstruction error plus a regulariser lambda * sum(1 - |2h - 1|^beta) that, as beta anneals from 20 to
 2, drives every h to 0 or 1. Adam, lambda 0.01, 20 % warm-up without the regulariser, as in the paper.
 
-Layers are learned one after another in graph order. A layer's inputs come from the QDQ model with every
-earlier layer's learned rounding already in place (the paper's asymmetric reconstruction): each layer then
-also absorbs the error the quantized layers before it left in its input. The targets are the float model's
+Layers are learned one after another in graph order. A layer's inputs come from the QDQ model (activations
+quantized too) with the earlier layers' learned rounding in place: the paper's asymmetric reconstruction, chosen
+over float inputs because each layer then also absorbs the error the quantized layers before it left in its
+input (what the deployed model computes), which the paper measured as the better variant. To bound the ONNX
+Runtime passes, layers go in `stages` (16): one QDQ pass gives the inputs of a stage's layers, so a layer sees
+the learned rounding of every earlier stage and round-to-nearest in the earlier layers of its own stage (a
+model of 16 layers or fewer is fully sequential). The targets are the float model's
 outputs of that layer (after its fused Relu/Clip, which the paper found to help). A layer's learned rounding
 is kept only when it reconstructs the sampled outputs better than round-to-nearest does.
 
 Cost is bounded for a CPU: each layer sees a few thousand output positions (rows of its im2col matrix, drawn
 at random from a few calibration samples), so one optimisation step is one small matrix product. The ONNX
-Runtime runs are the rest: one float pass for all targets, and one QDQ pass per layer for its inputs.
+Runtime runs are the rest: one float pass for all targets, and one QDQ pass per stage for its inputs. Torch
+runs on one thread (see AdaRoundSettings.threads).
 
 The record: per weight, its scales and a bitmask of the round-up decisions relative to floor(w / s)
 (packed, zlib, base64). Replaying it snaps the float weights onto their integer grid, w = q * s, so that any
