@@ -15,7 +15,7 @@ Runtime passes, layers go in `stages` (16): one QDQ pass gives the inputs of a s
 the learned rounding of every earlier stage and round-to-nearest in the earlier layers of its own stage (a
 model of 16 layers or fewer is fully sequential). The targets are the float model's
 outputs of that layer (after its fused Relu/Clip, which the paper found to help). A layer's learned rounding
-is kept only when it reconstructs the sampled outputs better than round-to-nearest does.
+is kept only when it reconstructs the outputs of held-out samples better than round-to-nearest does.
 
 Cost is bounded for a CPU: each layer sees a few thousand output positions (rows of its im2col matrix, drawn
 at random from a few calibration samples), so one optimisation step is one small matrix product. The ONNX
@@ -71,7 +71,8 @@ class AdaRoundSettings:
 
 @dataclass
 class LayerRounding:
-    """One layer's outcome: output reconstruction error (sum over channels, mean over sampled positions)."""
+    """One layer's outcome: output reconstruction error (sum over channels, mean over the sampled positions of the
+    held-out samples) with round-to-nearest and with the learned rounding."""
 
     node: str
     weight: str
@@ -374,9 +375,18 @@ def _optimise(
 
 
 def round_layer(
-    layer: _Layer, weight: np.ndarray, bias: np.ndarray | None, entry: Any, qmax: int, rows: Any, target: Any, settings
+    layer: _Layer,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    entry: Any,
+    qmax: int,
+    rows: Any,
+    target: Any,
+    settings: AdaRoundSettings,
+    train: int,
 ) -> tuple[dict[str, Any] | None, LayerRounding]:
-    """Learn one layer's rounding; its record for the QuantSpec (None: round-to-nearest was as good) and outcome."""
+    """Learn one layer's rounding on the first `train` rows, judge it against round-to-nearest on the others (all
+    rows when there are no others); its record for the QuantSpec (None: nearest was as good) and outcome."""
     torch = _torch()
     function = _LayerFunction(layer, bias, torch)
     scale64 = _broadcast_scale(entry.scale, entry.axis, weight.ndim)
@@ -386,11 +396,12 @@ def round_layer(
     target_t = torch.from_numpy(target)
     base_t = torch.from_numpy(base.astype(np.float32))
     rest = torch.from_numpy((weight.astype(np.float64) / scale64 - base).astype(np.float32))
-    up = _optimise(function, rows, target_t, base_t, rest, scale, qmax, settings)
+    up = _optimise(function, rows[:train], target_t[:train], base_t, rest, scale, qmax, settings)
     learned = np.clip(base + up, -qmax, qmax)
+    held = slice(train, None) if train < len(rows) else slice(None)
     with torch.no_grad():
         errors = [
-            float(_reconstruction(function, rows, target_t, torch.from_numpy(q.astype(np.float32)) * scale))
+            float(_reconstruction(function, rows[held], target_t[held], torch.from_numpy(q.astype(np.float32)) * scale))
             for q in (nearest, learned)
         ]
     better = errors[1] < errors[0]
@@ -450,6 +461,9 @@ def adaround(
     inits = {i.name: i for i in float_model.graph.initializer}
     records: dict[str, dict[str, Any]] = {}
     outcomes = []
+    # a quarter of the samples is held out: learned rounding can overfit the rows it saw (a classifier's Gemm has
+    # one row per sample), and is kept only where it beats round-to-nearest on rows it did not see
+    trained = len(feeds) - len(feeds) // 4
     with _progress(progress) as bar, _torch_threads(torch, settings.threads):
         task = bar.add_task("adaround", total=len(layers))
         for stage in _stages(len(layers), settings.stages):
@@ -459,7 +473,8 @@ def adaround(
                 weight = numpy_helper.to_array(inits[layer.weight])
                 bias = numpy_helper.to_array(inits[layer.bias]) if layer.bias else None
                 entry = spec.tensors[layer.weight]
-                record, outcome = round_layer(layer, weight, bias, entry, qmax, rows, targets[index], settings)
+                train = sum(len(p) for p in picks[index][:trained])  # the later samples' rows judge the result
+                record, outcome = round_layer(layer, weight, bias, entry, qmax, rows, targets[index], settings, train)
                 if record is not None:
                     records[layer.weight] = record
                     replay(inits, {"weights": {layer.weight: record}})  # the next stages read this rounding

@@ -53,15 +53,19 @@ def digits_calibrations(digits_model, digits_tensors):
     return nearest, learned
 
 
-def test_adaround_lowers_every_layers_error_and_raises_the_output_sqnr(
+def test_adaround_keeps_what_lowers_a_layers_error_and_raises_the_output_sqnr(
     digits_model, digits_tensors, digits_calibrations
 ):
     nearest, learned = digits_calibrations
     assert [o.node for o in learned.rounding] == [
         n.name for n in learned.float_model.graph.node if n.op_type in ("Conv", "Gemm")
     ]
-    for outcome in learned.rounding:  # measured on the sampled calibration positions
-        assert outcome.learned and outcome.adaround_error < outcome.nearest_error, outcome
+    for outcome in learned.rounding:  # measured on held-out calibration samples; only what helps is kept
+        assert outcome.learned == (outcome.adaround_error < outcome.nearest_error), outcome
+        if outcome.node.startswith("node_Conv"):  # thousands of positions to learn from: always better
+            assert outcome.learned, outcome
+    kept = {o.weight for o in learned.rounding if o.learned}
+    assert set(learned.spec.transforms[0]["weights"]) == kept
     x = digits_tensors[0][HELD_OUT]
     reference = run(prepare_float_model(digits_model.proto), x)  # ORT FP32 on held-out digits
     before = sqnr_db(reference, run(write_qdq(nearest.float_model, nearest.spec), x))
