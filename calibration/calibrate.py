@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from edgekit.model import Model
 
 MIN_OPSET = 13
+ROUNDINGS = ("nearest", "adaround")
 
 
 def prepare_float_model(proto: onnx.ModelProto, spec: QuantSpec | None = None) -> onnx.ModelProto:
@@ -80,6 +81,9 @@ class Calibration:
     spec: QuantSpec
     observers: dict[str, Any]
     samples: int
+    rounding: list[Any] = field(default_factory=list)  # AdaRound's per-layer outcomes (adaround.LayerRounding)
+    # the float model before AdaRound or bias correction changed its weights (None: float_model is it)
+    reference: onnx.ModelProto | None = None
 
 
 def _progress(total: int | None, enabled: bool) -> Any:
@@ -114,6 +118,8 @@ def calibrate(
     mixed_range_factor: float = DEFAULT_FACTOR,
     mixed_range_policy: str = DEFAULT_POLICY,
     output_tail: str = DEFAULT_TAIL_POLICY,
+    rounding: str = "nearest",
+    rounding_samples: int = 8,
 ) -> Calibration:
     """Observe every activation the QDQ model will quantize and write the QuantSpec.
 
@@ -122,10 +128,13 @@ def calibrate(
     feeding an output whose inputs' ranges differ by more than `mixed_range_factor` (a detection head's
     boxes and scores) is handled by `mixed_range_policy` (calibration/mixed_range.py: float, branches, report).
     The output tail (a detector's decoding after its last learned layers) follows `output_tail`
-    (calibration/output_tail.py: float, int8).
+    (calibration/output_tail.py: float, int8). `rounding` "adaround" learns each weight's rounding on
+    `rounding_samples` calibration samples (calibration/adaround.py) before any bias correction.
     """
     from edgekit.calibration.observers import get_observer
 
+    if rounding not in ROUNDINGS:
+        raise CalibrationError(f"unknown rounding {rounding!r}; use one of {', '.join(ROUNDINGS)}")
     check_policy(mixed_range_policy)
     check_tail_policy(output_tail)
     float_model = prepare_float_model(model.proto)
@@ -198,11 +207,24 @@ def calibrate(
     found = find_mixed_range_concats(float_model, spec, mixed_range_factor)
     apply_policy(spec, found, mixed_range_policy, mixed_range_factor)
     apply_tail_policy(spec, tail, output_tail)
+    unrounded, outcomes = _copy(float_model) if bias_correction or rounding != "nearest" else None, []
+    if rounding == "adaround":
+        from edgekit.calibration.adaround import adaround
+
+        again = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=rounding_samples)
+        transform, outcomes = adaround(float_model, spec, list(again.feeds), progress=progress)  # snaps in place
+        spec.transforms.append(transform)
     if bias_correction:
         again = load_calibration_data(data, spec=model.preprocess, input_name=input_name, limit=bias_samples)
-        deltas = bias_corrections(float_model, spec, list(again.feeds))  # corrects float_model in place
+        deltas = bias_corrections(float_model, spec, list(again.feeds), unrounded)  # corrects float_model in place
         spec.transforms.append({"kind": "bias_correction", "biases": deltas})
-    return Calibration(float_model, plan, spec, observers, samples)
+    return Calibration(float_model, plan, spec, observers, samples, outcomes, unrounded)
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
 
 
 def _wait(updates: list[Any]) -> None:

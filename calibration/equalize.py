@@ -10,6 +10,8 @@ same weights calibration saw.
   positively homogeneous, so outputs are unchanged. Clip/ReLU6 is not, so such pairs are skipped.
 - Empirical bias correction: the mean per-channel difference between float and quantized outputs of
   each quantized Conv/Gemm, measured on calibration samples, is added to its bias.
+
+AdaRound's learned rounding (calibration/adaround.py) is replayed here too, between the two.
 """
 
 from __future__ import annotations
@@ -103,6 +105,10 @@ def apply_transforms(model: onnx.ModelProto, transforms: list[dict[str, Any]]) -
         if transform["kind"] == "equalize":
             for pair in transform["pairs"]:
                 _apply_pair(inits, nodes[pair["first"]], nodes[pair["second"]], np.asarray(pair["scales"], np.float32))
+        elif transform["kind"] == "adaround":
+            from edgekit.calibration.adaround import replay
+
+            replay(inits, transform)
         elif transform["kind"] == "bias_correction":
             for name, delta in transform["biases"].items():
                 values = numpy_helper.to_array(inits[name]) + np.asarray(delta, np.float32)
@@ -113,14 +119,18 @@ def apply_transforms(model: onnx.ModelProto, transforms: list[dict[str, Any]]) -
 
 
 def bias_corrections(
-    float_model: onnx.ModelProto, spec: Any, feeds: list[dict[str, np.ndarray]]
+    float_model: onnx.ModelProto,
+    spec: Any,
+    feeds: list[dict[str, np.ndarray]],
+    reference_model: onnx.ModelProto | None = None,
 ) -> dict[str, list[float]]:
     """Per bias initializer: mean(float output) - mean(quantized output) of its Conv/Gemm, per channel.
 
     Layers are corrected one after another in graph order, each measured with every earlier correction
     already applied: correcting all at once from one measurement over-corrects deep networks (measured
     here on a MobileNetV2-style network: -19 dB instead of a gain), because each layer's shift also
-    moves every layer after it. `float_model` is corrected in place.
+    moves every layer after it. `float_model` is corrected in place. The float outputs come from
+    `reference_model` when given (the float weights before AdaRound snapped `float_model`'s onto their grid).
     """
     from edgekit.calibration.graph import session_with_outputs
     from edgekit.calibration.qdq import write_qdq
@@ -138,7 +148,7 @@ def bias_corrections(
     if not targets or not feeds:
         return {}
     names = [n.output[0] for n in targets]
-    float_session = session_with_outputs(float_model, names)
+    float_session = session_with_outputs(float_model if reference_model is None else reference_model, names)
     reference = [float_session.run(names, feed) for feed in feeds]  # float outputs do not change with biases
     corrections: dict[str, list[float]] = {}
     for index, node in enumerate(targets):

@@ -93,6 +93,8 @@ def quantize(
     mixed_range_policy: str = DEFAULT_POLICY,
     output_tail: str = DEFAULT_TAIL_POLICY,
     latency_plan: Callable[[onnx.ModelProto, QuantSpec], onnx.ModelProto] | None = None,
+    rounding: str = "nearest",
+    rounding_samples: int = 8,
 ) -> QuantizeResult:
     """Quantize `model` with calibration `data`.
 
@@ -102,6 +104,7 @@ def quantize(
     the outputs (detection heads) follow `mixed_range_policy` (calibration/mixed_range.py). `latency_plan`
     (a target's `timed_model(float_model, spec)`) instead times regions of the artifact on this machine and
     keeps float where INT8 does not pay, then where the budget needs it (calibration/latency_plan.py).
+    `rounding` "adaround" learns the weights' rounding (calibration/adaround.py).
     """
     if max_drop is not None and (eval_feeds is None or eval_labels is None):
         raise EdgekitError("--max-drop needs labelled evaluation data: pass --eval DATA (and --labels for a video)")
@@ -122,9 +125,13 @@ def quantize(
         mixed_range_factor=mixed_range_factor,
         mixed_range_policy=mixed_range_policy,
         output_tail=output_tail,
+        rounding=rounding,
+        rounding_samples=rounding_samples,
     )
     timings["calibration"] = time.perf_counter() - start
     float_model, spec = calibration.float_model, calibration.spec
+    # accuracy is measured against the float weights, not the ones AdaRound or bias correction changed
+    reference = float_model if calibration.reference is None else calibration.reference
     if eval_feeds is None:
         eval_feeds = _sample_feeds(model, data, error_samples)
     result = QuantizeResult(write_qdq(float_model, spec), spec, float_model, timings_s=timings)
@@ -137,11 +144,11 @@ def quantize(
         start = time.perf_counter()
         if max_drop is not None:
             evaluator = Evaluator.for_top1(eval_feeds, eval_labels or [])
-            baseline = evaluator(float_model)
+            baseline = evaluator(reference)
             target = baseline - max_drop / 100.0
             result.accuracy["float_top1"] = baseline
         else:
-            evaluator = Evaluator.for_sqnr(float_model, eval_feeds)
+            evaluator = Evaluator.for_sqnr(reference, eval_feeds)
             target = float(min_sqnr)  # type: ignore[arg-type]
         fully_quantized = evaluator(result.qdq_model)
         if fully_quantized >= target:  # no sensitivity sweep needed
@@ -161,11 +168,11 @@ def quantize(
             )
     if eval_labels is not None and eval_feeds:
         evaluator = Evaluator.for_top1(eval_feeds, eval_labels)
-        result.accuracy.setdefault("float_top1", evaluator(float_model))
+        result.accuracy.setdefault("float_top1", evaluator(reference))
         result.accuracy["quantized_top1"] = evaluator(result.qdq_model)
     start = time.perf_counter()
     result.errors = tensor_errors(
-        float_model,
+        reference,
         result.qdq_model,
         eval_feeds[:error_samples],
         [t for t, q in spec.tensors.items() if q.kind == "activation"],

@@ -33,6 +33,7 @@ def build(
     calib: Any = None,
     observer: str = "minmax",
     calib_limit: int | None = None,
+    rounding: str = "nearest",
     progress: bool = False,
     options: Mapping[str, Any] | TargetOptions | None = None,
     task: str | None = None,
@@ -41,7 +42,8 @@ def build(
     """Turn a model into an artifact for `target` in the folder `out`.
 
     Quantized precisions take their scales from `quant_spec` (a QuantSpec or its JSON path), or from
-    calibrating on `calib` with `observer` in the scheme the target wants. `options` are the target's
+    calibrating on `calib` with `observer` in the scheme the target wants (`rounding` "adaround" learns the
+    weights' rounding on a few of those samples: calibration/adaround.py). `options` are the target's
     build options (its `Options` dataclass, or a dict: None values are dropped, text is parsed by the
     option types), e.g. for jetson-trt `{"dla_core": 0, "sparsity": "2:4", "max_batch": 8}`; `edgekit
     targets --options NAME` lists them. A key the target does not take is refused by name, before any
@@ -74,6 +76,7 @@ def build(
             weights=weights,
             limit=calib_limit,
             progress=progress,
+            rounding=rounding,
         ).spec
     if isinstance(calib, (str, Path)) or hasattr(calib, "__array_interface__"):  # a stream would be spent
         model = _with_validation_feeds(model, calib, calib_limit)

@@ -20,6 +20,15 @@ from edgekit.cli.common import (
     with_preprocess,
 )
 
+rounding_option = click.option(
+    "--rounding",
+    type=click.Choice(["nearest", "adaround"]),
+    default="nearest",
+    show_default=True,
+    help="Weight rounding: round-to-nearest, or AdaRound (learned per layer on a few calibration samples; "
+    "needs edgekit[torch]; minutes on a CPU).",
+)
+
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
@@ -161,6 +170,7 @@ def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
 @click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
+@rounding_option
 @build_options_option(
     "A build option of the target (repeatable), e.g. -O dla_core=0 for jetson-trt; "
     "`edgekit targets --options NAME` lists a target's options."
@@ -183,6 +193,7 @@ def build(
     calib: str | None,
     spec_path: str | None,
     observer: str,
+    rounding: str,
     option_items: tuple[str, ...],
     dla_core: int | None,
     sparsity: str | None,
@@ -223,6 +234,7 @@ def build(
         quant_spec=spec_path,
         calib=calib,
         observer=observer,
+        rounding=rounding,
         progress=True,
         options=options,
         task=task,
@@ -363,6 +375,7 @@ def observers() -> None:
 )
 @click.option("--equalize", is_flag=True, help="Cross-layer equalization first (Conv-ReLU-Conv chains, depthwise too).")
 @click.option("--bias-correction", is_flag=True, help="Correct each quantized Conv/Gemm bias by its mean output shift.")
+@rounding_option
 @click.option(
     "--mixed-range",
     "mixed_range",
@@ -415,6 +428,7 @@ def quantize(
     latency_plan: bool,
     equalize: bool,
     bias_correction: bool,
+    rounding: str,
     mixed_range: str,
     mixed_range_factor: float,
     output_tail: str,
@@ -469,6 +483,7 @@ def quantize(
         min_sqnr=min_sqnr,
         equalize=equalize,
         bias_correction=bias_correction,
+        rounding=rounding,
         mixed_range_factor=mixed_range_factor,
         mixed_range_policy=mixed_range,
         output_tail=output_tail,
