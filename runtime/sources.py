@@ -11,6 +11,8 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .media import diagnose_video
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm")
 VIDEO_FORMATS_HINT = (
     "OpenCV reads MPEG-4 Part 2 (mp4v), Motion JPEG (MJPG) and H.264 video files; re-encode with e.g. "
@@ -27,9 +29,16 @@ class SourceError(RuntimeError):
 
 
 def _cv2() -> Any:
+    # ffmpeg's own log lines ("moov atom not found") would reach the terminal; our errors say the cause instead
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     import cv2  # lazily: only sources need OpenCV
 
     return cv2
+
+
+def _video_cause(path: str) -> str:
+    """The cause read from the file's own bytes (runtime/media.py), else the formats OpenCV reads."""
+    return diagnose_video(path) or VIDEO_FORMATS_HINT
 
 
 def redact_uri(uri: str) -> str:
@@ -108,12 +117,12 @@ class VideoFileSource(_CaptureSource):
         self._capture = cv2.VideoCapture(self.path)
         if not self._capture.isOpened():
             self.close()
-            raise SourceError("cannot open video file %s: %s" % (self.path, VIDEO_FORMATS_HINT))
+            raise SourceError("cannot open video file %s: %s" % (self.path, _video_cause(self.path)))
         # read one frame now, so an undecodable file fails at open time rather than mid-run
         self._pending = self._read()
         if self._pending is None:
             self.close()
-            raise SourceError("cannot decode any frame of video file %s: %s" % (self.path, VIDEO_FORMATS_HINT))
+            raise SourceError("cannot decode any frame of video file %s: %s" % (self.path, _video_cause(self.path)))
         self.position = -1
 
     def _reported_frame_count(self) -> Optional[int]:

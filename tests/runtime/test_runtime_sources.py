@@ -1,5 +1,6 @@
 """Frame sources on real files: mp4v videos and PNG folders; live kinds fail fast and clearly here."""
 
+import re
 import time
 
 import cv2
@@ -162,3 +163,29 @@ def test_gstreamer_pipeline_error_is_clear():
         open_source("camera", 0, labels=[1])
     with pytest.raises(SourceError, match="unknown source kind"):
         open_source("npz", "x")
+
+
+def test_a_broken_video_names_its_real_cause_and_ffmpeg_stays_quiet(tmp_path):
+    import subprocess
+    import sys
+
+    good = tmp_path / "good.mp4"
+    write_video(good, ["red", "blue"] * 6)
+    data = good.read_bytes()
+    cases = {
+        "empty.mp4": (b"", "is empty"),
+        "cut.mp4": (data[: len(data) // 2], "MP4 file is truncated"),
+        "unfinalised.mp4": (data[: data.find(b"moov") - 4], "no index ('moov' box)"),
+        "noise.mp4": (bytes(range(256)) * 8, "OpenCV reads MPEG-4 Part 2"),  # unknown bytes: the formats it reads
+    }
+    for name, (content, cause) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(SourceError, match=re.escape(cause)):
+            open_source("video", str(tmp_path / name))
+    # ffmpeg's own "moov atom not found" does not reach the terminal; our message says it instead
+    code = (
+        "from edgekit.runtime.sources import open_source, SourceError\n"
+        f"try:\n    open_source('video', {str(tmp_path / 'cut.mp4')!r})\nexcept SourceError as e:\n    print(e)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "truncated" in done.stdout and "moov atom" not in done.stderr, done.stderr
