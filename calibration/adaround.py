@@ -44,7 +44,7 @@ from onnx import numpy_helper
 
 from edgekit.calibration.schemes import weight_qmax
 from edgekit.errors import CalibrationError
-from edgekit.onnx_toolbox import consumers
+from edgekit.onnx_toolbox import attrs, consumers
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (paper: zeta 1.1, gamma -0.1)
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -150,8 +150,8 @@ def replay(inits: dict[str, onnx.TensorProto], transform: dict[str, Any]) -> Non
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    return {k: v.decode() if isinstance(v, bytes) else v for k, v in values.items()}
+    """onnx_toolbox.attrs with text attributes (auto_pad) as str."""
+    return {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs(node).items()}
 
 
 def _fused_clip(node: onnx.NodeProto, readers: dict, inits: dict, outputs: set[str]) -> tuple[str, Any]:
@@ -188,16 +188,16 @@ def find_layers(model: onnx.ModelProto, spec: Any) -> list[_Layer]:
         if entry is None or entry.kind != "weight" or weight not in inits or len(readers.get(weight, [])) != 1:
             continue
         dims = list(inits[weight].dims)
-        attrs = _attrs(node)
+        values = _attrs(node)
         if node.op_type == "Conv" and len(dims) != 4 or node.op_type != "Conv" and len(dims) != 2:
             continue  # 1-D/3-D convolutions and batched MatMul weights keep round-to-nearest
-        if node.op_type == "Gemm" and attrs.get("transA", 0):
+        if node.op_type == "Gemm" and values.get("transA", 0):
             continue
         bias = node.input[2] if len(node.input) > 2 and node.input[2] in inits else None
-        if node.op_type == "Gemm" and bias and int(np.prod(inits[bias].dims)) != dims[0 if attrs.get("transB") else 1]:
+        if node.op_type == "Gemm" and bias and int(np.prod(inits[bias].dims)) != dims[0 if values.get("transB") else 1]:
             continue  # a Gemm whose C is not a per-output bias
         output, clip = _fused_clip(node, readers, inits, outputs)
-        layers.append(_Layer(node, weight, bias, output, clip, attrs, list(attrs.get("kernel_shape", dims[2:]))))
+        layers.append(_Layer(node, weight, bias, output, clip, values, list(values.get("kernel_shape", dims[2:]))))
     return layers
 
 
@@ -234,13 +234,13 @@ def _float_targets(
 
 def _conv_pads(layer: _Layer, spatial: tuple[int, int], kernel: list[int]) -> list[int]:
     """ONNX pads [top, left, bottom, right], from `pads` or from SAME_UPPER/SAME_LOWER auto_pad."""
-    attrs = layer.attrs
-    auto = attrs.get("auto_pad", "NOTSET")
+    values = layer.attrs
+    auto = values.get("auto_pad", "NOTSET")
     if auto not in ("SAME_UPPER", "SAME_LOWER"):
-        return list(attrs.get("pads", [0, 0, 0, 0]))
+        return list(values.get("pads", [0, 0, 0, 0]))
     begins, ends = [], []
     for size, k, s, d in zip(
-        spatial, kernel, attrs.get("strides", [1, 1]), attrs.get("dilations", [1, 1]), strict=True
+        spatial, kernel, values.get("strides", [1, 1]), values.get("dilations", [1, 1]), strict=True
     ):
         total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
         first = total // 2 if auto == "SAME_UPPER" else total - total // 2
@@ -309,10 +309,10 @@ class _LayerFunction:
 
     def __init__(self, layer: _Layer, bias: np.ndarray | None, torch: Any) -> None:
         self.layer, self.torch = layer, torch
-        op, attrs = layer.node.op_type, layer.attrs
-        self.groups = int(attrs.get("group", 1)) if op == "Conv" else 1
-        self.alpha = float(attrs.get("alpha", 1.0)) if op == "Gemm" else 1.0
-        beta = float(attrs.get("beta", 1.0)) if op == "Gemm" else 1.0
+        op, values = layer.node.op_type, layer.attrs
+        self.groups = int(values.get("group", 1)) if op == "Conv" else 1
+        self.alpha = float(values.get("alpha", 1.0)) if op == "Gemm" else 1.0
+        beta = float(values.get("beta", 1.0)) if op == "Gemm" else 1.0
         self.bias = None if bias is None else torch.from_numpy(bias.astype(np.float32).ravel() * beta)
 
     def __call__(self, rows: Any, weight: Any) -> Any:

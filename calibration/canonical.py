@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.onnx_toolbox import consumers, drop_unused_initializers
+from edgekit.onnx_toolbox import attrs, consumers, drop_nodes, drop_unused_initializers
 
 CONV_OPS = {"Conv": 0, "ConvTranspose": 1}  # op -> output-channel axis of its weight
 
@@ -80,10 +80,7 @@ def remove_identities(model: onnx.ModelProto) -> onnx.ModelProto:
         else:
             _rename_reads(graph, target, source)
         removed.add(id(node))
-    if removed:
-        kept = [n for n in graph.node if id(n) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept)
+    drop_nodes(graph, removed)
     return model
 
 
@@ -121,21 +118,14 @@ def fold_bias_adds(model: onnx.ModelProto) -> None:
         if constant not in inits or list(add.input).count(out) != 1:
             continue
         weight = inits[conv.input[1]]
-        channels = weight.dims[0] if conv.op_type == "Conv" else weight.dims[1] * _group(conv)
+        channels = weight.dims[0] if conv.op_type == "Conv" else weight.dims[1] * attrs(conv).get("group", 1)
         vector = _per_channel_constant(numpy_helper.to_array(inits[constant]), channels, len(weight.dims))
         if vector is None or inits[constant].data_type != onnx.TensorProto.FLOAT:
             continue
         _add_to_bias(graph, conv, inits, readers_of, vector)
         conv.output[0] = add.output[0]
         removed.add(id(add))
-    if removed:
-        kept = [n for n in graph.node if id(n) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept)
-
-
-def _group(node: onnx.NodeProto) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
+    drop_nodes(graph, removed)
 
 
 def _add_to_bias(graph, conv, inits, readers_of, vector: np.ndarray) -> None:
@@ -210,11 +200,11 @@ def spatial_means_to_pooling(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
             continue
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        axes = attrs.get("axes")
+        values = attrs(node)
+        axes = values.get("axes")
         if axes is None and opset >= 18 and len(node.input) > 1:
             axes = _initializer_values(model, node.input[1])
-        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or attrs.get("keepdims", 1) != 1:
+        if axes is None or sorted(int(a) % 4 for a in axes) != [2, 3] or values.get("keepdims", 1) != 1:
             continue
         node.op_type = "GlobalAveragePool"
         del node.attribute[:]

@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 
 from edgekit.calibration.fused_patterns import float_fused_nodes
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, attrs, consumers, drop_nodes, drop_unused_initializers
 
 # Ops with weights that become integer kernels (QLinearConv, QGemm, MatMulInteger, ...).
 WEIGHT_OPS = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}  # op -> index of the weight input
@@ -84,9 +84,7 @@ def fold_batchnorm(model: onnx.ModelProto) -> onnx.ModelProto:
         conv.output[0] = bn.output[0]
         removed.add(id(bn))
     if removed:
-        kept = [node for node in graph.node if id(node) not in removed]
-        del graph.node[:]
-        graph.node.extend(kept)
+        drop_nodes(graph, removed)
         drop_unused_initializers(graph)
     return model_copy
 
@@ -221,17 +219,12 @@ def _shared_scales(
         if node.op_type not in SHARED_SCALE_OPS or node.name in float_nodes or not node.input:
             continue
         source, out = node.input[0], node.output[0]
-        if node.op_type == "Resize" and _attr(node, "mode", b"nearest") not in (b"nearest", b"linear"):
+        if node.op_type == "Resize" and attrs(node).get("mode", b"nearest") not in (b"nearest", b"linear"):
             continue  # cubic overshoots its input's range
         if source in activations and out not in graph_outputs:
             activations[out] = None
             shared[out] = shared.get(source, source)
     return shared
-
-
-def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
-    attribute = next((a for a in node.attribute if a.name == name), None)
-    return onnx.helper.get_attribute_value(attribute) if attribute is not None else default
 
 
 def _plan_weight(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], plan: QuantPlan, per_channel: bool) -> bool:

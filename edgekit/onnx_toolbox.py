@@ -36,6 +36,14 @@ def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
+def drop_nodes(graph: onnx.GraphProto, removed: set[int]) -> None:
+    """Remove the nodes whose id() is in `removed` (the caller holds those node objects, so the ids stay valid)."""
+    if removed:
+        kept = [node for node in graph.node if id(node) not in removed]
+        del graph.node[:]
+        graph.node.extend(kept)
+
+
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:
     """Remove the initializers no node reads (after a rewrite left them behind)."""
     used = {name for node in graph.node for name in node.input}
