@@ -33,6 +33,7 @@ from edgekit.targets.tensorrt_ops import (
     refusal_reason,
     tensorrt_ops,
 )
+from edgekit.targets.tensorrt_opset import opset_for_tensorrt
 
 if TYPE_CHECKING:
     import onnx
@@ -198,6 +199,7 @@ class JetsonTensorRtTarget(Target):
             files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric, model)}
             build["calibration_cache"] = CALIBRATION_CACHE
             extra["quantization"] = {**quantization_summary(spec), "created_by": spec.created_by}
+        files["model.onnx"], extra["opset"] = opset_for_tensorrt(files["model.onnx"], options.trt_version)
         extra["validation"] = _validation(model, precision, files["model.onnx"], spec, build["profile_shapes"])
         return files, {**extra, "build": build, "not_honoured": not_honoured}
 

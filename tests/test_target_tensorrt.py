@@ -39,6 +39,16 @@ def sym_spec(digits):
     return calibrate(model, x[:64], activations="int8_sym", weights="int8_per_channel", progress=False).spec
 
 
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
+
+
 def build(model, out, precision="fp32", spec=None, **options):
     return get_target("jetson-trt").build(model, out, precision=precision, quant_spec=spec, options=options)
 
@@ -60,8 +70,17 @@ def test_float_precisions_carry_the_float_model_as_given(digits, tmp_path, preci
     assert sorted(manifest["files"]) == ["model.onnx"]
     # fp16 too: TensorRT builds FP16 from the float weights (BuilderFlag.FP16); nothing is converted here
     packaged = Model.load(artifact.model_path)
-    assert packaged.sha256 == model.sha256
+    # the digits CNN is opset 18: TensorRT 8.5 (the default) gets it at opset 17, same nodes and weights
+    assert manifest["opset"] == {"source": 18, "built": 17, "how": "onnx.version_converter", "why": ANY_TEXT}
+    assert [n.op_type for n in packaged.proto.graph.node] == [n.op_type for n in model.proto.graph.node]
+    assert {i.name: i.raw_data for i in packaged.proto.graph.initializer} == {
+        i.name: i.raw_data for i in model.proto.graph.initializer
+    }
+    assert packaged.preprocess == model.preprocess
     assert not [i.name for i in packaged.proto.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    as_given = build(model, tmp_path / "trt10", precision, trt_version="10.3")  # TensorRT 10 reads opset 18 right
+    assert Model.load(as_given.model_path).sha256 == model.sha256
+    assert as_given.manifest["opset"] == {"source": 18, "built": 18}
     assert manifest["engine"] == "tensorrt" and manifest["precision"] == precision
     assert manifest["build"] == {
         "precision": precision,
