@@ -22,7 +22,6 @@ from edgekit.model import Model
 from edgekit.runtime.engines.tensorrt import validate_options
 from edgekit.targets import BuildError, TargetError, get_target, target_names
 from edgekit.targets.tensorrt import is_2_4_sparse, not_2_4_sparse_layers
-from edgekit.targets.tensorrt_cache import read_trt_cache
 from edgekit.targets.tensorrt_ops import TENSORRT_ONNX_OPS
 
 
@@ -100,7 +99,7 @@ def test_int8_is_a_symmetric_qdq_model_tensorrt_parses_and_runs_close_to_float(d
     model, x, labels = digits
     artifact = build(model, tmp_path / "int8", "int8", sym_spec)
     manifest = artifact.manifest
-    assert sorted(manifest["files"]) == ["model.onnx", "trt_calibration.cache"]
+    assert sorted(manifest["files"]) == ["model.onnx"]
     assert manifest["quant_spec_sha256"] == sym_spec.sha256 and manifest["not_honoured"] == []
     assert manifest["quantization"]["scheme"] == {"activations": "int8_sym", "weights": "int8_per_channel"}
     qdq = onnx.load(artifact.model_path)
@@ -132,18 +131,17 @@ def test_int8_is_a_symmetric_qdq_model_tensorrt_parses_and_runs_close_to_float(d
     assert np.abs(q - np.round(q)).max() < 1e-3 and np.abs(np.round(q)).max() == 127
 
 
-def test_int8_calibration_cache_parses_back_to_the_spec_scales(digits, sym_spec, tmp_path):
+def test_int8_is_explicit_qdq_without_a_calibration_cache_and_says_why(digits, sym_spec, tmp_path):
+    """TensorRT ignores a calibrator for a network with Q/DQ layers: the artifact carries none, the manifest says so,
+    and the agent's engine option check takes the build section as it is."""
     artifact = build(digits[0], tmp_path / "int8", "int8", sym_spec)
-    header, scales = read_trt_cache(artifact.path / "trt_calibration.cache")
-    assert header.startswith("TRT-")
-    activations = {n: e for n, e in sym_spec.tensors.items() if e.kind == "activation"}
-    assert set(scales) == set(activations)
-    for name, entry in activations.items():
-        assert scales[name] == pytest.approx(entry.scale, rel=1e-6), name
+    assert not (artifact.path / "trt_calibration.cache").exists()
+    tensorrt = artifact.manifest["quantization"]["tensorrt"]
+    assert tensorrt["mode"] == "explicit Q/DQ" and tensorrt["calibration_cache"] is None
+    assert "ignore a calibrator" in tensorrt["why"]
     build_section = artifact.manifest["build"]
-    assert build_section["precision"] == "int8" and build_section["calibration_cache"] == "trt_calibration.cache"
-    opts = validate_options(build_section, str(artifact.path))
-    assert opts["calibration_cache"] == str(artifact.path / "trt_calibration.cache")
+    assert build_section["precision"] == "int8" and build_section["calibration_cache"] is None
+    assert validate_options(build_section, str(artifact.path))["calibration_cache"] is None
 
 
 def test_asymmetric_spec_is_refused_unless_it_came_from_qat(digits, tmp_path):
@@ -361,7 +359,7 @@ def test_cli_builds_jetson_int8_and_other_targets_reject_jetson_flags(digits, tm
     assert manifest["quantization"]["scheme"]["activations"] == "int8_sym"  # calibrated for the target
     assert manifest["build"]["dla_core"] == 0 and manifest["build"]["sparsity"] is True
     assert manifest["build"]["profile_shapes"]["input"][2] == [4, 1, 28, 28]
-    assert (tmp_path / "art" / "trt_calibration.cache").is_file()
+    assert sorted(manifest["files"]) == ["model.onnx"]  # explicit Q/DQ: no calibration cache
     refused = runner.invoke(
         main, ["build", str(digits_model_path()), "-t", "x86-ort", "--max-batch", "4", "-o", str(tmp_path / "x86")]
     )
