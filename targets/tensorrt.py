@@ -1,8 +1,8 @@
 """The Jetson target: an ONNX model plus the build configuration; the device builds the TensorRT engine.
 
 A TensorRT engine only runs on the TensorRT version and GPU that built it, so the artifact carries ONNX
-(the float model for fp32/fp16, a QDQ model with symmetric int8 scales from the QuantSpec for int8), the
-calibration cache for implicit INT8 on older JetPacks, and a `build` section that the agent hands to its
+(the float model for fp32/fp16, a QDQ model with symmetric int8 scales from the QuantSpec for int8; no
+calibration cache, which TensorRT ignores for a Q/DQ network), and a `build` section that the agent hands to its
 `tensorrt` engine as options (runtime/engines/tensorrt/ builds and caches the engine on the device).
 
 What TensorRT's ONNX parser wants from a QDQ graph (onnx-tensorrt docs/operators.md; NVIDIA's Q/DQ
@@ -14,9 +14,7 @@ way, onnx/onnx-tensorrt#850). TensorRT quantizes the biases itself from the inpu
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +31,7 @@ from edgekit.targets.tensorrt_ops import (
     refusal_reason,
     tensorrt_ops,
 )
+from edgekit.targets.tensorrt_opset import opset_for_tensorrt
 
 if TYPE_CHECKING:
     import onnx
@@ -42,7 +41,13 @@ if TYPE_CHECKING:
 
 DLA_CORES = (0, 1)  # Jetson AGX Xavier / Xavier NX / AGX Orin / Orin NX have two DLA cores (Orin Nano none)
 SPARSITY_PATTERNS = ("2:4",)  # what Ampere's sparse tensor cores run
-CALIBRATION_CACHE = "trt_calibration.cache"
+# why an int8 artifact carries no calibration cache (the manifest says it in quantization.tensorrt)
+EXPLICIT_QDQ = {
+    "mode": "explicit Q/DQ",
+    "calibration_cache": None,
+    "why": "every scale is in the model's Q/DQ nodes; TensorRT 8.5 to 10 ignore a calibrator for a network with "
+    "Q/DQ layers, so a cache would be dead weight (edgekit quantize writes one for implicit INT8 from a float model)",
+}
 
 
 @dataclass(frozen=True)
@@ -193,11 +198,15 @@ class JetsonTensorRtTarget(Target):
         else:
             from edgekit.calibration.spec_summary import quantization_summary
 
-            qdq_bytes, symmetric, notes = self._int8_model(model, spec)
+            qdq_bytes, _, notes = self._int8_model(model, spec)
             not_honoured.extend(notes)
-            files = {"model.onnx": qdq_bytes, CALIBRATION_CACHE: _calibration_cache(symmetric, model)}
-            build["calibration_cache"] = CALIBRATION_CACHE
-            extra["quantization"] = {**quantization_summary(spec), "created_by": spec.created_by}
+            files = {"model.onnx": qdq_bytes}
+            extra["quantization"] = {
+                **quantization_summary(spec),
+                "created_by": spec.created_by,
+                "tensorrt": EXPLICIT_QDQ,
+            }
+        files["model.onnx"], extra["opset"] = opset_for_tensorrt(files["model.onnx"], options.trt_version)
         extra["validation"] = _validation(model, precision, files["model.onnx"], spec, build["profile_shapes"])
         return files, {**extra, "build": build, "not_honoured": not_honoured}
 
@@ -341,29 +350,6 @@ def _zero_points(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         for node in model.graph.node
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2 and node.input[2] in inits
     }
-
-
-def _calibration_cache(spec: QuantSpec, model: Model) -> bytes:
-    """TensorRT's calibration cache for the spec (the tensors its QDQ model quantizes, so float nodes stay
-    float in implicit INT8 too), written and parsed back; the scales must round-trip."""
-    from edgekit.calibration.calibrate import prepare_float_model
-    from edgekit.targets.tensorrt_cache import cache_scales, read_trt_cache, write_trt_cache
-
-    prepared = prepare_float_model(model.proto, spec)
-    expected = cache_scales(spec, prepared)
-    with tempfile.TemporaryDirectory(prefix="edgekit-trt-") as folder:
-        path = write_trt_cache(spec, Path(folder) / CALIBRATION_CACHE, model=prepared)
-        _, scales = read_trt_cache(path)
-        data = path.read_bytes()
-    if set(scales) != set(expected):
-        raise BuildError(
-            f"the calibration cache lost tensors: wrote {len(expected)}, read back {len(scales)} "
-            f"({sorted(set(expected) ^ set(scales))[:5]})"
-        )
-    for name, scale in expected.items():
-        if not np.isclose(scales[name], scale, rtol=1e-6, atol=0.0):
-            raise BuildError(f"the calibration cache scale of {name!r} reads back as {scales[name]}, not {scale}")
-    return data
 
 
 def _validation(

@@ -22,7 +22,6 @@ from edgekit.model import Model
 from edgekit.runtime.engines.tensorrt import validate_options
 from edgekit.targets import BuildError, TargetError, get_target, target_names
 from edgekit.targets.tensorrt import is_2_4_sparse, not_2_4_sparse_layers
-from edgekit.targets.tensorrt_cache import read_trt_cache
 from edgekit.targets.tensorrt_ops import TENSORRT_ONNX_OPS
 
 
@@ -37,6 +36,16 @@ def digits() -> tuple[Model, np.ndarray, np.ndarray]:
 def sym_spec(digits):
     model, x, _ = digits
     return calibrate(model, x[:64], activations="int8_sym", weights="int8_per_channel", progress=False).spec
+
+
+class _AnyText(str):
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+    __hash__ = str.__hash__
+
+
+ANY_TEXT = _AnyText()
 
 
 def build(model, out, precision="fp32", spec=None, **options):
@@ -60,8 +69,17 @@ def test_float_precisions_carry_the_float_model_as_given(digits, tmp_path, preci
     assert sorted(manifest["files"]) == ["model.onnx"]
     # fp16 too: TensorRT builds FP16 from the float weights (BuilderFlag.FP16); nothing is converted here
     packaged = Model.load(artifact.model_path)
-    assert packaged.sha256 == model.sha256
+    # the digits CNN is opset 18: TensorRT 8.5 (the default) gets it at opset 17, same nodes and weights
+    assert manifest["opset"] == {"source": 18, "built": 17, "how": "onnx.version_converter", "why": ANY_TEXT}
+    assert [n.op_type for n in packaged.proto.graph.node] == [n.op_type for n in model.proto.graph.node]
+    assert {i.name: i.raw_data for i in packaged.proto.graph.initializer} == {
+        i.name: i.raw_data for i in model.proto.graph.initializer
+    }
+    assert packaged.preprocess == model.preprocess
     assert not [i.name for i in packaged.proto.graph.initializer if i.data_type == TensorProto.FLOAT16]
+    as_given = build(model, tmp_path / "trt10", precision, trt_version="10.3")  # TensorRT 10 reads opset 18 right
+    assert Model.load(as_given.model_path).sha256 == model.sha256
+    assert as_given.manifest["opset"] == {"source": 18, "built": 18}
     assert manifest["engine"] == "tensorrt" and manifest["precision"] == precision
     assert manifest["build"] == {
         "precision": precision,
@@ -81,7 +99,7 @@ def test_int8_is_a_symmetric_qdq_model_tensorrt_parses_and_runs_close_to_float(d
     model, x, labels = digits
     artifact = build(model, tmp_path / "int8", "int8", sym_spec)
     manifest = artifact.manifest
-    assert sorted(manifest["files"]) == ["model.onnx", "trt_calibration.cache"]
+    assert sorted(manifest["files"]) == ["model.onnx"]
     assert manifest["quant_spec_sha256"] == sym_spec.sha256 and manifest["not_honoured"] == []
     assert manifest["quantization"]["scheme"] == {"activations": "int8_sym", "weights": "int8_per_channel"}
     qdq = onnx.load(artifact.model_path)
@@ -113,18 +131,17 @@ def test_int8_is_a_symmetric_qdq_model_tensorrt_parses_and_runs_close_to_float(d
     assert np.abs(q - np.round(q)).max() < 1e-3 and np.abs(np.round(q)).max() == 127
 
 
-def test_int8_calibration_cache_parses_back_to_the_spec_scales(digits, sym_spec, tmp_path):
+def test_int8_is_explicit_qdq_without_a_calibration_cache_and_says_why(digits, sym_spec, tmp_path):
+    """TensorRT ignores a calibrator for a network with Q/DQ layers: the artifact carries none, the manifest says so,
+    and the agent's engine option check takes the build section as it is."""
     artifact = build(digits[0], tmp_path / "int8", "int8", sym_spec)
-    header, scales = read_trt_cache(artifact.path / "trt_calibration.cache")
-    assert header.startswith("TRT-")
-    activations = {n: e for n, e in sym_spec.tensors.items() if e.kind == "activation"}
-    assert set(scales) == set(activations)
-    for name, entry in activations.items():
-        assert scales[name] == pytest.approx(entry.scale, rel=1e-6), name
+    assert not (artifact.path / "trt_calibration.cache").exists()
+    tensorrt = artifact.manifest["quantization"]["tensorrt"]
+    assert tensorrt["mode"] == "explicit Q/DQ" and tensorrt["calibration_cache"] is None
+    assert "ignore a calibrator" in tensorrt["why"]
     build_section = artifact.manifest["build"]
-    assert build_section["precision"] == "int8" and build_section["calibration_cache"] == "trt_calibration.cache"
-    opts = validate_options(build_section, str(artifact.path))
-    assert opts["calibration_cache"] == str(artifact.path / "trt_calibration.cache")
+    assert build_section["precision"] == "int8" and build_section["calibration_cache"] is None
+    assert validate_options(build_section, str(artifact.path))["calibration_cache"] is None
 
 
 def test_asymmetric_spec_is_refused_unless_it_came_from_qat(digits, tmp_path):
@@ -342,7 +359,7 @@ def test_cli_builds_jetson_int8_and_other_targets_reject_jetson_flags(digits, tm
     assert manifest["quantization"]["scheme"]["activations"] == "int8_sym"  # calibrated for the target
     assert manifest["build"]["dla_core"] == 0 and manifest["build"]["sparsity"] is True
     assert manifest["build"]["profile_shapes"]["input"][2] == [4, 1, 28, 28]
-    assert (tmp_path / "art" / "trt_calibration.cache").is_file()
+    assert sorted(manifest["files"]) == ["model.onnx"]  # explicit Q/DQ: no calibration cache
     refused = runner.invoke(
         main, ["build", str(digits_model_path()), "-t", "x86-ort", "--max-batch", "4", "-o", str(tmp_path / "x86")]
     )

@@ -251,13 +251,18 @@ def test_int7_weights_stay_within_63(digits_model, digits_tensors):
 
 
 def test_trt_calibration_cache_round_trips(digits_model, digits_tensors, tmp_path):
-    from edgekit.targets.tensorrt_cache import read_trt_cache, write_trt_cache
+    from edgekit.targets.tensorrt_cache import read_trt_cache, trt_cache_header, write_trt_cache
 
     spec = calibrate(
         digits_model, digits_tensors[0][:16], observer="entropy", activations="int8_sym", progress=False
     ).spec
     header, scales = read_trt_cache(write_trt_cache(spec, tmp_path / "calib.cache"))
-    assert header == "TRT-8601-EntropyCalibration2"
+    # TensorRT 8.5.2 (JetPack 5.1) by default; the engine's calibrator is entropy-2 whatever observer ran
+    assert header == "TRT-8502-EntropyCalibration2" == trt_cache_header("8.5")
+    assert trt_cache_header("10.3.0.30") == "TRT-100300-EntropyCalibration2"
+    assert trt_cache_header("8.6.1") == "TRT-8601-EntropyCalibration2"
+    with pytest.raises(Exception, match="major.minor.patch"):
+        trt_cache_header("ten")
     activations = {n: t for n, t in spec.tensors.items() if t.kind == "activation"}
     assert set(scales) == set(activations)
     for name, entry in activations.items():

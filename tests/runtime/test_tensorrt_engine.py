@@ -235,7 +235,7 @@ def opts(tmp_path, **options):
 
 
 def test_trtexec_command_fp32_is_minimal(tmp_path):
-    cmd = trtexec_command("trtexec", "/a/m.onnx", "/c/m.engine", opts(tmp_path))
+    cmd = trtexec_command("trtexec", "/a/m.onnx", "/c/m.engine", opts(tmp_path), "10.3.0.30")
     assert cmd == ["trtexec", "--onnx=/a/m.onnx", "--saveEngine=/c/m.engine", "--skipInference"]
 
 
@@ -250,7 +250,7 @@ def test_trtexec_command_with_every_build_option(tmp_path):
         workspace_mb=1024,
         profile_shapes=shapes,
     )
-    cmd = trtexec_command("/usr/src/tensorrt/bin/trtexec", "m.onnx", "m.engine", options)
+    cmd = trtexec_command("/usr/src/tensorrt/bin/trtexec", "m.onnx", "m.engine", options, "8.6.2.3")
     assert cmd[4:] == [
         "--fp16",
         "--useDLACore=1",
@@ -266,7 +266,8 @@ def test_trtexec_command_with_every_build_option(tmp_path):
 def test_trtexec_command_int8_with_calibration_cache(tmp_path):
     (tmp_path / "calib.cache").write_bytes(b"TRT-8501-EntropyCalibration2\n")
     options = opts(tmp_path, precision="int8", calibration_cache="calib.cache")
-    cmd = trtexec_command("trtexec", "m.onnx", "m.engine", options)
+    cmd = trtexec_command("trtexec", "m.onnx", "m.engine", options, "8.5.2.2")
+    assert cmd[3] == "--buildOnly"  # TensorRT 8.5's trtexec has no --skipInference
     assert cmd[4:] == ["--fp16", "--int8", f"--calib={tmp_path / 'calib.cache'}"]
     assert trtexec_benchmark_command("trtexec", "m.engine", 0) == ["trtexec", "--loadEngine=m.engine", "--useDLACore=0"]
 
@@ -347,7 +348,7 @@ def test_build_with_trtexec_returns_the_saved_plan(tmp_path, model_path):
         'for a in "$@"; do case "$a" in --saveEngine=*) printf PLAN-%s "$*" > "${a#--saveEngine=}";; esac; done\n'
         'echo "&&&& PASSED TensorRT.trtexec"\n',
     )
-    data = build_with_trtexec(trtexec, model_path, opts(tmp_path, precision="fp16"))
+    data = build_with_trtexec(trtexec, model_path, opts(tmp_path, precision="fp16"), "10.3.0.30")
     assert data.startswith(b"PLAN-") and b"--fp16" in data and b"--skipInference" in data
     assert [n for n in os.listdir(tempfile.gettempdir()) if n.startswith("edgekit-trtexec.")] == []
 
@@ -364,7 +365,7 @@ def test_find_trtexec_on_path_then_where_jetpack_puts_it(tmp_path, monkeypatch):
 def test_build_with_trtexec_failure_shows_the_log_tail(tmp_path, model_path):
     trtexec = stub_trtexec(tmp_path, 'echo "[E] [TRT] ModelImporter.cpp: No importer registered for op: Foo"\nexit 1\n')
     with pytest.raises(EngineError, match="(?s)trtexec could not build .*exit 1.*No importer registered for op: Foo"):
-        build_with_trtexec(trtexec, model_path, opts(tmp_path))
+        build_with_trtexec(trtexec, model_path, opts(tmp_path), "8.6.2.3")
 
 
 # -- CUDA library choice ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from .cuda import CUDA_CHOICES, choose_cuda, open_cuda
 from .engine import TensorRtEngine
 from .options import DEFAULT_CACHE_DIR, PRECISIONS, TRTEXEC_MODES, validate_options
 from .trtexec import (
+    TRTEXEC_FLAGS,
     TRTEXEC_PATHS,
     TRTEXEC_TIMEOUT_S,
     build_with_trtexec,
@@ -27,12 +28,14 @@ from .trtexec import (
     parse_trtexec_output,
     trtexec_benchmark_command,
     trtexec_command,
+    trtexec_flags,
 )
 
 __all__ = [
     "CUDA_CHOICES",
     "DEFAULT_CACHE_DIR",
     "PRECISIONS",
+    "TRTEXEC_FLAGS",
     "TRTEXEC_MODES",
     "TRTEXEC_PATHS",
     "TRTEXEC_TIMEOUT_S",
@@ -50,6 +53,7 @@ __all__ = [
     "parse_trtexec_output",
     "trtexec_benchmark_command",
     "trtexec_command",
+    "trtexec_flags",
     "validate_options",
     "write_atomic",
 ]

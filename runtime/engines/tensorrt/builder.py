@@ -4,7 +4,7 @@ explicit-batch flag and workspace limit differ between them) or the trtexec bina
 Needs TensorRT (passed in as the imported module). Python 3.8-compatible.
 """
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..base import EngineError
 from .trtexec import TRTEXEC_PATHS, build_with_trtexec, find_trtexec
@@ -23,6 +23,34 @@ def make_logger(trt: Any) -> Any:
                 self.lines = (self.lines + ["%s: %s" % (severity, msg)])[-30:]
 
     return _Logger()
+
+
+CALIBRATOR = "EntropyCalibration2"  # how TensorRT names IInt8EntropyCalibrator2 in a cache header
+
+
+def nv_tensorrt_version(version: str) -> int:
+    """NV_TENSORRT_VERSION of "8.5.2.2" or "10.3.0.30": major*1000 + minor*100 + patch before TensorRT 10,
+    major*10000 + minor*100 + patch from 10 (the number a calibration cache header carries)."""
+    parts = [int(p) for p in (version.split(".") + ["0", "0"])[:3]]
+    return parts[0] * (10000 if parts[0] >= 10 else 1000) + parts[1] * 100 + parts[2]
+
+
+def cache_for_this_tensorrt(cache: bytes, version: str) -> Tuple[bytes, List[str]]:
+    """(the cache with the header this TensorRT and calibrator read, warnings). TensorRT skips a cache whose header
+    names another version or calibrator, then asks for calibration batches the agent does not have. edgekit's
+    scales do not depend on the TensorRT that reads them, so a foreign header is replaced, and the facts say so."""
+    header, newline, rest = cache.partition(b"\n")
+    wanted = ("TRT-%d-%s" % (nv_tensorrt_version(version), CALIBRATOR)).encode("ascii")
+    if not header.startswith(b"TRT-"):
+        raise EngineError("the calibration_cache does not start with a TRT-<version>-<calibrator> header")
+    if header.strip() == wanted:
+        return cache, []
+    note = "calibration cache header %s is not this TensorRT's (%s): read as %s" % (
+        header.strip().decode("ascii", "replace"),
+        version,
+        wanted.decode("ascii"),
+    )
+    return wanted + newline + rest, [note]
 
 
 def _make_cache_calibrator(trt: Any, cache: bytes) -> Any:
@@ -53,8 +81,12 @@ def _network_has_qdq(trt: Any, network: Any) -> bool:
     return any(network.get_layer(i).type in kinds for i in range(network.num_layers))
 
 
-def build_with_python(trt: Any, logger: Any, onnx_path: str, opts: Dict[str, Any]) -> bytes:
-    """Parse the ONNX and build a serialized plan with TensorRT's Python builder (its documented sample flow)."""
+def build_with_python(
+    trt: Any, logger: Any, onnx_path: str, opts: Dict[str, Any], warnings: Optional[List[str]] = None
+) -> bytes:
+    """Parse the ONNX and build a serialized plan with TensorRT's Python builder (its documented sample flow);
+    what the build did not do as asked is appended to `warnings`."""
+    warnings = [] if warnings is None else warnings
     builder = trt.Builder(logger)
     major = int(trt.__version__.split(".")[0])
     flags = 0
@@ -78,10 +110,19 @@ def build_with_python(trt: Any, logger: Any, onnx_path: str, opts: Dict[str, Any
         config.set_flag(trt.BuilderFlag.FP16)
     if opts["precision"] == "int8":
         config.set_flag(trt.BuilderFlag.INT8)
-        if opts["calibration_cache"]:
+        has_qdq = _network_has_qdq(trt, network)
+        if opts["calibration_cache"] and has_qdq:
+            # TensorRT takes explicit Q/DQ scales and ignores a calibrator; say so rather than pretend
+            warnings.append(
+                "calibration_cache %s not used: %s has Q/DQ layers, whose scales TensorRT takes instead"
+                % (opts["calibration_cache"], onnx_path)
+            )
+        elif opts["calibration_cache"]:
             with open(opts["calibration_cache"], "rb") as handle:
-                config.int8_calibrator = _make_cache_calibrator(trt, handle.read())
-        elif not _network_has_qdq(trt, network):
+                cache, notes = cache_for_this_tensorrt(handle.read(), trt.__version__)
+            warnings.extend(notes)
+            config.int8_calibrator = _make_cache_calibrator(trt, cache)
+        elif not has_qdq:
             raise EngineError(
                 "precision int8 needs a Q/DQ ONNX model or a calibration_cache, and %s has neither: build the "
                 "artifact with --calib, or pass calibration_cache (the trt_calibration.cache edgekit quantize writes)"
@@ -137,9 +178,12 @@ def _add_profile(builder: Any, network: Any, config: Any, shapes: Dict[str, List
         config.add_optimization_profile(profile)
 
 
-def build_plan(trt: Any, logger: Any, onnx_path: str, opts: Dict[str, Any]) -> Tuple[bytes, str]:
+def build_plan(
+    trt: Any, logger: Any, onnx_path: str, opts: Dict[str, Any], warnings: Optional[List[str]] = None
+) -> Tuple[bytes, str]:
     """(plan bytes, builder used): trtexec when use_trtexec is always, else the Python builder (auto: the
-    bindings are here, since the registry checked for them before the engine opened)."""
+    bindings are here, since the registry checked for them before the engine opened). trtexec gets the option
+    names of the TensorRT the bindings report."""
     if opts["use_trtexec"] == "always":
         trtexec = find_trtexec()
         if trtexec is None:
@@ -147,5 +191,5 @@ def build_plan(trt: Any, logger: Any, onnx_path: str, opts: Dict[str, Any]) -> T
                 "use_trtexec is always but no trtexec was found on PATH or in %s: install JetPack's "
                 "tensorrt samples or set use_trtexec to auto" % ", ".join(TRTEXEC_PATHS)
             )
-        return build_with_trtexec(trtexec, onnx_path, opts), "trtexec"
-    return build_with_python(trt, logger, onnx_path, opts), "python"
+        return build_with_trtexec(trtexec, onnx_path, opts, trt.__version__), "trtexec"
+    return build_with_python(trt, logger, onnx_path, opts, warnings), "python"

@@ -119,7 +119,7 @@ class TensorRtEngine(Engine):
         builder_used: List[str] = []
 
         def build() -> bytes:
-            data, used = build_plan(trt, logger, self.model_path, opts)
+            data, used = build_plan(trt, logger, self.model_path, opts, self.warnings)
             builder_used.append(used)
             return data
 

@@ -37,38 +37,88 @@ def _shape_arg(shapes: Dict[str, List[List[int]]], which: int) -> str:
     return ",".join(items)
 
 
-def trtexec_command(trtexec: str, onnx_path: str, engine_path: str, opts: Dict[str, Any]) -> List[str]:
-    """The trtexec argv that builds what the Python builder would (TensorRT 8.5 to 10 flag names).
+# The trtexec options this module passes, per TensorRT release: the names samples/common/sampleOptions.cpp parses
+# on NVIDIA/TensorRT's release/8.5, release/8.6 and release/10.3 branches. Only "build, don't time" moved:
+# 8.5 has --buildOnly alone, 8.6 added --skipInference and deprecated --buildOnly, 10 removed --buildOnly (with
+# --workspace and --explicitBatch, which this module never passes). `--memPoolSize=workspace:N` without a unit
+# is MiB in all three.
+_COMMON_FLAGS = {
+    "onnx": "--onnx",
+    "save_engine": "--saveEngine",
+    "load_engine": "--loadEngine",
+    "fp16": "--fp16",
+    "int8": "--int8",
+    "calib": "--calib",
+    "dla_core": "--useDLACore",
+    "gpu_fallback": "--allowGPUFallback",
+    "sparsity": "--sparsity",
+    "mem_pool": "--memPoolSize",
+    "min_shapes": "--minShapes",
+    "opt_shapes": "--optShapes",
+    "max_shapes": "--maxShapes",
+}
+TRTEXEC_FLAGS = {
+    (8, 5): dict(_COMMON_FLAGS, build_only="--buildOnly"),
+    (8, 6): dict(_COMMON_FLAGS, build_only="--skipInference"),
+    (10, 0): dict(_COMMON_FLAGS, build_only="--skipInference"),
+}
 
-    int8 also allows fp16 for layers INT8 does not cover, like the Python builder below.
-    `--memPoolSize=workspace:N` without a unit is MiB in both TensorRT 8.x and 10.x."""
-    cmd = [trtexec, "--onnx=%s" % onnx_path, "--saveEngine=%s" % engine_path, "--skipInference"]
+
+def trtexec_flags(trt_version: str) -> Dict[str, str]:
+    """The flag table of the newest release at or below `trt_version` ("8.5.2.2", "10.3.0.30")."""
+    try:
+        parts = [int(p) for p in str(trt_version).split(".")[:2]]
+        key = (parts[0], parts[1] if len(parts) > 1 else 0)
+    except ValueError:
+        raise EngineError("cannot read TensorRT version %r to choose trtexec's options" % (trt_version,)) from None
+    known = [release for release in sorted(TRTEXEC_FLAGS) if release <= key]
+    if not known:
+        raise EngineError(
+            "trtexec of TensorRT %s is older than 8.5, the oldest this engine builds with: set use_trtexec to auto"
+            % trt_version
+        )
+    return TRTEXEC_FLAGS[known[-1]]
+
+
+def trtexec_command(
+    trtexec: str, onnx_path: str, engine_path: str, opts: Dict[str, Any], trt_version: str
+) -> List[str]:
+    """The trtexec argv that builds what the Python builder would, in the option names of TensorRT `trt_version`.
+
+    int8 also allows fp16 for layers INT8 does not cover, like the Python builder."""
+    flags = trtexec_flags(trt_version)
+    cmd = [trtexec, "%s=%s" % (flags["onnx"], onnx_path), "%s=%s" % (flags["save_engine"], engine_path)]
+    cmd.append(flags["build_only"])
     if opts["precision"] in ("fp16", "int8"):
-        cmd.append("--fp16")
+        cmd.append(flags["fp16"])
     if opts["precision"] == "int8":
-        cmd.append("--int8")
+        cmd.append(flags["int8"])
         if opts.get("calibration_cache"):
-            cmd.append("--calib=%s" % opts["calibration_cache"])
+            cmd.append("%s=%s" % (flags["calib"], opts["calibration_cache"]))
     if opts.get("dla_core") is not None:
-        cmd.append("--useDLACore=%d" % opts["dla_core"])
+        cmd.append("%s=%d" % (flags["dla_core"], opts["dla_core"]))
         if opts.get("gpu_fallback"):
-            cmd.append("--allowGPUFallback")
+            cmd.append(flags["gpu_fallback"])
     if opts.get("sparsity"):
-        cmd.append("--sparsity=enable")
+        cmd.append("%s=enable" % flags["sparsity"])
     if opts.get("workspace_mb"):
-        cmd.append("--memPoolSize=workspace:%d" % opts["workspace_mb"])
+        cmd.append("%s=workspace:%d" % (flags["mem_pool"], opts["workspace_mb"]))
     shapes = opts.get("profile_shapes")
     if shapes:
-        for flag, which in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
-            cmd.append("%s=%s" % (flag, _shape_arg(shapes, which)))
+        for role, which in (("min_shapes", 0), ("opt_shapes", 1), ("max_shapes", 2)):
+            cmd.append("%s=%s" % (flags[role], _shape_arg(shapes, which)))
     return cmd
 
 
-def trtexec_benchmark_command(trtexec: str, engine_path: str, dla_core: Optional[int] = None) -> List[str]:
-    """trtexec timing a cached plan: a second opinion on the agent's numbers (GPU compute only)."""
-    cmd = [trtexec, "--loadEngine=%s" % engine_path]
+def trtexec_benchmark_command(
+    trtexec: str, engine_path: str, dla_core: Optional[int] = None, trt_version: Optional[str] = None
+) -> List[str]:
+    """trtexec timing a cached plan: a second opinion on the agent's numbers (GPU compute only). The options it
+    takes are the same in every release, so `trt_version` only checks the release is one this module knows."""
+    flags = trtexec_flags(trt_version) if trt_version else _COMMON_FLAGS
+    cmd = [trtexec, "%s=%s" % (flags["load_engine"], engine_path)]
     if dla_core is not None:
-        cmd.append("--useDLACore=%d" % dla_core)
+        cmd.append("%s=%d" % (flags["dla_core"], dla_core))
     return cmd
 
 
@@ -118,13 +168,14 @@ def parse_trtexec_output(text: str) -> Dict[str, Any]:
 
 
 def build_with_trtexec(
-    trtexec: str, onnx_path: str, opts: Dict[str, Any], timeout_s: float = TRTEXEC_TIMEOUT_S
+    trtexec: str, onnx_path: str, opts: Dict[str, Any], trt_version: str, timeout_s: float = TRTEXEC_TIMEOUT_S
 ) -> bytes:
-    """Run trtexec into a temporary file and return the plan's bytes (the caller caches them atomically)."""
+    """Run trtexec (of TensorRT `trt_version`) into a temporary file and return the plan's bytes (the caller
+    caches them atomically)."""
     fd, tmp = tempfile.mkstemp(prefix="edgekit-trtexec.", suffix=".engine")
     os.close(fd)
     try:
-        cmd = trtexec_command(trtexec, onnx_path, tmp, opts)
+        cmd = trtexec_command(trtexec, onnx_path, tmp, opts, trt_version)
         try:
             run = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s)
         except subprocess.TimeoutExpired:
