@@ -50,10 +50,10 @@ th{font-weight:600;color:#3d444d;background:#f6f8fa;white-space:normal;vertical-
 td.l,th.l{text-align:left}
 td.dev{max-width:200px;white-space:normal;overflow-wrap:anywhere;font-weight:600}
 td.msg{white-space:normal;overflow-wrap:anywhere;text-align:left;width:45%}
-.id{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
+.id{white-space:nowrap;font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:12px}
 .ok{color:#1a7f37}.partial{color:#9a6700}.error{color:#cf222e}
 .mode{font-size:11px;padding:0 4px;border-radius:3px;background:#eef1f4}
-.mode.pipelined{background:#fff1d6}
+.mode.pipelined{background:#fff1d6}.q{color:#9a6700;margin-left:1px}
 .bar{display:flex;height:12px;margin-top:3px;background:#f0f2f4}
 .bar span{display:block;height:12px}
 .legend span{display:inline-block;width:10px;height:10px;margin:0 3px 0 10px;vertical-align:-1px}
@@ -110,6 +110,11 @@ def _cell(value: Any, kind: str) -> str:
     return f"{value:.3g}"
 
 
+def _queued(mode: str, key: str) -> str:
+    """A mark on a pipelined run's end-to-end figures: they include time waiting in queues."""
+    return "<span class='q'>*</span>" if mode == "pipelined" and key.startswith("end_to_end") else ""
+
+
 def _stage_bar(run: StoredRun, scale: float) -> str:
     """The run's p50 of each stage as one stacked bar, `scale` ms per px; its title spells the numbers out."""
     latency = run.result.get("latency_ms") or {}
@@ -151,10 +156,10 @@ def _model_table(runs: list[StoredRun]) -> str:
             body.append(
                 f"<tr>{device_cell}<td class='l'>{_e(row['target'])}/{_e(row['precision'])}</td>"
                 f"<td class='l'><span class='mode {_e(mode)}'>{_e(mode)}</span></td>"
-                f"<td class='l id {_e(run.status)}' title='{_e(run.run_id)} ({_e(run.status)})'>"
-                f"{_e(short_id(run.run_id))}</td><td>{_cell(row['frames'], 'int')}</td>"
+                f"<td class='l'><span class='id {_e(run.status)}' title='{_e(run.run_id)} ({_e(run.status)})'>"
+                f"{_e(short_id(run.run_id))}</span></td><td>{_cell(row['frames'], 'int')}</td>"
                 f"<td class='l'>{_stage_bar(run, scale)}</td>"
-                + "".join(f"<td>{_cell(row.get(key), kind)}</td>" for _, key, kind in figures)
+                + "".join(f"<td>{_cell(row.get(key), kind)}{_queued(mode, key)}</td>" for _, key, kind in figures)
                 + "</tr>"
             )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
@@ -170,7 +175,7 @@ def _model_sections(runs: list[StoredRun]) -> str:
         sections.append(
             f"<section><h2>{_e(name)}<span class='task'>{_e(', '.join(tasks))}</span></h2>"
             f"<p class='sub'>{len(group)} run(s) on {devices} device(s)"
-            + ("; pipelined end-to-end includes time waiting in queues" if pipelined else "")
+            + ("; * pipelined end-to-end includes time waiting in queues" if pipelined else "")
             + f"</p>{_model_table(group)}</section>"
         )
     return "".join(sections)
@@ -183,7 +188,7 @@ def _failed_section(failed: list[StoredRun]) -> str:
     for run in ordered(failed):
         stage, message = first_error(run)
         rows.append(
-            f"<tr><td class='l id error' title='{_e(run.run_id)}'>{_e(short_id(run.run_id))}</td>"
+            f"<tr><td class='l'><span class='id error' title='{_e(run.run_id)}'>{_e(short_id(run.run_id))}</span></td>"
             f"<td class='l'>{_e(model_name(run))}</td><td class='l dev'>{_e(run.device)}</td>"
             f"<td class='l'>{_e(run.target)}/{_e(run.precision)}</td><td class='l'>{_e(stage)}</td>"
             f"<td class='msg'>{_e(message)}</td></tr>"

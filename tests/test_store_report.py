@@ -289,4 +289,4 @@ def test_the_html_page_groups_by_model_then_device_and_keeps_failures_apart(team
     assert "98.4%" in classifier and "<td>7.9</td>" in classifier and "41.3" in classifier
     detector = sections[2]
     assert "0.412" in detector and "mAP" in detector and "<td>-</td>" in detector  # v1 run: memory not measured
-    assert page.count('class="bar"') == 6 and "aa34bb56</td>" in page
+    assert page.count('class="bar"') == 6 and "aa34bb56</span></td>" in page
