@@ -212,7 +212,25 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def headline_metric(row: dict[str, Any]) -> str:
+    """The task's own figure in a few characters: top-1, mAP (against labels, else against the FP32 reference),
+    mIoU, SQNR, else detections per frame; "-" when none was measured."""
+    for label, key, percent in (
+        ("top-1", "top1", True),
+        ("mAP", "map", False),
+        ("ref mAP50", "ref_map50", False),
+        ("mIoU", "miou", False),
+        ("SQNR dB", "sqnr_db", False),
+        ("det/frame", "detections_per_frame", False),
+    ):
+        if row.get(key) is not None:
+            return f"{label} {row[key] * 100:.1f}%" if percent else f"{label} {_fmt(row[key])}"
+    return "-"
+
+
 def _metric_cell(value: Any, key: str) -> str:
+    if key == "metric":
+        return str(value)
     if value is None:
         return "-"
     if key == "top1":
@@ -228,7 +246,6 @@ def _table_columns(runs: list[StoredRun], metrics: dict[str, dict[str, Any]]) ->
     def some(key: str) -> bool:
         return any(row[key] is not None for row in rows)
 
-    task_columns = [(h, k) for h, k in TASK_COLUMNS if any(m[k] is not None for m in metrics.values())]
     return [
         ("infer\np50", "inference_p50_ms"),
         ("e2e\np50", "end_to_end_p50_ms"),
@@ -237,9 +254,13 @@ def _table_columns(runs: list[StoredRun], metrics: dict[str, dict[str, Any]]) ->
         *([("power\nW", "power_w"), ("mJ per\ninference", "energy_per_inference_mj")] if some("power_w") else []),
         *([("peak\nRSS MiB", "peak_rss_mb")] if some("peak_rss_mb") else []),
         *([("load\nms", "model_load_ms")] if some("model_load_ms") else []),
-        *([("top-1", "top1")] if some("top1") else []),
-        *task_columns,
+        ("metric", "metric"),
     ]
+
+
+def metric_row(run: StoredRun, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    row = {**run_row(run), **metrics[run.run_id]}
+    return {**row, "metric": headline_metric(row)}
 
 
 def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
@@ -260,13 +281,24 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
     )
     metrics = {run.run_id: task_metrics(run) for run in runs}
     figures = _table_columns(runs, metrics)
-    for column in ("run", "model", "task", "device", "target", "mode", "frames"):
-        table.add_column(column, justify="right" if column == "frames" else "left", no_wrap=True)
-    for header, _ in figures:
-        table.add_column(header, justify="right", no_wrap=True)
+    # only the device's name folds onto a second line in a narrow terminal; an ellipsis would hide a number
+    width = {c: max(len(c), *(len(str(run_row(r)[c] or "-")) for r in runs)) for c in ("model", "task")}
+    for column in ("run", "model", "task", "device", "target", "mode"):  # frame counts: CSV, HTML, RUN
+        folds = column == "device"
+        table.add_column(
+            column,
+            justify="right" if column == "frames" else "left",
+            no_wrap=not folds,
+            overflow="fold" if folds else "ellipsis",
+            min_width=12 if folds else width.get(column, len(column)),
+            max_width=22 if folds else None,
+        )
+    for header, key in figures:
+        widest = max(len(_metric_cell(metric_row(r, metrics).get(key), key)) for r in runs)
+        table.add_column(header, justify="right", no_wrap=True, min_width=max(widest, 4))
     colours = {"ok": "green", "partial": "yellow"}
     for run in runs:
-        row = {**run_row(run), **metrics[run.run_id]}
+        row = metric_row(run, metrics)
         cells: list[Any] = [
             Text(short_id(run.run_id), style=colours.get(run.status, "red")),
             row["model"],
@@ -274,7 +306,6 @@ def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
             row["device"],
             f"{row['target']}/{row['precision']}",
             {"sequential": "seq", "pipelined": "pipe*"}.get(row["mode"], "-"),
-            _fmt(row["frames"]),
             *(_metric_cell(row[key], key) for _, key in figures),
         ]
         table.add_row(*(as_text(c) if isinstance(c, str) else c for c in cells))  # device text is never markup

@@ -225,7 +225,7 @@ def test_every_row_says_model_task_device_target_and_mode(team):
     lines = [line for line in text.splitlines() if "x86-ort/" in line or "tflite/" in line or "trt/" in line]
     assert [line.split()[1] for line in lines] == ["lraspp_mobilenet", *["mobilenetv3_small"] * 3, "yolov8n", "yolov8n"]
     assert "pipe*" in text and "includes time waiting in queues" in text
-    assert "peak" in text and "load" in text and "98.4%" in text and "0.712" in text
+    assert "peak" in text and "load" in text and "top-1 98.4%" in text and "mIoU 0.712" in text and "mAP 0.412" in text
     assert "c0ffee12aa34bb56" not in text and "aa34bb56" in text  # short ids, one line each
 
 
