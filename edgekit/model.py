@@ -103,9 +103,13 @@ class Model:
         task: dict | str | None = None,
         torch_module: Any = None,
         example_input: Any = None,
+        name: str | None = None,
     ) -> None:
         self.proto = proto
         self.path = path
+        # what reports call the model (the artifact manifest's model_name): the file's stem, a torch module's
+        # class, or what the caller says; the graph's own name is an exporter's ("main_graph", "torch_jit")
+        self.name: str = name or (Path(path).stem if path else "model")
         # a few of the user's own inputs (set by `edgekit.build` from its calibration data): the probes the
         # build's validation runs the artifact on, when they fit the build shape
         self.validation_feeds: list[dict[str, Any]] | None = None
@@ -217,6 +221,7 @@ class Model:
             task=task,
             torch_module=module,
             example_input=example_input,
+            name=type(module).__name__,
         )
         model.check(label=type(module).__name__)
         return model

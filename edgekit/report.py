@@ -1,32 +1,81 @@
-"""Reports over stored runs: a terminal table, JSON, CSV, and an HTML page with latency histograms."""
+"""Reports over stored runs: what each run measured, as rows (terminal table, CSV, JSON); the HTML page is
+edgekit.report_html."""
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 from typing import Any
-
-import numpy as np
 
 from edgekit.console_text import as_text, plain_console, styled
 from edgekit.device.results import STAGES
 from edgekit.store import StoredRun
 
+# which runs `edgekit report` shows: by default the runs that measured something; error runs are listed apart
+STATUS_CHOICES = ("ok", "partial", "error", "all")
+DEFAULT_STATUSES = ("ok", "partial")
+
+
+def statuses_for(choice: str | None) -> tuple[str, ...]:
+    """The stored statuses a `--status` choice selects (None: ok and partial)."""
+    if choice is None:
+        return DEFAULT_STATUSES
+    if choice == "all":
+        return ("ok", "partial", "error", "cancelled")
+    return (choice,)
+
+
+def model_name(run: StoredRun) -> str:
+    """What the run measured: the manifest's model_name, else the source model's short hash (artifacts built
+    before manifests named their model), else "-" (a run whose artifact was never read)."""
+    name = run.manifest.get("model_name")
+    if isinstance(name, str) and name:
+        return name
+    digest = run.manifest.get("source_model_sha256")
+    return f"model {digest[:8]}" if isinstance(digest, str) and digest else "-"
+
+
+def task_name(run: StoredRun) -> str | None:
+    """The run's task: what its accuracy says, else its plan's postprocessing, else the artifact's."""
+    kind = (run.result.get("accuracy") or {}).get("kind") or (run.plan.get("postprocess") or {}).get("kind")
+    if not kind:
+        task = run.manifest.get("task")
+        kind = task.get("task") if isinstance(task, dict) else None
+    return "classify" if kind == "classification" else kind
+
+
+def short_id(run_id: str) -> str:
+    """A run id short enough for one table cell: the last 8 hex digits of its random part (which `edgekit
+    report` also accepts), or the id itself when it is short already."""
+    return run_id if len(run_id) <= 12 else run_id[-8:]
+
+
+def mode_label(mode: Any) -> str:
+    """sequential or pipelined; pipelined end-to-end latency includes time waiting in queues."""
+    return mode if mode in ("sequential", "pipelined") else "-"
+
+
+def ordered(runs: list[StoredRun]) -> list[StoredRun]:
+    """Runs grouped by model, then device, oldest first within each (the table and page order)."""
+    return sorted(runs, key=lambda r: (model_name(r).lower(), r.device.lower(), r.created_at))
+
 
 def run_row(run: StoredRun) -> dict[str, Any]:
-    """One flat row per run: the figures people compare across devices and targets."""
+    """One flat row per run: what was measured (model, task, device, target, mode) and the figures people
+    compare across devices and targets; None where a figure was not measured."""
     result = run.result
     latency = result.get("latency_ms", {})
     accuracy = result.get("accuracy") or {}
     row: dict[str, Any] = {
         "run_id": run.run_id,
         "started_at": run.created_at,
+        "model": model_name(run),
+        "task": task_name(run),
         "device": run.device,
         "target": run.target,
         "precision": run.precision,
-        "mode": result.get("mode"),
+        "mode": mode_label(result.get("mode")),
         "status": run.status,
         "frames": result.get("frames", {}).get("timed"),
         "dropped": result.get("frames", {}).get("dropped"),
@@ -38,6 +87,10 @@ def run_row(run: StoredRun) -> dict[str, Any]:
     power = result.get("power") or {}
     row["power_w"] = power.get("avg_w")
     row["energy_per_inference_mj"] = power.get("energy_per_inference_mj")
+    row["peak_rss_mb"] = (result.get("memory") or {}).get("peak_rss_mb")
+    cold = result.get("cold_start_ms") or {}
+    row["model_load_ms"] = cold.get("model_load")
+    row["first_inference_ms"] = cold.get("first_inference")
     row["top1"] = accuracy.get("top1")
     row["sqnr_db"] = accuracy.get("sqnr_db")
     row["errors"] = "; ".join(str(e.get("message", "")) for e in result.get("errors", []))
@@ -63,7 +116,6 @@ def task_metrics(run: StoredRun) -> dict[str, Any]:
     labels = accuracy.get("labels") or {}
     reference = accuracy.get("reference") or {}
     return {
-        "task": accuracy.get("kind") or (run.plan.get("postprocess") or {}).get("kind"),
         "map": labels.get("map"),
         "map50": labels.get("map50"),
         "ar100": labels.get("ar100"),
@@ -120,9 +172,22 @@ def task_summary(result: dict[str, Any]) -> list[str]:
 
 
 def to_json(runs: list[StoredRun]) -> str:
+    """Each run whole (plan, result, manifest) with what it measured named at the top."""
     return json.dumps(
         [
-            {"run_id": r.run_id, "device": r.device, "plan": r.plan, "result": r.result, "manifest": r.manifest}
+            {
+                "run_id": r.run_id,
+                "model": model_name(r),
+                "task": task_name(r),
+                "device": r.device,
+                "target": r.target,
+                "precision": r.precision,
+                "mode": mode_label(r.result.get("mode")),
+                "status": r.status,
+                "plan": r.plan,
+                "result": r.result,
+                "manifest": r.manifest,
+            }
             for r in runs
         ],
         indent=2,
@@ -147,212 +212,171 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
-    """The runs, one line each: inference and end-to-end latency, throughput, accuracy.
+def headline_metric(row: dict[str, Any]) -> str:
+    """The task's own figure in a few characters: top-1, mAP (against labels, else against the FP32 reference),
+    mIoU, SQNR, else detections per frame; "-" when none was measured."""
+    for label, key, percent in (
+        ("top-1", "top1", True),
+        ("mAP", "map", False),
+        ("ref mAP50", "ref_map50", False),
+        ("mIoU", "miou", False),
+        ("SQNR dB", "sqnr_db", False),
+        ("det/frame", "detections_per_frame", False),
+    ):
+        if row.get(key) is not None:
+            return f"{label} {row[key] * 100:.1f}%" if percent else f"{label} {_fmt(row[key])}"
+    return "-"
 
-    Compact enough for an 80-column terminal; the per-stage breakdown of a run is `print_stage_table`
-    (`edgekit report RUN`)."""
+
+def _metric_cell(value: Any, key: str) -> str:
+    if key == "metric":
+        return str(value)
+    if value is None:
+        return "-"
+    if key == "top1":
+        return f"{value * 100:.1f}%"
+    return _fmt(value, 4) if key == "throughput_fps" else _fmt(value)
+
+
+def _table_columns(runs: list[StoredRun], metrics: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(header, row key) of the columns this set of runs fills; a column nobody measured is left out, so
+    the table never holds a column of dashes."""
+    rows = [run_row(r) for r in runs]
+
+    def some(key: str) -> bool:
+        return any(row[key] is not None for row in rows)
+
+    return [
+        ("infer\np50", "inference_p50_ms"),
+        ("e2e\np50", "end_to_end_p50_ms"),
+        ("e2e\np99", "end_to_end_p99_ms"),
+        ("fps", "throughput_fps"),
+        *([("power\nW", "power_w"), ("mJ per\ninference", "energy_per_inference_mj")] if some("power_w") else []),
+        *([("peak\nRSS MiB", "peak_rss_mb")] if some("peak_rss_mb") else []),
+        *([("load\nms", "model_load_ms")] if some("model_load_ms") else []),
+        ("metric", "metric"),
+    ]
+
+
+def metric_row(run: StoredRun, metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    row = {**run_row(run), **metrics[run.run_id]}
+    return {**row, "metric": headline_metric(row)}
+
+
+def print_runs_table(runs: list[StoredRun], console: Any = None) -> None:
+    """The runs that measured something, one line each, grouped by model then device: what ran where
+    (model, task, device, target/precision, mode), latency, throughput, power, memory and the task's metric.
+    Runs with status `error` are left to `print_error_runs`; the per-stage breakdown of one run is
+    `print_stage_table` (`edgekit report RUN`)."""
     from rich import box
     from rich.table import Table
     from rich.text import Text
 
     console = console or plain_console()
-    devices = sorted({run.device for run in runs})
+    runs = ordered([r for r in runs if r.status != "error"])
+    if not runs:
+        return
     table = Table(
         title="edgekit runs (latency in ms)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False
     )
-    with_power = any((run.result.get("power") or {}).get("avg_w") is not None for run in runs)
     metrics = {run.run_id: task_metrics(run) for run in runs}
-    task_columns = [(h, k) for h, k in TASK_COLUMNS if any(m[k] is not None for m in metrics.values())]
-    columns = [
-        "run",
-        *(["device"] if len(devices) > 1 else []),
-        "target",
-        "mode",
-        "frames",
-        "infer\np50",
-        "e2e\np50",
-        "e2e\np99",
-        "fps",
-        *(["power\nW", "mJ per\ninference"] if with_power else []),
-        "top-1",
-        *(["task"] if task_columns else []),
-        *(header for header, _ in task_columns),
-    ]
-    for column in columns:
-        left = column in ("run", "device", "target", "mode", "task")
-        table.add_column(column, justify="left" if left else "right", no_wrap=True)
-    colours = {"ok": "green", "partial": "yellow", "error": "red"}
+    figures = _table_columns(runs, metrics)
+    # only the device's name folds onto a second line in a narrow terminal; an ellipsis would hide a number
+    width = {c: max(len(c), *(len(str(run_row(r)[c] or "-")) for r in runs)) for c in ("model", "task")}
+    for column in ("run", "model", "task", "device", "target", "mode"):  # frame counts: CSV, HTML, RUN
+        folds = column == "device"
+        table.add_column(
+            column,
+            justify="right" if column == "frames" else "left",
+            no_wrap=not folds,
+            overflow="fold" if folds else "ellipsis",
+            min_width=12 if folds else width.get(column, len(column)),
+            max_width=22 if folds else None,
+        )
+    for header, key in figures:
+        widest = max(len(_metric_cell(metric_row(r, metrics).get(key), key)) for r in runs)
+        table.add_column(header, justify="right", no_wrap=True, min_width=max(widest, 4))
+    colours = {"ok": "green", "partial": "yellow"}
     for run in runs:
-        row = run_row(run)
-        top1 = row["top1"]
-        cells: list[Any] = [Text(row["run_id"], style=colours.get(run.status, "red"))]
-        if len(devices) > 1:
-            cells.append(row["device"])
-        cells += [
+        row = metric_row(run, metrics)
+        cells: list[Any] = [
+            Text(short_id(run.run_id), style=colours.get(run.status, "red")),
+            row["model"],
+            row["task"] or "-",
+            row["device"],
             f"{row['target']}/{row['precision']}",
-            "pipe" if row["mode"] == "pipelined" else "seq",
-            _fmt(row["frames"]),
-            _fmt(row["inference_p50_ms"]),
-            _fmt(row["end_to_end_p50_ms"]),
-            _fmt(row["end_to_end_p99_ms"]),
-            _fmt(row["throughput_fps"], 4),
-            *([_fmt(row["power_w"]), _fmt(row["energy_per_inference_mj"])] if with_power else []),
-            f"{top1 * 100:.1f}%" if top1 is not None else "-",
+            {"sequential": "seq", "pipelined": "pipe*"}.get(row["mode"], "-"),
+            *(_metric_cell(row[key], key) for _, key in figures),
         ]
-        if task_columns:
-            cells += [_fmt(metrics[run.run_id]["task"]), *(_fmt(metrics[run.run_id][k]) for _, k in task_columns)]
         table.add_row(*(as_text(c) if isinstance(c, str) else c for c in cells))  # device text is never markup
     console.print(table)
-    device = f"; device: {devices[0]}" if len(devices) == 1 else ""
-    console.print(styled("run colour: ", ("ok", "green"), " ", ("partial", "yellow"), " ", ("error", "red"), device))
+    notes: list[str | tuple[str, str]] = ["run colour: ", ("ok", "green"), " ", ("partial", "yellow")]
+    if any(run.result.get("mode") == "pipelined" for run in runs):
+        notes.append("; pipe*: pipelined, its end-to-end includes time waiting in queues (not comparable to seq)")
+    console.print(styled(*notes))
     for run in runs:
         for error in run.result.get("errors", []):
-            where = f"{run.run_id} {error.get('stage', '?')}:"
+            where = f"{short_id(run.run_id)} {error.get('stage', '?')}:"
             console.print(styled((where, "red"), " ", str(error.get("message", ""))))
 
 
-def print_stage_table(run: StoredRun, console: Any = None) -> None:
-    """Per-stage latency summary of one run (mean, p50, p90, p99, std)."""
+def first_error(run: StoredRun) -> tuple[str, str]:
+    """(stage, message) of a run's first error, or ("?", "no message")."""
+    errors = run.result.get("errors") or [{}]
+    return str(errors[0].get("stage", "?")), str(errors[0].get("message", "no message"))
+
+
+def print_error_runs(runs: list[StoredRun], console: Any = None) -> None:
+    """Runs that timed nothing, one line each: what was to run where, and the first error (the reason)."""
+    from rich import box
     from rich.table import Table
 
     console = console or plain_console()
-    table = Table(title=f"run {run.run_id} on {run.device}: latency per stage (ms)", title_justify="left")
-    table.add_column("stage")
-    for column in ("mean", "p50", "p90", "p99", "std", "count"):
-        table.add_column(column, justify="right")
-    for stage in STAGES:
-        summary = run.result.get("latency_ms", {}).get(stage)
-        if summary:
-            table.add_row(stage, *(_fmt(summary.get(k)) for k in ("mean", "p50", "p90", "p99", "std", "count")))
+    failed = ordered([r for r in runs if r.status in ("error", "cancelled")])
+    if not failed:
+        return
+    table = Table(
+        title="edgekit runs that failed (nothing was timed)", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False
+    )
+    for column in ("run", "model", "device", "target", "stage"):
+        table.add_column(column, no_wrap=True, style="red" if column == "run" else None)
+    table.add_column("error", overflow="fold")
+    for run in failed:
+        stage, message = first_error(run)
+        cells = (short_id(run.run_id), model_name(run), run.device, f"{run.target}/{run.precision}", stage, message)
+        table.add_row(*(as_text(c) for c in cells))
     console.print(table)
 
 
-# -- HTML -------------------------------------------------------------------------------------------
+def hidden_runs_note(hidden: int, status: str = "error") -> str:
+    """The one line saying how many runs the table leaves out and how to see them."""
+    runs = "run" if hidden == 1 else "runs"
+    return f"{hidden} {status} {runs} not shown: edgekit report --status {status}"
 
 
-def _histogram_svg(samples: list[float], *, width: int = 520, height: int = 180, bins: int = 40) -> str:
-    """An inline SVG histogram; hand-written so reports need no plotting library."""
-    if not samples:
-        return "<p>no samples</p>"
-    values = np.asarray(samples, dtype=float)
-    low, high = np.percentile(values, [0, 99.5])
-    high = max(high, low + 1e-6)
-    counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
-    pad, plot_w, plot_h = 36, width - 46, height - 40
-    bar_w = plot_w / bins
-    peak = counts.max() or 1
-    bars = "".join(
-        f'<rect x="{pad + i * bar_w:.1f}" y="{10 + plot_h * (1 - c / peak):.1f}" width="{max(bar_w - 1, 1):.1f}" '
-        f'height="{plot_h * c / peak:.1f}" fill="#3b7dd8">'
-        f"<title>{edges[i]:.3f}-{edges[i + 1]:.3f} ms: {c}</title></rect>"
-        for i, c in enumerate(counts)
-    )
-    p50, p99 = np.percentile(values, [50, 99])
-    marks = "".join(
-        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="10" y2="{10 + plot_h}" stroke="{color}" stroke-dasharray="4 3"/>'
-        f'<text x="{x + 3:.1f}" y="22" font-size="11" fill="{color}">{name} {value:.3f}</text>'
-        for name, value, color in (("p50", p50, "#1a7f37"), ("p99", p99, "#cf222e"))
-        if low <= value <= high
-        for x in [pad + plot_w * (value - low) / (high - low)]
-    )
-    axis = (
-        f'<text x="{pad}" y="{height - 8}" font-size="11">{low:.3f} ms</text>'
-        f'<text x="{pad + plot_w}" y="{height - 8}" font-size="11" text-anchor="end">{high:.3f} ms</text>'
-        f'<text x="4" y="18" font-size="11">{peak}</text>'
-    )
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">'
-        f'<line x1="{pad}" x2="{pad + plot_w}" y1="{10 + plot_h}" y2="{10 + plot_h}" stroke="#888"/>'
-        f"{bars}{marks}{axis}</svg>"
-    )
+def print_stage_table(run: StoredRun, console: Any = None) -> None:
+    """Per-stage latency summary of one run (mean, p50, p90, p99, std); nothing for a run that timed nothing
+    (its errors say why, and a table of dashes would not)."""
+    from rich.table import Table
 
-
-def _bars_svg(labels: list[str], values: list[float | None], unit: str, *, width: int = 640) -> str:
-    """Horizontal bars, one per run, so devices and targets compare at a glance."""
-    known = [v for v in values if v is not None]
-    if not known:
-        return "<p>not measured</p>"
-    peak, row_h, left = max(known) or 1.0, 22, 260
-    height = row_h * len(labels) + 10
-    parts = []
-    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
-        y = 5 + i * row_h
-        parts.append(f'<text x="{left - 6}" y="{y + 15}" font-size="12" text-anchor="end">{html.escape(label)}</text>')
-        if value is None:
-            parts.append(f'<text x="{left + 4}" y="{y + 15}" font-size="12">not measured</text>')
-            continue
-        w = (width - left - 90) * value / peak
-        parts.append(f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row_h - 8}" fill="#3b7dd8"/>')
-        parts.append(f'<text x="{left + w + 4:.1f}" y="{y + 15}" font-size="12">{value:.3g} {unit}</text>')
-    return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{"".join(parts)}</svg>'
-
-
-def _comparison(runs: list[StoredRun]) -> str:
-    rows = report_rows(runs)
-    labels = [f"{r['device']} {r['target']}/{r['precision']} {r['run_id'][-4:]}" for r in rows]
-    charts = [
-        ("end-to-end latency p50", "end_to_end_p50_ms", "ms"),
-        ("end-to-end latency p99", "end_to_end_p99_ms", "ms"),
-        ("throughput", "throughput_fps", "fps"),
-        ("average power", "power_w", "W"),
-        ("energy per inference", "energy_per_inference_mj", "mJ"),
-        ("top-1 accuracy", "top1", ""),
-        ("mAP@0.5:0.95 against labels", "map", ""),
-        ("mAP@0.5 against the FP32 reference", "ref_map50", ""),
-        ("segmentation mIoU", "miou", ""),
-        ("detections per frame", "detections_per_frame", ""),
-    ]
-    return "".join(
-        f"<h3>{title}</h3>{_bars_svg(labels, [r.get(key) for r in rows], unit)}"
-        for title, key, unit in charts
-        if any(r.get(key) is not None for r in rows)
-    )
+    latency = run.result.get("latency_ms", {})
+    timed = [stage for stage in STAGES if (latency.get(stage) or {}).get("count")]
+    if not timed:
+        return
+    console = console or plain_console()
+    title = f"run {run.run_id}: {model_name(run)} on {run.device}, {run.target}/{run.precision}, "
+    title += f"{mode_label(run.result.get('mode'))}: latency per stage (ms)"
+    table = Table(title=as_text(title), title_justify="left")  # the device's name is text, never markup
+    table.add_column("stage")
+    for column in ("mean", "p50", "p90", "p99", "std", "count"):
+        table.add_column(column, justify="right")
+    for stage in timed:
+        table.add_row(stage, *(_fmt(latency[stage].get(k)) for k in ("mean", "p50", "p90", "p99", "std", "count")))
+    console.print(table)
 
 
 def to_html(runs: list[StoredRun]) -> str:
-    from edgekit.evaluate.draw import detection_frames_html
+    """The HTML page (edgekit.report_html): runs grouped by model then device, error runs apart."""
+    from edgekit.report_html import to_html as page
 
-    rows = report_rows(runs)
-    columns = list(rows[0]) if rows else []
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in columns) + "</tr>" for row in rows)
-    sections = []
-    for run in runs:
-        samples = run.result.get("samples_ms", {})
-        stage_rows = "".join(
-            f"<tr><td>{stage}</td>"
-            + "".join(f"<td>{_fmt(summary.get(k))}</td>" for k in ("mean", "p50", "p90", "p99", "std", "count"))
-            + "</tr>"
-            for stage in STAGES
-            if (summary := run.result.get("latency_ms", {}).get(stage))
-        )
-        device = run.result.get("device", {})
-        sections.append(
-            f"<section><h2>{html.escape(run.run_id)} — {html.escape(run.device)}, "
-            f"{html.escape(run.target)}/{html.escape(run.precision)}</h2>"
-            f"<p>{html.escape(str(device.get('cpu', '')))} · Python {html.escape(str(device.get('python', '')))} · "
-            f"artifact {html.escape(run.artifact_id[:12])}</p>"
-            "<table><tr><th>stage</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>std</th><th>count</th></tr>"
-            f"{stage_rows}</table>"
-            "<h3>end-to-end latency per frame</h3>"
-            f"{_histogram_svg(samples.get('end_to_end', []))}"
-            "<h3>inference latency per frame</h3>"
-            f"{_histogram_svg(samples.get('inference', []))}{_task_html(run)}{detection_frames_html(run)}</section>"
-        )
-    style = (
-        "body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:right}th{background:#f3f3f3}"
-        "section{margin-top:2em}figure{display:inline-block;margin:0 1em 1em 0}.note{color:#666}"
-    )
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>edgekit report</title><style>{style}</style>"
-        f"</head><body><h1>edgekit report</h1><p>{len(runs)} run(s); latencies in ms.</p>"
-        f"<table><tr>{head}</tr>{body}</table><h2>Side by side</h2>{_comparison(runs)}{''.join(sections)}"
-        "</body></html>"
-    )
-
-
-def _task_html(run: StoredRun) -> str:
-    lines = task_summary(run.result)
-    return "<h3>task metrics</h3>" + "".join(f"<p>{html.escape(line)}</p>" for line in lines) if lines else ""
+    return page(runs)

@@ -112,22 +112,47 @@ class ResultsStore:
                 ),
             )
 
-    def get(self, run_ids: list[str] | None = None, *, last: int | None = None) -> list[StoredRun]:
-        """Runs by id (an unambiguous prefix is enough), or the `last` N runs, oldest first."""
+    def get(
+        self, run_ids: list[str] | None = None, *, last: int | None = None, statuses: tuple[str, ...] | None = None
+    ) -> list[StoredRun]:
+        """Runs by id (an unambiguous prefix, or the short id reports show: the id's end), or the `last` N runs
+        with one of `statuses` (default any), oldest first."""
         with self._connect() as db:
             if run_ids:
                 rows = []
                 for run_id in run_ids:
-                    found = db.execute("SELECT * FROM runs WHERE run_id LIKE ?", (run_id + "%",)).fetchall()
+                    found = db.execute(
+                        "SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' OR run_id LIKE ? ESCAPE '\\'",
+                        (_like(run_id) + "%", "%" + _like(run_id)),
+                    ).fetchall()
+                    found = [row for row in found if row[0] == run_id] or found  # a whole id is never ambiguous
                     if len(found) != 1:
                         what = "no run" if not found else f"{len(found)} runs"
                         raise EdgekitError(f"{what} in {self.path} match {run_id!r}; see `edgekit report`")
                     rows.extend(found)
             else:
-                query = "SELECT * FROM runs ORDER BY created_at DESC, rowid DESC"
-                rows = db.execute(query + (" LIMIT ?" if last else ""), (last,) if last else ()).fetchall()
+                where, args = _status_filter(statuses)
+                query = f"SELECT * FROM runs{where} ORDER BY created_at DESC, rowid DESC"
+                rows = db.execute(query + (" LIMIT ?" if last else ""), (*args, last) if last else args).fetchall()
                 rows.reverse()
         return [_row_to_run(row) for row in rows]
+
+    def count(self, statuses: tuple[str, ...] | None = None) -> int:
+        """How many runs with one of `statuses` (default any) are stored."""
+        where, args = _status_filter(statuses)
+        with self._connect() as db:
+            return db.execute(f"SELECT COUNT(*) FROM runs{where}", args).fetchone()[0]
+
+
+def _like(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern: its own % and _ match only themselves."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _status_filter(statuses: tuple[str, ...] | None) -> tuple[str, tuple[str, ...]]:
+    if not statuses:
+        return "", ()
+    return f" WHERE status IN ({','.join('?' * len(statuses))})", tuple(statuses)
 
 
 def _row_to_run(row: tuple) -> StoredRun:

@@ -11,17 +11,28 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any, Dict, List, Optional
 
 from .engines import EngineError, open_engine
-from .facts import agent_facts, device_facts
+from .facts import agent_facts, device_facts, peak_rss_mb
 from .harness import Harness, Measurement, make_preprocessor
 from .isa import saturation_warning
 from .manifest import ManifestError, load_manifest
 from .plan import POWER_AUTO, Plan, PlanError, load_plan
 from .postprocess import PostprocessError, Postprocessor, make_postprocessor
 from .power import PowerError, PowerSampler, available_probes, detect_probe, open_probe
-from .result import add_error, empty_result, fill_measurement, finish, set_manifest, utc_now, write_result
+from .result import (
+    add_error,
+    empty_result,
+    fill_measurement,
+    finish,
+    set_cold_start,
+    set_manifest,
+    set_memory,
+    utc_now,
+    write_result,
+)
 from .sources import SourceError, open_source, redact_uri
 
 _EXPECTED = (PlanError, ManifestError, EngineError, SourceError, PostprocessError)
@@ -57,7 +68,9 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
         if plan.engine_threads is not None:
             options["threads"] = plan.engine_threads
         result["engine"] = {"name": name}  # replaced by the full facts once it loads
+        loading = time.perf_counter()
         with open_engine(name, manifest.model_path, options) as engine:
+            set_cold_start(result, model_load_ms=(time.perf_counter() - loading) * 1e3)
             result["engine"] = engine.facts()
             result["warnings"].extend(str(w) for w in result["engine"].get("warnings") or [])
             _check_model_inputs(engine, manifest)
@@ -92,6 +105,7 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
         add_error(result, stage, "interrupted before the run started")
     if sampler is not None:
         _fill_power(result, sampler, measurement.timed if measurement is not None else 0)
+    set_memory(result, peak_rss_mb())
     return finish(result, measurement.timed if measurement is not None else 0)
 
 

@@ -6,12 +6,31 @@ import platform
 import shutil
 import socket
 import subprocess
+import sys
 from typing import Any, Dict, List, Optional
 
 from .isa import isa_facts
 
 FACTS_SCHEMA = "edgekit.facts"
 FACTS_VERSION = 1
+
+
+def peak_rss_mb() -> Optional[float]:
+    """The agent process's peak resident memory so far in MiB (model, engine arena, frames, interpreter), or
+    None where the OS does not report it (no `resource` module on Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    try:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (OSError, ValueError):
+        return None
+    if peak <= 0:
+        return None
+    # Linux and the BSDs count kilobytes; macOS (and iOS) count bytes
+    scale = 1.0 if sys.platform == "darwin" else 1024.0
+    return round(peak * scale / (1024.0 * 1024.0), 2)
 
 
 def _cpu_model() -> Optional[str]:

@@ -10,7 +10,7 @@ from .manifest import artifact_id
 from .stats import summarize
 
 RESULT_SCHEMA = "edgekit.result"
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: memory and cold_start_ms (version 1 results have neither; hosts read both)
 RESULT_STATUSES = ("ok", "partial", "error")  # partial: frames were timed but something went wrong; error: none
 _SAMPLE_DECIMALS = 4  # 0.1 microsecond: far below perf_counter jitter, and keeps the file small
 
@@ -62,6 +62,9 @@ def empty_result(run_id: Optional[str] = None, started_at: Optional[str] = None)
         # per-frame detections, polygons or class histograms in frame pixels (docs/contracts.md), when kept
         "task_output": None,
         "power": None,
+        # the agent process's peak RSS and what the first use of the model cost; null when not measured
+        "memory": None,
+        "cold_start_ms": None,
         "device": {},
         "engine": {},
         "errors": [],
@@ -88,6 +91,28 @@ def fill_measurement(result: Dict[str, Any], measurement: Any, keep_samples: boo
     result["wall_s"] = measurement.wall_s if measurement.timed else None
     result["errors"].extend(measurement.errors)
     result["warnings"].extend(measurement.warnings)
+    first = measurement.first_inference_ms
+    if first is None and samples.get("inference"):
+        first = samples["inference"][0]  # no warm-up: the first timed frame was the model's first inference
+    set_cold_start(result, first_inference_ms=first)
+
+
+def set_cold_start(
+    result: Dict[str, Any], model_load_ms: Optional[float] = None, first_inference_ms: Optional[float] = None
+) -> None:
+    """Record the engine's load time and the model's first inference (ms); a value not given stays as it was."""
+    cold = result.get("cold_start_ms") or {"model_load": None, "first_inference": None}
+    if model_load_ms is not None:
+        cold["model_load"] = round(model_load_ms, 3)
+    if first_inference_ms is not None:
+        cold["first_inference"] = round(first_inference_ms, 3)
+    result["cold_start_ms"] = cold
+
+
+def set_memory(result: Dict[str, Any], peak_rss_mb: Optional[float]) -> None:
+    """The agent process's peak RSS in MiB, measured by getrusage; None leaves the block null (not measured)."""
+    if peak_rss_mb is not None:
+        result["memory"] = {"peak_rss_mb": peak_rss_mb, "measured_by": "getrusage"}
 
 
 def set_manifest(result: Dict[str, Any], manifest_data: Dict[str, Any]) -> None:

@@ -393,6 +393,7 @@ class Target:
         self.check_buildable(model, precision, checked)
         files, extra = self._build_impl(model, precision, quant_spec, checked)
         manifest = {
+            "model_name": model.name,  # so a report row says which model, not just an artifact hash
             "target": self.name,
             "engine": self.engine,
             "precision": precision,

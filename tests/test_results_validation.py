@@ -263,3 +263,27 @@ def test_an_ok_result_without_task_output_is_kept_with_evaluate_errors(tmp_path)
     assert labels_error.startswith("the agent returned no per-frame detections (task_output): the run needs")
     assert "no per-frame detections (task_output) to save" in save_error
     assert finished["status"] == "ok" and finished["accuracy"] == result["accuracy"] and not saved.exists()
+
+
+def test_memory_and_cold_start_of_version_2_are_read_and_version_1_has_neither():
+    v2 = good_result(
+        version=2,
+        memory={"peak_rss_mb": 181.5, "measured_by": "getrusage", "extra": "dropped"},
+        cold_start_ms={"model_load": 42.0, "first_inference": None},
+    )
+    clean = validate_result(v2, run_id="r1")
+    assert clean["memory"] == {"peak_rss_mb": 181.5, "measured_by": "getrusage"}
+    assert clean["cold_start_ms"] == {"model_load": 42.0, "first_inference": None}
+    old = validate_result(good_result(), run_id="r1")
+    assert old["version"] == 1 and old["memory"] is None and old["cold_start_ms"] is None
+    with pytest.raises(RunError, match="memory.peak_rss_mb"):
+        validate_result(good_result(version=2, memory={"peak_rss_mb": "lots"}), run_id="r1")
+    with pytest.raises(RunError, match="cold_start_ms.model_load"):
+        validate_result(good_result(version=2, cold_start_ms={"model_load": float("nan")}), run_id="r1")
+
+
+def test_peak_rss_is_read_in_mib():
+    from edgekit.runtime.facts import peak_rss_mb
+
+    peak = peak_rss_mb()
+    assert peak is not None and 10 < peak < 64_000  # this test process: at least the interpreter and numpy

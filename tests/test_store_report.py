@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 
@@ -87,8 +88,9 @@ def test_table_json_csv_and_html(store):
     rows = list(csv.DictReader(io.StringIO(report.to_csv(runs))))
     assert rows[1]["inference_p50_ms"] == "2.5"
     page = report.to_html(runs)
-    assert page.count("<svg") == 4 + 4  # two histograms per run; p50, p99, fps and top-1 side by side
-    assert "run-2" in page and "p99" in page
+    assert page.count("<svg") == 2 + 2  # two histograms per run, in its details
+    assert page.count('class="bar"') == 2  # a stacked per-stage bar per run
+    assert "run-2" in page and "p99" in page and "66.7%" in page
 
 
 def test_power_columns_and_side_by_side_charts(tmp_path):
@@ -109,7 +111,7 @@ def test_power_columns_and_side_by_side_charts(tmp_path):
     text = buffer.getvalue()
     assert "jetson-1" in text and "jetson-2" in text and "7.25" in text and "13" in text
     page = report.to_html(runs)
-    assert "average power" in page and "energy per inference" in page and "7.25 W" in page
+    assert "power W" in page and "mJ/ inf" in page and "<td>7.25</td>" in page
 
 
 HOSTILE = "disk [/] full on [bold]root@[::1]:22[/bold] :smile: \x1b[31mred\x1b[0m"
@@ -129,12 +131,14 @@ def test_device_text_is_shown_as_text_in_every_report(isolated_store):
     ok = dict(_result("ok-2", 1.5), device={"cpu": "[/] cpu", "python": "3.11"}, warnings=[HOSTILE])
     store.add(device="[red]dev[/]", plan={"run_id": "ok-2"}, result=ok, manifest={}, artifact_id="e" * 64)
     runner = CliRunner(env={"COLUMNS": "400"})
-    for args in (["report"], ["report", "ok-2"], ["report", "--html", str(isolated_store.parent / "r.html")]):
+    page = isolated_store.parent / "r.html"
+    for args in (["report"], ["report", "--status", "all"], ["report", "ok-2"], ["report", "--html", str(page)]):
         result = runner.invoke(main, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-        if args != ["report", "--html", str(isolated_store.parent / "r.html")]:
+        if "--html" not in args:
             assert "\x1b" not in result.output
-    table = runner.invoke(main, ["report"]).output
+    assert "[red]dev[/]" in page.read_text() and "\x1b" not in page.read_text()
+    table = runner.invoke(main, ["report", "--status", "error"]).output
     assert r"disk [/] full on [bold]root@[::1]:22[/bold] :smile: \x1b[31mred\x1b[0m" in table.replace("\n", "")
     assert "[red]dev[/]" in table
     assert "warning: disk [/] full" in runner.invoke(main, ["report", "ok-2"]).output
@@ -176,3 +180,113 @@ def test_the_database_is_private_and_a_long_advice_is_kept_whole(tmp_path):
         device="dev", plan={"run_id": "r"}, result=failed_result({"run_id": "r"}, advice), manifest={}, artifact_id=""
     )
     assert store.get(["r"])[0].result["errors"][0]["message"] == advice
+
+
+# -- a report a team would send: what ran where in every row, error runs apart ---------------------------------
+
+
+@pytest.fixture
+def team(tmp_path):
+    from report_testkit import fill_team_store
+
+    return fill_team_store(tmp_path / "team.db")
+
+
+def test_every_row_says_model_task_device_target_and_mode(team):
+    runs = team.get(statuses=report.statuses_for(None))
+    assert len(runs) == 6 and {r.status for r in runs} == {"ok"}
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(runs))))
+    assert list(rows[0])[:9] == [
+        "run_id",
+        "started_at",
+        "model",
+        "task",
+        "device",
+        "target",
+        "precision",
+        "mode",
+        "status",
+    ]
+    by_model = {(r["model"], r["target"], r["precision"]): r for r in rows}
+    classifier = by_model[("mobilenetv3_small", "x86-ort", "fp32")]
+    assert (
+        classifier["task"] == "classify" and classifier["mode"] == "pipelined" and classifier["device"] == "x86-box-1"
+    )
+    assert float(classifier["peak_rss_mb"]) > 0 and float(classifier["model_load_ms"]) > 0
+    old = by_model[("yolov8n", "x86-ort", "fp32")]  # a version 1 result: memory was not measured, so no number
+    assert old["task"] == "detect" and old["peak_rss_mb"] == "" and old["first_inference_ms"] == ""
+    entries = json.loads(report.to_json(runs))
+    assert {e["model"] for e in entries} == {"mobilenetv3_small", "yolov8n", "lraspp_mobilenet"}
+    assert all(e["task"] and e["mode"] in ("sequential", "pipelined") for e in entries)
+
+    console = Console(record=True, width=260)
+    report.print_runs_table(runs, console)
+    text = console.export_text()
+    lines = [line for line in text.splitlines() if "x86-ort/" in line or "tflite/" in line or "trt/" in line]
+    assert [line.split()[1] for line in lines] == ["lraspp_mobilenet", *["mobilenetv3_small"] * 3, "yolov8n", "yolov8n"]
+    assert "pipe*" in text and "includes time waiting in queues" in text
+    assert "peak" in text and "load" in text and "top-1 98.4%" in text and "mIoU 0.712" in text and "mAP 0.412" in text
+    assert "c0ffee12aa34bb56" not in text and "aa34bb56" in text  # short ids, one line each
+
+
+def test_old_manifests_without_a_model_name_show_the_source_hash():
+    from edgekit.store import StoredRun
+
+    run = StoredRun("r", "", "dev", "", "x86-ort", "fp32", "ok", {}, {}, {"source_model_sha256": "0123456789ab"})
+    assert report.model_name(run) == "model 01234567"
+    assert report.model_name(dataclasses.replace(run, manifest={})) == "-"
+
+
+def test_error_runs_are_counted_by_default_and_listed_apart(team, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    runner = CliRunner(env={"COLUMNS": "240", "EDGEKIT_DB": str(team.path)})
+    default = runner.invoke(main, ["report"], catch_exceptions=False).output
+    assert "2 error runs not shown: edgekit report --status error" in default
+    assert "dead0000beef0001" not in default and "yolov8n" in default
+    errors = runner.invoke(main, ["report", "--status", "error"], catch_exceptions=False).output
+    assert "edgekit runs (latency" not in errors  # no table of dashes for runs that timed nothing
+    assert "runs that failed" in errors and "beef0001" in errors and "truncated MP4" in errors
+    assert "not shown" not in errors
+    everything = runner.invoke(main, ["report", "--status", "all"], catch_exceptions=False).output
+    assert "edgekit runs (latency" in everything and "runs that failed" in everything
+    one = runner.invoke(main, ["report", "beef0002"], catch_exceptions=False).output  # the short id finds it
+    assert "tensorrt" in one and "<b>lab</b>" in one and "\x1b" not in one
+
+
+def test_only_error_runs_print_no_empty_table(tmp_path):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+    from edgekit.device.results import failed_result
+
+    store = ResultsStore(tmp_path / "e.db")
+    store.add(
+        device="d", plan={"run_id": "x-1"}, result=failed_result({"run_id": "x-1"}, "boom"), manifest={}, artifact_id=""
+    )
+    out = CliRunner(env={"EDGEKIT_DB": str(store.path)}).invoke(main, ["report"], catch_exceptions=False).output
+    assert "no ok or partial runs" not in out and "edgekit runs (latency" not in out and " - " not in out
+    assert "1 error run not shown: edgekit report --status error" in out
+
+
+def test_the_html_page_groups_by_model_then_device_and_keeps_failures_apart(team):
+    from report_testkit import HOSTILE_DEVICE
+
+    page = report.to_html(team.get(statuses=report.statuses_for("all")))
+    sections = page.split("<section>")[1:]
+    assert [s[s.index("<h2>") + 4 : s.index("<span")] for s in sections[:3]] == [
+        "lraspp_mobilenet",
+        "mobilenetv3_small",
+        "yolov8n",
+    ]
+    assert "Runs that failed (2)" in sections[3] and "truncated MP4" in sections[3]
+    assert "&lt;b&gt;" in sections[3] and "<b>" not in page  # device and error text escaped
+    assert HOSTILE_DEVICE not in page and "\x1b" not in page.replace("\\x1b", "")
+    classifier = sections[1]
+    assert classifier.count("rowspan") == 2 and "pipelined" in classifier and "includes time waiting" in classifier
+    assert "98.4%" in classifier and "<td>7.9</td>" in classifier and "41.3" in classifier
+    detector = sections[2]
+    assert "0.412" in detector and "mAP" in detector and "<td>-</td>" in detector  # v1 run: memory not measured
+    assert page.count('class="bar"') == 6 and "aa34bb56</span></td>" in page

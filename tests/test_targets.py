@@ -51,6 +51,13 @@ def test_build_writes_manifest_and_same_model_gives_same_id(classifier_path, tmp
     assert Model.load(first.model_path).preprocess == model.preprocess
 
 
+def test_the_manifest_names_the_model_for_reports(classifier_path, tmp_path):
+    model = Model.load(classifier_path)
+    assert get_target("x86-ort").build(model, tmp_path / "a").manifest["model_name"] == classifier_path.stem
+    model.name = "digits-cnn v2"  # the user's own name wins
+    assert get_target("x86-ort").build(model, tmp_path / "b").manifest["model_name"] == "digits-cnn v2"
+
+
 def test_changing_preprocessing_changes_the_id(classifier_path, tmp_path):
     model = Model.load(classifier_path)
     first = get_target("x86-ort").build(model, tmp_path / "a")

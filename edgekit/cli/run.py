@@ -250,39 +250,65 @@ def _print_run(run_id: str, store: Any, console: Any) -> None:
 @click.command()
 @click.argument("runs", nargs=-1)
 @click.option("--last", type=int, default=20, show_default=True, help="With no RUN ids: the latest N runs.")
+@click.option(
+    "--status",
+    type=click.Choice(["ok", "partial", "error", "all"]),
+    default=None,
+    help="With no RUN ids: which runs (default ok and partial; error runs are counted and listed apart).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print plans, results and manifests as JSON.")
 @click.option("--csv", "as_csv", is_flag=True, help="Print one CSV row per run.")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write an HTML report with histograms.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Write an HTML report (and its errors).")
 @db_option
 @fail_cleanly
 def report(
-    runs: tuple[str, ...], last: int, as_json: bool, as_csv: bool, html_file: str | None, db: str | None
+    runs: tuple[str, ...],
+    last: int,
+    status: str | None,
+    as_json: bool,
+    as_csv: bool,
+    html_file: str | None,
+    db: str | None,
 ) -> None:
-    """Show stored runs (by id or id prefix; default the latest) as a table, JSON, CSV or HTML."""
+    """Show stored runs (by id, id prefix or short id; default the latest) as a table, JSON, CSV or HTML."""
     from edgekit import report as reports
-    from edgekit.console_text import styled
 
     store = open_store(db)
-    stored = store.get(list(runs) or None, last=last)
+    statuses = reports.statuses_for(status)
+    stored = store.get(list(runs) or None, last=last, statuses=None if runs else statuses)
+    hidden = 0 if runs or "error" in statuses else store.count(("error",))
     if as_json:
         click.echo(reports.to_json(stored))
     elif as_csv:
         click.echo(reports.to_csv(stored), nl=False)
     else:
-        if not stored:
-            click.echo(f"no runs stored in {store.path} yet; try `edgekit demo`")
-            return
-        console = make_console()
-        reports.print_runs_table(stored, console)
-        if len(runs) == 1:
-            reports.print_stage_table(stored[0], console)
-            for text in reports.task_summary(stored[0].result):  # mAP, reference mAP, detections per frame
-                console.print(text)
-            for warning in stored[0].result.get("warnings", []):
-                console.print(styled(("warning:", "yellow"), " ", str(warning)))
+        _print_report(runs, stored, hidden, store, status)
     if html_file:
-        Path(html_file).write_text(reports.to_html(stored))
+        # the page lists the latest failures apart, below the measured runs
+        failed = [] if runs or not hidden else store.get(last=last, statuses=("error",))
+        Path(html_file).write_text(reports.to_html(stored + failed))
         click.echo(f"HTML report written to {html_file}", err=True)
+
+
+def _print_report(runs: tuple[str, ...], stored: list[Any], hidden: int, store: Any, status: str | None) -> None:
+    """The terminal report: measured runs, failed runs apart, one line on the error runs left out."""
+    from edgekit import report as reports
+    from edgekit.console_text import styled
+
+    if not stored:
+        chosen = "" if status in (None, "all") else f"{status} "
+        click.echo(f"no {chosen}runs stored in {store.path}" + ("" if hidden else " yet; try `edgekit demo`"))
+    console = make_console()
+    reports.print_runs_table(stored, console)
+    reports.print_error_runs(stored, console)
+    if hidden:
+        console.print(styled((reports.hidden_runs_note(hidden), "red")))
+    if len(runs) == 1:
+        reports.print_stage_table(stored[0], console)
+        for text in reports.task_summary(stored[0].result):  # mAP, reference mAP, detections per frame
+            console.print(text)
+        for warning in stored[0].result.get("warnings", []):
+            console.print(styled(("warning:", "yellow"), " ", str(warning)))
 
 
 @click.command()

@@ -247,6 +247,21 @@ def _power(value: Any) -> dict[str, Any]:
     return clean
 
 
+def _memory(value: Any) -> dict[str, Any] | None:
+    """Peak RSS of the agent process in MiB and how it was measured (result version 2); None when not measured."""
+    value = _mapping(value, "memory")
+    peak = _number(value.get("peak_rss_mb"), "memory.peak_rss_mb")
+    if peak is None:
+        return None
+    return {"peak_rss_mb": peak, "measured_by": _text(value.get("measured_by", ""), "memory.measured_by", limit=64)}
+
+
+def _cold_start(value: Any) -> dict[str, Any]:
+    """The engine's model load and the first inference in ms (result version 2); each null when not measured."""
+    value = _mapping(value, "cold_start_ms")
+    return {key: _number(value.get(key), f"cold_start_ms.{key}") for key in ("model_load", "first_inference")}
+
+
 def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
     """A clean copy of a device's result, or RunError saying which field is wrong."""
     data = _mapping(data, "(top level)")
@@ -285,6 +300,9 @@ def validate_result(data: Any, *, run_id: str) -> dict[str, Any]:
         "accuracy": _accuracy(data["accuracy"]) if data.get("accuracy") else None,
         "task_output": _task_output(data["task_output"]) if data.get("task_output") else None,
         "power": _power(data["power"]) if data.get("power") else None,
+        # version 1 results have neither: null, which every report shows as not measured
+        "memory": _memory(data["memory"]) if data.get("memory") else None,
+        "cold_start_ms": _cold_start(data["cold_start_ms"]) if data.get("cold_start_ms") else None,
         "device": _facts(data.get("device", {}), "device"),
         "engine": _facts(data.get("engine", {}), "engine"),
         "errors": [_facts(e, "errors[]", text_limit=MAX_TEXT) for e in errors[:MAX_ERRORS]],  # whole advice kept

@@ -47,6 +47,8 @@ RESULT_KEYS = {
     "accuracy",
     "task_output",
     "power",
+    "memory",
+    "cold_start_ms",
     "device",
     "engine",
     "errors",
@@ -59,7 +61,7 @@ def check_ok(code, result, frames):
     assert set(result) == RESULT_KEYS
     assert result["errors"] == [], result["errors"]
     assert code == 0 and result["status"] == "ok"
-    assert result["schema"] == "edgekit.result" and result["version"] == 1 and result["run_id"] == "test-run"
+    assert result["schema"] == "edgekit.result" and result["version"] == 2 and result["run_id"] == "test-run"
     assert result["frames"]["timed"] == frames
     for stage in STAGES:
         assert result["latency_ms"][stage]["count"] == frames
@@ -70,11 +72,15 @@ def check_ok(code, result, frames):
     assert result["engine"]["name"] == "onnxruntime" and result["engine"]["threads"] == 1
     assert result["device"]["cpu_count"] >= 1 and result["device"]["python"]
     assert result["started_at"].endswith("Z") and result["finished_at"].endswith("Z")
+    # measured by the agent itself: the process's peak RSS, the engine's load, the model's first inference
+    assert result["memory"]["measured_by"] == "getrusage" and 10 < result["memory"]["peak_rss_mb"] < 64_000
+    assert result["cold_start_ms"]["model_load"] > 0 and result["cold_start_ms"]["first_inference"] > 0
 
 
 def check_error(code, result, stage, *fragments):
     assert code == 1 and result["status"] == "error", result
     assert result["frames"]["timed"] == 0
+    assert (result["cold_start_ms"] or {}).get("first_inference") is None  # nothing ran: nothing claimed
     error = result["errors"][0]
     assert error["stage"] == stage, error
     for fragment in fragments:
