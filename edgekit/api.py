@@ -152,6 +152,7 @@ def run_fleet(
     store: ResultsStore | None = None,
     on_done: Any = None,
     progress_for: Any = None,
+    frames_for: Any = None,
     annotations: str | Path | None = None,
     reference: Any = None,
     save_detections: str | Path | None = None,
@@ -164,6 +165,8 @@ def run_fleet(
     a file that is already on the devices. `engine_options` go to the device's engine (e.g.
     {"compute_units": "CPU_AND_NE"} for Core ML, {"delegate": "nnapi"} for TFLite). Each device's result
     is stored as it arrives, scored as in `run` (`save_detections` gets the device name before its suffix).
+    `progress_for(device)` gives a `(sent, total)` callback for its pushes, `frames_for(device)` one that
+    sees each RunProgress of its agent (phase, frames, fps, time left).
     """
     from edgekit.device.ssh import SshTransport
     from edgekit.evaluate.host import HostEvaluation, finish
@@ -212,6 +215,7 @@ def run_fleet(
         on_done=on_done,
         progress_for=progress_for,
         finish=lambda device, plan, result: finish(result, evaluation, plan["postprocess"], device.name),
+        watch_for=lambda device: settings.watch(frames_for(device) if frames_for else None),
     )
 
 
@@ -249,6 +253,7 @@ def run(
     annotations: str | Path | None = None,
     reference: Any = None,
     save_detections: str | Path | None = None,
+    on_progress: Any = None,
     **fields: Any,
 ) -> RunRecord:
     """Run an artifact on this machine as the device, through the agent, and store the result.
@@ -265,7 +270,8 @@ def run(
     A `reference` ending in .npz is the raw task's reference outputs instead.
     `task` lays a task, or settings, over the artifact's for this run (`task={"conf": 0.4}`,
     `task={"task": "raw"}`); an artifact with no task that is not a classifier needs one, and is refused
-    before the run without it.
+    before the run without it. `on_progress` sees each RunProgress of the agent (phase, frames, fps, time
+    left); a run with no finished frame for `stall_s` seconds is stopped as hung (its frames kept).
     """
     from edgekit.device.local import LocalTransport
     from edgekit.evaluate.host import HostEvaluation, finish
@@ -285,7 +291,10 @@ def run(
         evaluation.run_reference(parsed, settings, plan, store)
     transport = LocalTransport()
     try:
-        result = finish(transport.run(artifact, plan, timeout_s=settings.timeout_s), evaluation, plan["postprocess"])
+        watch = settings.watch(on_progress)
+        result = finish(
+            transport.run(artifact, plan, timeout_s=settings.timeout_s, watch=watch), evaluation, plan["postprocess"]
+        )
     except RunInterrupted as exc:  # the agent was stopped: what it measured is stored, then the signal goes on
         record = RunRecord(transport.name, plan["run_id"], plan, exc.result or {})
         if store is not None and exc.result is not None:

@@ -22,6 +22,7 @@ from .manifest import ManifestError, load_manifest
 from .plan import POWER_AUTO, Plan, PlanError, load_plan
 from .postprocess import PostprocessError, Postprocessor, make_postprocessor
 from .power import PowerError, PowerSampler, available_probes, detect_probe, open_probe
+from .progress import ProgressReporter, RunTracker
 from .result import (
     add_error,
     empty_result,
@@ -43,8 +44,9 @@ def _describe(exc: BaseException) -> str:
     return str(exc) if isinstance(exc, _EXPECTED) else "%s: %s" % (type(exc).__name__, exc)
 
 
-def run_plan(plan: Plan) -> Dict[str, Any]:
-    """Run a validated plan and return the JSON-safe result document (never raises for run errors)."""
+def run_plan(plan: Plan, tracker: Optional[RunTracker] = None) -> Dict[str, Any]:
+    """Run a validated plan and return the JSON-safe result document (never raises for run errors). A
+    `tracker` is handed the harness, so a progress reporter can read its counters."""
     result = empty_result(plan.run_id, utc_now())
     result["mode"] = plan.mode
     source_info = plan.source.to_dict()
@@ -94,6 +96,8 @@ def run_plan(plan: Plan) -> Dict[str, Any]:
                     power=sampler,
                     power_idle_s=plan.power_idle_s,
                 )
+                if tracker is not None:
+                    tracker.harness = harness
                 measurement = harness.run()
             fill_measurement(result, measurement, plan.keep_samples)
             result["accuracy"] = postprocessor.summary()
@@ -226,7 +230,7 @@ def _device_facts(result: Dict[str, Any], sysfs_root: str = "/") -> None:
         result["warnings"].append("device facts incomplete: %s" % _describe(exc))
 
 
-def run_plan_file(plan_path: str) -> Dict[str, Any]:
+def run_plan_file(plan_path: str, tracker: Optional[RunTracker] = None) -> Dict[str, Any]:
     """Load the plan at `plan_path` and run it; an unreadable or invalid plan gives an `error` result."""
     try:
         plan = load_plan(plan_path)
@@ -235,7 +239,7 @@ def run_plan_file(plan_path: str) -> Dict[str, Any]:
         _device_facts(result)
         add_error(result, "plan", str(exc))
         return finish(result, 0)
-    return run_plan(plan)
+    return run_plan(plan, tracker)
 
 
 def _peek_run_id(plan_path: str) -> Optional[str]:
@@ -295,6 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--facts", action="store_true", help="print this device's facts as JSON and exit")
     parser.add_argument("--workdir", help="with --facts: report the free disk space of this folder")
     parser.add_argument("--sysfs-root", default="/", help="with --facts: where to look for power sensors")
+    parser.add_argument("--progress", action="store_true", help="print progress lines on stdout (runtime/progress.py)")
     args = parser.parse_args(argv)
     if args.facts:
         sys.stdout.write(json.dumps(agent_facts(args.workdir, args.sysfs_root), sort_keys=True) + "\n")
@@ -311,7 +316,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         if previous is None:  # a handler installed from C: restore the default rather than nothing
             previous = signal.SIG_DFL
     try:
-        result = run_plan_file(args.plan)
+        if args.progress:
+            tracker = RunTracker()
+            with ProgressReporter(tracker.snapshot):
+                result = run_plan_file(args.plan, tracker)
+        else:
+            result = run_plan_file(args.plan)
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)

@@ -146,12 +146,23 @@ class Harness(object):
         self.input_name = input_name if input_name is not None else engine.input_names[0]
         self.power = power  # a power.PowerSampler, or None
         self.power_idle_s = power_idle_s
+        self._measurement: Optional[Measurement] = None
+        self._phase = "warmup"
+
+    def progress(self) -> Tuple[str, int, Optional[int]]:
+        """(phase, frames done in it, frames asked for): read from another thread by the progress reporter."""
+        m = self._measurement
+        if m is None or self._phase == "warmup":
+            return ("warmup", m.warmup if m is not None else 0, self.warmup)
+        return ("run", m.timed, self.frames)
 
     def run(self) -> Measurement:
         """Warm up (untimed), then time frames; never raises for errors inside the run."""
         measurement = Measurement(self.mode)
+        self._measurement = measurement
         try:
             ok = self._warm_up(measurement)
+            self._phase = "run"
             if ok:
                 if self.power is not None:
                     self.power.idle_baseline(self.power_idle_s)
@@ -206,6 +217,7 @@ class Harness(object):
                 self.postprocessor.process(outputs, label, source.position, False, frame_size=frame_size(frame))
                 done += 1
                 done_this_pass += 1
+                measurement.warmup = done  # read by progress()
             if done and not live:
                 stage = "capture"
                 source.rewind()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from edgekit.cli.common import (
     stops_on_signals,
     task_options,
 )
+from edgekit.device.watch import LOAD_S, STALL_S
 
 
 @click.command()
@@ -44,7 +47,21 @@ from edgekit.cli.common import (
     "CPU_AND_NE), delegate=nnapi (tflite: xnnpack, none, gpu, nnapi), ...",
 )
 @click.option("--loop", is_flag=True, help="Restart a file source at its end until --frames are done.")
-@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds before the run is stopped.")
+@click.option(
+    "--stall-timeout",
+    type=float,
+    default=STALL_S,
+    show_default=True,
+    help="Seconds without a finished frame before a run counts as hung and is stopped (its frames kept).",
+)
+@click.option(
+    "--load-timeout",
+    type=float,
+    default=LOAD_S,
+    show_default=True,
+    help="Seconds the agent may take to start and load the engine (a TensorRT engine builds on the device).",
+)
+@click.option("--timeout", type=float, default=None, help="Seconds before the run is stopped whatever it is doing.")
 @click.option("--fleet", type=click.Path(dir_okay=False, exists=True), help="Run on the devices of this fleet file.")
 @click.option("--tags", multiple=True, help="With --fleet: only devices carrying this tag (repeatable).")
 @click.option("--device", "names", multiple=True, help="With --fleet: only this device (repeatable).")
@@ -88,7 +105,9 @@ def run(
     threads: int | None,
     engine_option_items: tuple[str, ...],
     loop: bool,
-    timeout: float,
+    stall_timeout: float,
+    load_timeout: float,
+    timeout: float | None,
     fleet: str | None,
     tags: tuple[str, ...],
     names: tuple[str, ...],
@@ -134,6 +153,8 @@ def run(
         labels=labels,
         power_probe=power_probe,
         timeout_s=timeout,
+        stall_s=stall_timeout,
+        load_s=load_timeout,
         label_masks=label_masks,
     )
     scoring = {"annotations": annotations, "reference": reference, "save_detections": save_detections}
@@ -154,15 +175,34 @@ def run(
             **scoring,
         )
         return
-    with console.status(f"running {artifact} on this machine"):
-        record = run_artifact(artifact, source, settings, store=store, **scoring)
+    with _run_bar(console, f"{artifact} on this machine") as on_progress:
+        record = run_artifact(artifact, source, settings, store=store, on_progress=on_progress, **scoring)
     _print_run(record.run_id, store, console)
     if _run_failure(record.result):
         sys.exit(1)
 
 
+@contextlib.contextmanager
+def _run_bar(console: Any, what: str) -> Iterator[Callable[[Any], None]]:
+    """A progress bar for one local run (frames done of those asked for, fps, time left); yields the
+    RunProgress listener that moves it. Quiet where the console is no terminal, as rich's bars are."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(
+        TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), console=console,
+        transient=True,
+    )  # fmt: skip
+    task = bar.add_task(f"{what}: starting", total=None)
+
+    def on_progress(progress: Any) -> None:
+        bar.update(task, completed=progress.done, total=progress.total, description=f"{what}: {progress.describe()}")
+
+    with bar:
+        yield on_progress
+
+
 def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any, console: Any, **options: Any) -> None:
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+    from rich.progress import BarColumn, Progress, TextColumn
 
     from edgekit.api import run_fleet
     from edgekit.console_text import styled
@@ -170,7 +210,7 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
     from edgekit.report import print_runs_table
 
     bars = Progress(
-        TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), console=console, transient=True
+        BarColumn(bar_width=30), TextColumn("{task.description}", markup=False), console=console, transient=True
     )
     tasks: dict[str, Any] = {}
 
@@ -178,7 +218,16 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
         tasks[device.name] = bars.add_task(f"{device.name}: push", total=None)
 
         def update(sent: int, total: int) -> None:
-            bars.update(tasks[device.name], completed=sent, total=total, description=f"{device.name}: push")
+            pushed = f"push {sent / 1e6:.1f}/{total / 1e6:.1f} MB"
+            bars.update(tasks[device.name], completed=sent, total=total, description=f"{device.name}: {pushed}")
+
+        return update
+
+    def frames_for(device: Any) -> Any:
+        def update(progress: Any) -> None:
+            # the bar counts frames from here on (bytes while pushing)
+            bars.update(tasks[device.name], completed=progress.done, total=progress.total,
+                        description=f"{device.name}: {progress.describe()}")  # fmt: skip
 
         return update
 
@@ -193,7 +242,15 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
 
     with bars:
         records = run_fleet(
-            artifact, fleet, source, settings, store=store, on_done=on_done, progress_for=progress_for, **options
+            artifact,
+            fleet,
+            source,
+            settings,
+            store=store,
+            on_done=on_done,
+            progress_for=progress_for,
+            frames_for=frames_for,
+            **options,
         )
     stored = store.get([r.run_id for r in records])
     print_runs_table(stored, console)

@@ -13,6 +13,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from edgekit.artifact import Artifact
 from edgekit.device.bundle import build_agent_zipapp
 from edgekit.device.results import exit_text, failed_result, interrupted_result, validate_result
 from edgekit.device.transport import ProgressFn
+from edgekit.device.watch import RunWatch
 from edgekit.errors import RunError, RunInterrupted
 from edgekit.hashing import sha256_file
 
@@ -71,45 +75,96 @@ class LocalTransport:
         artifact: Artifact,
         plan: dict[str, Any],
         *,
-        timeout_s: float = 3600.0,
+        timeout_s: float | None = None,
         progress: ProgressFn | None = None,
+        watch: RunWatch | None = None,
     ) -> dict[str, Any]:
         """Run the plan with the agent; return the validated result (never raises for a device failure:
-        a crash or a timeout comes back as a result with status `error` or `partial` and the reason). On
+        a crash, a stall or a timeout comes back as a result with status `error` or `partial` and the reason).
+        `watch` follows the agent's progress lines and says when it has stalled (default: RunWatch()); on
         Ctrl-C (or a signal the CLI turns into one) the agent is stopped, its partial result kept, and
         RunInterrupted raised with it. Nothing is pushed, so `progress` is never called."""
         plan = {**plan, "artifact_dir": str(artifact.path.resolve())}
         if self._cancelled is not None:
             return interrupted_result(plan, None, self._cancelled, started=False)
+        watch = watch or RunWatch()
         with tempfile.TemporaryDirectory(prefix="edgekit-run-") as workdir:
             plan_path = Path(workdir) / "plan.json"
             result_path = Path(workdir) / "result.json"
             plan_path.write_text(json.dumps(plan))
             command = [self.python, str(local_agent()), "--plan", str(plan_path), "--result", str(result_path)]
             process = subprocess.Popen(
-                command,
-                stdout=subprocess.DEVNULL,
+                [*command, "--progress"],
+                stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                text=True,
                 cwd=workdir,
                 start_new_session=True,
             )
             self._process = process
+            watch.start()
+            readers = _pumps(process, watch)
             try:
-                _, stderr = process.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                stopped = _stop(process, STOP_GRACE_S)
-                message = f"the agent did not finish within {timeout_s:g} s and was {stopped}; raise --timeout"
-                return _with_first_error(_read_result(plan, result_path, process.returncode, ""), message)
+                why_stopped = _wait(process, watch, timeout_s)
             except KeyboardInterrupt as exc:
                 signum = getattr(exc, "signum", signal.SIGINT)
                 _stop(process, STOP_GRACE_S)
+                _joined(readers)
                 result = interrupted_result(plan, _read_result(plan, result_path, process.returncode, "", None), signum)
                 raise RunInterrupted(f"local: {result['status']}", signum=signum, result=result) from exc
             finally:
                 self._process = None
-            result = _read_result(plan, result_path, process.returncode, stderr)
+            stopped = _stop(process, STOP_GRACE_S) if why_stopped else ""
+            result = _read_result(plan, result_path, process.returncode, _joined(readers))
+            if why_stopped:
+                return _with_first_error(result, f"{why_stopped}; the agent was {stopped}")
             return result if self._cancelled is None else interrupted_result(plan, result, self._cancelled)
+
+
+def _pumps(process: subprocess.Popen, watch: RunWatch) -> list[tuple[threading.Thread, bytearray]]:
+    """Threads reading the agent's stdout into `watch` and its stderr into a bounded buffer."""
+
+    def pump(stream: Any, sink: Callable[[bytes], None]) -> None:
+        for chunk in iter(lambda: stream.read1(1 << 16), b""):
+            sink(chunk)
+
+    def keep(chunk: bytes) -> None:
+        errors.extend(chunk[: max(0, _MAX_STDERR - len(errors))])
+
+    errors = bytearray()
+    threads = [
+        threading.Thread(target=pump, args=(process.stdout, watch.feed), daemon=True),
+        threading.Thread(target=pump, args=(process.stderr, keep), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    return [(threads[0], bytearray()), (threads[1], errors)]
+
+
+def _joined(readers: list[tuple[threading.Thread, bytearray]]) -> str:
+    """The agent's stderr, once both pipes are drained (an agent already stopped closes them)."""
+    for thread, _ in readers:
+        thread.join(STOP_GRACE_S)
+    return bytes(readers[1][1]).decode("utf-8", "replace")
+
+
+def _wait(process: subprocess.Popen, watch: RunWatch, timeout_s: float | None) -> str | None:
+    """Wait for the agent to end; why it must be stopped instead (stalled, or over `timeout_s`), else None."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        try:
+            process.wait(_POLL_S)
+            return None
+        except subprocess.TimeoutExpired:
+            pass
+        stalled = watch.overdue()
+        if stalled:
+            return stalled
+        if deadline is not None and time.monotonic() > deadline:
+            return f"the agent did not finish within {timeout_s:g} s; raise --timeout"
+
+
+_POLL_S = 0.5  # how often the host looks at the watchdog while the agent runs
+_MAX_STDERR = 1 << 20  # bytes of the agent's stderr kept (its last lines name a crash)
 
 
 STOP_GRACE_S = 5.0  # an agent gets this long after SIGTERM to write what it measured, then SIGKILL
@@ -121,6 +176,7 @@ def _stop(process: subprocess.Popen, grace: float) -> str:
         return "already finished"
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
+        os.killpg(process.pid, signal.SIGCONT)  # a stopped (frozen) agent wakes to the SIGTERM and writes its result
     try:
         process.wait(grace)
         return "stopped"

@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgekit.device.watch import LOAD_S, STALL_S, ProgressListener, RunWatch
+
 
 @dataclass(frozen=True)
 class RunSettings:
     """What a run measures and how; every field has the default `edgekit run` uses.
 
-    Most fields go into the plan the agent runs (docs/contracts.md); `timeout_s` stays with the host.
+    Most fields go into the plan the agent runs (docs/contracts.md); `timeout_s`, `stall_s` and `load_s` stay
+    with the host, which watches the agent's progress (edgekit/device/watch.py).
     `labels` may be a file (a JSON list or one integer per line): `edgekit.run` reads it and checks it
     against the model's classes before anything runs.
     """
@@ -39,8 +42,13 @@ class RunSettings:
     """Per-frame class labels for accuracy, or a file holding them."""
     power_probe: str | None = None
     """Power probe on the device: "auto", "jetson-ina3221", "x86-rapl", ... (None: no power)."""
-    timeout_s: float = 3600.0
-    """Seconds before the host stops the agent; what it measured until then is kept (status `partial`)."""
+    timeout_s: float | None = None
+    """Seconds before the host stops the agent whatever it is doing (None: no overall limit, the watchdog
+    below stops a hung run); what it measured until then is kept (status `partial`)."""
+    stall_s: float = STALL_S
+    """Seconds without a finished frame (warm-up or timed) before the host stops the run as hung."""
+    load_s: float = LOAD_S
+    """Seconds the agent may take to start and load the engine (a TensorRT engine builds on the device)."""
     keep_samples: bool = True
     """Keep every per-frame latency in the result (False: summaries only, a much smaller result)."""
     postprocess: str = "classification"
@@ -55,6 +63,10 @@ class RunSettings:
     label_masks: str | Path | None = None
     """With task segment: a folder of PNG label masks named like the images (pixel = class index, 255 =
     ignore); the device scores mIoU against them."""
+
+    def watch(self, on_progress: ProgressListener | None = None) -> RunWatch:
+        """The watchdog for one run with these settings; `on_progress` sees each progress line."""
+        return RunWatch(stall_s=self.stall_s, load_s=self.load_s, on_progress=on_progress)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

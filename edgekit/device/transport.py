@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from edgekit.artifact import Artifact
+    from edgekit.device.watch import RunWatch
 
 ProgressFn = Callable[[int, int], None]
 """`progress(sent, total)`: bytes pushed so far out of the bytes this push needs."""
@@ -33,11 +34,18 @@ class Transport(Protocol):
     def __exit__(self, *exc_info: object) -> None: ...
 
     def run(
-        self, artifact: Artifact, plan: dict[str, Any], *, timeout_s: float, progress: ProgressFn | None = None
+        self,
+        artifact: Artifact,
+        plan: dict[str, Any],
+        *,
+        timeout_s: float | None,
+        progress: ProgressFn | None = None,
+        watch: RunWatch | None = None,
     ) -> dict[str, Any]:
         """Run `plan` with `artifact` and return the validated result (docs/contracts.md). A device that fails
-        (unreachable, crashed, timed out, a bad result) gives a result with status `error`, not an exception.
-        `progress` follows the bytes of any push."""
+        (unreachable, crashed, hung, timed out, a bad result) gives a result with status `error` or `partial`,
+        not an exception. `progress` follows the bytes of any push; `watch` reads the agent's progress lines
+        and stops a run that stalls (default: RunWatch()); `timeout_s` caps the whole run (None: no cap)."""
         ...
 
 

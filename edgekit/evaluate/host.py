@@ -90,7 +90,7 @@ class HostEvaluation:
         )
         reference_plan["postprocess"] = dict(plan["postprocess"])
         transport = LocalTransport()
-        result = transport.run(self.reference, reference_plan, timeout_s=settings.timeout_s)
+        result = transport.run(self.reference, reference_plan, timeout_s=settings.timeout_s, watch=settings.watch())
         result = finish(result, None, reference_plan["postprocess"])
         if store is not None:
             store.add(

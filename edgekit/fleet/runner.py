@@ -18,6 +18,7 @@ from edgekit.artifact import Artifact
 from edgekit.device.plan import new_run_id
 from edgekit.device.results import failed_result, interrupted_result, signal_name
 from edgekit.device.transport import Cancellable, ProgressFn, Transport
+from edgekit.device.watch import RunWatch
 from edgekit.errors import RunInterrupted
 from edgekit.store import ResultsStore
 
@@ -45,11 +46,12 @@ def run_fleet(
     plan_for: Callable[[Any, str], dict[str, Any]],
     transport_for: Callable[[Any], Transport],
     *,
-    timeout_s: float = 3600.0,
+    timeout_s: float | None = None,
     store: ResultsStore | None = None,
     on_done: Callable[[FleetRecord], None] | None = None,
     progress_for: Callable[[Any], ProgressFn] | None = None,
     finish: Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
+    watch_for: Callable[[Any], RunWatch] | None = None,
 ) -> list[FleetRecord]:
     """Run `artifact` on every device in parallel; return one record per device, in device order.
 
@@ -57,11 +59,13 @@ def run_fleet(
     (local or SSH). Ctrl-C (or a signal the CLI turns into one) stops every device at once: running agents
     are stopped in parallel and keep what they measured (`partial`), devices still connecting or pushing
     start nothing (`cancelled`); every record is stored and RunInterrupted is raised with them.
-    `progress_for(device)` gives a `(sent, total)` callback for the device's pushes. `finish(device, plan,
+    `progress_for(device)` gives a `(sent, total)` callback for the device's pushes; `watch_for(device)` the
+    RunWatch that follows its agent's progress and stops it when it stalls (default: RunWatch()). `finish(device, plan,
     result)` gives the result to keep and store (the host's scores added to it).
     """
     devices = list(devices)
     fleet = _FleetRun(artifact, plan_for, transport_for, timeout_s, store, progress_for, finish)
+    fleet.watch_for = watch_for
     records: dict[str, FleetRecord] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, len(devices)), thread_name_prefix="edgekit-device")
     futures = {pool.submit(fleet.one, device): device for device in devices}
@@ -102,7 +106,7 @@ class _FleetRun:
         artifact: Artifact,
         plan_for: Callable[[Any, str], dict[str, Any]],
         transport_for: Callable[[Any], Transport],
-        timeout_s: float,
+        timeout_s: float | None,
         store: ResultsStore | None,
         progress_for: Callable[[Any], ProgressFn] | None,
         finish: Callable[[Any, dict[str, Any], dict[str, Any]], dict[str, Any]] | None,
@@ -114,6 +118,7 @@ class _FleetRun:
         self.plans: dict[str, dict[str, Any]] = {}
         self.stored: set[str] = set()
         self.signum: int | None = None
+        self.watch_for: Callable[[Any], RunWatch] | None = None
 
     def one(self, device: Any) -> FleetRecord:
         run_id = new_run_id()
@@ -138,7 +143,8 @@ class _FleetRun:
                 if late is not None and isinstance(transport, Cancellable):
                     transport.cancel(late)  # the signal came while it connected: it starts nothing
                 progress = self.progress_for(device) if self.progress_for else None
-                return transport.run(self.artifact, plan, timeout_s=self.timeout_s, progress=progress)
+                watch = self.watch_for(device) if self.watch_for else None
+                return transport.run(self.artifact, plan, timeout_s=self.timeout_s, progress=progress, watch=watch)
         except Exception as exc:  # a transport that could not even start: the device fails alone
             message = str(exc) if device.name in str(exc) else f"{device.name}: {exc}"
             return failed_result(plan, message)

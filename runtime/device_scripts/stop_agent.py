@@ -1,7 +1,7 @@
 """Stops a run's agent on the device: `python -c SOURCE RUN_DIR GRACE_S`.
 
 Leaves a `stop` file (so an agent not started yet never starts), then sends SIGTERM to the agent's
-process group (the agent then writes what it measured) and SIGKILL after the grace period. Prints what
+process group (the agent then writes what it measured; SIGCONT wakes a stopped one) and SIGKILL after the grace period. Prints what
 happened: never started, already exited, stopped or killed. Python 3.8-compatible.
 """
 
@@ -41,6 +41,7 @@ def main() -> None:
         pid = int(handle.read().split()[0])
     try:
         os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGCONT)  # a stopped (frozen) agent wakes to the SIGTERM and writes its result
     except ProcessLookupError:
         print("already exited")
         sys.exit(0)

@@ -60,7 +60,7 @@ def test_timeout_stops_the_agent(device, digits_artifact, digits_video, processe
     assert time.monotonic() - started < 20
     assert result["status"] == "error" and result["frames"]["timed"] == 0
     messages = [error["message"] for error in result["errors"]]
-    assert any("did not finish within 3 s on device loopback" in m for m in messages), messages
+    assert any("device loopback: the agent did not finish within 3 s" in m for m in messages), messages
     time.sleep(0.2)
     assert processes_mentioning(plan["run_id"]) == []
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import paramiko
 
+from edgekit.device.watch import RunWatch
 from edgekit.errors import DeviceError, DeviceTimeout
 
 MAX_OUTPUT = 16 << 20  # bytes kept per stream of a command; the rest is read and dropped
@@ -42,11 +43,13 @@ def run_command(
     name: str,
     what: str,
     open_timeout: float = 10.0,
+    watch: RunWatch | None = None,
 ) -> tuple[int, bytes, bytes]:
     """Run the shell `command` on the device `name` and return (exit code, stdout, stderr).
 
     The exit code is -1 when the command was killed by a signal. Raises DeviceTimeout when it runs longer
-    than `timeout` seconds, DeviceError when the connection fails; both name `what` was running.
+    than `timeout` seconds or, with a `watch` (which reads its stdout as it comes), when the watch says it
+    stalled; DeviceError when the connection fails; both name `what` was running.
     """
     deadline = time.monotonic() + timeout
     try:
@@ -59,11 +62,12 @@ def run_command(
         if stdin:
             channel.sendall(stdin)
         channel.shutdown_write()
-        if not _drain(channel, out, err, deadline) and not is_active(client):
+        if not _drain(channel, out, err, deadline, watch) and not is_active(client):
             raise DeviceError(f"device {name}: lost the connection while running {what}")
         rc = channel.recv_exit_status() if channel.exit_status_ready() else -1
-    except _Overdue:
-        raise DeviceTimeout(f"device {name}: {what} did not finish within {timeout:g} s") from None
+    except _Overdue as overdue:
+        why = str(overdue) or f"{what} did not finish within {timeout:g} s"
+        raise DeviceTimeout(f"device {name}: {why}") from None
     except (paramiko.SSHException, OSError, EOFError) as exc:
         raise DeviceError(
             f"device {name}: lost the connection while running {what} ({exc or type(exc).__name__})"
@@ -74,19 +78,28 @@ def run_command(
 
 
 class _Overdue(Exception):
-    """The deadline passed before the command finished."""
+    """The deadline passed (no message), or the watch said the command stalled (its message)."""
 
 
-def _drain(channel: paramiko.Channel, out: bytearray, err: bytearray, deadline: float) -> bool:
+def _drain(
+    channel: paramiko.Channel, out: bytearray, err: bytearray, deadline: float, watch: RunWatch | None = None
+) -> bool:
     """Read both streams until the command ends; False when the channel closed with no exit status
-    (killed by a signal, or the connection broke). Raises _Overdue at the deadline."""
+    (killed by a signal, or the connection broke). Raises _Overdue at the deadline or when `watch` (fed
+    stdout as it arrives) says the command stalled."""
     fd = channel.fileno()
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Overdue
+        stalled = watch.overdue() if watch is not None else None
+        if stalled:
+            raise _Overdue(stalled)
         if channel.recv_ready():
-            _keep(out, channel.recv(1 << 16))
+            data = channel.recv(1 << 16)
+            if watch is not None:
+                watch.feed(data)
+            _keep(out, data)
         elif channel.recv_stderr_ready():
             _keep(err, channel.recv_stderr(1 << 16))
         elif channel.closed:  # finished (an exit status or a signal), or the connection broke

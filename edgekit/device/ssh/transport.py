@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from edgekit.device.ssh.connect import Connector
 from edgekit.device.ssh.exec import is_active, quote_argv, run_command
 from edgekit.device.ssh.facts import agent_facts, flatten_facts, json_object
 from edgekit.device.transport import ProgressFn
+from edgekit.device.watch import RunWatch
 from edgekit.errors import DeviceError, DeviceTimeout, RunError
 from edgekit.fleet.inventory import Device
 
@@ -210,9 +212,10 @@ class SshTransport:
         artifact: Artifact,
         plan: dict[str, Any],
         *,
-        timeout_s: float = 3600.0,
+        timeout_s: float | None = None,
         push_inputs: bool = True,
         progress: ProgressFn | None = None,
+        watch: RunWatch | None = None,
     ) -> dict[str, Any]:
         """Push the agent and the artifact, run the plan on the device, return the validated result.
 
@@ -220,7 +223,9 @@ class SshTransport:
         bad result comes back as a result with status `error` and the reason. A source file, an image
         folder or a `reference` that exists on this machine is pushed too (by content) and the plan
         points at the device's copy; `push_inputs=False` leaves such paths as they are (device paths).
-        On a timeout the agent is stopped (it keeps what it measured: `partial` if any frame was timed).
+        The agent reports its progress to `watch` (default: RunWatch()); when it stalls or overstays
+        `timeout_s` (None: no overall cap) it is stopped and keeps what it measured (`partial` if any frame
+        was timed).
         On Ctrl-C the agent is stopped and KeyboardInterrupt goes on.
         """
         run_id = plan.get("run_id")
@@ -228,7 +233,10 @@ class SshTransport:
             raise RunError(f"plan run_id {run_id!r} must be 1-64 letters, digits, '.', '_' or '-'")
         opened_here = not self.connected
         try:
-            result = self._run(artifact, plan, timeout_s=timeout_s, push_inputs=push_inputs, progress=progress)
+            watch = watch or RunWatch()
+            result = self._run(
+                artifact, plan, timeout_s=timeout_s, push_inputs=push_inputs, progress=progress, watch=watch
+            )
         except _Cancelled:
             return interrupted_result(plan, None, self._cancelled or 2, started=False)
         except DeviceError as exc:
@@ -257,9 +265,10 @@ class SshTransport:
         artifact: Artifact,
         plan: dict[str, Any],
         *,
-        timeout_s: float,
+        timeout_s: float | None,
         push_inputs: bool,
         progress: ProgressFn | None,
+        watch: RunWatch,
     ) -> dict[str, Any]:
         progress = self._cancellable(progress)
         self._check_cancelled()
@@ -274,9 +283,9 @@ class SshTransport:
         try:
             self._check_cancelled()
             try:
-                rc, stderr = self._run_agent(agent, run_dir, timeout_s)
-            except DeviceTimeout:
-                return self._result_after_timeout(plan, run_dir, timeout_s)
+                rc, stderr = self._run_agent(agent, run_dir, timeout_s, watch)
+            except DeviceTimeout as exc:
+                return self._result_after_timeout(plan, run_dir, str(exc))
             except DeviceError as exc:
                 # the connection broke during the run: stop the agent over a fresh one if we can
                 self._stop_after_lost_connection(run_dir)
@@ -308,24 +317,31 @@ class SshTransport:
             ) from exc
         return run_dir
 
-    def _run_agent(self, agent: str, run_dir: str, timeout_s: float) -> tuple[int, bytes]:
+    def _run_agent(self, agent: str, run_dir: str, timeout_s: float | None, watch: RunWatch) -> tuple[int, bytes]:
         """Run the agent in `run_dir` through the wrapper script; (exit code, stderr)."""
         # not `exec`: the shell stays to say which signal ended the agent (SSH itself reports a bare -1)
         script = 'cd "$1" && shift && "$@"; rc=$?; [ $rc -gt 128 ] && echo "edgekit-signal $((rc - 128))" >&2; exit $rc'
         command = ["sh", "-c", script, "sh", run_dir, *self.python_argv(), "-c"]
         # absolute paths, so `ps` on the device shows which run an agent belongs to
         command += [device_script("agent_wrapper"), agent]
-        command += ["--plan", f"{run_dir}/plan.json", "--result", f"{run_dir}/result.json"]
-        rc, _, stderr = self._exec_command(quote_argv(command), timeout=timeout_s, stdin=None, what="the agent")
+        command += ["--plan", f"{run_dir}/plan.json", "--result", f"{run_dir}/result.json", "--progress"]
+        watch.start()
+        rc, _, stderr = run_command(
+            self._require_client(),
+            quote_argv(command),
+            timeout=math.inf if timeout_s is None else timeout_s,
+            stdin=None,
+            name=self.name,
+            what="the agent",
+            open_timeout=self.connect_timeout,
+            watch=watch,
+        )
         return rc, stderr
 
-    def _result_after_timeout(self, plan: dict[str, Any], run_dir: str, timeout_s: float) -> dict[str, Any]:
-        """Stop the agent; its result (what it timed: `partial`) with the timeout as the first error."""
+    def _result_after_timeout(self, plan: dict[str, Any], run_dir: str, why: str) -> dict[str, Any]:
+        """Stop the agent; its result (what it timed: `partial`) with why it was stopped as the first error."""
         stopped = self._stop_agent(run_dir, grace=5.0)
-        message = (
-            f"the agent did not finish within {timeout_s:g} s on device {self.name} and was {stopped}; "
-            "raise the timeout (--timeout) or ask for fewer frames"
-        )
+        message = f"{why}; the agent was {stopped}"
         try:
             result = self._fetch_result(plan, run_dir)
         except DeviceError:
