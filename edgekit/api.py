@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgekit.artifact import Artifact
-from edgekit.device.plan import Source, make_plan, resolve_labels
+from edgekit.device.plan import Source, check_labels_cover, make_plan, resolve_labels
 from edgekit.device.settings import RunSettings
 from edgekit.errors import ModelError, RunInterrupted
 from edgekit.fleet.runner import FleetRecord as RunRecord
@@ -180,6 +180,7 @@ def run_fleet(
     loop = settings.loop
     parsed = Source.on_device(source, loop=loop) if source_on_device else Source.parse(source, loop=loop)
     settings = _checked(settings, artifact)
+    check_labels_cover(settings.labels, parsed, settings.frames)
     store = store or ResultsStore()
     evaluation: HostEvaluation | None = None  # set below, once a plan says what the task is
 
@@ -281,6 +282,7 @@ def run(
         artifact = Artifact.load(artifact)
     settings = _checked(settings, artifact)
     parsed = Source.parse(source, loop=settings.loop)
+    check_labels_cover(settings.labels, parsed, settings.frames)
     plan = make_plan(str(artifact.path.resolve()), parsed, settings, engine=artifact.manifest["engine"])
     evaluation = HostEvaluation.prepare(
         artifact, parsed, plan, annotations=annotations, reference=reference, save_detections=save_detections

@@ -207,3 +207,18 @@ def test_build_calibrates_on_at_most_calib_limit_samples(tmp_path, monkeypatch):
         calib_limit=2,
     )
     assert seen == [(2, 2)]
+
+
+def test_labels_too_few_for_the_video_are_refused_before_the_run(tmp_path):
+    from edgekit.demo_data import load_heldout_digits, render_digits_video
+    from edgekit.device.plan import check_labels_cover
+
+    images, labels = load_heldout_digits()
+    video = Source.parse(render_digits_video(images[:12], labels[:12], tmp_path / "d.mp4"))
+    short = [int(v) for v in labels[:10]]
+    with pytest.raises(RunError, match=r"cover 10 frames but 12 frames of video .* --frames 10"):
+        check_labels_cover(short, video, None)
+    check_labels_cover(short, video, 10)  # only the first 10 are timed
+    with pytest.raises(RunError, match="cover 10 frames but 12"):
+        check_labels_cover(short, Source(video.kind, video.uri, loop=True), 50)
+    check_labels_cover(None, video, None)

@@ -117,6 +117,29 @@ def resolve_labels(labels: list[int] | str | Path | None, manifest: dict[str, An
     return labels
 
 
+def check_labels_cover(labels: list[int] | None, source: Source, frames: int | None) -> None:
+    """Refuse, before anything runs, labels too few for the frames of a host video that will be scored (the
+    agent would otherwise stop at the first unlabelled frame). The count is the container's; where it does
+    not know one, the agent checks as it goes. Image folders are checked by the agent at open."""
+    if labels is None or source.kind != "video" or not isinstance(source.uri, str) or not Path(source.uri).is_file():
+        return
+    import cv2
+
+    capture = cv2.VideoCapture(source.uri)
+    try:
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
+    finally:
+        capture.release()
+    if count <= 0:
+        return
+    needed = count if frames is None or (source.loop and frames >= count) else min(frames, count)
+    if len(labels) < needed:
+        raise RunError(
+            f"the labels cover {len(labels)} frames but {needed} frames of video {source.uri} would be scored (it "
+            f"has {count}): give one label per frame, or time fewer with --frames {len(labels)}"
+        )
+
+
 def postprocess_block(settings: RunSettings) -> dict[str, Any]:
     """The plan's postprocess block: the task config the host resolved (`settings.task`, its "task" as
     "kind"), or what the older fields say (`postprocess` classification or raw, `top_k`). Tasks with
