@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PREFETCH_REQUESTS = 128  # SFTP reads in flight while fetching a result: 128 x 32 KB = 4 MB of memory at most
 INTERRUPT_STEP_S = 10.0  # seconds for each cleanup step after Ctrl-C (stop the agent, remove its run folder)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STOP_FAILED = "possibly left running (the stop command failed)"
@@ -392,7 +393,9 @@ class SshTransport:
             raise DeviceError(f"device {self.name}: {too_big_message(path, size, limit)}")
         with RESULT_BUDGET.hold(size), tempfile.TemporaryFile(prefix="edgekit-result-") as local:
             try:
-                self.sftp.getfo(path, CappedWriter(local, limit, path), prefetch=True)
+                # prefetch keeps SFTP fast; its cap bounds what arrives before it is written (else the whole file)
+                writer = CappedWriter(local, limit, path)
+                self.sftp.getfo(path, writer, prefetch=True, max_concurrent_prefetch_requests=PREFETCH_REQUESTS)
             except ResultTooBig as exc:
                 raise DeviceError(f"device {self.name}: {exc}") from exc
             except (OSError, EOFError, paramiko.SSHException) as exc:
