@@ -3,10 +3,10 @@
 Four devices of one fleet file share a real OpenSSH server on 127.0.0.1 (tests/fleet/netns.py
 `loopback_sshd`), each with its own work folder. Their `python` is a stand-in agent that writes a valid
 result of the requested size (six stages of raw samples at full float precision, written with
-indent=4: the bulk of a big result; and a small detection task_output) instead of running a model, so the figure is the host's cost of
-fetching, validating and storing results, not of inference. The host side runs `edgekit.api.run_fleet`
-(the path of `edgekit run --fleet`) in a child process, which reports its own peak RSS (ru_maxrss) and
-its RSS after imports (the anchor: what edgekit costs before any result arrives).
+indent=4: the bulk of a big result; and a small detection task_output) instead of running a model, so
+the figure is the host's cost of fetching, validating and storing results, not of inference. The host
+side runs `edgekit.api.run_fleet` (the path of `edgekit run --fleet`) in a child process, which reports
+its own peak RSS (ru_maxrss) and its RSS after imports (the anchor: edgekit before any result arrives).
 
 Run (needs /usr/sbin/sshd):
     .venv/bin/python benchmarks/result_memory.py [--devices 4] [--mb 200]

@@ -4,7 +4,7 @@ Why a reader of our own: `json.load` needs the whole text in memory and turns ev
 Python float (a 200 MB result cost ~500 MB of host memory per device, the text and two copies of the
 numbers); the standard library has no incremental parser, and a streaming JSON package would be a new
 dependency of the small base install for one file format. The result is one object whose bulk is
-`samples_ms` (flat arrays of numbers), so this reader needs only a little: it reads the file in 1 MiB
+`samples_ms` (flat arrays of numbers), so this reader needs only a little: it reads the file in 256 KiB
 chunks, walks the top-level object and `samples_ms` key by key, checks each samples array chunk by
 chunk (numbers between commas, nothing else) and keeps every k-th value, and
 hands each other field's raw JSON (at most `MAX_OTHER_BYTES` in all) to `json.loads`. Fields the
@@ -36,7 +36,7 @@ MAX_RESULT_ENV = "EDGEKIT_MAX_RESULT_MB"
 HOST_SAMPLES = 50_000  # raw samples kept per stage: plenty for the report's histograms, ~2 MB per result
 MAX_OTHER_BYTES = 64 << 20  # raw JSON of every field but samples_ms (200,000 polygons fit)
 FETCH_BUDGET_BYTES = 256 << 20  # result bytes fetched and read at once, over every device of this process
-_CHUNK = 1 << 20
+_CHUNK = 256 << 10  # a chunk of short samples splits into ~30,000 items at most
 _MAX_TOKEN = 4096  # longest key or scalar
 _WS = re.compile(rb"[ \t\r\n]*")
 _STRING = re.compile(rb'"(?:[^"\\\x00-\x1f]|\\.)*"')
@@ -168,7 +168,7 @@ def _read_samples(scanner: _Scanner, keep: int) -> tuple[dict[str, Any], dict[st
 
 
 class _Scanner:
-    """A JSON reader over a binary file, one 1 MiB chunk at a time; offsets in messages are bytes."""
+    """A JSON reader over a binary file, one 256 KiB chunk at a time; offsets in messages are bytes."""
 
     def __init__(self, handle: IO[bytes]) -> None:
         self.handle = handle
@@ -253,7 +253,8 @@ class _Scanner:
             match = pattern.search(self.buf, self.pos)
             if match is None:
                 # a backslash ending the chunk escapes the next chunk's first byte: keep it for then
-                stop = len(self.buf) - (1 if in_string and self.buf.endswith(b"\\") else 0)
+                dangling = in_string and self.pos < len(self.buf) and self.buf.endswith(b"\\")
+                stop = len(self.buf) - (1 if dangling else 0)
                 seen += stop - self.pos
                 if keep:
                     out += self.buf[self.pos : stop]

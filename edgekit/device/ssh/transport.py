@@ -67,8 +67,10 @@ class SshTransport:
             result = ssh.run(artifact, plan, timeout_s=600)
 
     `trust_on_first_use`: accept a host key that known_hosts lacks and save it there (a key that
-    differs from the saved one is refused all the same). Connecting retries `retries` times on
-    transient network errors, waiting 0.5 s, then 1 s, ...
+    differs from the saved one is refused all the same). Each try to connect waits `connect_timeout`
+    seconds (for TCP, the SSH banner and authentication) and a failed one is tried again `retries` times
+    on transient network errors; both default to the device's `connect_timeout` and `connect_retries`
+    (fleet-file fields, 10 s and 2).
     """
 
     def __init__(
@@ -76,14 +78,14 @@ class SshTransport:
         device: Device,
         *,
         trust_on_first_use: bool = False,
-        connect_timeout: float = 10.0,
-        retries: int = 2,
+        connect_timeout: float | None = None,
+        retries: int | None = None,
     ) -> None:
         self.device = device
         self.name = device.name
         self.trust_on_first_use = trust_on_first_use
-        self.connect_timeout = connect_timeout
-        self.retries = retries
+        self.connect_timeout = device.connect_timeout if connect_timeout is None else connect_timeout
+        self.retries = device.connect_retries if retries is None else retries
         self.bytes_sent = 0  # over every push of this transport
         self.trusted_keys: list[str] = []  # "host key-type fingerprint" saved on first use
         self.workdir_ready = False  # the work folder was prepared on this connection (edgekit.device.push)
