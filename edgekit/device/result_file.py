@@ -68,7 +68,7 @@ def max_result_bytes() -> int:
 def too_big_message(what: str, size: int, limit: int) -> str:
     """Why a result was refused for its size, and the two ways out."""
     return (
-        f"the result {what} is {size / (1 << 20):.1f} MB, more than the host reads ({limit / (1 << 20):g} MB); "
+        f"the result {what} is {size / (1 << 20):.1f} MB, more than the host reads ({limit / (1 << 20):.4g} MB); "
         f"raise the limit with {MAX_RESULT_ENV}=<megabytes>, or run with keep_samples false or fewer frames"
     )
 
