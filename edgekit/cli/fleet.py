@@ -17,7 +17,13 @@ def devices() -> None:
 
 
 @devices.command("check")
-@click.option("--fleet", type=click.Path(dir_okay=False, exists=True), required=True, help="The fleet file (TOML).")
+@click.option(
+    "--fleet",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="The fleet file (TOML); per device or in [defaults], "
+    "connect_timeout (s, default 10) and connect_retries (default 2) bound a silent device.",
+)
 @click.option("--tags", multiple=True, help="Only devices carrying this tag (repeatable).")
 @click.option("--device", "names", multiple=True, help="Only this device (repeatable).")
 @click.option("--trust-on-first-use", is_flag=True, help="Accept and save unknown SSH host keys (never changed ones).")

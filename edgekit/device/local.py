@@ -21,7 +21,8 @@ from typing import Any
 
 from edgekit.artifact import Artifact
 from edgekit.device.bundle import build_agent_zipapp
-from edgekit.device.results import exit_text, failed_result, interrupted_result, validate_result
+from edgekit.device.result_file import max_result_bytes, read_result, too_big_message
+from edgekit.device.results import exit_text, failed_result, interrupted_result
 from edgekit.device.transport import ProgressFn
 from edgekit.device.watch import RunWatch
 from edgekit.errors import RunError, RunInterrupted
@@ -197,8 +198,13 @@ def _read_result(
         tail = " | ".join(stderr.strip().splitlines()[-5:])
         return failed_result(plan, f"the agent {exit_text(returncode)} and wrote no result: {tail}")
     try:
-        return validate_result(json.loads(result_path.read_text()), run_id=plan["run_id"])
-    except (json.JSONDecodeError, RunError) as exc:
+        limit = max_result_bytes()
+        size = result_path.stat().st_size
+        if size > limit:
+            return failed_result(plan, too_big_message(str(result_path), size, limit))
+        with open(result_path, "rb") as handle:  # read in chunks, raw samples thinned: bounded memory
+            return read_result(handle, run_id=plan["run_id"])
+    except (OSError, RunError) as exc:
         return failed_result(plan, f"the agent's result could not be used: {exc}")
 
 

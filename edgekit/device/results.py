@@ -33,6 +33,12 @@ MAX_DETECTIONS = 200_000  # boxes or polygons in one result's task_output: the a
 MAX_CLASSES = 65_536  # classes in a segmentation histogram or per-class IoU
 # the per-frame entry of each task that keeps outputs (docs/contracts.md)
 TASK_OUTPUT_KEYS = {"detect": "boxes", "text-detect": "polygons", "segment": "pixels"}
+# the top-level fields validate_result reads; a reader may drop every other field unparsed
+RESULT_FIELDS = (
+    *("schema", "version", "run_id", "artifact_id", "status", "started_at", "finished_at", "mode", "frames"),
+    *("latency_ms", "samples_ms", "throughput_fps", "wall_s", "accuracy", "task_output", "power", "device"),
+    *("engine", "errors", "warnings", "layer_times_ms"),
+)
 
 
 def _number(value: Any, where: str, *, allow_none: bool = True) -> float | None:

@@ -18,6 +18,8 @@ A fleet is a TOML file of `[[device]]` tables:
     python = "python3"              # the interpreter that runs the agent on the device
     jump = "bastion"                # optional: another device's name, or "user@host:port"
     known_hosts = "~/.ssh/known_hosts"
+    connect_timeout = 10            # seconds to wait for TCP, the SSH banner and authentication, per try
+    connect_retries = 2             # more tries after a refused, silent or reset connection
 
 Host aliases from `~/.ssh/config` work: HostName, Port, User, IdentityFile, ProxyJump and
 UserKnownHostsFile fill whatever the fleet entry leaves out (the fleet file wins). Relative `key` and
@@ -47,7 +49,12 @@ DEFAULT_WORKDIR = "~/.edgekit"
 DEFAULT_PYTHON = "python3"
 DEFAULT_SSH_CONFIG = Path("~/.ssh/config")
 DEFAULT_KNOWN_HOSTS = Path("~/.ssh/known_hosts")
-DEVICE_KEYS = ("name", "host", "port", "user", "key", "target", "tags", "workdir", "python", "jump", "known_hosts")
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_CONNECT_RETRIES = 2
+DEVICE_KEYS = (
+    *("name", "host", "port", "user", "key", "target", "tags", "workdir", "python", "jump", "known_hosts"),
+    *("connect_timeout", "connect_retries"),
+)
 DEFAULT_KEYS = tuple(k for k in DEVICE_KEYS if k not in ("name", "host"))
 _MAX_JUMPS = 8
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+\-\[\]]*$")
@@ -72,6 +79,8 @@ class Device:
     python: str = DEFAULT_PYTHON
     jump: Device | None = None
     known_hosts: Path = field(default_factory=lambda: DEFAULT_KNOWN_HOSTS.expanduser())
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT  # seconds per try: TCP, SSH banner, authentication
+    connect_retries: int = DEFAULT_CONNECT_RETRIES  # tries after the first on a transient failure
 
     @property
     def address(self) -> str:
@@ -247,6 +256,7 @@ def _make_device(
     _require_str(workdir, "workdir", label)
     python = entry.get("python", DEFAULT_PYTHON)
     _require_str(python, "python", label)
+    connect_timeout, connect_retries = _connect_settings(entry, label)
     device = Device(
         name=entry["name"],
         host=found.get("hostname", host) if config is not None else host,
@@ -259,11 +269,24 @@ def _make_device(
         python=python,
         jump=jump,
         known_hosts=known_hosts,
+        connect_timeout=connect_timeout,
+        connect_retries=connect_retries,
     )
     proxy = found.get("proxyjump")
     if proxyjump and jump is None and "jump" not in entry and proxy and proxy.lower() != "none":
         device = replace(device, jump=_jump_device(proxy, device, label, config))
     return device
+
+
+def _connect_settings(entry: dict[str, Any], label: str) -> tuple[float, int]:
+    """`connect_timeout` (seconds, over 0, at most 600) and `connect_retries` (0 to 10)."""
+    timeout = entry.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 600:
+        raise InventoryError(f"{label}: `connect_timeout` must be seconds above 0 and at most 600 (got {timeout!r})")
+    retries = entry.get("connect_retries", DEFAULT_CONNECT_RETRIES)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 10:
+        raise InventoryError(f"{label}: `connect_retries` must be a whole number from 0 to 10 (got {retries!r})")
+    return float(timeout), retries
 
 
 def _jump_device(spec: str, via: Device, label: str, config: Any, depth: int = 0) -> Device:
@@ -286,6 +309,7 @@ def _jump_device(spec: str, via: Device, label: str, config: Any, depth: int = 0
         entry["key"] = str(via.key)
     if not found.get("userknownhostsfile"):
         entry["known_hosts"] = str(via.known_hosts)
+    entry["connect_timeout"], entry["connect_retries"] = via.connect_timeout, via.connect_retries
     jump = None
     if earlier:
         jump = _jump_device(",".join(earlier), via, label, config, depth + 1)

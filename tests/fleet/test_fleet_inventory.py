@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,25 @@ Host *
     assert plain.address == "root@[::1]:2022"
     with pytest.raises(InventoryError, match="unknown key 'colour'"):
         device_from_alias("myjet", ssh_config=config, colour="red")
+
+
+def test_connect_timeout_and_retries(tmp_path: Path):
+    fleet = write(
+        tmp_path,
+        '[defaults]\nconnect_timeout = 2.5\n\n[[device]]\nname = "a"\nhost = "h"\nconnect_retries = 0\n\n'
+        '[[device]]\nname = "b"\nhost = "h2"\njump = "bastion"\n',
+    )
+    a, b = load_fleet(fleet, ssh_config=None)
+    assert (a.connect_timeout, a.connect_retries) == (2.5, 0)
+    assert (b.connect_timeout, b.connect_retries) == (2.5, 2)
+    assert (b.jump.connect_timeout, b.jump.connect_retries) == (2.5, 2)  # a jump host waits as its device does
+    assert (Device("c", "h").connect_timeout, Device("c", "h").connect_retries) == (10.0, 2)
+    for body, message in (
+        ("connect_timeout = 0", "`connect_timeout` must be seconds above 0 and at most 600"),
+        ('connect_timeout = "5"', "`connect_timeout` must be seconds"),
+        ("connect_retries = -1", "`connect_retries` must be a whole number from 0 to 10"),
+        ("connect_retries = 1.5", "`connect_retries` must be a whole number"),
+    ):
+        bad = write(tmp_path, f'[[device]]\nname = "x"\nhost = "h"\n{body}\n', "bad.toml")
+        with pytest.raises(InventoryError, match=f"device 'x': {re.escape(message)}"):
+            load_fleet(bad, ssh_config=None)

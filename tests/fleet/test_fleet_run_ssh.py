@@ -97,6 +97,24 @@ def test_a_result_that_breaks_the_contract_is_not_trusted(sshd, tmp_path: Path, 
         assert result["status"] == "error"
         assert result["errors"][0]["message"].startswith("device loopback: the agent's result could not be used")
         assert reason in result["errors"][0]["message"]
+        assert os.listdir(tmp_path / "device-workdir" / "runs") == []  # the run folder went all the same
+
+
+def test_a_result_too_big_is_refused_and_its_run_folder_removed(
+    sshd, tmp_path: Path, digits_artifact, digits_video, monkeypatch
+):
+    monkeypatch.setenv("EDGEKIT_MAX_RESULT_MB", "0.05")  # 52 KB
+    bulky = tmp_path / "bulky-python"
+    bulky.write_text("#!/bin/sh\nhead -c 100000 /dev/zero > result.json\n")
+    bulky.chmod(0o755)
+    video, labels = digits_video
+    result = SshTransport(sshd.device(tmp_path, python=str(bulky))).run(
+        digits_artifact, digits_plan(video, labels), timeout_s=30
+    )
+    message = result["errors"][0]["message"]
+    assert result["status"] == "error" and "result.json is 0.1 MB, more than the host reads (0.05 MB)" in message
+    assert "raise the limit with EDGEKIT_MAX_RESULT_MB=<megabytes>" in message
+    assert os.listdir(tmp_path / "device-workdir" / "runs") == []
 
 
 def test_unreachable_device_is_an_error_result(sshd, tmp_path: Path, digits_artifact, digits_video):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import statistics
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +18,7 @@ import pytest
 from edgekit.device.ssh import SshTransport
 from edgekit.device.ssh.facts import clean_facts
 from edgekit.errors import DeviceError, DeviceTimeout, HostKeyError
+from edgekit.fleet.inventory import load_fleet
 
 
 def test_connect_with_known_hosts(device):
@@ -217,9 +220,9 @@ def test_round_trip_on_loopback(device, capsys):
     assert median_ms < 100
 
 
-def test_a_server_that_accepts_but_sends_no_banner_is_named_as_such(sshd, tmp_path):
-    import threading
-
+@contextlib.contextmanager
+def silent_server():
+    """A port that accepts TCP connections and never says a word: a frozen sshd."""
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)
@@ -230,19 +233,43 @@ def test_a_server_that_accepts_but_sends_no_banner_is_named_as_such(sshd, tmp_pa
         silent.settimeout(0.2)
         while not stop.is_set():
             try:
-                held.append(silent.accept()[0])  # accepted, never answered: a frozen sshd
+                held.append(silent.accept()[0])  # accepted, never answered
             except OSError:
                 continue
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        device = sshd.device(tmp_path, port=silent.getsockname()[1])
-        started = time.monotonic()
-        with pytest.raises(DeviceError, match="accepted the connection but sent no banner within 1 s"):
-            SshTransport(device, connect_timeout=1.0, retries=0).connect()
-        assert time.monotonic() - started < 5
+        yield silent.getsockname()[1]
     finally:
         stop.set()
         silent.close()
         for connection in held:
             connection.close()
+
+
+def test_a_server_that_accepts_but_sends_no_banner_is_named_as_such(sshd, tmp_path):
+    with silent_server() as port:
+        device = sshd.device(tmp_path, port=port)
+        started = time.monotonic()
+        with pytest.raises(DeviceError, match="accepted the connection but sent no banner within 1 s"):
+            SshTransport(device, connect_timeout=1.0, retries=0).connect()
+        assert time.monotonic() - started < 5
+
+
+def test_connect_timeout_and_retries_from_the_fleet_file(sshd, tmp_path):
+    with silent_server() as port:
+        fleet = tmp_path / "fleet.toml"
+        fleet.write_text(
+            f'[defaults]\nconnect_timeout = 1\n\n[[device]]\nname = "frozen"\nhost = "127.0.0.1"\nport = {port}\n'
+            f'key = "{sshd.client_key}"\nconnect_retries = 1\n'
+        )
+        [device] = load_fleet(fleet, ssh_config=None)
+        assert (device.connect_timeout, device.connect_retries) == (1.0, 1)
+        started = time.monotonic()
+        with pytest.raises(DeviceError) as failure:
+            SshTransport(device).connect()
+        took = time.monotonic() - started
+    message = str(failure.value)
+    assert "accepted the connection but sent no banner within 1 s" in message
+    assert "raise `connect_timeout` in the fleet file" in message and "(2 tries; `connect_retries`" in message
+    assert 1.9 < took < 3.0, took  # two tries of 1 s, no pause after a try that waited out its timeout

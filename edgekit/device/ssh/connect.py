@@ -6,7 +6,9 @@
   asked for, and a changed key is always refused;
 - only key authentication (a key file, ssh-agent or the default keys); edgekit never asks for or logs
   a password or passphrase;
-- transient network errors (refused, timed out, reset) are retried, waiting 0.5 s, then 1 s, ...
+- transient network errors (refused, timed out, reset, a silent server) are retried `retries` times,
+  waiting 0.5 s, then 1 s, ... after a quick failure, and at once after one that waited out `timeout`
+  (the fleet file's `connect_timeout` and `connect_retries`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ log = logging.getLogger(__name__)
 class _Transient(Exception):
     """A connection failure that may pass (refused, timed out, reset): worth another try."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, waited: bool = False) -> None:
         super().__init__(message)
         self.message = message
+        self.waited = waited  # the try used up its timeout: no need to wait more before the next
 
 
 @dataclass
@@ -73,9 +76,11 @@ class Connector:
                 return client
             except _Transient as exc:
                 if attempt == self.retries:
-                    raise DeviceError(f"device {self.name}: {exc.message}") from exc.__cause__
-                log.info("device %s: %s; retrying in %.1f s", self.name, exc.message, delay)
-                time.sleep(delay)
+                    tries = f" ({self.retries + 1} tries; `connect_retries` in the fleet file)" if self.retries else ""
+                    raise DeviceError(f"device {self.name}: {exc.message}{tries}") from exc.__cause__
+                pause = 0.0 if exc.waited else delay
+                log.info("device %s: %s; retrying in %.1f s", self.name, exc.message, pause)
+                time.sleep(pause)
                 delay *= 2
         raise AssertionError("unreachable")
 
@@ -127,7 +132,11 @@ class Connector:
                 f"device {self.name}: cannot resolve host {device.host!r} ({exc.strerror}); check `host`"
             ) from exc
         except TimeoutError as exc:
-            raise _Transient(f"no answer from {where} within {timeout:g} s; is the device on and reachable?") from exc
+            raise _Transient(
+                f"no answer from {where} within {timeout:g} s; is the device on and reachable? "
+                "(a slow link: raise `connect_timeout` in the fleet file)",
+                waited=True,
+            ) from exc
         except ConnectionRefusedError as exc:
             raise _Transient(f"{where} refused the connection; is sshd running there, and is the port right?") from exc
         except OSError as exc:
@@ -173,7 +182,9 @@ class Connector:
             if transport is None or not getattr(transport, "remote_version", ""):
                 raise _Transient(
                     f"the SSH server at {where} accepted the connection but sent no banner within {timeout:g} s "
-                    "(a frozen or overloaded sshd, or no SSH server on that port)"
+                    "(a frozen or overloaded sshd, or no SSH server on that port; if it is only slow, raise "
+                    "`connect_timeout` in the fleet file)",
+                    waited=True,
                 ) from exc
             raise _Transient(f"SSH handshake with {where} failed: {exc or type(exc).__name__}") from exc
 

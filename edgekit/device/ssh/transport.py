@@ -6,7 +6,8 @@ with every command an argv list run by `exec`. A run on the device:
 
     <workdir>/runs/<run id>/plan.json     written over SFTP (artifact and inputs pushed first, by content)
     python -c <agent_wrapper> AGENT ...   the agent in a process group of its own, its pid in agent.pid
-    <workdir>/runs/<run id>/result.json   fetched, size-capped and validated; the run folder is then removed
+    <workdir>/runs/<run id>/result.json   fetched to a temporary file, size-capped, read with bounded memory
+                                          and validated; the run folder is then removed, whatever failed
 
 A timeout, a lost connection or Ctrl-C stops the agent's process group (`stop_agent`); the scripts
 are `runtime/device_scripts/`, sent as source text.
@@ -21,13 +22,22 @@ import logging
 import math
 import re
 import shlex
+import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import paramiko
 
 from edgekit.device.push import PushResult, push_agent, push_artifact, push_plan_inputs
-from edgekit.device.results import exit_text, failed_result, interrupted_result, validate_result
+from edgekit.device.result_file import (
+    RESULT_BUDGET,
+    CappedWriter,
+    ResultTooBig,
+    max_result_bytes,
+    read_result,
+    too_big_message,
+)
+from edgekit.device.results import exit_text, failed_result, interrupted_result
 from edgekit.device.scripts import device_script
 from edgekit.device.ssh.connect import Connector
 from edgekit.device.ssh.exec import is_active, quote_argv, run_command
@@ -42,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RESULT_BYTES = 256 << 20
+PREFETCH_REQUESTS = 128  # SFTP reads in flight while fetching a result: 128 x 32 KB = 4 MB of memory at most
 INTERRUPT_STEP_S = 10.0  # seconds for each cleanup step after Ctrl-C (stop the agent, remove its run folder)
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _STOP_FAILED = "possibly left running (the stop command failed)"
@@ -59,8 +69,10 @@ class SshTransport:
             result = ssh.run(artifact, plan, timeout_s=600)
 
     `trust_on_first_use`: accept a host key that known_hosts lacks and save it there (a key that
-    differs from the saved one is refused all the same). Connecting retries `retries` times on
-    transient network errors, waiting 0.5 s, then 1 s, ...
+    differs from the saved one is refused all the same). Each try to connect waits `connect_timeout`
+    seconds (for TCP, the SSH banner and authentication) and a failed one is tried again `retries` times
+    on transient network errors; both default to the device's `connect_timeout` and `connect_retries`
+    (fleet-file fields, 10 s and 2).
     """
 
     def __init__(
@@ -68,14 +80,14 @@ class SshTransport:
         device: Device,
         *,
         trust_on_first_use: bool = False,
-        connect_timeout: float = 10.0,
-        retries: int = 2,
+        connect_timeout: float | None = None,
+        retries: int | None = None,
     ) -> None:
         self.device = device
         self.name = device.name
         self.trust_on_first_use = trust_on_first_use
-        self.connect_timeout = connect_timeout
-        self.retries = retries
+        self.connect_timeout = device.connect_timeout if connect_timeout is None else connect_timeout
+        self.retries = device.connect_retries if retries is None else retries
         self.bytes_sent = 0  # over every push of this transport
         self.trusted_keys: list[str] = []  # "host key-type fingerprint" saved on first use
         self.workdir_ready = False  # the work folder was prepared on this connection (edgekit.device.push)
@@ -85,6 +97,7 @@ class SshTransport:
         self._workdir: str | None = None
         self._current_run_dir: str | None = None  # the run in progress, for cancel()
         self._cancelled: int | None = None  # the signal cancel() came with
+        self._fetch_broke = False  # the last result fetch lost the connection
 
     # -- connection ---------------------------------------------------------------------------------
 
@@ -298,7 +311,7 @@ class SshTransport:
             return self._result_after_exit(plan, run_dir, rc, stderr)
         finally:
             self._current_run_dir = None
-            self._cleanup(run_dir, timeout=INTERRUPT_STEP_S if interrupted else 30.0)
+            self._cleanup(run_dir, timeout=INTERRUPT_STEP_S if interrupted else 30.0, reconnect=not interrupted)
 
     def _write_plan(self, device_plan: dict[str, Any]) -> str:
         """Create the run folder `<workdir>/runs/<run id>` with its plan.json; return the folder."""
@@ -344,8 +357,8 @@ class SshTransport:
         message = f"{why}; the agent was {stopped}"
         try:
             result = self._fetch_result(plan, run_dir)
-        except DeviceError:
-            result = None
+        except DeviceError as exc:  # its result is unusable (too big, invalid): say so beside the timeout
+            return failed_result(plan, f"{message}; {exc}")
         if result is None:
             return failed_result(plan, message)
         result["errors"].insert(0, {"stage": "transport", "message": message})
@@ -377,29 +390,40 @@ class SshTransport:
             self._stop_agent(run_dir, grace=2.0, timeout=INTERRUPT_STEP_S)
 
     def _fetch_result(self, plan: dict[str, Any], run_dir: str) -> dict[str, Any] | None:
-        """The validated result.json of a run, None when there is none; DeviceError when it is unusable."""
+        """The validated result.json of a run, None when there is none; DeviceError when it is unusable.
+
+        It is downloaded into a temporary file (never held whole in memory), refused past
+        `max_result_bytes()` before and while downloading, and read with raw samples thinned
+        (`edgekit.device.result_file`); `RESULT_BUDGET` makes devices finishing together take turns."""
         path = f"{run_dir}/result.json"
+        self._fetch_broke = False
         try:
+            limit = max_result_bytes()
             size = self.sftp.stat(path).st_size or 0
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self._fetch_broke = not self.connected
             raise DeviceError(f"device {self.name}: cannot read {path} ({exc})") from exc
-        if size > MAX_RESULT_BYTES:
-            raise DeviceError(
-                f"device {self.name}: the result {path} is {size} bytes, more than {MAX_RESULT_BYTES}; "
-                "run with keep_samples false or fewer frames"
-            )
-        buffer = io.BytesIO()
-        try:
-            self.sftp.getfo(path, buffer, prefetch=True)
-        except OSError as exc:
-            raise DeviceError(f"device {self.name}: cannot fetch {path} ({exc})") from exc
-        try:
-            data = json.loads(buffer.getvalue()[: MAX_RESULT_BYTES + 1])
-            return validate_result(data, run_id=plan["run_id"])
-        except (ValueError, RecursionError, RunError) as exc:
-            raise DeviceError(f"device {self.name}: the agent's result could not be used: {exc}") from exc
+        except RunError as exc:  # the limit's environment variable is malformed
+            raise DeviceError(f"device {self.name}: {exc}") from exc
+        if size > limit:
+            raise DeviceError(f"device {self.name}: {too_big_message(path, size, limit)}")
+        with RESULT_BUDGET.hold(size), tempfile.TemporaryFile(prefix="edgekit-result-") as local:
+            try:
+                # prefetch keeps SFTP fast; its cap bounds what arrives before it is written (else the whole file)
+                writer = CappedWriter(local, limit, path)
+                self.sftp.getfo(path, writer, prefetch=True, max_concurrent_prefetch_requests=PREFETCH_REQUESTS)
+            except ResultTooBig as exc:
+                raise DeviceError(f"device {self.name}: {exc}") from exc
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                self._fetch_broke = not self.connected  # the run folder is then removed over a new connection
+                raise DeviceError(f"device {self.name}: cannot fetch {path} ({exc})") from exc
+            local.seek(0)
+            try:
+                return read_result(local, run_id=plan["run_id"])
+            except RunError as exc:
+                raise DeviceError(f"device {self.name}: the agent's result could not be used: {exc}") from exc
 
     def _stop_agent(self, run_dir: str, *, grace: float, timeout: float | None = None) -> str:
         """Stop the run's agent (SIGTERM, then SIGKILL after `grace` s); say what happened. The stop command
@@ -423,11 +447,13 @@ class SshTransport:
         except DeviceError as exc:
             log.warning("device %s: could not stop the agent after the connection broke: %s", self.name, exc)
 
-    def _cleanup(self, run_dir: str, *, timeout: float = 30.0) -> None:
-        if not self.connected:
+    def _cleanup(self, run_dir: str, *, timeout: float = 30.0, reconnect: bool = False) -> None:
+        """Remove the run folder; `reconnect`: over a fresh connection when fetching the result lost this
+        one, so a failed fetch leaves no runs/<id> behind either."""
+        if not self.connected and not (reconnect and self._fetch_broke):
             return
         try:
-            self.exec(["rm", "-rf", run_dir], timeout=timeout)
+            self.exec(["rm", "-rf", run_dir], timeout=timeout)  # connects again if it must
         except DeviceError as exc:
             log.warning("device %s: could not remove %s: %s", self.name, run_dir, exc)
 
