@@ -1,8 +1,8 @@
 """Stops a run's agent on the device: `python -c SOURCE RUN_DIR GRACE_S`.
 
 Leaves a `stop` file (so an agent not started yet never starts), then sends SIGTERM to the agent's
-process group (the agent then writes what it measured; SIGCONT wakes a stopped one) and SIGKILL after the grace period. Prints what
-happened: never started, already exited, stopped or killed. Python 3.8-compatible.
+process group (the agent then writes what it measured; SIGCONT wakes a stopped one) and SIGKILL after
+the grace period. Prints what happened: never started, already exited, stopped or killed. Python 3.8-compatible.
 """
 
 import os

@@ -54,7 +54,9 @@ def test_a_frozen_local_agent_is_stopped_by_the_watchdog_and_keeps_its_frames(
     assert agents() == []
 
 
-def test_a_frozen_agent_over_ssh_is_stopped_by_the_watchdog(device, digits_artifact, digits_video, processes_mentioning):
+def test_a_frozen_agent_over_ssh_is_stopped_by_the_watchdog(
+    device, digits_artifact, digits_video, processes_mentioning
+):
     video, _ = digits_video
     plan = make_plan("unused", Source.parse(video, loop=True), RunSettings(frames=10**8, warmup=0, keep_samples=False))
     find = lambda: [p for p in processes_mentioning(plan["run_id"]) if "--plan" in p and "sh -c" not in p]  # noqa: E731
