@@ -10,7 +10,9 @@ session or compiled model, warm-up, then timed runs; the median per visit), so d
 them alike; medians over rounds, and ratios to ORT FP32 paired round by round. Runtimes: ORT FP32 (source
 model), ORT INT8 (our x86-ort artifact, QDQ), OpenVINO FP32 and OpenVINO INT8 (our x86-openvino IR, compiled as
 the agent's engine compiles it, hint f32). SQNR of each against ORT FP32 on the held-out crops. The goal:
-OpenVINO INT8 <= 0.25x ORT FP32 latency.
+OpenVINO INT8 <= 0.25x ORT FP32 latency. Where NNCF is installed (`pip install nncf`; not a dependency of
+edgekit), OpenVINO's own post-training quantizer (`nncf.quantize`, defaults, same 64 crops) is the INT8 anchor,
+timed in the same rounds.
 
 Run: .venv/bin/python benchmarks/openvino_target.py [--quick]   (needs the openvino extra)
 """
@@ -33,7 +35,7 @@ from _common import Interleaved, median, paddleocr_model, print_table  # noqa: E
 from calibration_vs_ort import photo_crops  # noqa: E402
 from detection import cpu_isa  # noqa: E402
 
-RUNTIMES = ("ORT FP32", "ORT INT8 (x86-ort)", "OV FP32 (x86-openvino)", "OV INT8 (x86-openvino)")
+NNCF = "OV INT8 (NNCF anchor)"
 
 
 def models() -> list[tuple[str, object, tuple[int, int]]]:
@@ -80,11 +82,33 @@ def build(model, calibration: np.ndarray, folder: Path) -> dict[str, Path]:
         "OV INT8 (x86-openvino)": ov_target.build(model, folder / "ov_int8", precision="int8", quant_spec=spec),
     }
     print(f"  built in {time.perf_counter() - started:.1f} s")
+    anchor = nncf_int8(model, calibration, folder / "nncf")
     for name, artifact in artifacts.items():
         validation = artifact.manifest["validation"]
         verdict = "passed" if validation.get("passed") else f"OUTSIDE BUDGET (SQNR {validation.get('sqnr_db')} dB)"
         print(f"  {name}: validation {verdict} on {validation['probes']['source']}; ran {validation['ran']}")
-    return {name: artifact.model_path for name, artifact in artifacts.items()}
+    paths = {name: artifact.model_path for name, artifact in artifacts.items()}
+    return {**paths, NNCF: anchor} if anchor else paths
+
+
+def nncf_int8(model, calibration: np.ndarray, folder: Path) -> Path | None:
+    """OpenVINO's own INT8 (NNCF post-training quantization with its defaults) of the source model, or None
+    when NNCF is not installed."""
+    try:
+        import nncf
+    except ImportError:
+        print("  nncf is not installed: no OpenVINO-quantizer anchor (pip install nncf)")
+        return None
+    import openvino as ov
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "source.onnx").write_bytes(model.to_bytes())
+    started = time.perf_counter()
+    dataset = nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))])
+    quantized = nncf.quantize(ov.Core().read_model(folder / "source.onnx"), dataset, subset_size=len(calibration))
+    ov.save_model(quantized, folder / "model.xml")
+    print(f"  NNCF {nncf.__version__} quantized in {time.perf_counter() - started:.1f} s")
+    return folder / "model.xml"
 
 
 def open_runner(name: str, source: Path, paths: dict[str, Path], threads: int):
@@ -103,9 +127,9 @@ def open_runner(name: str, source: Path, paths: dict[str, Path], threads: int):
 def latency(
     source: Path, paths: dict[str, Path], sample: np.ndarray, threads: int, rounds: int, runs: int
 ) -> Interleaved:
-    per_round: dict[str, list[float]] = {name: [] for name in RUNTIMES}
+    per_round: dict[str, list[float]] = {name: [] for name in ["ORT FP32", *paths]}
     for _ in range(rounds):
-        for name in RUNTIMES:
+        for name in per_round:
             engine = open_runner(name, source, paths, threads)
             feed = {engine.input_names[0]: sample}
             for _ in range(10):
@@ -131,7 +155,7 @@ def sqnr(source: Path, paths: dict[str, Path], held: np.ndarray) -> dict[str, fl
 
     reference = outputs("ORT FP32")
     figures = {}
-    for name in RUNTIMES[1:]:
+    for name in paths:
         accumulator = ErrorAccumulator()
         for ref, got in zip(reference, outputs(name), strict=True):
             for r, g in zip(ref, got, strict=True):
@@ -166,7 +190,7 @@ def main() -> None:
             figures = sqnr(source, paths, held)
             for threads in sorted({1, cores}):
                 timing = latency(source, paths, held[:1], threads, rounds, runs)
-                for name in RUNTIMES:
+                for name in ["ORT FP32", *paths]:
                     ratio = 1.0 if name == "ORT FP32" else 1.0 / timing.speedup("ORT FP32", name)
                     db = figures.get(name)
                     rows.append(
@@ -181,9 +205,11 @@ def main() -> None:
                     )
                 ov_int8 = 1.0 / timing.speedup("ORT FP32", "OV INT8 (x86-openvino)")
                 ov_vs_ort_int8 = 1.0 / timing.speedup("ORT INT8 (x86-ort)", "OV INT8 (x86-openvino)")
+                anchor = f"; OV INT8 / NNCF's = {1.0 / timing.speedup(NNCF, 'OV INT8 (x86-openvino)'):.3f}"
                 goals.append(
                     f"{label}, {threads} thread(s): OV INT8 / ORT FP32 = {ov_int8:.3f} (goal <= 0.25: "
                     f"{'met' if ov_int8 <= 0.25 else 'not met'}); OV INT8 / ORT INT8 = {ov_vs_ort_int8:.3f}"
+                    + (anchor if NNCF in paths else "")
                 )
     print_table(
         "latency, batch 1 (median ms over rounds; ratio to ORT FP32 paired round by round) and SQNR vs ORT FP32",

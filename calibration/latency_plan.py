@@ -57,6 +57,7 @@ class PrecisionPlan:
     target: float | None
     seconds: float
     front: list[Point] = field(default_factory=list)
+    timed_on: str = "this machine"  # or the fleet device whose agent timed the candidates
 
     @property
     def float_nodes(self) -> list[str]:
@@ -90,6 +91,7 @@ class PrecisionPlan:
             "int8_does_not_pay": self.int8_does_not_pay,
             "met": self.met,
             "seconds": self.seconds,
+            "timed_on": self.timed_on,
         }
 
 
@@ -142,9 +144,14 @@ def plan_precision(
     threads: int = 1,
     metric: str = "sqnr",
     progress: Callable[[str], None] | None = None,
+    timer: Callable[[onnx.ModelProto, dict[str, np.ndarray]], float] | None = None,
 ) -> PrecisionPlan:
     """Measure and choose (see the module doc). `artifact_of(spec)` is the model the target would ship for a
-    spec (its QDQ graph and rewrites); `evaluate(model)` scores a model against the float one (higher is better)."""
+    spec (its QDQ graph and rewrites); `evaluate(model)` scores a model against the float one (higher is better).
+    `timer(model, feed)` gives a model's median latency in ms: by default ONNX Runtime here at `threads`; the
+    CLI passes edgekit.device.timing.DeviceTimer to time on the fleet device that will run the artifact."""
+    if timer is None:
+        timer = lambda model, feed: median_latency_ms(model, feed, runs, threads)  # noqa: E731
     start = time.perf_counter()
     cut = split_regions([n for n in nodes if n not in spec.float_nodes], regions)
     cache: dict[tuple[int, ...], Point] = {}
@@ -153,12 +160,12 @@ def plan_precision(
         key = tuple(sorted(set(float_regions)))
         if key not in cache:
             model = artifact_of(with_float_regions(spec, cut, key))
-            cache[key] = Point(label, key, median_latency_ms(model, feed, runs, threads), evaluate(model))
+            cache[key] = Point(label, key, timer(model, feed), evaluate(model))
             if progress:
                 progress(label)
         return cache[key]
 
-    fp32 = Point("fp32", tuple(range(len(cut))), median_latency_ms(float_model, feed, runs, threads), float("inf"))
+    fp32 = Point("fp32", tuple(range(len(cut))), timer(float_model, feed), float("inf"))
     fp32.score = evaluate(float_model)
     int8 = measure((), "int8")
     singles = [measure((r,), f"region {r + 1} float") for r in range(len(cut))]
@@ -196,7 +203,8 @@ def print_precision_plan(plan: PrecisionPlan, console: Any) -> None:
     from rich.table import Table
 
     unit = "top-1 %" if plan.metric == "top1" else "SQNR dB"
-    table = Table(title=f"latency plan: {len(plan.regions)} regions, {plan.seconds:.0f} s", title_justify="left")
+    title = f"latency plan: {len(plan.regions)} regions, {plan.seconds:.0f} s, timed on {plan.timed_on}"
+    table = Table(title=title, title_justify="left")
     for column in ("configuration", "float regions", "latency ms", "/ FP32", unit, "front"):
         table.add_column(column)
     front = {id(p) for p in plan.front}
@@ -218,12 +226,12 @@ def print_precision_plan(plan: PrecisionPlan, console: Any) -> None:
     console.print(table)
     if plan.int8_does_not_pay:
         console.print(
-            "[bold yellow]INT8 does not pay on this machine:[/] every INT8 plan measured ran slower than FP32; "
+            f"[bold yellow]INT8 does not pay on {plan.timed_on}:[/] every INT8 plan measured ran slower than FP32; "
             "the plan keeps every region float: ship the fp32 artifact"
         )
     if plan.slower_than_fp32:
         console.print(
             f"[bold red]warning:[/] the chosen INT8 plan runs at {plan.chosen.latency_ms:.2f} ms, slower than FP32 "
-            f"({plan.fp32.latency_ms:.2f} ms) on this machine: ship FP32 here, or check the device's CPU "
+            f"({plan.fp32.latency_ms:.2f} ms) on {plan.timed_on}: ship FP32 there, or check the device's CPU "
             "(`edgekit devices check`)"
         )

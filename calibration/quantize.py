@@ -93,6 +93,7 @@ def quantize(
     mixed_range_policy: str = DEFAULT_POLICY,
     output_tail: str = DEFAULT_TAIL_POLICY,
     latency_plan: Callable[[onnx.ModelProto, QuantSpec], onnx.ModelProto] | None = None,
+    latency_timer: Callable[[onnx.ModelProto, dict[str, np.ndarray]], float] | None = None,
     rounding: str = "nearest",
     rounding_samples: int = 8,
 ) -> QuantizeResult:
@@ -103,7 +104,8 @@ def quantize(
     budget is met. The output tail (a detector's decoding) follows `output_tail`; mixed-range concats at
     the outputs (detection heads) follow `mixed_range_policy` (calibration/mixed_range.py). `latency_plan`
     (a target's `timed_model(float_model, spec)`) instead times regions of the artifact on this machine and
-    keeps float where INT8 does not pay, then where the budget needs it (calibration/latency_plan.py).
+    keeps float where INT8 does not pay, then where the budget needs it (calibration/latency_plan.py);
+    `latency_timer(model, feed)` times there instead (a DeviceTimer: on a fleet device; its `name` is recorded).
     `rounding` "adaround" learns the weights' rounding (calibration/adaround.py).
     """
     if max_drop is not None and (eval_feeds is None or eval_labels is None):
@@ -138,7 +140,8 @@ def quantize(
 
     if latency_plan is not None:
         start = time.perf_counter()
-        _plan_latency(result, calibration.plan.nodes, latency_plan, eval_feeds, eval_labels, max_drop, min_sqnr)
+        budget = (eval_labels, max_drop, min_sqnr)
+        _plan_latency(result, calibration.plan.nodes, latency_plan, latency_timer, eval_feeds, budget)
         timings["latency_plan"] = time.perf_counter() - start
     elif max_drop is not None or min_sqnr is not None:
         start = time.perf_counter()
@@ -192,20 +195,23 @@ def _budget(
     return Evaluator.for_sqnr(result.float_model, feeds), min_sqnr
 
 
-def _plan_latency(result, nodes, artifact_of, feeds, labels, max_drop, min_sqnr) -> None:
+def _plan_latency(result, nodes, artifact_of, timer, feeds, budget) -> None:
     from edgekit.calibration.latency_plan import plan_precision, with_float_regions
 
-    evaluator, target = _budget(result, feeds, labels, max_drop, min_sqnr)
+    evaluator, target = _budget(result, feeds, *budget)
     plan = plan_precision(
         result.float_model, result.spec, nodes, evaluator, lambda spec: artifact_of(result.float_model, spec), feeds[0],
         target=target,
         metric=evaluator.metric,
+        timer=timer,
     )  # fmt: skip
+    plan.timed_on = getattr(timer, "name", plan.timed_on)
     result.precision_plan = plan
     result.spec = with_float_regions(result.spec, plan.regions, plan.chosen.float_regions)
     result.spec.calibration["precision_plan"] = {
         "chosen": plan.chosen.label, "latency_ms": plan.chosen.latency_ms, "fp32_latency_ms": plan.fp32.latency_ms,
         "score": plan.chosen.score, "metric": plan.metric, "slower_than_fp32": plan.slower_than_fp32,
+        "timed_on": plan.timed_on,
     }  # fmt: skip
     result.qdq_model = write_qdq(result.float_model, result.spec)
     if not plan.met:

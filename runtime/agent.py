@@ -289,8 +289,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # the harness keeps what it measured and the result is still written
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """Command line: `--plan PATH --result PATH`; returns the exit code (0 ok, 1 partial/error)."""
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edgekit-agent", description="Run an edgekit plan on this device and write the result JSON."
     )
@@ -300,13 +299,43 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--workdir", help="with --facts: report the free disk space of this folder")
     parser.add_argument("--sysfs-root", default="/", help="with --facts: where to look for power sensors")
     parser.add_argument("--progress", action="store_true", help="print progress lines on stdout (runtime/progress.py)")
+    parser.add_argument("--time-model", help="time this model file with --engine and print the median (JSON)")
+    parser.add_argument("--engine", help="with --time-model: the engine (onnxruntime, openvino, tflite, ...)")
+    parser.add_argument("--runs", type=int, default=15, help="with --time-model: timed runs")
+    parser.add_argument("--threads", type=int, default=1, help="with --time-model: engine threads")
+    parser.add_argument("--inputs", help="with --time-model: an .npz of the inputs (default: seeded random)")
+    return parser
+
+
+def _print_json(data: Dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _time_model(args: argparse.Namespace) -> int:
+    from .timing import time_model
+
+    try:
+        _print_json(time_model(args.time_model, args.engine, args.runs, args.threads, args.inputs))
+    except (EngineError, OSError, ValueError) as exc:
+        sys.stderr.write("edgekit agent: cannot time %s: %s\n" % (args.time_model, _describe(exc)))
+        return 1
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command line: `--plan PATH --result PATH`; returns the exit code (0 ok, 1 partial/error)."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.facts:
-        sys.stdout.write(json.dumps(agent_facts(args.workdir, args.sysfs_root), sort_keys=True) + "\n")
-        sys.stdout.flush()
+        _print_json(agent_facts(args.workdir, args.sysfs_root))
         return 0
+    if args.time_model:
+        if not args.engine:
+            parser.error("--time-model needs --engine")
+        return _time_model(args)
     if not args.plan or not args.result:
-        parser.error("--plan and --result are required (or --facts)")
+        parser.error("--plan and --result are required (or --facts, or --time-model)")
 
     previous = None
     in_main_thread = _in_main_thread()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +259,23 @@ def build(
     _print_latency_check(console, get_target(target).latency_check(loaded, artifact))
 
 
+@contextlib.contextmanager
+def _device_timer(fleet: str | None, name: str | None) -> Iterator[Any]:
+    """A DeviceTimer on fleet device `name` for the latency plan (None: time here), open for the whole search."""
+    if name is None:
+        yield None
+        return
+    if fleet is None:
+        raise click.UsageError("--latency-device needs --fleet FILE (the fleet file that names the device)")
+    from edgekit.device.ssh import SshTransport
+    from edgekit.device.timing import DeviceTimer
+    from edgekit.fleet.inventory import load_fleet, select
+
+    [device] = select(load_fleet(fleet), names=[name])
+    with DeviceTimer(SshTransport(device)) as timer:
+        yield timer
+
+
 def _latency_timer(target: str) -> Any:
     """The target's `timed_model` for --latency-plan, or a usage error for targets whose engine is not here."""
     from edgekit.targets import Target, get_target
@@ -373,6 +392,13 @@ def observers() -> None:
     "float where INT8 does not pay, then where --max-drop/--min-sqnr need it; prints the latency vs accuracy front. "
     "Targets whose engine runs here (x86-ort).",
 )
+@click.option(
+    "--latency-device",
+    metavar="NAME",
+    help="With --fleet: time the latency plan's candidates on this fleet device (the agent over SSH, ONNX "
+    "Runtime, one thread) instead of here; implies --latency-plan.",
+)
+@click.option("--fleet", type=click.Path(dir_okay=False, exists=True), help="The fleet file of --latency-device.")
 @click.option("--equalize", is_flag=True, help="Cross-layer equalization first (Conv-ReLU-Conv chains, depthwise too).")
 @click.option("--bias-correction", is_flag=True, help="Correct each quantized Conv/Gemm bias by its mean output shift.")
 @rounding_option
@@ -426,6 +452,8 @@ def quantize(
     min_sqnr: float | None,
     keep_float: tuple[str, ...],
     latency_plan: bool,
+    latency_device: str | None,
+    fleet: str | None,
     equalize: bool,
     bias_correction: bool,
     rounding: str,
@@ -457,7 +485,7 @@ def quantize(
     from edgekit.targets.tensorrt_cache import CACHE_FILE_NAME, write_trt_cache
 
     loaded = with_preprocess(Model.load(model), preprocess_json)
-    artifact_of = _latency_timer(target) if latency_plan else None
+    artifact_of = _latency_timer(target) if latency_plan or latency_device else None
     observer_settings = parse_key_values(settings, option_name="--setting", example="--setting percentile=99.9")
     eval_feeds = eval_labels = None
     if eval_data:
@@ -468,27 +496,29 @@ def quantize(
             labels=read_labels(labels) if labels else None,
             class_names=loaded.class_names,
         )
-    result = run_quantize(
-        loaded,
-        calib,
-        observer=observer,
-        observer_settings=observer_settings,
-        activations=activations or get_target(target).calibration_schemes()[0],
-        weights=weights or get_target(target).calibration_schemes()[1],
-        float_nodes=keep_float,
-        limit=limit,
-        eval_feeds=eval_feeds,
-        eval_labels=eval_labels,
-        max_drop=max_drop,
-        min_sqnr=min_sqnr,
-        equalize=equalize,
-        bias_correction=bias_correction,
-        rounding=rounding,
-        mixed_range_factor=mixed_range_factor,
-        mixed_range_policy=mixed_range,
-        output_tail=output_tail,
-        latency_plan=artifact_of,
-    )
+    with _device_timer(fleet, latency_device) as timer:
+        result = run_quantize(
+            loaded,
+            calib,
+            observer=observer,
+            observer_settings=observer_settings,
+            activations=activations or get_target(target).calibration_schemes()[0],
+            weights=weights or get_target(target).calibration_schemes()[1],
+            float_nodes=keep_float,
+            limit=limit,
+            eval_feeds=eval_feeds,
+            eval_labels=eval_labels,
+            max_drop=max_drop,
+            min_sqnr=min_sqnr,
+            equalize=equalize,
+            bias_correction=bias_correction,
+            rounding=rounding,
+            mixed_range_factor=mixed_range_factor,
+            mixed_range_policy=mixed_range,
+            output_tail=output_tail,
+            latency_plan=artifact_of,
+            latency_timer=timer,
+        )
     folder = save_quantized(result, out)
     # for implicit INT8 on older JetPacks; tensors the QDQ model leaves float get no scale
     write_trt_cache(result.spec, folder / CACHE_FILE_NAME, model=result.float_model)
