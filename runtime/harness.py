@@ -148,21 +148,25 @@ class Harness(object):
         self.power_idle_s = power_idle_s
         self._measurement: Optional[Measurement] = None
         self._phase = "warmup"
+        self._phase_started = clock()
 
-    def progress(self) -> Tuple[str, int, Optional[int]]:
-        """(phase, frames done in it, frames asked for): read from another thread by the progress reporter."""
+    def progress(self) -> Tuple[str, int, Optional[int], float]:
+        """(phase, frames done in it, frames asked for, its seconds so far): read from another thread by the
+        progress reporter."""
         m = self._measurement
+        elapsed = clock() - self._phase_started
         if m is None or self._phase == "warmup":
-            return ("warmup", m.warmup if m is not None else 0, self.warmup)
-        return ("run", m.timed, self.frames)
+            return ("warmup", m.warmup if m is not None else 0, self.warmup, elapsed)
+        return ("run", m.timed, self.frames, elapsed)
 
     def run(self) -> Measurement:
         """Warm up (untimed), then time frames; never raises for errors inside the run."""
         measurement = Measurement(self.mode)
+        self._phase_started = clock()
         self._measurement = measurement
         try:
             ok = self._warm_up(measurement)
-            self._phase = "run"
+            self._phase_started, self._phase = clock(), "run"
             if ok:
                 if self.power is not None:
                     self.power.idle_baseline(self.power_idle_s)

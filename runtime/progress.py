@@ -15,14 +15,14 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, TextIO
+from typing import Any, Callable, Optional, TextIO
 
 PREFIX = "EDGEKIT-PROGRESS "
 PHASES = ("load", "warmup", "run")
 
 
 class ProgressReporter(object):
-    """Writes a progress line when `snapshot()` changes; `snapshot` returns (phase, done, total)."""
+    """Writes a progress line when `snapshot()` changes; `snapshot` returns (phase, done, total, elapsed_s)."""
 
     def __init__(
         self,
@@ -35,7 +35,6 @@ class ProgressReporter(object):
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._last: Optional[Any] = None
-        self._phase_started: Dict[str, float] = {}
         self._thread = threading.Thread(target=self._loop, name="edgekit-progress", daemon=True)
 
     def __enter__(self) -> "ProgressReporter":
@@ -54,14 +53,13 @@ class ProgressReporter(object):
 
     def report(self) -> None:
         try:
-            phase, done, total = self._snapshot()
+            phase, done, total, elapsed = self._snapshot()
         except Exception:  # a counter read mid-update: the next tick reads it again
             return
         if (phase, done, total) == self._last:
             return
         self._last = (phase, done, total)
-        started = self._phase_started.setdefault(phase, time.monotonic())
-        line = {"phase": phase, "done": int(done), "total": total, "elapsed_s": round(time.monotonic() - started, 3)}
+        line = {"phase": phase, "done": int(done), "total": total, "elapsed_s": round(max(elapsed, 0.0), 3)}
         try:
             self._stream.write(PREFIX + json.dumps(line) + "\n")
             self._stream.flush()
@@ -74,7 +72,8 @@ class RunTracker(object):
 
     def __init__(self) -> None:
         self.harness: Optional[Any] = None
+        self._started = time.perf_counter()
 
     def snapshot(self) -> Any:
         harness = self.harness
-        return harness.progress() if harness is not None else ("load", 0, None)
+        return harness.progress() if harness is not None else ("load", 0, None, time.perf_counter() - self._started)

@@ -85,7 +85,7 @@ def test_watch_names_an_engine_that_never_finishes_loading():
 
 def test_the_agent_reports_only_changes():
     class Harness:
-        state = ("warmup", 0, 2)
+        state = ("warmup", 0, 2, 0.1)
 
         def progress(self):
             return self.state
@@ -96,7 +96,8 @@ def test_the_agent_reports_only_changes():
     tracker.harness = harness = Harness()
     reporter.report()
     reporter.report()  # unchanged: nothing written
-    harness.state = ("run", 5, None)
+    harness.state = ("run", 5, None, 0.5)
     reporter.report()
     phases = [parse_progress(line.encode()) for line in stream.getvalue().splitlines()]
     assert [(p.phase, p.done, p.total) for p in phases] == [("load", 0, None), ("warmup", 0, 2), ("run", 5, None)]
+    assert phases[2].fps == 10.0  # frames over the phase's own seconds, as the device's clock counts them
