@@ -22,6 +22,7 @@ from edgekit.calibration.error_report import TensorError, tensor_errors
 from edgekit.calibration.mixed_precision import BudgetResult, Evaluator, layer_sensitivity, meet_budget
 from edgekit.calibration.mixed_range import DEFAULT_FACTOR, DEFAULT_POLICY
 from edgekit.calibration.output_tail import DEFAULT_POLICY as DEFAULT_TAIL_POLICY
+from edgekit.calibration.progress import Progress
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.errors import EdgekitError
@@ -86,7 +87,7 @@ def quantize(
     max_drop: float | None = None,
     min_sqnr: float | None = None,
     error_samples: int = 16,
-    progress: bool = True,
+    progress: Progress = True,
     equalize: bool = False,
     bias_correction: bool = False,
     mixed_range_factor: float = DEFAULT_FACTOR,
@@ -104,7 +105,8 @@ def quantize(
     the outputs (detection heads) follow `mixed_range_policy` (calibration/mixed_range.py). `latency_plan`
     (a target's `timed_model(float_model, spec)`) instead times regions of the artifact on this machine and
     keeps float where INT8 does not pay, then where the budget needs it (calibration/latency_plan.py).
-    `rounding` "adaround" learns the weights' rounding (calibration/adaround.py).
+    `rounding` "adaround" learns the weights' rounding (calibration/adaround.py). `progress` shows every pass
+    (True: a bar on a terminal; or a callback `progress(pass_name, done, total)`: calibration/progress.py).
     """
     if max_drop is not None and (eval_feeds is None or eval_labels is None):
         raise EdgekitError("--max-drop needs labelled evaluation data: pass --eval DATA (and --labels for a video)")
@@ -138,7 +140,9 @@ def quantize(
 
     if latency_plan is not None:
         start = time.perf_counter()
-        _plan_latency(result, calibration.plan.nodes, latency_plan, eval_feeds, eval_labels, max_drop, min_sqnr)
+        _plan_latency(
+            result, calibration.plan.nodes, latency_plan, eval_feeds, eval_labels, max_drop, min_sqnr, progress
+        )
         timings["latency_plan"] = time.perf_counter() - start
     elif max_drop is not None or min_sqnr is not None:
         start = time.perf_counter()
@@ -156,8 +160,8 @@ def quantize(
             result.budget = BudgetResult(spec, [], fully_quantized, True, history)
         else:
             quantized = [n for n in calibration.plan.nodes if n not in spec.float_nodes]  # not a kept-float head
-            result.sensitivity = layer_sensitivity(float_model, spec, quantized, evaluator)
-            result.budget = meet_budget(float_model, spec, result.sensitivity, evaluator, target)
+            result.sensitivity = layer_sensitivity(float_model, spec, quantized, evaluator, progress)
+            result.budget = meet_budget(float_model, spec, result.sensitivity, evaluator, target, progress)
         result.spec = spec = result.budget.spec
         result.qdq_model = write_qdq(float_model, spec)
         timings["budget"] = time.perf_counter() - start
@@ -176,6 +180,7 @@ def quantize(
         result.qdq_model,
         eval_feeds[:error_samples],
         [t for t, q in spec.tensors.items() if q.kind == "activation"],
+        progress,
     )
     timings["error_report"] = time.perf_counter() - start
     return result
@@ -192,7 +197,7 @@ def _budget(
     return Evaluator.for_sqnr(result.float_model, feeds), min_sqnr
 
 
-def _plan_latency(result, nodes, artifact_of, feeds, labels, max_drop, min_sqnr) -> None:
+def _plan_latency(result, nodes, artifact_of, feeds, labels, max_drop, min_sqnr, progress) -> None:
     from edgekit.calibration.latency_plan import plan_precision, with_float_regions
 
     evaluator, target = _budget(result, feeds, labels, max_drop, min_sqnr)
@@ -200,6 +205,7 @@ def _plan_latency(result, nodes, artifact_of, feeds, labels, max_drop, min_sqnr)
         result.float_model, result.spec, nodes, evaluator, lambda spec: artifact_of(result.float_model, spec), feeds[0],
         target=target,
         metric=evaluator.metric,
+        progress=progress,
     )  # fmt: skip
     result.precision_plan = plan
     result.spec = with_float_regions(result.spec, plan.regions, plan.chosen.float_regions)
