@@ -108,7 +108,8 @@ def test_figures_per_output_and_the_fp32_budget(digits):
     lines = summary_lines(block)
     assert len(lines) == 2
     assert lines[0].startswith("validation passed: fp32 build (ONNX Runtime) vs ONNX Runtime FP32 on 8 probes (")
-    assert lines[1].startswith("  the one output: logits max abs error") and "(budget: max abs error <= 1e-4" in lines[1]
+    assert lines[1].startswith("  the one output: logits max abs error")
+    assert "(budget: max abs error <= 1e-4" in lines[1]
 
 
 def test_a_float_build_outside_budget_is_a_converter_defect(digits):
