@@ -173,7 +173,11 @@ def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Artifact folder to write.")
 @preprocess_option
 @task_options
-@click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
+@click.option(
+    "--calib",
+    type=click.Path(exists=True),
+    help="Calibration data for int8: image folder, video, .npy; with --spec, only the validation's probes.",
+)
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
 @rounding_option
