@@ -42,6 +42,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgekit.calibration.progress import Progress, pass_progress
 from edgekit.calibration.schemes import weight_qmax
 from edgekit.errors import CalibrationError
 from edgekit.onnx_toolbox import attrs, consumers
@@ -425,13 +426,6 @@ def round_layer(
 # -- the whole model ----------------------------------------------------------------------------------------
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = (TextColumn("adaround"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    return Progress(*columns, disable=not enabled, transient=True)
-
-
 @contextlib.contextmanager
 def _torch_threads(torch: Any, threads: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -448,7 +442,7 @@ def adaround(
     feeds: list[dict[str, np.ndarray]],
     *,
     settings: AdaRoundSettings = AdaRoundSettings(),
-    progress: bool = True,
+    progress: Progress = True,
 ) -> tuple[dict[str, Any], list[LayerRounding]]:
     """Learn the rounding of every quantized Conv/Gemm/MatMul weight of `float_model` (prepared, with `spec`
     written for it) on `feeds`; the weights are snapped in place. Returns the "adaround" transform for
@@ -467,8 +461,7 @@ def adaround(
     # a quarter of the samples is held out: learned rounding can overfit the rows it saw (a classifier's Gemm has
     # one row per sample), and is kept only where it beats round-to-nearest on rows it did not see
     trained = len(feeds) - len(feeds) // 4
-    with _progress(progress) as bar, _torch_threads(torch, settings.threads):
-        task = bar.add_task("adaround", total=len(layers))
+    with pass_progress("adaround layers", len(layers), progress) as bar, _torch_threads(torch, settings.threads):
         for stage in _stages(len(layers), settings.stages):
             group = [layers[i] for i in stage]
             inputs = _quantized_inputs(float_model, spec, group, feeds, [picks[i] for i in stage], torch)
@@ -482,5 +475,5 @@ def adaround(
                     records[layer.weight] = record
                     replay(inits, {"weights": {layer.weight: record}})  # the next stages read this rounding
                 outcomes.append(outcome)
-                bar.advance(task)
+                bar.advance()
     return {**transform, "weights": records}, outcomes

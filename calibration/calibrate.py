@@ -38,6 +38,7 @@ from edgekit.calibration.output_tail import DEFAULT_POLICY as DEFAULT_TAIL_POLIC
 from edgekit.calibration.output_tail import apply_policy as apply_tail_policy
 from edgekit.calibration.output_tail import check_policy as check_tail_policy
 from edgekit.calibration.output_tail import find_output_tail
+from edgekit.calibration.progress import Progress, pass_progress
 from edgekit.calibration.quant_spec import QuantSpec, TensorQuant
 from edgekit.calibration.schemes import (
     activation_qparams,
@@ -86,19 +87,6 @@ class Calibration:
     reference: onnx.ModelProto | None = None
 
 
-def _progress(total: int | None, enabled: bool) -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("calibrating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=True,
-    )
-
-
 def calibrate(
     model: Model,
     data: str | Path | np.ndarray | Iterable[Any],
@@ -111,7 +99,7 @@ def calibrate(
     limit: int | None = None,
     batch: int = 1,
     threads: int | None = None,
-    progress: bool = True,
+    progress: Progress = True,
     equalize: bool = False,
     bias_correction: bool = False,
     bias_samples: int = 16,
@@ -174,8 +162,7 @@ def calibrate(
         obs.name = name
     samples = 0
     workers = max(1, min(threads or os.cpu_count() or 1, 8))
-    with _progress(feeds.count, progress) as bar, ThreadPoolExecutor(workers) as pool:
-        task = bar.add_task("calibrating", total=feeds.count)
+    with pass_progress("calibration samples", feeds.count, progress) as bar, ThreadPoolExecutor(workers) as pool:
         pending: list[Any] = []
         for feed in feeds.feeds:
             missing = input_names - set(feed)
@@ -188,7 +175,7 @@ def calibrate(
             pending = [pool.submit(obs.update, feed[n] if n in feed else values[n]) for n, obs in observers.items()]
             del values
             samples += 1
-            bar.advance(task)
+            bar.advance()
         _wait(pending)
     warn_skipped(feeds.skipped)
     if samples == 0:

@@ -14,6 +14,7 @@ import onnx
 
 from edgekit.calibration import mixed_range, output_tail
 from edgekit.calibration.graph import session_with_outputs
+from edgekit.calibration.progress import Progress, pass_progress
 from edgekit.runtime.compare import ErrorAccumulator
 
 if TYPE_CHECKING:
@@ -39,9 +40,14 @@ class TensorError:
 
 
 def tensor_errors(
-    float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, feeds: list[dict[str, Any]], tensors: list[str]
+    float_model: onnx.ModelProto,
+    qdq_model: onnx.ModelProto,
+    feeds: list[dict[str, Any]],
+    tensors: list[str],
+    progress: Progress = None,
 ) -> list[TensorError]:
-    """Error of each tensor (and of each graph output) of the QDQ model, pooled over the feeds."""
+    """Error of each tensor (and of each graph output) of the QDQ model, pooled over the feeds; `progress`
+    counts the feeds (calibration/progress.py)."""
     qdq_names = {out for node in qdq_model.graph.node for out in node.output}
     outputs = [o.name for o in float_model.graph.output]
     wanted = [*tensors, *(o for o in outputs if o not in tensors)]
@@ -51,23 +57,32 @@ def tensor_errors(
     qdq_session = session_with_outputs(qdq_model, [quantized_name[t] for t in wanted])
     float_out_names = [o.name for o in float_session.get_outputs()]
     accumulators = {t: ErrorAccumulator() for t in wanted}
-    for feed in feeds:
-        reference = dict(zip(float_out_names, float_session.run(float_out_names, feed), strict=True))
-        reference.update({k: v for k, v in feed.items() if k in accumulators})
-        test = dict(
-            zip(
-                [quantized_name[t] for t in wanted],
-                qdq_session.run([quantized_name[t] for t in wanted], feed),
-                strict=True,
-            )
-        )
-        for t, accumulator in accumulators.items():
-            accumulator.update(reference[t], test[quantized_name[t]])
+    with pass_progress("per-tensor error", len(feeds), progress) as bar:
+        for feed in feeds:
+            _compare_one(float_session, qdq_session, feed, float_out_names, quantized_name, accumulators)
+            bar.advance()
     report = []
     for t, accumulator in accumulators.items():
         s = accumulator.summary()
         report.append(TensorError(t, s.get("sqnr_db"), s.get("cosine"), s.get("max_abs_error"), s.get("count", 0)))
     return report
+
+
+def _compare_one(
+    float_session: Any,
+    qdq_session: Any,
+    feed: dict[str, Any],
+    float_out_names: list[str],
+    quantized_name: dict[str, str],
+    accumulators: dict[str, ErrorAccumulator],
+) -> None:
+    """Fold one feed's float and quantized tensors into their accumulators."""
+    quantized = [quantized_name[t] for t in accumulators]
+    reference = dict(zip(float_out_names, float_session.run(float_out_names, feed), strict=True))
+    reference.update({k: v for k, v in feed.items() if k in accumulators})
+    test = dict(zip(quantized, qdq_session.run(quantized, feed), strict=True))
+    for t, accumulator in accumulators.items():
+        accumulator.update(reference[t], test[quantized_name[t]])
 
 
 def print_error_table(errors: list[TensorError], console: Any = None, *, worst: int | None = 15) -> None:

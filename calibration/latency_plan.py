@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgekit.calibration.progress import PassTracker, Progress, pass_progress
 from edgekit.calibration.quant_spec import QuantSpec
 
 REASON = "latency plan"
@@ -143,17 +144,35 @@ def plan_precision(
     runs: int = 15,
     threads: int = 1,
     metric: str = "sqnr",
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     timer: Callable[[onnx.ModelProto, dict[str, np.ndarray]], float] | None = None,
 ) -> PrecisionPlan:
     """Measure and choose (see the module doc). `artifact_of(spec)` is the model the target would ship for a
     spec (its QDQ graph and rewrites); `evaluate(model)` scores a model against the float one (higher is better).
     `timer(model, feed)` gives a model's median latency in ms: by default ONNX Runtime here at `threads`; the
-    CLI passes edgekit.device.timing.DeviceTimer to time on the fleet device that will run the artifact."""
+    CLI passes edgekit.device.timing.DeviceTimer to time on the fleet device that will run the artifact.
+    `progress` counts the configurations measured (calibration/progress.py): FP32, INT8 and one per region; the
+    float-where-INT8-does-not-pay mix and accuracy steps, when needed, raise the total."""
     if timer is None:
         timer = lambda model, feed: median_latency_ms(model, feed, runs, threads)  # noqa: E731
-    start = time.perf_counter()
     cut = split_regions([n for n in nodes if n not in spec.float_nodes], regions)
+    with pass_progress("latency plan: configurations timed", len(cut) + 2, progress) as bar:
+        return _measure_plan(float_model, spec, cut, evaluate, artifact_of, feed, target, timer, metric, bar)
+
+
+def _measure_plan(
+    float_model: onnx.ModelProto,
+    spec: QuantSpec,
+    cut: list[list[str]],
+    evaluate: Callable[[onnx.ModelProto], float],
+    artifact_of: Callable[[QuantSpec], onnx.ModelProto],
+    feed: dict[str, np.ndarray],
+    target: float | None,
+    timer: Callable[[onnx.ModelProto, dict[str, np.ndarray]], float],
+    metric: str,
+    bar: PassTracker,
+) -> PrecisionPlan:
+    start = time.perf_counter()
     cache: dict[tuple[int, ...], Point] = {}
 
     def measure(float_regions: tuple[int, ...], label: str) -> Point:
@@ -161,17 +180,19 @@ def plan_precision(
         if key not in cache:
             model = artifact_of(with_float_regions(spec, cut, key))
             cache[key] = Point(label, key, timer(model, feed), evaluate(model))
-            if progress:
-                progress(label)
+            bar.total = max(bar.total or 0, bar.done + 1)
+            bar.advance()
         return cache[key]
 
     fp32 = Point("fp32", tuple(range(len(cut))), timer(float_model, feed), float("inf"))
     fp32.score = evaluate(float_model)
+    bar.advance()
     int8 = measure((), "int8")
     singles = [measure((r,), f"region {r + 1} float") for r in range(len(cut))]
     slower = tuple(r for r, point in enumerate(singles) if point.latency_ms < int8.latency_ms * 0.97)
     current = measure(slower, "float where int8 does not pay") if slower else int8
     if target is not None and current.score < target:
+        bar.total = bar.done + len(cut) - len(current.float_regions)  # at most one more region each
         gains = sorted(range(len(cut)), key=lambda r: singles[r].score - int8.score, reverse=True)
         for r in gains:
             if r in current.float_regions:

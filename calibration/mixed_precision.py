@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgekit.calibration.progress import Progress, pass_progress
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.errors import CalibrationDataError
@@ -81,16 +82,15 @@ def layer_sensitivity(
     spec: QuantSpec,
     quantized_nodes: list[str],
     evaluator: Evaluator,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> list[tuple[str, float]]:
     """(node, score with only that node quantized), most sensitive first."""
     scores = []
-    for node in quantized_nodes:
-        if node in spec.float_nodes:
-            continue
-        scores.append((node, evaluator(write_qdq(float_model, _only(spec, node, quantized_nodes)))))
-        if progress:
-            progress(node)
+    probed = [node for node in quantized_nodes if node not in spec.float_nodes]
+    with pass_progress("sensitivity: one layer int8 at a time", len(probed), progress) as bar:
+        for node in probed:
+            scores.append((node, evaluator(write_qdq(float_model, _only(spec, node, quantized_nodes)))))
+            bar.advance()
     return sorted(scores, key=lambda item: item[1])
 
 
@@ -109,12 +109,26 @@ def meet_budget(
     ranking: list[tuple[str, float]],
     evaluator: Evaluator,
     target: float,
+    progress: Progress = None,
 ) -> BudgetResult:
     """The fewest most-sensitive nodes kept float so that the score reaches `target`.
 
     Scores are treated as growing with the number of float nodes: grow k by doubling until the
-    budget is met, then bisect between the last failing and first passing k.
+    budget is met, then bisect between the last failing and first passing k. `progress` counts the
+    models evaluated (calibration/progress.py); their number is known only at the end.
     """
+    with pass_progress("accuracy budget: layers kept float", None, progress) as bar:
+        return _search(float_model, spec, ranking, evaluator, target, bar.advance)
+
+
+def _search(
+    float_model: onnx.ModelProto,
+    spec: QuantSpec,
+    ranking: list[tuple[str, float]],
+    evaluator: Evaluator,
+    target: float,
+    evaluated: Callable[[], None],
+) -> BudgetResult:
     order = [node for node, _ in ranking]
     history: list[dict[str, Any]] = []
     cache: dict[int, float] = {}
@@ -125,6 +139,7 @@ def meet_budget(
             for node in order[:k]:
                 trial.keep_float(node, "accuracy budget")
             cache[k] = evaluator(write_qdq(float_model, trial))
+            evaluated()
             history.append({"float_nodes": k, "score": cache[k]})
         return cache[k]
 

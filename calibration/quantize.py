@@ -22,6 +22,7 @@ from edgekit.calibration.error_report import TensorError, tensor_errors
 from edgekit.calibration.mixed_precision import BudgetResult, Evaluator, layer_sensitivity, meet_budget
 from edgekit.calibration.mixed_range import DEFAULT_FACTOR, DEFAULT_POLICY
 from edgekit.calibration.output_tail import DEFAULT_POLICY as DEFAULT_TAIL_POLICY
+from edgekit.calibration.progress import Progress
 from edgekit.calibration.qdq import write_qdq
 from edgekit.calibration.quant_spec import QuantSpec
 from edgekit.errors import EdgekitError
@@ -86,7 +87,7 @@ def quantize(
     max_drop: float | None = None,
     min_sqnr: float | None = None,
     error_samples: int = 16,
-    progress: bool = True,
+    progress: Progress = True,
     equalize: bool = False,
     bias_correction: bool = False,
     mixed_range_factor: float = DEFAULT_FACTOR,
@@ -106,7 +107,8 @@ def quantize(
     (a target's `timed_model(float_model, spec)`) instead times regions of the artifact on this machine and
     keeps float where INT8 does not pay, then where the budget needs it (calibration/latency_plan.py);
     `latency_timer(model, feed)` times there instead (a DeviceTimer: on a fleet device; its `name` is recorded).
-    `rounding` "adaround" learns the weights' rounding (calibration/adaround.py).
+    `rounding` "adaround" learns the weights' rounding (calibration/adaround.py). `progress` shows every pass
+    (True: a bar on a terminal; or a callback `progress(pass_name, done, total)`: calibration/progress.py).
     """
     if max_drop is not None and (eval_feeds is None or eval_labels is None):
         raise EdgekitError("--max-drop needs labelled evaluation data: pass --eval DATA (and --labels for a video)")
@@ -141,7 +143,7 @@ def quantize(
     if latency_plan is not None:
         start = time.perf_counter()
         budget = (eval_labels, max_drop, min_sqnr)
-        _plan_latency(result, calibration.plan.nodes, latency_plan, latency_timer, eval_feeds, budget)
+        _plan_latency(result, calibration.plan.nodes, latency_plan, latency_timer, eval_feeds, budget, progress)
         timings["latency_plan"] = time.perf_counter() - start
     elif max_drop is not None or min_sqnr is not None:
         start = time.perf_counter()
@@ -159,8 +161,8 @@ def quantize(
             result.budget = BudgetResult(spec, [], fully_quantized, True, history)
         else:
             quantized = [n for n in calibration.plan.nodes if n not in spec.float_nodes]  # not a kept-float head
-            result.sensitivity = layer_sensitivity(float_model, spec, quantized, evaluator)
-            result.budget = meet_budget(float_model, spec, result.sensitivity, evaluator, target)
+            result.sensitivity = layer_sensitivity(float_model, spec, quantized, evaluator, progress)
+            result.budget = meet_budget(float_model, spec, result.sensitivity, evaluator, target, progress)
         result.spec = spec = result.budget.spec
         result.qdq_model = write_qdq(float_model, spec)
         timings["budget"] = time.perf_counter() - start
@@ -179,6 +181,7 @@ def quantize(
         result.qdq_model,
         eval_feeds[:error_samples],
         [t for t, q in spec.tensors.items() if q.kind == "activation"],
+        progress,
     )
     timings["error_report"] = time.perf_counter() - start
     return result
@@ -195,7 +198,7 @@ def _budget(
     return Evaluator.for_sqnr(result.float_model, feeds), min_sqnr
 
 
-def _plan_latency(result, nodes, artifact_of, timer, feeds, budget) -> None:
+def _plan_latency(result, nodes, artifact_of, timer, feeds, budget, progress) -> None:
     from edgekit.calibration.latency_plan import plan_precision, with_float_regions
 
     evaluator, target = _budget(result, feeds, *budget)
@@ -204,6 +207,7 @@ def _plan_latency(result, nodes, artifact_of, timer, feeds, budget) -> None:
         target=target,
         metric=evaluator.metric,
         timer=timer,
+        progress=progress,
     )  # fmt: skip
     plan.timed_on = getattr(timer, "name", plan.timed_on)
     result.precision_plan = plan

@@ -167,6 +167,10 @@ def _yolo_decoder(
     return "end-to-end" if classes is not None and columns == 6 else None  # YOLOv10 writes no NMS flag
 
 
+# the preprocessing keys _preprocess sets from what the exporter says (layout and dtype are the input's)
+PREPROCESS_KEYS = ("color", "scale", "mean", "std", "resize", "resize_mode", "crop", "pad_value", "stride")
+
+
 def _preprocess(
     metadata: Mapping[str, str],
     task: dict,

@@ -11,9 +11,11 @@ from typing import Any
 
 import onnx
 
+from edgekit import preprocess_sources as sources
 from edgekit.errors import ModelError
 from edgekit.exporter_metadata import read_exporter_metadata
 from edgekit.hashing import sha256_bytes
+from edgekit.preprocess_sources import EDGEKIT_METADATA, GIVEN
 from edgekit.runtime.preprocess import PreprocessError, PreprocessSpec
 from edgekit.tasks import guess_task, task_config
 
@@ -25,8 +27,6 @@ EDGEKIT_KEYS = (PREPROCESS_KEY, CLASS_NAMES_KEY, TASK_KEY)
 
 # Where a model's task, class names and preprocessing came from (`Model.task_source` and the others);
 # the exporters' own sources are in edgekit.exporter_metadata (e.g. "ultralytics metadata").
-GIVEN = "given"
-EDGEKIT_METADATA = "edgekit metadata"
 GUESSED_FROM_OUTPUTS = "guessed from the outputs"
 DEFAULT_FOR_INPUT = "default for the input"  # preprocessing nobody gave: pixels / 255 at the input's size
 
@@ -125,13 +125,7 @@ class Model:
             metadata, self.inputs[0].shape if self.inputs else None, [t.shape for t in self.outputs], guessed
         )
         self.metadata_notes: list[str] = exporter.notes
-        self._adopt(
-            "preprocess",
-            (_as_spec(preprocess), GIVEN),
-            (_metadata_preprocess(metadata, label), EDGEKIT_METADATA),
-            (exporter.preprocess, exporter.source),
-            (guessed, DEFAULT_FOR_INPUT),
-        )
+        self._adopt_preprocess(_as_spec(preprocess), metadata, label, exporter, guessed)
         self._adopt(
             "class_names",
             (class_names, GIVEN),
@@ -147,6 +141,39 @@ class Model:
         )
         self._bytes: bytes | None = None
         self._sha256: str | None = None
+
+    def _adopt_preprocess(
+        self, given: PreprocessSpec | None, metadata: dict[str, str], label: str, exporter: Any, guessed: Any
+    ) -> None:
+        """The preprocessing, key by key in edgekit.preprocess_sources' order (a spec given whole replaces it
+        all); `preprocess_sources` says where each key came from, `preprocess_source` the first source used."""
+        self.__dict__["_bytes"] = None
+        if given is not None:
+            self.__dict__.update(preprocess=given, preprocess_source=GIVEN)
+            self.__dict__["preprocess_sources"] = dict.fromkeys(given.to_dict(), GIVEN)
+            return
+        _metadata_preprocess(metadata, label)  # checked whole first: its error names the metadata key
+        layers = [
+            (_metadata_json(metadata, PREPROCESS_KEY, label), EDGEKIT_METADATA),
+            (sources.exporter_keys(exporter.preprocess), exporter.source),
+            (sources.input_keys(guessed), sources.FROM_INPUT),
+        ]
+        try:
+            spec, per_key = sources.resolve(layers)
+        except PreprocessError as exc:
+            raise ModelError(f"{label}: preprocessing from its metadata and its input do not fit: {exc}") from exc
+        first = next((source for values, source in layers if values), None)
+        self.__dict__.update(preprocess=spec, preprocess_sources=per_key)
+        self.__dict__["preprocess_source"] = DEFAULT_FOR_INPUT if first == sources.FROM_INPUT else first
+
+    def override_preprocess(self, values: dict[str, Any]) -> None:
+        """Lay `values` (the user's --preprocess) over the preprocessing key by key; every other key keeps its
+        value and its source. A bad key or value is a ModelError naming the values it takes."""
+        try:
+            spec, per_key = sources.override(self.preprocess, self.preprocess_sources, values)
+        except PreprocessError as exc:
+            raise ModelError(f"--preprocess: {exc}") from exc
+        self.__dict__.update(preprocess=spec, preprocess_sources=per_key, preprocess_source=GIVEN, _bytes=None)
 
     def _adopt(self, name: str, *candidates: tuple[Any, str | None]) -> None:
         """Set `name` to the first candidate value that is not None (empty counts as none), with its source."""
@@ -278,6 +305,7 @@ class Model:
         if name in ("preprocess", "class_names", "task"):
             if name == "preprocess":
                 value = _as_spec(value)
+                self.__dict__["preprocess_sources"] = dict.fromkeys(value.to_dict(), GIVEN) if value else {}
             elif name == "task":
                 value = _as_task(value, "Model.task")
             self.__dict__["_bytes"] = None  # metadata changed: re-serialise on next use

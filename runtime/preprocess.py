@@ -192,7 +192,8 @@ class PreprocessSpec(object):
         return "PreprocessSpec(%s)" % ", ".join("%s=%r" % kv for kv in self.to_dict().items())
 
 
-_INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
+INTERPOLATIONS = ("nearest", "linear", "area", "cubic")
+_INTERPOLATIONS = INTERPOLATIONS
 _LETTERBOX_KEYS = ("pad_value", "stride")
 _INT_RANGES = {"uint8": (0, 255), "int8": (-128, 127)}
 

@@ -394,15 +394,31 @@ def failure_message(block: dict[str, Any]) -> str:
 
 
 def summary_lines(block: dict[str, Any] | None) -> list[str]:
-    """What `edgekit build` prints about a manifest's validation block (empty when there is none)."""
+    """What `edgekit build` prints about a manifest's validation block, in two lines (none without a block):
+    the verdict, what ran against what on which probes; then the worst output's figures against the budget
+    (every output outside it, when some are)."""
     if not block or "outputs" not in block:
         return []
     verdict = "passed" if block["passed"] else "OUTSIDE BUDGET"
-    lines = [
-        f"validation {verdict}: {block['ran']} vs ONNX Runtime FP32 on {block['probes']['count']} probes: "
-        f"{block['probes']['source']}"
-    ]
-    for output in block["outputs"]:
-        mark = "ok" if output["passed"] else "outside budget"
-        lines.append(f"  {output['name']}: {figure_text(output)}; budget {output['budget']['rule']}: {mark}")
-    return lines
+    probes = block["probes"]
+    first = (
+        f"validation {verdict}: {block.get('precision', 'the')} build ({block['ran']}) vs ONNX Runtime FP32 on "
+        f"{probes['count']} probes ({probes['source']})"
+    )
+    outputs = block["outputs"]
+    failed = [o for o in outputs if not o["passed"]]
+    shown = failed or [min(outputs, key=_closeness)]
+    figures = "; ".join(f"{o['name']} {figure_text(o)}" for o in shown)
+    if failed:
+        which = f"{len(failed)} of {len(outputs)} outputs outside the budget"
+    else:
+        which = "the one output" if len(outputs) == 1 else f"worst of {len(outputs)} outputs"
+    rule = shown[0].get("budget", {}).get("rule", "none")
+    return [first, f"  {which}: {figures} (budget: {rule})"]
+
+
+def _closeness(output: dict[str, Any]) -> float:
+    """How close an output came to the FP32 one (lower is worse): SQNR, exact as infinity, a problem as -inf."""
+    if "problem" in output:
+        return float("-inf")
+    return float("inf") if output.get("sqnr_db") is None else float(output["sqnr_db"])

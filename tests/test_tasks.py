@@ -306,7 +306,7 @@ def test_inspect_shows_the_task_the_class_names_and_where_they_came_from(
     assert report["task"] == {**DETECT_DEFAULTS, "num_classes": 3} and report["task_source"] == ULTRALYTICS
     assert report["class_names"] == {"count": 3, "source": ULTRALYTICS}
     plain = invoke("inspect", classifier_path)
-    assert "(default: not read from the model; set it with --preprocess)" in plain.output
+    assert "(default: the model carries none — set it with --preprocess)" in plain.output
     assert "classify (guessed from the outputs): top_k 5" in plain.output
     none = invoke("inspect", detector_factory(tmp_path / "plain.onnx"))
     assert "none: give one with --task" in none.output

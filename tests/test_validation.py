@@ -106,8 +106,10 @@ def test_figures_per_output_and_the_fp32_budget(digits):
     assert output["budget"] == budget_for("fp32", True)
     json.dumps(block, allow_nan=False)  # the manifest stays strict JSON
     lines = summary_lines(block)
-    assert lines[0].startswith("validation passed: ONNX Runtime vs ONNX Runtime FP32 on 8 probes")
-    assert "logits: max abs error" in lines[1] and lines[1].endswith(": ok")
+    assert len(lines) == 2
+    assert lines[0].startswith("validation passed: fp32 build (ONNX Runtime) vs ONNX Runtime FP32 on 8 probes (")
+    assert lines[1].startswith("  the one output: logits max abs error")
+    assert "(budget: max abs error <= 1e-4" in lines[1]
 
 
 def test_a_float_build_outside_budget_is_a_converter_defect(digits):
@@ -131,7 +133,9 @@ def test_a_quantized_build_outside_budget_is_recorded_not_raised(digits):
     (output,) = block["outputs"]
     assert not block["passed"] and not output["passed"] and output["sqnr_db"] < 20
     assert output["top1_agreement"] < 0.95
-    assert summary_lines(block)[0].startswith("validation OUTSIDE BUDGET")
+    first, second = summary_lines(block)
+    assert first.startswith("validation OUTSIDE BUDGET: int8 build (x)")
+    assert second.startswith("  1 of 1 outputs outside the budget: logits max abs error") and "SQNR >= 20 dB" in second
     # a classifier whose top-1 agrees passes at low SQNR: the int8 budget is SQNR or top-1 agreement
     close = validate(digits, "int8", _noisy(digits, 0.2), ran="x", probes=probes)["outputs"][0]
     assert close["sqnr_db"] < 20 and close["top1_agreement"] >= 0.95 and close["passed"]
@@ -215,9 +219,9 @@ def test_edgekit_build_prints_the_validation_and_warns_outside_budget(digits, tm
     runner = CliRunner()
     result = runner.invoke(main, ["build", str(digits_model_path()), "-t", "x86-ort", "-o", str(tmp_path / "f")])
     assert result.exit_code == 0, result.output
-    assert "validation passed: ONNX Runtime on the artifact's ONNX model vs ONNX Runtime FP32 on 8 probes" in (
-        " ".join(result.output.split())
-    )
+    text = " ".join(result.output.split())
+    assert "validation passed: fp32 build (ONNX Runtime on the artifact's ONNX model) vs ONNX Runtime FP32 on 8" in text
+    assert "the one output: logits max abs error" in text
     # a QuantSpec calibrated on inputs 50x too dark: real digits saturate, the int8 build is far off
     x, _ = preprocessed_heldout_digits(16)
     spec = calibrate(digits, x * 0.02, activations="uint8_asym", weights="int7_per_channel", progress=False).spec
@@ -227,7 +231,9 @@ def test_edgekit_build_prints_the_validation_and_warns_outside_budget(digits, tm
     result = runner.invoke(main, [*args, "-o", str(tmp_path / "q")])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "validation OUTSIDE BUDGET" in text and "warning: this int8 build is outside its accuracy budget" in text
+    assert "validation OUTSIDE BUDGET: int8 build (ONNX Runtime on the QDQ model)" in text
+    assert "1 of 1 outputs outside the budget: logits" in text and "(budget: SQNR >= 20 dB or top-1" in text
+    assert "warning: this int8 build is outside its accuracy budget" in text
 
 
 def test_a_build_with_calibration_data_validates_on_the_users_own_samples(tmp_path):

@@ -168,21 +168,27 @@ def build_option_values(items: Iterable[str], example: str) -> dict[str, str]:
     return parse_key_values(items, option_name="-O", example=example, json_values=False)
 
 
+def _preprocess_help() -> str:
+    from edgekit.preprocess_sources import enumerated_help
+
+    return (
+        "Preprocessing keys laid over what the model carries (its metadata, an exporter's, its input), e.g. "
+        '\'{"resize": [640, 640], "resize_mode": "letterbox"}\' or \'{"mean": [0.485, 0.456, 0.406], "std": [0.229, '
+        "0.224, 0.225]}'; keys left out keep the model's values (`edgekit inspect MODEL` shows each with its source). "
+        "Keys: resize, resize_mode, crop, color, scale, mean, std, layout, dtype, interpolation, pad_value, stride; "
+        f"{enumerated_help()}."
+    )
+
+
 preprocess_option = click.option(
-    "--preprocess",
-    "preprocess_json",
-    default=None,
-    metavar="JSON",
-    help='Override the preprocessing spec, e.g. \'{"resize": [224, 224], "color": "RGB", "mean": [0.485, 0.456, '
-    '0.406], "std": [0.229, 0.224, 0.225]}\' (resize_mode: stretch, letterbox or crop). Keys left out take their '
-    "defaults; calibration images are brought to the model's input by it.",
+    "--preprocess", "preprocess_json", default=None, metavar="JSON", help=_preprocess_help()
 )
 
 
 def with_preprocess(model: Any, preprocess_json: str | None) -> Any:
-    """`model` with the --preprocess spec laid over what it carries (its metadata, an exporter's, a guess)."""
+    """`model` with the --preprocess keys laid over what it carries (edgekit.preprocess_sources' order)."""
     if preprocess_json:
-        model.preprocess = parse_json_object(preprocess_json, option_name="--preprocess")
+        model.override_preprocess(parse_json_object(preprocess_json, option_name="--preprocess"))
     return model
 
 

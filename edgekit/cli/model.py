@@ -56,6 +56,7 @@ rounding_option = click.option(
     "A build option of the targets named with -t, so the refusals are those of that build, e.g. "
     "-t jetson-trt -O trt_version=10.3 (repeatable; `edgekit targets --options NAME` lists them)."
 )
+@preprocess_option
 @fail_cleanly
 def inspect(
     model: str,
@@ -64,10 +65,12 @@ def inspect(
     max_rows: int | None,
     targets: tuple[str, ...],
     option_items: tuple[str, ...],
+    preprocess_json: str | None,
 ) -> None:
     """Per-layer table of MODEL (op, output shape, parameters, MACs), totals, size, opset, the ops each
     registered target cannot run (with -t: every node its build would refuse, and why) and the ops an
-    accelerator (NNAPI, Neural Engine) hands back.
+    accelerator (NNAPI, Neural Engine) hands back; the preprocessing key by key with where each value came
+    from (the model's metadata, an exporter's, its input, --preprocess, or the default).
 
     \b
     Examples:
@@ -82,7 +85,10 @@ def inspect(
     if options and not targets:
         raise click.UsageError("-O sets build options of the targets named with -t; name one, e.g. -t jetson-trt")
     report = inspect_model(
-        Model.load(model), input_shapes=input_shapes or None, targets=list(targets) or None, options=options
+        with_preprocess(Model.load(model), preprocess_json),
+        input_shapes=input_shapes or None,
+        targets=list(targets) or None,
+        options=options,
     )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
@@ -169,7 +175,11 @@ def _print_target_options(described: dict[str, Any], as_json: bool) -> None:
 @click.option("-o", "--out", type=click.Path(file_okay=False), required=True, help="Artifact folder to write.")
 @preprocess_option
 @task_options
-@click.option("--calib", type=click.Path(exists=True), help="Calibration data for int8: image folder, video, .npy.")
+@click.option(
+    "--calib",
+    type=click.Path(exists=True),
+    help="Calibration data for int8: image folder, video, .npy; with --spec, only the validation's probes.",
+)
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, exists=True), help="A quant_spec.json to use.")
 @click.option("--observer", default="minmax", show_default=True, help="Observer for --calib (see `edgekit observers`).")
 @rounding_option

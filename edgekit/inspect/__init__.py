@@ -112,6 +112,7 @@ def inspect_model(
         fallbacks=fallbacks,
         accelerator_reports=reports,
         preprocess_source=model.preprocess_source,
+        preprocess_sources=dict(getattr(model, "preprocess_sources", {}) or {}),
         task=model.task,
         task_source=model.task_source,
         class_names=model.class_names,

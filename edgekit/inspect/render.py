@@ -8,7 +8,6 @@ from collections import Counter
 from typing import Any
 
 from edgekit.inspect.report import UNKNOWN_DYNAMIC, InspectReport, Shape
-from edgekit.model import DEFAULT_FOR_INPUT
 
 Row = tuple[str, str, str | None]  # (key, value, rich style or None) of one summary line
 
@@ -98,7 +97,7 @@ def _model_rows(report: InspectReport) -> list[Row]:
     ]
     for key, tensors in (("inputs", report.inputs), ("outputs", report.outputs)):
         rows.append((key, "; ".join(f"{t['name']} {t['dtype']} {format_shape(t['shape'])}" for t in tensors), None))
-    rows.append(("preprocess", _preprocess_text(report.preprocess, report.preprocess_source), None))
+    rows += _preprocess_rows(report.preprocess, report.preprocess_sources)
     return [*rows, *_task_rows(report)]
 
 
@@ -119,23 +118,30 @@ def _task_rows(report: InspectReport) -> list[Row]:
     return rows
 
 
-def _preprocess_text(p: dict[str, Any] | None, source: str | None) -> str:
-    """The preprocessing in one line, and where it came from: "(default)" when the model did not say it."""
+def _preprocess_rows(p: dict[str, Any] | None, sources: dict[str, str]) -> list[Row]:
+    """The preprocessing, one row per key with where its value came from; defaults in yellow, since the model
+    did not say them and a wrong one (a stretch for a letterbox model) costs accuracy silently."""
+    from edgekit.preprocess_sources import DEFAULT, source_text
+
     if not p:
-        return "none"
-    resize = f"resize {p['resize']}" if p.get("resize") else "no resize"
-    if p.get("resize") and p.get("resize_mode") not in (None, "stretch"):
-        resize += f" {p['resize_mode']}"
-    parts = [resize, *([f"crop {p['crop']}"] if p.get("crop") else []), str(p.get("color"))]
-    if p.get("scale") is not None:
-        parts.append(f"scale {p['scale']:.6g}")
-    parts += [f"{key} {p[key]}" for key in ("mean", "std") if p.get(key) is not None]
-    parts += [str(p.get("layout")), str(p.get("dtype"))]
-    if p.get("pad_value") is not None:
-        parts.append(f"pad {p['pad_value']}")
-    if source in (None, DEFAULT_FOR_INPUT):
-        return ", ".join(parts) + " (default: not read from the model; set it with --preprocess)"
-    return ", ".join(parts) + f" ({source})"
+        return [("preprocess", "none: the input is not an image; give one with --preprocess", "yellow")]
+    rows: list[Row] = [("preprocess", "key by key, with where each value came from:", None)]
+    for key, value in p.items():
+        source = sources.get(key, DEFAULT)
+        rows.append(
+            (f"  {key}", f"{_value_text(key, value)} ({source_text(source)})", "yellow" if source == DEFAULT else None)
+        )
+    return rows
+
+
+def _value_text(key: str, value: Any) -> str:
+    if value is None:
+        return "none: frames keep their size (a dynamic input)" if key == "resize" else "none"
+    if key in ("resize", "crop") and isinstance(value, list) and len(value) == 2:
+        return f"{value[0]}x{value[1]}"
+    if key == "scale":
+        return f"{value:.6g}"
+    return json.dumps(value) if isinstance(value, list) else str(value)
 
 
 def _count_rows(report: InspectReport) -> list[Row]:

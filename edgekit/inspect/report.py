@@ -90,6 +90,8 @@ class InspectReport:
     # where the preprocessing came from ("edgekit metadata", "ultralytics metadata", "given", or "default for
     # the input" when nothing said it); the same for the task and the class names (None: there is none)
     preprocess_source: str | None = None
+    # per key: "edgekit metadata", an exporter's source, "the model's input", "given" or "default"
+    preprocess_sources: dict[str, str] = field(default_factory=dict)
     task: dict[str, Any] | None = None
     task_source: str | None = None
     class_names: list[str] | None = None
@@ -110,6 +112,7 @@ class InspectReport:
             "outputs": [_json_io(t) for t in self.outputs],
             "preprocess": self.preprocess,
             "preprocess_source": self.preprocess_source,
+            "preprocess_sources": self.preprocess_sources,
             "task": self.task,
             "task_source": self.task_source,
             "class_names": {"count": len(self.class_names or []), "source": self.class_names_source},
