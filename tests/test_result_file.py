@@ -165,3 +165,10 @@ def test_the_budget_makes_big_results_take_turns():
         thread.join()
     assert max(most) <= 500 and budget.used == 0
     assert all(total <= 100 or total == 500 for total in most)  # a result over the budget goes alone
+
+
+def test_every_field_the_validator_keeps_is_read_by_the_file_reader():
+    from edgekit.device.results import RESULT_FIELDS
+
+    # a field missing from RESULT_FIELDS is dropped unparsed by the reader: memory and cold start once were
+    assert set(validate_result(good_result(), run_id=good_result()["run_id"])) <= set(RESULT_FIELDS)

@@ -37,7 +37,7 @@ TASK_OUTPUT_KEYS = {"detect": "boxes", "text-detect": "polygons", "segment": "pi
 RESULT_FIELDS = (
     *("schema", "version", "run_id", "artifact_id", "status", "started_at", "finished_at", "mode", "frames"),
     *("latency_ms", "samples_ms", "throughput_fps", "wall_s", "accuracy", "task_output", "power", "device"),
-    *("engine", "errors", "warnings", "layer_times_ms"),
+    *("engine", "errors", "warnings", "layer_times_ms", "memory", "cold_start_ms"),
 )
 
 
