@@ -129,6 +129,7 @@ class Freezer(threading.Thread):
         super().__init__(daemon=True)
         self.device, self.frozen_at, self.halt = device, 0.0, threading.Event()
         self.first: dict[int, int] = {}
+        self.moved: dict[int, float] = {}
 
     def run(self) -> None:
         while not self.halt.is_set() and not self.frozen_at:
@@ -136,7 +137,10 @@ class Freezer(threading.Thread):
                 pos = _video_pos(pid) if is_agent(line) else None
                 if pos is None:
                     continue
-                if pos > self.first.setdefault(pid, pos):
+                moved = self.moved.get(pid)
+                if moved is None and pos > self.first.setdefault(pid, pos):
+                    self.moved[pid] = time.monotonic()
+                elif moved is not None and time.monotonic() - moved > 0.6:  # past a progress line (0.5 s)
                     os.kill(pid, signal.SIGSTOP)
                     self.frozen_at = time.monotonic()
             time.sleep(0.01)
@@ -174,7 +178,7 @@ def five_faults(ns: NetnsFleet, root: Path, artifact, video: Path, labels: Path,
     full = ns["full"].workdir
     (full / "filler").write_bytes(b"\0" * (4 * 2**20 - 64 * 2**10))  # nearly full: 64 KB left
     ns["dead"].kill_all()
-    plan = ["--source", str(video), "--labels", str(labels), "--frames", "300", "--warmup", "2"]
+    plan = ["--source", str(video), "--labels", str(labels), "--warmup", "2"]
     plan += ["--stall-timeout", "15", "--load-timeout", "60"]
     env = {**os.environ, "COLUMNS": "200"}
     # the anchor: the same CLI and plan on one healthy device (per-device costs = growth beyond it)
@@ -412,7 +416,8 @@ def hostile_device(ns: NetnsFleet, root: Path, artifact, video: Path, db: Path, 
         ["4", "report --status error shows [bold]boom[/] and fe80::1%eth0", str(literal), "True", verdict(literal)]
     )
     line = next((text for text in listed.splitlines() if "boom" in text), "")
-    rows.append(["4", "the hostile error as `report --status error` lists it", ascii(line.strip())[:110], "", ""])
+    excerpt = line[max(0, line.find("boom") - 20) :][:100]
+    rows.append(["4", "the hostile error as `report --status error` lists it", ascii(excerpt), "", ""])
     page = html.read_text() if html.exists() else ""
     escaped = "&lt;script&gt;" in page and "<script>x" not in page and "[bold]boom[/]" in page
     rows.append(["4", "report --html: markup literal, <script> escaped", str(escaped), "True", verdict(escaped)])
