@@ -5,13 +5,15 @@ namespace, veth, sshd each). Five parts, one table:
 
 1. N devices (32; 8 with --quick), five of them faulty at once: a slow link (tc tbf 1 Mbit/s), a nearly
    full disk (a 4 MB tmpfs work folder filled to 64 KB free), a changed host key, a dead device (everything
-   in its namespace killed before the run: the port refuses) and a frozen one (its agent SIGSTOPped once
-   it has the video open; the host's no-progress watchdog, `--stall-timeout`, must stop it). Wall time,
-   every healthy device ok, each faulty one failing alone with a message naming its fault, the CLI's peak
-   RSS (wait4's ru_maxrss) and its most threads and open fds, and `edgekit report` afterwards.
-2. Ctrl-C during pushes: every link shaped to 4 Mbit/s and a new 1,000-frame video to push, SIGINT once
-   pushes run: seconds to exit, agents started after the signal (from /proc command lines holding the
-   work folders), stored statuses, exit code, one summary line per device.
+   in its namespace killed before the run: the port refuses) and a frozen one (its agent SIGSTOPped mid-run,
+   once it has had the video open for 0.5 CPU-seconds; the host's no-progress watchdog, `--stall-timeout 15`, must stop
+   it). Every agent loops 10,000 frames. Wall time, every healthy device ok, each faulty one failing alone
+   with a message naming its fault, the CLI's peak RSS (wait4's ru_maxrss), its most threads and open fds
+   (/proc, every 50 ms), each beside the same run on one healthy device (the anchor), and `edgekit report`
+   afterwards.
+2. Ctrl-C during pushes: the live devices' links shaped to 4 Mbit/s and a new 2 MB video to push, SIGINT
+   once 200 KB a device have crossed the links: seconds to exit, agents started after the signal (from
+   /proc command lines holding the work folders), stored statuses, exit code, one summary line per device.
 3. SIGTERM to a local `edgekit run --loop --frames 10**8` (as tests/fleet/test_fleet_signals.py): seconds
    to exit, agents left, stored status, exit code.
 4. A hostile device whose `python` prints markup, control characters, HTML and an IPv6-looking address to
@@ -122,20 +124,22 @@ def is_agent(line: str) -> bool:
 
 
 class Freezer(threading.Thread):
-    """SIGSTOPs a device's agent once, mid-run: 0.6 s after it opened the video (the engine loads before the
-    source opens, and the agent reports progress every 0.5 s, so the host has seen frames move)."""
+    """SIGSTOPs a device's agent once, mid-run: after it has had the video open (the engine loads before the
+    source opens) for 0.5 CPU-seconds and 1 s, so frames run and the agent's 0.5 s progress tick has come
+    even when 30 agents share two cores."""
 
     def __init__(self, device: NsDevice) -> None:
         super().__init__(daemon=True)
         self.device, self.frozen_at, self.halt = device, 0.0, threading.Event()
-        self.opened: dict[int, float] = {}
+        self.opened: dict[int, tuple[float, float]] = {}  # pid -> (wall, CPU seconds) when first seen open
 
     def run(self) -> None:
         while not self.halt.is_set() and not self.frozen_at:
             for pid, line in self.device.processes().items():
                 if not is_agent(line) or not _has_video_open(pid):
                     continue
-                if time.monotonic() - self.opened.setdefault(pid, time.monotonic()) > 0.6:
+                wall, cpu = self.opened.setdefault(pid, (time.monotonic(), _cpu_s(pid)))
+                if time.monotonic() - wall > 1.0 and _cpu_s(pid) - cpu > 0.5:
                     os.kill(pid, signal.SIGSTOP)
                     self.frozen_at = time.monotonic()
             time.sleep(0.01)
@@ -146,6 +150,15 @@ def _has_video_open(pid: int) -> bool:
         return any(".mp4" in os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def verdict(ok: bool) -> str:
@@ -225,14 +238,14 @@ def five_faults(ns: NetnsFleet, root: Path, artifact, video: Path, rows: list) -
     )
     if agent_rss and agent_rss[-1]:
         rows.append(["1", "agent peak RSS on a device (median)", f"{agent_rss[len(agent_rss) // 2]:.0f} MB", "", ""])
-    report = subprocess.run(
-        [*CLI, "report"], env={**os.environ, "EDGEKIT_DB": str(db), "COLUMNS": "200"}, capture_output=True, text=True
-    )
+    env = {**os.environ, "EDGEKIT_DB": str(db), "COLUMNS": "200"}
+    last = ["--last", str(len(devices) + 10)]  # the default lists the latest 20
+    report = subprocess.run([*CLI, "report", *last], env=env, capture_output=True, text=True)
     shown = sum(1 for n in ok if n in report.stdout)
     rows.append(
         [
             "1",
-            "`edgekit report` afterwards: rc, ok devices shown",
+            "`edgekit report --last N` afterwards: rc, ok devices shown",
             f"{report.returncode}, {shown}",
             "0, all",
             verdict(report.returncode == 0 and shown == len(ok)),
