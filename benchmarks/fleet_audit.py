@@ -20,7 +20,7 @@ namespace, veth, sshd each). Five parts, one table:
    stderr and exits: `report`, `report --status error` and `report --html` shown literally.
 5. Host memory for big results is benchmarks/result_memory.py's claim (cited, not repeated).
 
-Run (root; needs `ip netns`, tc and /usr/sbin/sshd; ~3 min for 32 devices on 2 cores):
+Run (root; needs `ip netns`, tc and /usr/sbin/sshd; ~1 min for 32 devices on 2 cores, 35 s with --quick):
     .venv/bin/python benchmarks/fleet_audit.py [--quick] [--devices 32]
 """
 
