@@ -190,7 +190,7 @@ def _run_bar(console: Any, what: str) -> Iterator[Callable[[Any], None]]:
 
     bar = Progress(
         TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), console=console,
-        transient=True,
+        transient=True, disable=not console.is_terminal,  # in logs a transient bar leaves only a blank line
     )  # fmt: skip
     task = bar.add_task(f"{what}: starting", total=None)
 
@@ -210,7 +210,11 @@ def _run_fleet(artifact: str, fleet: str, source: str, settings: Any, store: Any
     from edgekit.report import print_runs_table
 
     bars = Progress(
-        BarColumn(bar_width=30), TextColumn("{task.description}", markup=False), console=console, transient=True
+        BarColumn(bar_width=30),
+        TextColumn("{task.description}", markup=False),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     )
     tasks: dict[str, Any] = {}
 
