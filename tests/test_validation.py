@@ -234,6 +234,7 @@ def test_edgekit_build_prints_the_validation_and_warns_outside_budget(digits, tm
     assert "validation OUTSIDE BUDGET: int8 build (ONNX Runtime on the QDQ model)" in text
     assert "1 of 1 outputs outside the budget: logits" in text and "(budget: SQNR >= 20 dB or top-1" in text
     assert "warning: this int8 build is outside its accuracy budget" in text
+    assert "note: these probes are not your data; pass `--calib DIR`" in text  # built from a spec alone
 
 
 def test_a_build_with_calibration_data_validates_on_the_users_own_samples(tmp_path):

@@ -332,8 +332,19 @@ def _print_validation(console: Any, block: dict[str, Any] | None) -> None:
             styled(
                 ("warning:", "bold yellow"),
                 f" this {block.get('precision')} build is outside its accuracy budget against the FP32 model "
-                "(figures above); calibrate on more representative data, keep sensitive layers float (`edgekit "
-                "quantize` shows the per-layer error) or build a float precision",
+                "(figures above); calibrate on more representative data or with `--observer percentile`, keep the "
+                "most sensitive layers float (`edgekit quantize --min-sqnr DB` or `--max-drop POINTS`; its "
+                "per-layer error table shows them) or build a float precision",
+            )
+        )
+    quantized = bool(block) and block.get("precision") not in (None, "fp32") and "outputs" in block
+    if quantized and "calibration samples" not in block["probes"]["source"]:
+        # built from a QuantSpec alone: the figures above come from probes that are not the user's images
+        console.print(
+            styled(
+                ("note:", "yellow"),
+                " these probes are not your data; pass `--calib DIR` (images like those the model sees) to "
+                "validate this build on them",
             )
         )
 
