@@ -304,6 +304,11 @@ class Target:
         whose route skips the ONNX graph, such as a torch module converted directly, overrides this."""
         return self.refusals(model.proto, BuildAt(precision, build_size(model), options))
 
+    def build_notes(self, proto: onnx.ModelProto, options: TargetOptions | None = None) -> list[str]:
+        """What a build with `options` will change about this model without refusing it (inspect prints them);
+        none by default."""
+        return []
+
     def latency_check(self, model: Model, artifact: Artifact) -> dict[str, Any] | None:
         """A quantized artifact's latency against the FP32 model on this machine, where its engine runs here (the
         CLI prints it, loudly when INT8 is slower); None elsewhere."""

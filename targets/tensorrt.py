@@ -31,7 +31,7 @@ from edgekit.targets.tensorrt_ops import (
     refusal_reason,
     tensorrt_ops,
 )
-from edgekit.targets.tensorrt_opset import opset_for_tensorrt
+from edgekit.targets.tensorrt_opset import TRT8_MAX_OPSET, default_opset, opset_for_tensorrt
 
 if TYPE_CHECKING:
     import onnx
@@ -158,6 +158,16 @@ class JetsonTensorRtTarget(Target):
                 continue
             found.append(Refusal(node.op_type, node_label(node), refusal_reason(node, listed, trt_version)))
         return found
+
+    def build_notes(self, proto: onnx.ModelProto, options: TargetOptions | None = None) -> list[str]:
+        trt_version = getattr(options, "trt_version", None) or DEFAULT_TRT_VERSION
+        opset = default_opset(proto)
+        if opset is None or opset <= TRT8_MAX_OPSET or int(trt_version.split(".")[0]) >= 10:
+            return []
+        return [
+            f"opset {opset}: built at opset {TRT8_MAX_OPSET} for TensorRT {trt_version}, whose ONNX parser ignores "
+            "the opset-18 axes input of ReduceMean and the other reductions (-O trt_version=10.x keeps it)"
+        ]
 
     # -- build -------------------------------------------------------------------------------------
 

@@ -119,3 +119,15 @@ def test_an_op_without_an_opset_17_form_is_refused_by_name(tmp_path, monkeypatch
     with pytest.raises(BuildError, match=r"(?s)TensorRT 8.5 reads opsets up to 17.*Pad 'edge_pad' \(opset 18 form\)"):
         build(model, tmp_path / "a")
     assert not (tmp_path / "a").exists()
+
+
+def test_inspect_says_an_opset_18_model_is_built_at_17_for_tensorrt_8(tmp_path):
+    from edgekit.inspect import inspect_model
+
+    model = _pooled_model()
+    report = inspect_model(model, targets=["jetson-trt"])
+    [note] = report.build_notes["jetson-trt"]
+    assert note.startswith("opset 18: built at opset 17 for TensorRT 8.5") and "trt_version=10.x" in note
+    assert report.to_dict()["build_notes"] == {"jetson-trt": [note]}
+    newer = inspect_model(model, targets=["jetson-trt"], options={"trt_version": "10.3"})
+    assert newer.build_notes["jetson-trt"] == [] and newer.to_dict()["build_notes"] == {}

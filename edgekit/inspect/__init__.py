@@ -90,7 +90,9 @@ def inspect_model(
     shapes, notes = resolve_shapes(proto, fixed)
     mac_shapes = _shapes_per_sample(proto, fixed, shapes, notes)
     layers, read = _layers(graph, shapes, mac_shapes)
-    unsupported, refusals, fallbacks, reports, target_errors = _unsupported_by_target(model, targets, options)
+    unsupported, refusals, fallbacks, reports, target_errors, build_notes = _unsupported_by_target(
+        model, targets, options
+    )
 
     return InspectReport(
         path=str(model.path) if model.path else None,
@@ -111,6 +113,7 @@ def inspect_model(
         notes=notes,
         fallbacks=fallbacks,
         accelerator_reports=reports,
+        build_notes=build_notes,
         preprocess_source=model.preprocess_source,
         preprocess_sources=dict(getattr(model, "preprocess_sources", {}) or {}),
         task=model.task,
@@ -202,6 +205,7 @@ def _unsupported_by_target(
     fallbacks: dict[str, dict[str, dict[str, int]]] = {}
     reports: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
     unknown = sorted(set(names or ()) - set(target_names()))
     if unknown:
         get_target(unknown[0])  # the TargetError that lists the known targets
@@ -213,13 +217,14 @@ def _unsupported_by_target(
             unsupported[name] = refused_op_counts(refused)
             if names:
                 refusals[name] = [r.to_dict() for r in refused]
+                notes[name] = target.build_notes(proto, per_target.get(name))
             fallbacks[name] = target.accelerator_fallbacks(proto)
             report = target.accelerator_report(proto) if names else None
             if report is not None:
                 reports[name] = report
         except Exception as exc:  # a backend's optional dependency may be missing; inspect still works
             errors[name] = f"{type(exc).__name__}: {exc}"
-    return unsupported, refusals, fallbacks, reports, errors
+    return unsupported, refusals, fallbacks, reports, errors, notes
 
 
 def _options_per_target(names: list[str], options: Mapping[str, str]) -> dict[str, Any]:

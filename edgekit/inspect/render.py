@@ -195,6 +195,7 @@ def _target_rows(report: InspectReport) -> list[Row]:
         for line in detail.get("lines", []):
             style = "yellow" if line.startswith(("falls", "slows")) else "green"
             rows.append((f"{target} ({detail.get('accelerator')})", line, style))
+    rows += [(target, f"build: {note}", "yellow") for target, found in report.build_notes.items() for note in found]
     rows += [(target, f"not checked: {error}", "yellow") for target, error in report.target_errors.items()]
     return rows
 

@@ -87,6 +87,8 @@ class InspectReport:
     fallbacks: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
     # target -> its detailed accelerator readiness report (rules, sources, nodes), e.g. ios-coreml's ANE report
     accelerator_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # target (named with -t) -> what its build will change without refusing (jetson-trt: opset 18 -> 17)
+    build_notes: dict[str, list[str]] = field(default_factory=dict)
     # where the preprocessing came from ("edgekit metadata", "ultralytics metadata", "given", or "default for
     # the input" when nothing said it); the same for the task and the class names (None: there is none)
     preprocess_source: str | None = None
@@ -131,6 +133,7 @@ class InspectReport:
                 t: {k: v for k, v in r.items() if k != "lines"} for t, r in self.accelerator_reports.items()
             },
             "notes": list(self.notes),
+            "build_notes": {t: list(found) for t, found in self.build_notes.items() if found},
             "layers": [layer.to_dict() for layer in self.layers],
         }
 
