@@ -5,7 +5,9 @@ accuracy budgets are met.
 Anchor: `onnxruntime.quantization.quantize_static`, same float graph (BatchNorm folded, opset >= 13),
 same samples, same QDQ format (uint8 activations, 7-bit per-channel weights: edgekit's x86-ort scheme
 and ORT's reduce_range, both needed on CPUs without VNNI such as this one), measured in this run.
-Every calibration runs in its own process, so its peak RSS (VmHWM) is its own.
+Every calibration runs in its own process, so its peak RSS (VmHWM) is its own. Inputs: held-out digits for the
+digits CNN, photo crops for the MobileNetV2, rendered text on photos for PaddleOCR's text detector (on a photo with
+no text its probability map is near zero and SQNR says nothing).
 Run: .venv/bin/python benchmarks/calibration_vs_ort.py [--quick]
 """
 
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import WORK, median, paddleocr_model, print_table
+from _common import WORK, median, paddleocr_model, print_table, text_images
 
 HERE = Path(__file__).resolve().parent
 OBSERVERS = ("minmax", "percentile", "entropy", "mse")
@@ -222,6 +224,8 @@ def main() -> None:
     for label, model_path, size in benchmark_cases(folder):
         if size is None:
             calib, evaluation, labels = digits_x[:samples], digits_x[samples:], digits_y[samples:]
+        elif label.startswith("PaddleOCR"):  # a text detector: photos with rendered text, else its map is empty
+            calib, evaluation, labels = text_images(samples, size, seed=1), text_images(32, size, seed=2), None
         else:
             calib, evaluation, labels = photo_crops(samples, size), photo_crops(32, size, seed=1), None
         data_path = folder / f"{model_path.stem}_{samples}.npy"
