@@ -264,7 +264,8 @@ def test_plan_and_result_are_required_without_facts(tmp_path, capsys):
 
     with pytest.raises(SystemExit) as info:
         main(["--plan", str(tmp_path / "plan.json")])
-    assert info.value.code == 2 and "--plan and --result are required (or --facts, or --time-model)" in capsys.readouterr().err
+    assert info.value.code == 2
+    assert "--plan and --result are required (or --facts, or --time-model)" in capsys.readouterr().err
 
 
 def test_a_jetson_run_carries_its_release_and_power_mode(tmp_path, artifact, colour_video):
