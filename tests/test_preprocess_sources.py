@@ -13,15 +13,16 @@ from edgekit.errors import ModelError
 from edgekit.model import Model
 from edgekit.preprocess_sources import DEFAULT, EDGEKIT_METADATA, FROM_INPUT, GIVEN
 from edgekit.runtime.preprocess import RESIZE_MODES
-from tests.conftest import make_classifier, make_detector
 
 
 def invoke(*args: object):
     return CliRunner(env={"COLUMNS": "200"}).invoke(main, [str(a) for a in args])
 
 
-def test_an_exporters_keys_the_inputs_and_the_defaults_each_keep_their_source(tmp_path, ultralytics_metadata):
-    model = Model.load(make_detector(tmp_path / "yolo.onnx", metadata=ultralytics_metadata))
+def test_an_exporters_keys_the_inputs_and_the_defaults_each_keep_their_source(
+    tmp_path, ultralytics_metadata, detector_factory, classifier_factory
+):
+    model = Model.load(detector_factory(tmp_path / "yolo.onnx", metadata=ultralytics_metadata))
     sources = model.preprocess_sources
     assert model.preprocess.resize_mode == "letterbox" and sources["resize_mode"] == "ultralytics metadata"
     assert sources["resize"] == sources["pad_value"] == "ultralytics metadata"
@@ -32,8 +33,8 @@ def test_an_exporters_keys_the_inputs_and_the_defaults_each_keep_their_source(tm
     assert model.preprocess_sources["resize"] == GIVEN and model.preprocess_sources["resize_mode"] != GIVEN
 
 
-def test_edgekit_metadata_beats_the_input_and_a_bad_value_names_the_choices(tmp_path):
-    plain = Model.load(make_classifier(tmp_path / "c.onnx"))
+def test_edgekit_metadata_beats_the_input_and_a_bad_value_names_the_choices(tmp_path, classifier_factory):
+    plain = Model.load(classifier_factory(tmp_path / "c.onnx"))
     assert plain.preprocess_sources["resize"] == FROM_INPUT and plain.preprocess_sources["mean"] == DEFAULT
     plain.preprocess = {"resize": [8, 8], "mean": [0.5]}
     saved = Model.load(plain.save(tmp_path / "saved.onnx"))
@@ -43,8 +44,8 @@ def test_edgekit_metadata_beats_the_input_and_a_bad_value_names_the_choices(tmp_
     assert all(mode in str(raised.value) for mode in RESIZE_MODES) and "--preprocess" in str(raised.value)
 
 
-def test_inspect_says_where_each_value_came_from(tmp_path, ultralytics_metadata):
-    path = make_detector(tmp_path / "yolo.onnx", metadata=ultralytics_metadata)
+def test_inspect_says_where_each_value_came_from(tmp_path, ultralytics_metadata, detector_factory):
+    path = detector_factory(tmp_path / "yolo.onnx", metadata=ultralytics_metadata)
     shown = invoke("inspect", path, "--preprocess", '{"mean": [0.1, 0.2, 0.3]}')
     assert shown.exit_code == 0, shown.output
     lines = {line.split()[1]: line for line in shown.output.splitlines() if line.startswith("│   ")}
@@ -56,11 +57,11 @@ def test_inspect_says_where_each_value_came_from(tmp_path, ultralytics_metadata)
     assert report["preprocess_sources"]["resize_mode"] == "ultralytics metadata"
 
 
-def test_help_and_errors_list_the_enumerated_values(tmp_path):
+def test_help_and_errors_list_the_enumerated_values(tmp_path, classifier_factory):
     for command in ("build", "quantize", "inspect"):
         text = " ".join(invoke(command, "--help").output.split())
         assert "resize_mode: stretch | shorter_side | letterbox" in text, command
         assert "color: RGB | BGR | GRAY" in text and "layout: NCHW | NHWC" in text
-    model = make_classifier(tmp_path / "c.onnx")
+    model = classifier_factory(tmp_path / "c.onnx")
     bad = invoke("build", model, "--preprocess", '{"color": "RBG"}', "-o", tmp_path / "a")
     assert bad.exit_code == 2 and "use one of RGB, BGR, GRAY" in bad.output
