@@ -48,7 +48,7 @@ from edgekit.calibration.schemes import (
     weight_per_channel,
 )
 from edgekit.errors import CalibrationError
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS
+from edgekit.onnx_toolbox import default_opset
 
 if TYPE_CHECKING:
     from edgekit.model import Model
@@ -61,7 +61,7 @@ def prepare_float_model(proto: onnx.ModelProto, spec: QuantSpec | None = None) -
     """The float graph quantization works on: opset >= 13, constants as initializers, Identity nodes gone,
     BatchNorm and bias Adds folded into their Conv (calibration/canonical.py), every node named, and the
     spec's recorded weight transforms (equalization, bias correction) replayed."""
-    opset = next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), 0)
+    opset = default_opset(proto, 0)
     if opset < MIN_OPSET:
         proto = onnx.version_converter.convert_version(proto, MIN_OPSET)
     copy = onnx.ModelProto()

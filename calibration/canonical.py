@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from edgekit.onnx_toolbox import attrs, consumers, drop_nodes, drop_unused_initializers
+from edgekit.onnx_toolbox import attrs, consumers, default_opset, drop_nodes, drop_unused_initializers
 
 CONV_OPS = {"Conv": 0, "ConvTranspose": 1}  # op -> output-channel axis of its weight
 
@@ -196,7 +196,7 @@ def spatial_means_to_pooling(model: onnx.ModelProto) -> None:
     """ReduceMean over axes (2, 3) of a 4-D tensor, keeping dims, is GlobalAveragePool (which has an integer
     kernel in ONNX Runtime, TFLite and TensorRT; ReduceMean has none in ONNX Runtime)."""
     ranks = _ranks(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    opset = default_opset(model, 13)
     for node in model.graph.node:
         if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
             continue

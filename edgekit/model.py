@@ -15,6 +15,7 @@ from edgekit import preprocess_sources as sources
 from edgekit.errors import ModelError
 from edgekit.exporter_metadata import read_exporter_metadata
 from edgekit.hashing import sha256_bytes
+from edgekit.onnx_toolbox import default_opset
 from edgekit.preprocess_sources import EDGEKIT_METADATA, GIVEN
 from edgekit.runtime.preprocess import PreprocessError, PreprocessSpec
 from edgekit.tasks import guess_task, task_config
@@ -270,7 +271,7 @@ class Model:
 
     @property
     def opset(self) -> int:
-        return next((o.version for o in self.proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        return default_opset(self.proto, 0)
 
     def to_bytes(self) -> bytes:
         """The model serialised with its current task, preprocessing and class names in its metadata (a task

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS, constant_value, drop_unused_initializers, graph_inputs
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, constant_value, default_opset, drop_unused_initializers, graph_inputs
 
 # ops kept as they are even when their inputs are constant: quantization boundaries (a QDQ model's weight
 # DequantizeLinear is what a runtime fuses) and random generators
@@ -35,7 +35,7 @@ def fold_at_shape(proto: onnx.ModelProto, input_shape: Sequence[int]) -> onnx.Mo
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     _fix_input(model, input_shape)
-    opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), 1)
+    opset = default_opset(model, 1)
     for _ in range(_ROUNDS):
         if not _fold_round(model, opset):
             break

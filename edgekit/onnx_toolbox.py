@@ -26,6 +26,11 @@ def attrs(node: onnx.NodeProto) -> dict[str, Any]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
+def default_opset(proto: onnx.ModelProto, missing: int | None = None) -> int | None:
+    """The version of the default ONNX domain the model imports (`missing` when it imports none)."""
+    return next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), missing)
+
+
 def consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     """For every tensor name, the nodes of `graph` that read it (in graph order)."""
     readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)

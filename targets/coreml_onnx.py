@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS, node_label
 from edgekit.onnx_toolbox import attrs as node_attrs
+from edgekit.onnx_toolbox import default_opset, node_label
 from edgekit.op_support import refusal_message
 from edgekit.targets.base import BuildError
 from edgekit.targets.coreml_ops import LITERALS, PARAMETERS, REPLAY_OPS, ReplayCall, initializer_values
@@ -93,7 +93,7 @@ class _ReplayBody:
 
         super().__init__()
         graph = proto.graph
-        self.opset = next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), 17)
+        self.opset = default_opset(proto, 17)
         self.nodes = [
             (n.op_type, list(n.input), list(n.output), node_attrs(n), node_label(n))
             for n in graph.node

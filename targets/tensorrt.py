@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgekit.onnx_toolbox import node_label
+from edgekit.onnx_toolbox import default_opset, node_label
 from edgekit.op_support import Refusal
 from edgekit.targets import register_target
 from edgekit.targets.base import DEFAULTS, BuildAt, BuildError, Target, TargetOptions, all_nodes
@@ -31,7 +31,7 @@ from edgekit.targets.tensorrt_ops import (
     refusal_reason,
     tensorrt_ops,
 )
-from edgekit.targets.tensorrt_opset import TRT8_MAX_OPSET, default_opset, opset_for_tensorrt
+from edgekit.targets.tensorrt_opset import TRT8_MAX_OPSET, opset_for_tensorrt
 
 if TYPE_CHECKING:
     import onnx

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, default_opset
 from edgekit.targets.base import BuildError, all_nodes
 
 if TYPE_CHECKING:
@@ -32,11 +33,6 @@ AXES_INPUT_IGNORED = frozenset(
         "ReduceSumSquare",
     }
 )
-DEFAULT_DOMAINS = ("", "ai.onnx")
-
-
-def default_opset(proto: onnx.ModelProto) -> int | None:
-    return next((o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS), None)
 
 
 def _trt_major(trt_version: str) -> int:

@@ -15,6 +15,7 @@ from edgekit.onnx_toolbox import (
     attrs,
     constant_value,
     consumers,
+    default_opset,
     drop_unused_initializers,
     fixed_input_shape,
     image_layout,
@@ -109,3 +110,14 @@ def test_translators_import_without_torch_or_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_default_opset_reads_the_default_domain_only():
+    from onnx import helper
+
+    graph = helper.make_graph([], "g", [], [])
+    ms = helper.make_opsetid("com.microsoft", 1)
+    both = helper.make_model(graph, opset_imports=[ms, helper.make_opsetid("", 18)])
+    assert default_opset(both) == 18
+    custom = helper.make_model(graph, opset_imports=[ms])
+    assert default_opset(custom) is None and default_opset(custom, 13) == 13
