@@ -19,12 +19,6 @@ _RANGE_FLOOR = 1e-30
 _CHUNK = 1 << 16
 
 
-def _finite_part(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """The finite values of a flat float array and how many were NaN/Inf (min/max spot them cheaply)."""
-    kept, nonfinite, _, _ = finite_extremes(values)
-    return kept, nonfinite
-
-
 def finite_extremes(values: np.ndarray) -> tuple[np.ndarray, int, float, float]:
     """The finite values of a flat float array, how many were NaN/Inf, and their min and max.
 
@@ -49,11 +43,6 @@ def as_flat_float(x: np.ndarray) -> np.ndarray:
     if values.dtype not in (np.float32, np.float64):
         values = values.astype(np.float32 if values.dtype == np.float16 else np.float64)
     return values.reshape(-1)
-
-
-def split_finite(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """The finite values of `x` as a flat float array, and the count of NaN/Inf values dropped."""
-    return _finite_part(as_flat_float(x))
 
 
 class StreamingHistogram:

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from edgekit.calibration.histogram import StreamingHistogram, as_flat_float, split_finite
+from edgekit.calibration.histogram import StreamingHistogram, as_flat_float, finite_extremes
 from edgekit.errors import CalibrationError
 
 __all__ = [
@@ -252,12 +252,13 @@ class MinMaxObserver(Observer):
         return 4 * 8
 
     def _update_impl(self, values: np.ndarray) -> None:
-        values, nonfinite = split_finite(values)
+        # finite_extremes already reads min and max (to spot NaN/Inf): two passes over the batch, not four
+        values, nonfinite, lo, hi = finite_extremes(values)
         self._nonfinite += nonfinite
         if values.size:
             self._count += int(values.size)
-            self._min = min(self._min, float(values.min()))
-            self._max = max(self._max, float(values.max()))
+            self._min = min(self._min, lo)
+            self._max = max(self._max, hi)
 
     def _merge_impl(self, other: Observer) -> None:
         assert isinstance(other, MinMaxObserver)
