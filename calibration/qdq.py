@@ -126,6 +126,9 @@ def _dequantize_weights(
     return dq_nodes
 
 
+SHAPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's shape, never its values
+
+
 def quantized_readers(
     model: onnx.ModelProto, spec: QuantSpec, consumers_of: dict[str, list[onnx.NodeProto]] | None = None
 ) -> dict[str, list[onnx.NodeProto]]:
@@ -143,6 +146,8 @@ def quantized_readers(
     constants = {init.name for init in graph.initializer}
 
     def reads_quantized(reader: onnx.NodeProto, name: str) -> bool:
+        if reader.op_type in SHAPE_READERS:
+            return False  # the float tensor serves: a second reader of the DequantizeLinear stops ORT's fusion
         if reader.name in float_nodes:
             return reader.name in reading_quantized
         if reader.name in planned:
