@@ -417,16 +417,28 @@ def _write_state_files(state: Path, port: int, cpu: CpuModel) -> tuple[str, str]
     return host_key_line, known_hosts_line
 
 
+OWNER_ENV = "EDGEKIT_ARM64_OWNER"  # the pid whose device this is (a test session): gone, the device is an orphan
+
+
 def start(
-    state: Path, *, rootfs: Path | None = None, cpu: str = DEFAULT_CPU, port: int | None = None, timeout: float = 60.0
+    state: Path,
+    *,
+    rootfs: Path | None = None,
+    cpu: str = DEFAULT_CPU,
+    port: int | None = None,
+    timeout: float = 60.0,
+    owner: int | None = None,
 ) -> Arm64Device:
-    """Start the device (the rootfs must be built); its facts are also written to `state`/device.json."""
+    """Start the device (the rootfs must be built); its facts are also written to `state`/device.json. With an
+    `owner` pid (a test session's), a later start stops the device once that process is gone (a test run that
+    was killed cannot stop its own device); without one (by hand) it runs until `stop`."""
     rootfs = (rootfs or default_rootfs()).resolve()
     if not rootfs_ready(rootfs):
         raise RuntimeError(f"{rootfs} is not built for this recipe: run `{Path(__file__).name} build` first")
     prepare_host()
     state = state.resolve()
     stop(state)  # an earlier device of this state folder
+    stop_orphans(rootfs)
     port = port or _free_port()
     host_key_line, known_hosts_line = _write_state_files(state, port, CPU_MODELS[cpu])
     log_path = state / "sshd.log"
@@ -451,6 +463,7 @@ def start(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env={**os.environ, OWNER_ENV: str(owner)} if owner else None,
         )
     try:
         _wait_for_banner(port, process, log_path, timeout)
@@ -538,6 +551,30 @@ def _state_of(pid: int) -> str:
             if line.startswith("State:"):
                 return line.split()[1]
     return ""
+
+
+def stop_orphans(rootfs: Path) -> list[int]:
+    """Stop the devices on `rootfs` whose owner process is gone; the pids of the sshds stopped."""
+    stopped, namespaces = [], set()
+    for pid in _processes_rooted_in(rootfs.resolve()):
+        owner = _owner_of(pid)
+        if owner is None or Path(f"/proc/{owner}").exists():
+            continue
+        with contextlib.suppress(OSError):
+            namespace = os.readlink(f"/proc/{pid}/ns/mnt")
+            if namespace not in namespaces:  # one sweep per device: every process of it goes at once
+                namespaces.add(namespace)
+                _kill_namespace(pid, namespace)
+                stopped.append(pid)
+    return stopped
+
+
+def _owner_of(pid: int) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if item.startswith(OWNER_ENV.encode() + b"="):
+                return int(item.split(b"=", 1)[1])
+    return None
 
 
 def stop(state: Path) -> bool:

@@ -275,7 +275,7 @@ def arm64(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64Server]:
         )
     script.build_rootfs()
     state = tmp_path_factory.mktemp("arm64-device")
-    facts = script.start(state)
+    facts = script.start(state, owner=os.getpid())  # a later session stops it if this one is killed
     try:
         yield Arm64Server(facts, script.qemu_version())
     finally:

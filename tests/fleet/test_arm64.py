@@ -216,3 +216,18 @@ def test_device_script_recipe_stamp_binfmt_flags_and_cpuinfo(arm64_script, tmp_p
 
     text = script.cpuinfo_text(script.CPU_MODELS[script.DEFAULT_CPU], 2)
     assert text.count("processor\t:") == 2 and "CPU implementer\t: 0x41" in text and "CPU part\t: 0xd0b" in text
+
+
+def test_a_device_whose_test_session_was_killed_is_stopped_by_the_next_one(arm64, arm64_script, tmp_path):
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a test session that no longer exists
+    orphan = arm64_script.start(tmp_path / "orphan", owner=gone.pid)
+    assert Path(f"/proc/{orphan.pid}").exists()
+    rootfs = Path(orphan.rootfs)
+    assert arm64_script.stop_orphans(rootfs) == [orphan.pid]
+    assert not Path(f"/proc/{orphan.pid}").exists() or arm64_script._state_of(orphan.pid) == "Z"
+    assert arm64_script.stop_orphans(rootfs) == []  # the session's own device has a live owner: kept
+    assert Path(f"/proc/{arm64.facts.pid}").exists()
