@@ -290,3 +290,15 @@ def test_the_html_page_groups_by_model_then_device_and_keeps_failures_apart(team
     detector = sections[2]
     assert "0.412" in detector and "mAP" in detector and "<td>-</td>" in detector  # v1 run: memory not measured
     assert page.count('class="bar"') == 6 and "aa34bb56</span></td>" in page
+
+
+def test_the_report_says_when_more_runs_are_stored_than_it_shows(store):
+    from click.testing import CliRunner
+
+    from edgekit.cli import main
+
+    runner = CliRunner(env={"COLUMNS": "240", "EDGEKIT_DB": str(store.path)})
+    one = runner.invoke(main, ["report", "--last", "1"], catch_exceptions=False).output
+    assert "the latest 1 of 2 stored runs; `edgekit report --last 2` shows them all" in one
+    both = runner.invoke(main, ["report", "--last", "2"], catch_exceptions=False).output
+    assert "stored runs;" not in both

@@ -344,6 +344,8 @@ def report(
         click.echo(reports.to_csv(stored), nl=False)
     else:
         _print_report(runs, stored, hidden, store, status)
+        if not runs and len(stored) == last and (total := store.count(statuses)) > last:
+            click.echo(f"the latest {last} of {total} stored runs; `edgekit report --last {total}` shows them all")
     if html_file:
         # the page lists the latest failures apart, below the measured runs
         failed = [] if runs or not hidden else store.get(last=last, statuses=("error",))
