@@ -111,15 +111,10 @@ def median_latency_ms(model: onnx.ModelProto, feed: dict[str, np.ndarray], runs:
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    from edgekit.runtime.timing import median_call_ms
+
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    for _ in range(3):
-        session.run(None, feed)
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(samples))
+    return median_call_ms(lambda: session.run(None, feed), runs)
 
 
 def pareto_front(points: list[Point]) -> list[Point]:

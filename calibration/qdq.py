@@ -16,7 +16,7 @@ from onnx import helper, numpy_helper
 
 from edgekit.calibration.graph import FUSED_ACTIVATIONS, SHARED_SCALE_OPS, plan_quantization
 from edgekit.calibration.quant_spec import QuantSpec, QuantSpecError, TensorQuant
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS, consumers, drop_unused_initializers
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, SHAPE_OPS, consumers, drop_unused_initializers
 
 QDQ_OPSET = 13  # per-channel QuantizeLinear/DequantizeLinear (axis attribute)
 INITIALIZER_KINDS = ("weight", "bias", "constant")  # spec entries stored as integers with a DequantizeLinear
@@ -126,9 +126,6 @@ def _dequantize_weights(
     return dq_nodes
 
 
-SHAPE_READERS = frozenset({"Shape", "Size"})  # read a tensor's shape, never its values
-
-
 def quantized_readers(
     model: onnx.ModelProto, spec: QuantSpec, consumers_of: dict[str, list[onnx.NodeProto]] | None = None
 ) -> dict[str, list[onnx.NodeProto]]:
@@ -146,7 +143,7 @@ def quantized_readers(
     constants = {init.name for init in graph.initializer}
 
     def reads_quantized(reader: onnx.NodeProto, name: str) -> bool:
-        if reader.op_type in SHAPE_READERS:
+        if reader.op_type in SHAPE_OPS:
             return False  # the float tensor serves: a second reader of the DequantizeLinear stops ORT's fusion
         if reader.name in float_nodes:
             return reader.name in reading_quantized

@@ -20,7 +20,14 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS, constant_value, default_opset, drop_unused_initializers, graph_inputs
+from edgekit.onnx_toolbox import (
+    DEFAULT_DOMAINS,
+    SHAPE_OPS,
+    constant_value,
+    default_opset,
+    drop_unused_initializers,
+    graph_inputs,
+)
 
 # ops kept as they are even when their inputs are constant: quantization boundaries (a QDQ model's weight
 # DequantizeLinear is what a runtime fuses) and random generators
@@ -109,7 +116,7 @@ def _node_value(
     if node.op_type == "Constant":
         value = constant_value(node)
         return None if value is None else [value]
-    if node.op_type in ("Shape", "Size") and node.input[0] not in consts:
+    if node.op_type in SHAPE_OPS and node.input[0] not in consts:
         shape = shapes.get(node.input[0])
         return None if shape is None else [_shape_value(node, shape)]
     inputs = [i for i in node.input if i]

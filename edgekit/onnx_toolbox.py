@@ -18,6 +18,7 @@ from onnx import numpy_helper
 from edgekit.errors import ModelError
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
+SHAPE_OPS = frozenset({"Shape", "Size"})  # read a tensor's shape, never its values
 IMAGE_CHANNELS = (1, 3)  # a rank-4 axis of this size next to two large ones is the channel axis
 
 

@@ -7,7 +7,7 @@ JSON object on stdout. Python 3.8-compatible.
 """
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 import numpy as np
 
@@ -21,14 +21,20 @@ def time_model(
         raise EngineError("runs must be at least 1, got %d" % runs)
     with open_engine(engine_name, model_path, {"threads": threads}) as engine:
         feed = _feed(engine, inputs_path)
-        for _ in range(3):
-            engine.infer(feed)
-        samples = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            engine.infer(feed)
-            samples.append((time.perf_counter() - start) * 1000.0)
-    return {"median_ms": float(np.median(samples)), "runs": runs, "engine": engine_name, "threads": threads}
+        median = median_call_ms(lambda: engine.infer(feed), runs)
+    return {"median_ms": median, "runs": runs, "engine": engine_name, "threads": threads}
+
+
+def median_call_ms(call: Callable[[], Any], runs: int, warmup: int = 3) -> float:
+    """`warmup` untimed calls, then the median wall time of `runs` calls, in milliseconds."""
+    for _ in range(warmup):
+        call()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(samples))
 
 
 def _feed(engine: Any, inputs_path: Optional[str]) -> Dict[str, np.ndarray]:

@@ -30,7 +30,14 @@ from onnx import numpy_helper
 
 from edgekit.errors import EdgekitError, ModelError
 from edgekit.onnx_toolbox import attrs as node_attrs
-from edgekit.onnx_toolbox import constant_value, fixed_input_shape, graph_inputs, image_layout, node_label
+from edgekit.onnx_toolbox import (
+    constant_value,
+    default_opset,
+    fixed_input_shape,
+    graph_inputs,
+    image_layout,
+    node_label,
+)
 from edgekit.op_support import GraphFacts
 from edgekit.targets import onnx_to_tf_math, onnx_to_tf_spatial, onnx_to_tf_tensor  # noqa: F401  (they register ops in OPS)
 from edgekit.targets.onnx_to_tf_folds import FOLDS
@@ -137,7 +144,7 @@ class Translator:
         self.graph = proto.graph
         self.consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
         self.values: dict[str, Value] = {}
-        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 1)
+        self.opset = default_opset(proto, 1)
         self.node = onnx.NodeProto()  # the node being translated (an op function may read its outputs)
         self.proto = proto
         self._facts: GraphFacts | None = None

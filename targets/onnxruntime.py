@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from edgekit.onnx_toolbox import default_opset
 from edgekit.runtime.isa import WEIGHTS_7BIT, WEIGHTS_8BIT, cpu_flags, is_x86, x86_weight_scheme
 from edgekit.targets import register_target
 from edgekit.targets.base import DEFAULTS, BuildAt, BuildError, Target, TargetOptions
@@ -137,7 +138,7 @@ class OnnxRuntimeX86Target(Target):
     def refusals(self, proto: onnx.ModelProto, at: BuildAt = DEFAULTS) -> list[Refusal]:
         """The base check against ORT's kernels, less the ONNX function ops (at the model's opset) that ORT
         expands into ops it has kernels for."""
-        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+        opset = default_opset(proto, 0)
         functions = onnx_function_ops(opset) if opset else frozenset()
         return [r for r in super().refusals(proto, at) if r.op not in functions]
 

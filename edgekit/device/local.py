@@ -121,7 +121,7 @@ class LocalTransport:
             return result if self._cancelled is None else interrupted_result(plan, result, self._cancelled)
 
 
-def _pumps(process: subprocess.Popen, watch: RunWatch) -> list[tuple[threading.Thread, bytearray]]:
+def _pumps(process: subprocess.Popen, watch: RunWatch) -> tuple[list[threading.Thread], bytearray]:
     """Threads reading the agent's stdout into `watch` and its stderr into a bounded buffer."""
 
     def pump(stream: Any, sink: Callable[[bytes], None]) -> None:
@@ -138,14 +138,15 @@ def _pumps(process: subprocess.Popen, watch: RunWatch) -> list[tuple[threading.T
     ]
     for thread in threads:
         thread.start()
-    return [(threads[0], bytearray()), (threads[1], errors)]
+    return threads, errors
 
 
-def _joined(readers: list[tuple[threading.Thread, bytearray]]) -> str:
+def _joined(readers: tuple[list[threading.Thread], bytearray]) -> str:
     """The agent's stderr, once both pipes are drained (an agent already stopped closes them)."""
-    for thread, _ in readers:
+    threads, errors = readers
+    for thread in threads:
         thread.join(STOP_GRACE_S)
-    return bytes(readers[1][1]).decode("utf-8", "replace")
+    return bytes(errors).decode("utf-8", "replace")
 
 
 def _wait(process: subprocess.Popen, watch: RunWatch, timeout_s: float | None) -> str | None:

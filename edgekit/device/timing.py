@@ -10,7 +10,6 @@ object, checked field by field.
 from __future__ import annotations
 
 import io
-import json
 import math
 import secrets
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 import onnx
 
 from edgekit.device.ssh.exec import quote_argv
+from edgekit.device.ssh.facts import json_object
 from edgekit.errors import DeviceError
 
 TIME_LIMIT_S = 600.0  # one candidate: load + 3 warm-up + the timed runs, even on a slow board
@@ -90,11 +90,8 @@ def parse_timing(out: str, device: str, runs: int) -> float:
     """The median from the agent's `--time-model` answer (its last stdout line), refused unless it is a JSON
     object whose `median_ms` is a positive finite number and whose `runs` are the runs asked for."""
     lines = out.strip().splitlines()
-    try:
-        data = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        data = None
-    median = data.get("median_ms") if isinstance(data, dict) else None
+    data = json_object(lines[-1]) if lines else None
+    median = data.get("median_ms") if data is not None else None
     valid = isinstance(median, (int, float)) and not isinstance(median, bool) and math.isfinite(median) and median > 0
     if not valid or data.get("runs") != runs:
         raise DeviceError(f"device {device}: its timing answer is not usable: {out.strip()[-200:]!r}")

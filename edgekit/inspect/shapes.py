@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from edgekit.errors import ModelError
 from edgekit.inspect.report import Dim, Shape
-from edgekit.onnx_toolbox import DEFAULT_DOMAINS, attrs, constant_value, graph_inputs
+from edgekit.onnx_toolbox import DEFAULT_DOMAINS, SHAPE_OPS, attrs, constant_value, graph_inputs
 
 # Constant tensors up to this many elements stay in the light graph (shape arithmetic needs their values);
 # larger ones become typed inputs, so inference never copies or serialises the weights.
@@ -243,7 +243,7 @@ def _fold_node(
     node: onnx.NodeProto, shapes: dict[str, Shape], known: dict[str, np.ndarray], work: onnx.ModelProto
 ) -> list[np.ndarray] | None:
     """The output values of a default-domain node, when its inputs' shapes or values make them computable."""
-    if node.op_type in ("Shape", "Size"):
+    if node.op_type in SHAPE_OPS:
         shape = shapes.get(node.input[0])
         if shape is None or not all(isinstance(d, int) for d in shape):
             return None
